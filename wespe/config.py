@@ -1,0 +1,103 @@
+"""Training configuration: the two presets of the papers and every key they share.
+
+Configs are ``ml_collections.ConfigDict``s; experiment files in ``experiments/`` start from a preset here
+and override keys. Each key, with its paper/code meaning:
+
+mode                 ``wespe`` (unpaired, cycle G/F, colour+texture adversaries) or ``dped`` (paired)
+batch_size           global batch (WESPE paper 30, DPED code 50)
+patch_size           training crop side (100 in both papers; the ``dped_fc`` head is tied to it)
+num_steps            training iterations (20k in both)
+seed                 parameter-init and data seed
+generator.width / num_blocks / norm       DPED ResNet: 64 / 4 / ``instance`` (``batch``, ``none``)
+discriminator.head   ``dped_fc`` (official, needs patch_size inputs) or ``global_pool`` (any size)
+discriminator.norm   ``instance`` (official) or ``none``
+weights.content / color / texture / tv    loss weights (WESPE 1/5e-3/5e-3/10; DPED code 10/0.5/1/2000)
+adversarial_form     ``dped_softmax`` (official code: per-sample real/fake swap, 2-way softmax, minimax
+                     generator term), ``bce`` (non-saturating; the WESPE paper's -sum log D(G(x))),
+                     ``lsgan``, ``hinge``
+loss_normalization   ``sum`` (official code / WESPE formulas: adversarial terms summed over the batch,
+                     paired colour loss summed over pixels / 2*batch) or ``mean`` (all means, most ports)
+blur                 colour blur: ``dped_code`` (official 21x21 kernel, sigma ~4.34 px) or ``paper``
+                     (Gaussian of variance 3)
+content_layer        VGG-19 layer of the content loss (``relu5_4`` in both papers)
+vgg_weights          path to imagenet-vgg-verydeep-19.mat / vgg19-*.pth / .npz, or ``random`` (demo stand-in)
+vgg_preprocessing    ``auto`` (from the weights: MatConvNet -> ``dped``, torchvision and random -> ``imagenet``),
+                     ``dped`` (x*255 - mean) or ``imagenet`` (mean/std)
+vgg_cache_dir        where converted VGG weights are cached (None: $WESPE_CACHE_DIR or ~/.cache/wespe)
+optimizer.lr_generator / lr_discriminator / b1 / b2 / eps   Adam (5e-4 for all networks in both papers)
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.mode = "wespe"
+    c.batch_size = 30
+    c.patch_size = 100
+    c.num_steps = 20000
+    c.seed = 0
+    c.generator = ml_collections.ConfigDict(dict(width=64, num_blocks=4, norm="instance"))
+    c.discriminator = ml_collections.ConfigDict(dict(head="dped_fc", norm="instance"))
+    c.weights = ml_collections.ConfigDict(dict(content=1.0, color=5e-3, texture=5e-3, tv=10.0))
+    c.adversarial_form = "bce"
+    c.loss_normalization = "sum"
+    c.blur = "dped_code"
+    c.content_layer = "relu5_4"
+    c.vgg_weights = ml_collections.FieldReference(None, field_type=str)
+    c.vgg_preprocessing = "auto"
+    c.vgg_cache_dir = ml_collections.FieldReference(None, field_type=str)
+    c.optimizer = ml_collections.ConfigDict(dict(lr_generator=5e-4, lr_discriminator=5e-4, b1=0.9, b2=0.999,
+                                                 eps=1e-8))
+    return c
+
+
+def wespe_paper() -> ml_collections.ConfigDict:
+    """WESPE (CVPR-W 2018): unpaired; content 1, colour 5e-3, texture 5e-3, TV 10; batch 30; Adam 5e-4."""
+    return base_config()
+
+
+def dped_code() -> ml_collections.ConfigDict:
+    """The official DPED code (ICCV 2017): paired; content 10, colour 0.5, texture 1, TV 2000; batch 50."""
+    c = base_config()
+    c.mode = "dped"
+    c.batch_size = 50
+    c.weights = ml_collections.ConfigDict(dict(content=10.0, color=0.5, texture=1.0, tv=2000.0))
+    c.adversarial_form = "dped_softmax"
+    c.loss_normalization = "sum"
+    return c
+
+
+PRESETS = {"wespe_paper": wespe_paper, "dped_code": dped_code}
+
+
+def preset(name: str) -> ml_collections.ConfigDict:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Fail early, naming the key, on values the step would only reject after compiling."""
+    from wespe.losses import ADVERSARIAL_FORMS, NORMALIZATIONS
+    from wespe.models import DISCRIMINATOR_HEADS, NORMS
+    from wespe.ops import BLUR_MODES
+    from wespe.vgg import LAYERS, PREPROCESSING
+
+    checks = [("mode", config.mode, ("wespe", "dped")),
+              ("generator.norm", config.generator.norm, NORMS),
+              ("discriminator.head", config.discriminator.head, DISCRIMINATOR_HEADS),
+              ("discriminator.norm", config.discriminator.norm, ("instance", "none")),
+              ("adversarial_form", config.adversarial_form, ADVERSARIAL_FORMS),
+              ("loss_normalization", config.loss_normalization, NORMALIZATIONS),
+              ("blur", config.blur, BLUR_MODES),
+              ("content_layer", config.content_layer, LAYERS),
+              ("vgg_preprocessing", config.vgg_preprocessing, ("auto",) + PREPROCESSING)]
+    for key, value, allowed in checks:
+        if value not in allowed:
+            raise ValueError(f"config.{key}={value!r} is not one of {tuple(allowed)}")
+    for key in ("batch_size", "patch_size", "num_steps"):
+        if int(config[key]) < 1:
+            raise ValueError(f"config.{key} must be >= 1, got {config[key]}")

@@ -1,0 +1,112 @@
+"""The WESPE/DPED loss terms as pure functions.
+
+Conventions. Discriminator outputs are turned into one "realness" logit ``s`` (log-odds that the input is a
+target-domain image): for the official 2-way softmax head ``s = logit_real - logit_fake`` (so the 2-way
+softmax cross-entropy is exactly a sigmoid cross-entropy on ``s``), for a 1-logit head ``s`` is the logit.
+
+Normalisation (config ``loss_normalization``):
+  ``sum``  as the official DPED code: adversarial terms summed over the batch, the paired colour loss summed
+           over pixels and channels and divided by 2 * batch; content and TV are means there too.
+  ``mean`` every term a mean over all its elements (what most ports do).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from wespe.ops import total_variation
+
+ADVERSARIAL_FORMS = ("dped_softmax", "bce", "lsgan", "hinge")
+NORMALIZATIONS = ("sum", "mean")
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
+
+
+def _reduce_batch(per_sample: jax.Array, normalization: str) -> jax.Array:
+    _check("loss_normalization", normalization, NORMALIZATIONS)
+    return jnp.sum(per_sample) if normalization == "sum" else jnp.mean(per_sample)
+
+
+def content_loss(features_a: jax.Array, features_b: jax.Array) -> jax.Array:
+    """Mean squared difference of VGG feature maps (the DPED code's ``2 * l2_loss / (C*H*W*batch)``)."""
+    diff = features_a.astype(jnp.float32) - features_b.astype(jnp.float32)
+    return jnp.mean(jnp.square(diff))
+
+
+def color_loss(blurred_a: jax.Array, blurred_b: jax.Array, normalization: str = "sum") -> jax.Array:
+    """DPED's paired colour loss between blurred images: ``sum((a-b)^2) / (2*batch)`` or the plain mean."""
+    sq = jnp.square(blurred_a.astype(jnp.float32) - blurred_b.astype(jnp.float32))
+    _check("loss_normalization", normalization, NORMALIZATIONS)
+    if normalization == "sum":
+        return jnp.sum(sq) / (2.0 * sq.shape[0])
+    return jnp.mean(sq)
+
+
+def tv_loss(images: jax.Array) -> jax.Array:
+    """Total variation averaged over the batch (as the DPED code, in both normalisations)."""
+    return jnp.mean(total_variation(images.astype(jnp.float32)))
+
+
+def realness_logit(logits: jax.Array) -> jax.Array:
+    """(N, 2) official softmax logits [real, fake] or (N, 1) logits -> (N,) log-odds of "real"."""
+    logits = logits.astype(jnp.float32)
+    if logits.shape[-1] == 2:
+        return logits[..., 0] - logits[..., 1]
+    if logits.shape[-1] == 1:
+        return logits[..., 0]
+    raise ValueError(f"discriminator logits must have 1 or 2 outputs, got shape {logits.shape}")
+
+
+def discriminator_batch(real: jax.Array, fake: jax.Array, form: str, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The images a discriminator is trained on, and their labels (1 = real).
+
+    ``dped_softmax`` follows the official code: each of the N positions shows the real or the fake image
+    by a fair coin flip (N images in all). The other forms show all real and all fake images (2N).
+    """
+    _check("adversarial_form", form, ADVERSARIAL_FORMS)
+    if form == "dped_softmax":
+        is_real = jax.random.bernoulli(rng, 0.5, (real.shape[0],))
+        mask = is_real.reshape((-1,) + (1,) * (real.ndim - 1))
+        return jnp.where(mask, real, fake), is_real.astype(jnp.float32)
+    labels = jnp.concatenate([jnp.ones(real.shape[0]), jnp.zeros(fake.shape[0])])
+    return jnp.concatenate([real, fake], axis=0), labels
+
+
+def discriminator_loss(logits: jax.Array, is_real: jax.Array, form: str,
+                       normalization: str) -> tuple[jax.Array, jax.Array]:
+    """Discriminator loss and accuracy for labelled inputs (labels from :func:`discriminator_batch`)."""
+    _check("adversarial_form", form, ADVERSARIAL_FORMS)
+    s = realness_logit(logits)
+    y = is_real.astype(jnp.float32)
+    if form in ("dped_softmax", "bce"):
+        per_sample = -(y * jax.nn.log_sigmoid(s) + (1.0 - y) * jax.nn.log_sigmoid(-s))
+    elif form == "lsgan":
+        per_sample = 0.5 * (y * jnp.square(s - 1.0) + (1.0 - y) * jnp.square(s))
+    else:  # hinge
+        per_sample = y * jax.nn.relu(1.0 - s) + (1.0 - y) * jax.nn.relu(1.0 + s)
+    accuracy = jnp.mean(((s > 0).astype(jnp.float32) == y).astype(jnp.float32))
+    return _reduce_batch(per_sample, normalization), accuracy
+
+
+def generator_adversarial_loss(fake_logits: jax.Array, form: str, normalization: str) -> jax.Array:
+    """What the generator minimises against one discriminator, from the logits on its outputs.
+
+    ``dped_softmax``: the official code's ``-loss_discrim`` with every input fake, i.e. ``sum log p_fake``
+    (the saturating minimax form). ``bce``: ``-log D(G(x))`` (non-saturating; the WESPE paper's
+    ``-sum_i log D(G(x_i))`` with ``sum``). ``lsgan``: ``0.5 (s - 1)^2``. ``hinge``: ``-s``.
+    """
+    _check("adversarial_form", form, ADVERSARIAL_FORMS)
+    s = realness_logit(fake_logits)
+    if form == "dped_softmax":
+        per_sample = jax.nn.log_sigmoid(-s)
+    elif form == "bce":
+        per_sample = -jax.nn.log_sigmoid(s)
+    elif form == "lsgan":
+        per_sample = 0.5 * jnp.square(s - 1.0)
+    else:
+        per_sample = -s
+    return _reduce_batch(per_sample, normalization)

@@ -1,0 +1,198 @@
+"""The DPED/WESPE networks in Flax NNX: InstanceNorm, Generator (DPED ResNet) and Discriminator.
+
+Layouts follow the official DPED TensorFlow code (``models.py``): NHWC, HWIO kernels, SAME padding,
+truncated-normal(0.01) kernels and 0.01 biases.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NORMS = ("instance", "batch", "none")
+DISCRIMINATOR_HEADS = ("dped_fc", "global_pool")
+
+_KERNEL_INIT = nnx.initializers.truncated_normal(stddev=0.01)  # TF truncated_normal: stddev of the untruncated
+_BIAS_INIT = nnx.initializers.constant(0.01)
+
+
+class Conv(nnx.Module):
+    """2-D convolution, NHWC / HWIO, SAME padding, with bias.
+
+    ``freeze_bias``: the bias is held out of differentiation (stop_gradient). Used when a per-channel
+    normalisation follows directly: it removes the bias exactly, so the true gradient is zero and Adam
+    would otherwise turn float rounding noise into +-lr steps (and make sharded runs drift from
+    single-device ones). The bias is kept so official checkpoints load and parameter counts match.
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int = 1, *,
+                 freeze_bias: bool = False, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_KERNEL_INIT(rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
+        self.bias = nnx.Param(_BIAS_INIT(rngs.params(), (out_features,)))
+        self.stride = stride
+        self.freeze_bias = freeze_bias
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...].astype(x.dtype)
+        y = jax.lax.conv_general_dilated(
+            x, kernel, window_strides=(self.stride, self.stride), padding="SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        bias = self.bias[...].astype(x.dtype)
+        if self.freeze_bias:
+            bias = jax.lax.stop_gradient(bias)
+        return y + bias
+
+
+class InstanceNorm(nnx.Module):
+    """Instance normalisation as the DPED code: per sample and channel over H, W; eps 1e-3; affine.
+
+    ``y = scale * (x - mean) / sqrt(var + eps) + shift`` with the biased (population) variance.
+    Statistics are computed in float32 even when x is bfloat16.
+    """
+
+    def __init__(self, num_features: int, *, epsilon: float = 1e-3):
+        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+        self.shift = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+        self.epsilon = epsilon
+
+    @staticmethod
+    def statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Per-sample, per-channel mean and (biased) variance over H, W, shapes (N, 1, 1, C)."""
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=(1, 2), keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2), keepdims=True)
+        return mean, var
+
+    def normalize(self, x: jax.Array, mean: jax.Array, var: jax.Array) -> jax.Array:
+        """Apply the affine normalisation with given statistics (lets tiled inference use whole-image stats)."""
+        inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+        y = (x.astype(jnp.float32) - mean) * inv + self.shift[...]
+        return y.astype(x.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mean, var = self.statistics(x)
+        return self.normalize(x, mean, var)
+
+
+def make_norm(norm: str, num_features: int, *, rngs: nnx.Rngs) -> nnx.Module | None:
+    if norm == "instance":
+        return InstanceNorm(num_features)
+    if norm == "batch":
+        # Batch statistics in training; nnx.view(model, use_running_average=True) for inference.
+        return nnx.BatchNorm(num_features, epsilon=1e-3, momentum=0.99, rngs=rngs)
+    if norm == "none":
+        return None
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
+def _apply_norm(norm: nnx.Module | None, x: jax.Array) -> jax.Array:
+    return x if norm is None else norm(x)
+
+
+class ResidualBlock(nnx.Module):
+    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm -> ReLU, then + block input (after the ReLU, as DPED)."""
+
+    def __init__(self, width: int, norm: str, *, rngs: nnx.Rngs):
+        normed = norm != "none"
+        self.conv1 = Conv(width, width, 3, freeze_bias=normed, rngs=rngs)
+        self.norm1 = make_norm(norm, width, rngs=rngs)
+        self.conv2 = Conv(width, width, 3, freeze_bias=normed, rngs=rngs)
+        self.norm2 = make_norm(norm, width, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = jax.nn.relu(_apply_norm(self.norm1, self.conv1(x)))
+        h = jax.nn.relu(_apply_norm(self.norm2, self.conv2(h)))
+        return h + x
+
+
+class Generator(nnx.Module):
+    """The DPED image-enhancement ResNet (401,475 parameters at the defaults). Fully convolutional.
+
+    Input: NHWC RGB in [0, 1], any H x W. Output: ``tanh(x) * 0.58 + 0.5`` (range ~[-0.08, 1.08], unclipped).
+    """
+
+    def __init__(self, *, width: int = 64, num_blocks: int = 4, norm: str = "instance", channels: int = 3,
+                 rngs: nnx.Rngs | None = None):
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+        if width < 1 or num_blocks < 0:
+            raise ValueError(f"generator width must be >= 1 and num_blocks >= 0, got {width}, {num_blocks}")
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.width, self.num_blocks, self.norm = width, num_blocks, norm
+        self.conv_in = Conv(channels, width, 9, rngs=rngs)
+        self.blocks = nnx.List([ResidualBlock(width, norm, rngs=rngs) for _ in range(num_blocks)])
+        self.conv_mid1 = Conv(width, width, 3, rngs=rngs)
+        self.conv_mid2 = Conv(width, width, 3, rngs=rngs)
+        self.conv_out = Conv(width, channels, 9, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"Generator expects NHWC images, got shape {x.shape}")
+        h = jax.nn.relu(self.conv_in(x))
+        for block in self.blocks:
+            h = block(h)
+        h = jax.nn.relu(self.conv_mid1(h))
+        h = jax.nn.relu(self.conv_mid2(h))
+        return jnp.tanh(self.conv_out(h)) * 0.58 + 0.5
+
+
+# (features, kernel size, stride, instance norm after the activation) of the official DPED discriminator.
+DISCRIMINATOR_CONVS = ((48, 11, 4, False), (128, 5, 2, True), (192, 3, 1, True), (192, 3, 1, True),
+                       (128, 3, 2, True))
+
+
+def _leaky_relu(x: jax.Array) -> jax.Array:
+    return jnp.maximum(0.2 * x, x)
+
+
+class Discriminator(nnx.Module):
+    """The official DPED adversary: 5 convs (LeakyReLU 0.2, then InstanceNorm) -> dense 1024 -> logits.
+
+    ``in_channels``: 1 for the texture adversary (grayscale), 3 for the colour adversary (blurred RGB).
+    ``head``: ``dped_fc`` flattens the last feature map into the dense layer, as the official code, so it
+    only accepts ``input_size`` x ``input_size`` images (128*7*7 features for 100x100); ``global_pool``
+    averages the map over space first and accepts any size (leaves parity with the official code).
+    ``num_logits``: 2 for the official 2-way softmax (class 0 = real/target, 1 = fake/enhanced), 1 for a
+    single real-vs-fake logit (BCE, LSGAN, hinge).
+    """
+
+    def __init__(self, in_channels: int = 3, *, head: str = "dped_fc", input_size: int = 100,
+                 num_logits: int = 2, norm: str = "instance", rngs: nnx.Rngs | None = None):
+        if head not in DISCRIMINATOR_HEADS:
+            raise ValueError(f"unknown discriminator head {head!r}; expected one of {DISCRIMINATOR_HEADS}")
+        if norm not in ("instance", "none"):
+            raise ValueError(f"discriminator norm must be 'instance' or 'none', got {norm!r}")
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.head, self.input_size = head, input_size
+        convs, norms, features, size = [], [], in_channels, input_size
+        for out, k, stride, normed in DISCRIMINATOR_CONVS:
+            convs.append(Conv(features, out, k, stride, rngs=rngs))
+            norms.append(InstanceNorm(out) if (normed and norm == "instance") else None)
+            features, size = out, math.ceil(size / stride)  # SAME padding
+        self.convs, self.norms = nnx.List(convs), nnx.List(norms)
+        flat = features * size * size if head == "dped_fc" else features
+        self.fc = nnx.Linear(flat, 1024, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, rngs=rngs)
+        self.out = nnx.Linear(1024, num_logits, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"Discriminator expects NHWC images, got shape {x.shape}")
+        if self.head == "dped_fc" and x.shape[1:3] != (self.input_size, self.input_size):
+            raise ValueError(
+                f"Discriminator head 'dped_fc' needs {self.input_size}x{self.input_size} inputs (its dense layer "
+                f"is sized for that), got {x.shape[1]}x{x.shape[2]}. Use head='global_pool' for other sizes "
+                f"(leaves parity with the official DPED code) or set the discriminator input_size.")
+        h = x
+        for conv, norm in zip(self.convs, self.norms):
+            h = _apply_norm(norm, _leaky_relu(conv(h)))
+        h = h.reshape(h.shape[0], -1) if self.head == "dped_fc" else jnp.mean(h, axis=(1, 2))
+        h = _leaky_relu(self.fc(h))
+        return self.out(h).astype(jnp.float32)
+
+
+def count_parameters(module: nnx.Module) -> int:
+    """Number of trainable scalars (nnx.Param leaves) in a module."""
+    return sum(int(p.size) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))
