@@ -1,0 +1,174 @@
+"""Train state and the one jitted training step for both modes.
+
+``wespe`` (unpaired): G: source -> target, F: target -> source.
+    generator loss = w_content * ||VGG(x) - VGG(F(G(x)))||^2 + w_color * adv(D_c(blur(G(x))))
+                     + w_texture * adv(D_t(gray(G(x)))) + w_tv * TV(G(x))
+``dped`` (paired): generator loss = w_content * ||VGG(G(x)) - VGG(y)||^2 + w_color * ||blur(G(x)) - blur(y)||^2
+                     + w_texture * adv(D_t(gray(G(x)))) + w_tv * TV(G(x))
+Discriminators learn target (real) vs G(x) (fake) on the same batch.
+
+Updates are simultaneous: the discriminators see G(x) from the generator before this step's update (as the
+PyTorch ports do with ``fake.detach()``), so one step costs one G forward. The official DPED code
+alternates on two different batches; with a fresh batch every step the two are statistically alike.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from wespe import losses, ops, vgg
+from wespe.config import validate
+from wespe.models import Discriminator, Generator
+
+GENERATORS = {"wespe": ("generator", "inverse_generator"), "dped": ("generator",)}
+DISCRIMINATORS = {"wespe": ("color_discriminator", "texture_discriminator"), "dped": ("texture_discriminator",)}
+
+Batch = dict[str, jax.Array]  # {"source": (B, H, W, 3), "target": (B, H, W, 3)}, RGB in [0, 1]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (a pytree; checkpoint it whole)."""
+    step: jax.Array
+    params: dict[str, nnx.State]  # trainable parameters, per network
+    batch_stats: dict[str, nnx.State]  # other variables (BatchNorm running averages); empty for instance norm
+    opt_state: dict[str, Any]  # {"generators": ..., "discriminators": ...}
+
+
+def build_networks(config: ml_collections.ConfigDict) -> dict[str, nnx.Module]:
+    """The networks a mode trains, initialised from ``config.seed``."""
+    rngs = nnx.Rngs(config.seed)
+    num_logits = 2 if config.adversarial_form == "dped_softmax" else 1
+    g = config.generator
+    nets: dict[str, nnx.Module] = {}
+    for name in GENERATORS[config.mode]:
+        nets[name] = Generator(width=g.width, num_blocks=g.num_blocks, norm=g.norm, rngs=rngs)
+    for name in DISCRIMINATORS[config.mode]:
+        nets[name] = Discriminator(3 if name == "color_discriminator" else 1, head=config.discriminator.head,
+                                   input_size=config.patch_size, num_logits=num_logits,
+                                   norm=config.discriminator.norm, rngs=rngs)
+    return nets
+
+
+def make_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, ...]:
+    o = config.optimizer
+    return (optax.adam(o.lr_generator, b1=o.b1, b2=o.b2, eps=o.eps),
+            optax.adam(o.lr_discriminator, b1=o.b1, b2=o.b2, eps=o.eps))
+
+
+def create_train_state(config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, nnx.GraphDef]]:
+    """Fresh networks and optimiser states; returns the state and the (static) graph definitions."""
+    validate(config)
+    graphdefs, params, stats = {}, {}, {}
+    for name, net in build_networks(config).items():
+        graphdefs[name], params[name], stats[name] = nnx.split(net, nnx.Param, ...)
+    tx_g, tx_d = make_optimizers(config)
+    opt_state = {"generators": tx_g.init({n: params[n] for n in GENERATORS[config.mode]}),
+                 "discriminators": tx_d.init({n: params[n] for n in DISCRIMINATORS[config.mode]})}
+    return TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state), graphdefs
+
+
+def load_content_network(config: ml_collections.ConfigDict) -> tuple[dict, str]:
+    """VGG-19 weights for the content loss and the preprocessing they need (fails early, naming the file)."""
+    weights, origin = vgg.load_vgg19(config.vgg_weights, config.vgg_cache_dir)
+    pre = vgg.PREPROCESSING_FOR_ORIGIN[origin] if config.vgg_preprocessing == "auto" else config.vgg_preprocessing
+    return vgg.as_jax(weights), pre
+
+
+def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Array, *,
+                config: ml_collections.ConfigDict, graphdefs: dict, preprocessing: str) -> tuple[TrainState, Metrics]:
+    mode, form, norm = config.mode, config.adversarial_form, config.loss_normalization
+    gen_names, disc_names = GENERATORS[mode], DISCRIMINATORS[mode]
+    tx_g, tx_d = make_optimizers(config)
+    source, target = batch["source"], batch["target"]
+    blur = functools.partial(ops.blur, mode=config.blur)
+
+    def content_features(images):
+        return vgg.features(vgg_weights, images, config.content_layer, preprocessing)
+
+    def network(name, params):
+        return nnx.merge(graphdefs[name], params, state.batch_stats[name])
+
+    def generator_objective(gen_params):
+        nets = {n: network(n, gen_params[n]) for n in gen_names}
+        disc = {n: network(n, state.params[n]) for n in disc_names}
+        enhanced = nets["generator"](source)
+        terms = {}
+        if mode == "wespe":
+            reconstructed = nets["inverse_generator"](enhanced)
+            terms["content"] = losses.content_loss(jax.lax.stop_gradient(content_features(source)),
+                                                   content_features(reconstructed))
+            terms["color"] = losses.generator_adversarial_loss(disc["color_discriminator"](blur(enhanced)), form, norm)
+        else:
+            terms["content"] = losses.content_loss(content_features(enhanced),
+                                                   jax.lax.stop_gradient(content_features(target)))
+            terms["color"] = losses.color_loss(blur(enhanced), blur(target), norm)
+        terms["texture"] = losses.generator_adversarial_loss(
+            disc["texture_discriminator"](ops.grayscale(enhanced)), form, norm)
+        terms["tv"] = losses.tv_loss(enhanced)
+        total = sum(config.weights[k] * v for k, v in terms.items())
+        new_stats = {n: nnx.state(net, nnx.Not(nnx.Param)) for n, net in nets.items()}
+        return total, (terms, enhanced, new_stats)
+
+    fake = None  # set below; the discriminators train on the pre-update G(x)
+
+    def discriminator_objective(disc_params):
+        views = {"color_discriminator": lambda im: blur(im), "texture_discriminator": ops.grayscale}
+        total, out = 0.0, {}
+        for i, name in enumerate(disc_names):
+            view = views[name]
+            inputs, labels = losses.discriminator_batch(view(target), view(fake), form, jax.random.fold_in(rng, i))
+            loss, acc = losses.discriminator_loss(network(name, disc_params[name])(inputs), labels, form, norm)
+            total = total + loss
+            out[f"loss/{name}"], out[f"accuracy/{name}"] = loss, acc
+        return total, out
+
+    gen_params = {n: state.params[n] for n in gen_names}
+    disc_params = {n: state.params[n] for n in disc_names}
+    (g_total, (terms, enhanced, new_stats)), g_grads = jax.value_and_grad(generator_objective, has_aux=True)(gen_params)
+    fake = jax.lax.stop_gradient(enhanced)
+    (_, d_metrics), d_grads = jax.value_and_grad(discriminator_objective, has_aux=True)(disc_params)
+
+    g_updates, opt_g = tx_g.update(g_grads, state.opt_state["generators"], gen_params)
+    d_updates, opt_d = tx_d.update(d_grads, state.opt_state["discriminators"], disc_params)
+    params = {**optax.apply_updates(gen_params, g_updates), **optax.apply_updates(disc_params, d_updates)}
+    batch_stats = {**state.batch_stats, **new_stats}
+
+    metrics = {f"loss/{k}": v for k, v in terms.items()}
+    metrics["loss/generator"] = g_total
+    metrics.update(d_metrics)
+    for name, grads in {**g_grads, **d_grads}.items():
+        metrics[f"grad_norm/{name}"] = optax.tree.norm(grads)
+    new_state = TrainState(state.step + 1, params, batch_stats, {"generators": opt_g, "discriminators": opt_d})
+    return new_state, metrics
+
+
+def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weights: dict,
+                    preprocessing: str) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    """The pure step ``(state, batch, rng) -> (state, metrics)``, jitted once; the input state is donated.
+
+    Deterministic for a given rng (which only drives the ``dped_softmax`` real/fake swaps).
+    """
+    validate(config)
+    jitted = jax.jit(functools.partial(_train_step, config=config, graphdefs=graphdefs, preprocessing=preprocessing),
+                     donate_argnums=0)
+
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+        return jitted(state, vgg_weights, batch, rng)
+
+    train_step.jitted = jitted  # for cost analysis / lowering in benchmarks
+    return train_step
+
+
+def generator_from_state(state: TrainState, graphdefs: dict, name: str = "generator") -> nnx.Module:
+    """The trained network as an NNX module (for inference: enhance, export)."""
+    return nnx.merge(graphdefs[name], state.params[name], state.batch_stats[name])
