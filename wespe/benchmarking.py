@@ -1,0 +1,93 @@
+"""Training-step throughput measurement (used by ``launch/benchmark.py``).
+
+Times are medians over repeats after warm-up, with ``block_until_ready``; FLOPs come from XLA's cost
+analysis of the compiled step; MFU = FLOPs / step time / device peak when a peak is known or given.
+User and system CPU seconds per step are reported too: on small CPU machines a large system share means
+the allocator is returning memory to the OS every op (see the README's performance notes).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from wespe import train
+
+# Dense peak FLOP/s per device by jax device_kind and compute dtype (vendor figures, no sparsity).
+KNOWN_PEAKS = {
+    "NVIDIA H100 80GB HBM3": {"float32": 67e12, "tf32": 494.7e12, "bfloat16": 989.4e12},
+    "NVIDIA H200": {"float32": 67e12, "tf32": 494.7e12, "bfloat16": 989.4e12},
+    "TPU v4": {"bfloat16": 275e12}, "TPU v5 lite": {"bfloat16": 197e12}, "TPU v5p": {"bfloat16": 459e12},
+}
+
+
+def device_peak(dtype: str = "float32") -> float | None:
+    kind = jax.devices()[0].device_kind
+    return KNOWN_PEAKS.get(kind, {}).get(dtype)
+
+
+def _flops(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def _peak_memory_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return None
+
+
+def benchmark_train_step(config: ml_collections.ConfigDict, *, repeats: int = 5, warmup: int = 1,
+                         peak_flops: float | None = None) -> dict:
+    """Compile and time the training step of ``config`` on random data; returns a JSON-able dict."""
+    state, graphdefs = train.create_train_state(config)
+    weights, pre = train.load_content_network(config)
+    step = train.make_train_step(config, graphdefs, weights, pre)
+    rng = np.random.default_rng(0)
+    shape = (config.batch_size, config.patch_size, config.patch_size, 3)
+    batch = {k: jnp.asarray(rng.random(shape, dtype=np.float32)) for k in ("source", "target")}
+    key = jax.random.key(0)
+
+    t0 = time.perf_counter()
+    compiled = step.jitted.lower(state, weights, batch, key).compile()
+    compile_s = time.perf_counter() - t0
+    flops = _flops(compiled)
+
+    for i in range(warmup):
+        state, metrics = compiled(state, weights, batch, jax.random.fold_in(key, i))
+        jax.block_until_ready(metrics)
+    times, user, system = [], [], []
+    for i in range(repeats):
+        c0, t0 = os.times(), time.perf_counter()
+        state, metrics = compiled(state, weights, batch, jax.random.fold_in(key, warmup + i))
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+        c1 = os.times()
+        user.append(c1.user - c0.user)
+        system.append(c1.system - c0.system)
+    median = statistics.median(times)
+    peak = peak_flops if peak_flops else device_peak()
+    return {
+        "mode": config.mode, "batch_size": config.batch_size, "patch_size": config.patch_size,
+        "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+        "compile_s": round(compile_s, 3), "step_s_median": round(median, 4),
+        "step_s_all": [round(t, 4) for t in times], "images_per_s": round(config.batch_size / median, 3),
+        "cpu_user_s_per_step": round(statistics.median(user), 3),
+        "cpu_sys_s_per_step": round(statistics.median(system), 3),
+        "flops_per_step": flops, "achieved_tflops": round(flops / median / 1e12, 4) if flops else None,
+        "peak_tflops": peak / 1e12 if peak else None,
+        "mfu": round(flops / median / peak, 4) if (flops and peak) else None,
+        "peak_device_memory_bytes": _peak_memory_bytes(),
+        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "finite": bool(np.isfinite(float(metrics["loss/generator"]))),
+    }
