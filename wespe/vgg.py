@@ -137,7 +137,7 @@ def _read_matconvnet(path: str) -> dict:
         if hasattr(layer, "weights"):
             kernel, bias = layer.weights[0], layer.weights[1]
         else:  # MatConvNet before beta-17 stored separate fields
-            raise VGGWeightsError("old")
+            kernel, bias = layer.filters, layer.biases
         # As the DPED code (vgg.py): MatConvNet kernels are [W, H, in, out] relative to TF's HWIO.
         weights[name] = {"kernel": np.transpose(np.asarray(kernel), (1, 0, 2, 3)),
                          "bias": np.asarray(bias).reshape(-1)}
