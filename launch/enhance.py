@@ -1,0 +1,51 @@
+"""Enhance photos at full size with an official DPED generator or an exported wespe generator.
+
+    python launch/enhance.py --pretrained=dped_iphone --weights_dir=models_orig --output=out photos/ extra.jpg
+    python launch/enhance.py --checkpoint=workdir/generator.npz --output=out --tile=512 --save_raw photos/
+
+Inputs are files and/or folders (searched recursively for jpg/jpeg/png/webp/tif/tiff/bmp). Each photo is written
+to --output with its file name, format and relative sub-folder, EXIF kept and orientation applied. A file that
+cannot be read, enhanced or written is reported and skipped. Exit status: 0 if at least one photo was enhanced
+(partial failures are listed in the log and the summary line, so one stray corrupt file does not fail a batch
+job over a large folder), 1 if none was (or nothing was found), 1 with a message for bad flags or weights.
+"""
+
+import sys
+
+from absl import app, flags
+
+from wespe import enhance_files, pretrained
+
+flags.DEFINE_enum("pretrained", None, sorted(pretrained.PRETRAINED),
+                  "Official DPED generator; its <phone>_orig.* files are looked up in --weights_dir.")
+flags.DEFINE_string("weights_dir", None, "Folder holding the official DPED checkpoints (with --pretrained).")
+flags.DEFINE_string("checkpoint", None, "Exported wespe generator: a .npz file, or a folder with generator.npz.")
+flags.DEFINE_string("output", None, "Output folder (created; mirrors the input folders).")
+flags.DEFINE_integer("tile", 0, "Tile side in pixels for exact tiled inference; 0 = auto from the memory budget.",
+                     lower_bound=0)
+flags.DEFINE_float("memory_budget_mb", None, "Activation memory budget per device in MiB (default: the library's).")
+flags.DEFINE_bool("save_raw", False, "Also write the unclipped float32 output as <name>.npy beside each photo.")
+flags.mark_flag_as_required("output")
+flags.register_multi_flags_validator(
+    ["pretrained", "checkpoint"], lambda f: (f["pretrained"] is None) != (f["checkpoint"] is None),
+    message="give exactly one of --pretrained=<dped_iphone|dped_blackberry|dped_sony> and --checkpoint=<path>")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    inputs = argv[1:]
+    if not inputs:
+        raise app.UsageError("give at least one input photo or folder")
+    try:
+        generator = enhance_files.load_enhancer(pretrained_name=FLAGS.pretrained, checkpoint=FLAGS.checkpoint,
+                                                weights_dir=FLAGS.weights_dir)
+        report = enhance_files.enhance_files(generator, inputs, FLAGS.output, tile=FLAGS.tile or None,
+                                             memory_budget_mb=FLAGS.memory_budget_mb, save_raw=FLAGS.save_raw)
+    except (ValueError, OSError) as e:  # bad weights, a missing input, clashing outputs: before any photo is done
+        sys.exit(f"error: {e}")
+    print(report.summary())
+    return 0 if report.enhanced else 1
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,216 @@
+"""launch/enhance.py end to end (subprocesses), plus the pieces behind it: wespe.export and wespe.enhance_files.
+
+The CLI runs are few on purpose (each starts JAX, ~2-5 s): one run over a folder with good and bad files, the flag
+errors, one run where nothing succeeds, and the official iPhone generator against the TensorFlow reference output
+(needs ``../shared/dped_pretrained`` next to the repository; skipped without it).
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image, ImageCms
+
+from wespe import enhance_files, export
+from wespe.enhance import enhance
+from wespe.image_io import read_image
+from wespe.models import Generator
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "dped_pretrained"
+ORIENTATION, MAKE = 0x0112, 0x010F
+
+
+def run_cli(*args, timeout=180):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "launch/enhance.py", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def random_generator(seed=0, **kwargs):
+    """A width-8, 1-block generator with random weights, built abstractly and filled from NumPy: skips the
+    seconds of compiling JAX's random initialisers in a fresh process."""
+    generator = nnx.eval_shape(lambda: Generator(width=8, num_blocks=1, rngs=nnx.Rngs(0), **kwargs))
+    rng = np.random.default_rng(seed)
+    for path, var in nnx.iter_graph(generator):
+        if isinstance(var, nnx.Variable):
+            shape = var.get_value().shape
+            scale = 0.1 if len(shape) == 4 else 0.02
+            base = 1.0 if path[-1] in ("scale", "var") else 0.0
+            var.set_value(jnp.asarray(base + scale * rng.standard_normal(shape), jnp.float32))
+    return generator
+
+
+def pattern(height, width, seed):
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    phase = np.random.default_rng(seed).uniform(0, 6, 3)
+    return np.round(np.stack([127 + 100 * np.sin(x / 7 + y / (5 + k) + phase[k]) for k in range(3)], -1)
+                    ).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------- wespe.export
+
+def test_export_round_trip(tmp_path):
+    x = np.random.default_rng(0).uniform(size=(1, 12, 10, 3)).astype(np.float32)
+    for norm in ("instance", "batch"):
+        g = random_generator(seed=3, norm=norm)
+        path = export.save_generator(g, tmp_path / f"{norm}.npz")
+        loaded = export.load_generator(path)
+        assert (loaded.width, loaded.num_blocks, loaded.norm) == (8, 1, norm)
+        view = (lambda m: nnx.view(m, use_running_average=True)) if norm == "batch" else (lambda m: m)
+        np.testing.assert_array_equal(np.asarray(view(loaded)(x)), np.asarray(view(g)(x)))
+    # The format is plain NumPy: metadata JSON plus named arrays.
+    with np.load(tmp_path / "instance.npz", allow_pickle=False) as npz:
+        meta = json.loads(npz[export.METADATA_KEY].tobytes())
+        assert meta["config"] == {"width": 8, "num_blocks": 1, "norm": "instance", "channels": 3}
+        assert npz["conv_in.kernel"].shape == (9, 9, 3, 8) and "blocks.0.norm1.scale" in npz.files
+    # A directory stands for <dir>/generator.npz.
+    assert export.save_generator(g, tmp_path / "workdir") == tmp_path / "workdir" / "generator.npz"
+    assert export.load_generator(tmp_path / "workdir").norm == "batch"
+
+
+def test_export_errors(tmp_path):
+    good = export.save_generator(random_generator(), tmp_path / "good.npz")
+    with pytest.raises(export.ExportFormatError, match="missing.npz does not exist"):
+        export.load_generator(tmp_path / "missing.npz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(export.ExportFormatError, match="without an exported generator"):
+        export.load_generator(tmp_path / "empty")
+    (tmp_path / "garbage.npz").write_bytes(b"definitely not a zip archive")
+    with pytest.raises(export.ExportFormatError, match="garbage.npz.*corrupt"):
+        export.load_generator(tmp_path / "garbage.npz")
+    (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:-3000])
+    with pytest.raises(export.ExportFormatError, match="cut.npz"):
+        export.load_generator(tmp_path / "cut.npz")
+    np.savez(tmp_path / "plain.npz", w=np.zeros(3))
+    with pytest.raises(export.ExportFormatError, match="plain.npz.*__wespe_generator__"):
+        export.load_generator(tmp_path / "plain.npz")
+
+    def rewrite(name, edit):
+        with np.load(good, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(arrays[export.METADATA_KEY].tobytes())
+        edit(meta, arrays)
+        arrays[export.METADATA_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        np.savez(tmp_path / name, **arrays)
+        return tmp_path / name
+
+    wider = rewrite("wider.npz", lambda m, a: m["config"].update(width=16))
+    with pytest.raises(export.ExportFormatError, match=r"wider.npz: variable .* has shape .* needs"):
+        export.load_generator(wider)
+    dropped = rewrite("dropped.npz", lambda m, a: a.pop("conv_out.bias"))
+    with pytest.raises(export.ExportFormatError, match="missing conv_out.bias"):
+        export.load_generator(dropped)
+    newer = rewrite("newer.npz", lambda m, a: m.update(version=99))
+    with pytest.raises(export.ExportFormatError, match="version 99"):
+        export.load_generator(newer)
+    assert zipfile.is_zipfile(good)
+
+
+def test_load_enhancer_needs_exactly_one(tmp_path):
+    with pytest.raises(ValueError, match="exactly one.*not neither"):
+        enhance_files.load_enhancer()
+    with pytest.raises(ValueError, match="exactly one.*not both"):
+        enhance_files.load_enhancer(pretrained_name="dped_iphone", checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="unknown pretrained"):
+        enhance_files.load_enhancer(pretrained_name="dped_nokia")
+    with pytest.raises(ValueError, match="weights_dir only applies"):
+        enhance_files.load_enhancer(checkpoint=tmp_path, weights_dir=tmp_path)
+
+
+def test_enhance_files_refuses_clashing_raw_outputs(tmp_path):
+    for ext in ("png", "jpg"):
+        Image.fromarray(pattern(8, 8, 0)).save(tmp_path / f"same.{ext}")
+    with pytest.raises(ValueError, match="save_raw.*clashes"):
+        enhance_files.enhance_files(None, [tmp_path], tmp_path / "out", save_raw=True, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------- the CLI, end to end
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    export.save_generator(random_generator(seed=1), root / "workdir")  # --checkpoint=<dir with generator.npz>
+    folder = root / "photos"
+    (folder / "sub").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[ORIENTATION], exif[MAKE] = 6, "Canon"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(pattern(24, 40, 0)).save(folder / "portrait.jpg", quality=90, exif=exif, icc_profile=icc)
+    Image.fromarray(pattern(20, 28, 1)).save(folder / "flat.png")
+    Image.fromarray(pattern(16, 12, 2)).save(folder / "sub" / "small.webp", lossless=True)
+    (folder / "broken.jpg").write_text("this is not a JPEG\n")
+    (folder / "readme.txt").write_text("not a photo, ignored\n")
+    return {"root": root, "folder": folder, "icc": icc}
+
+
+def test_cli_folder_with_a_bad_file(photos):
+    root, folder = photos["root"], photos["folder"]
+    out = root / "out"
+    result = run_cli(f"--checkpoint={root / 'workdir'}", f"--output={out}", "--save_raw", "--tile=0", folder)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "3 enhanced, 1 failed"
+    assert "broken.jpg" in result.stderr and "not an image" in result.stderr  # reported with the reason
+    if importlib.util.find_spec("tqdm") is not None:  # the progress bar (images, rate, ETA)
+        assert "img/s" in result.stderr or "s/img" in result.stderr
+
+    written = sorted(str(p.relative_to(out)).replace(os.sep, "/") for p in out.rglob("*") if p.is_file())
+    assert written == ["flat.npy", "flat.png", "portrait.jpg", "portrait.npy", "sub/small.npy", "sub/small.webp"]
+
+    portrait = Image.open(out / "portrait.jpg")
+    assert portrait.format == "JPEG" and portrait.size == (24, 40)  # orientation 6 applied: rotated size
+    assert portrait.getexif()[ORIENTATION] == 1 and portrait.getexif()[MAKE] == "Canon"
+    assert portrait.info["icc_profile"] == photos["icc"]
+    assert Image.open(out / "flat.png").format == "PNG" and Image.open(out / "flat.png").size == (28, 20)
+    assert Image.open(out / "sub" / "small.webp").format == "WEBP"
+
+    generator = export.load_generator(root / "workdir")
+    for name, source in [("portrait", "portrait.jpg"), ("flat", "flat.png"), ("sub/small", "sub/small.webp")]:
+        raw = np.load(out / f"{name}.npy")
+        image, _ = read_image(folder / source)
+        assert raw.dtype == np.float32 and raw.shape == image.shape
+        np.testing.assert_allclose(raw, enhance(generator, image), atol=1e-5)  # the checkpoint was used
+        if not source.endswith(".jpg"):  # lossless outputs hold exactly round(clip(y, 0, 1) * 255)
+            output, _ = read_image(out / source)
+            np.testing.assert_array_equal(output, enhance_files.to_uint8(raw))
+
+
+@pytest.mark.parametrize("flags", [[], ["--pretrained=dped_iphone", "--checkpoint=x.npz"]], ids=["neither", "both"])
+def test_cli_needs_exactly_one_generator(tmp_path, flags):
+    # The input does not exist: had anything been read before the flag check, the error would say so.
+    result = run_cli(*flags, f"--output={tmp_path / 'out'}", tmp_path / "no_such_photo.jpg")
+    assert result.returncode != 0
+    assert "exactly one of --pretrained" in result.stderr and "no_such_photo" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_fails_when_nothing_succeeds(photos, tmp_path):
+    result = run_cli(f"--checkpoint={photos['root'] / 'workdir' / 'generator.npz'}", f"--output={tmp_path / 'out'}",
+                     photos["folder"] / "broken.jpg")
+    assert result.returncode == 1
+    assert result.stdout.strip().splitlines()[-1] == "0 enhanced, 1 failed"
+
+
+@pytest.mark.skipif(not (SHARED / "reference" / "chelsea_input.png").exists(),
+                    reason=f"official DPED checkpoints and reference output not found at {SHARED}")
+def test_cli_official_iphone_generator_matches_tensorflow(tmp_path):
+    result = run_cli("--pretrained=dped_iphone", f"--weights_dir={SHARED}", f"--output={tmp_path}", "--save_raw",
+                     SHARED / "reference" / "chelsea_input.png")
+    assert result.returncode == 0, result.stderr
+    raw = np.load(tmp_path / "chelsea_input.npy")
+    reference = np.load(SHARED / "reference" / "chelsea_iphone_orig_output.npy")
+    assert raw.shape == reference.shape == (300, 450, 3)
+    assert np.abs(raw - reference).max() <= 1e-4
+    output, info = read_image(tmp_path / "chelsea_input.png")
+    assert info.format == "PNG"
+    np.testing.assert_array_equal(output, enhance_files.to_uint8(raw))

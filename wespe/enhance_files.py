@@ -1,0 +1,159 @@
+"""Enhance photo files with a generator: read, run, write in the same format; a bad file is reported, not fatal.
+
+:func:`enhance_files` is the loop behind ``launch/enhance.py``: every photo named by the inputs (files, or
+folders searched recursively, see :func:`wespe.image_io.plan_outputs`) is read upright as 8-bit RGB
+(:func:`wespe.image_io.read_image`), enhanced at full size by :func:`wespe.enhance.enhance`, converted with
+``round(clip(y, 0, 1) * 255)`` and written under the output folder with the same relative path, file name and
+format, EXIF (orientation 1) and ICC profile kept. With ``save_raw`` the unclipped float32 output is also saved
+as ``<stem>.npy`` beside it.
+
+A file that cannot be read, enhanced or written is logged with the reason and skipped; the others are still
+done. Problems found before any work (a missing input, two inputs that would be written to the same output, an
+output that would overwrite its input) raise instead.
+
+:func:`load_enhancer` picks the generator: an official DPED one (``pretrained=`` + ``weights_dir=``) or an
+exported wespe generator (``checkpoint=``, see :mod:`wespe.export`); exactly one of the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from wespe import export, image_io, pretrained
+from wespe.enhance import enhance
+from wespe.models import Generator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EnhanceReport:
+    """Outcome of :func:`enhance_files`: ``enhanced`` holds (input, output) pairs, ``failed`` (input, reason)."""
+
+    enhanced: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
+    failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{len(self.enhanced)} enhanced, {len(self.failed)} failed"
+
+
+def load_enhancer(*, pretrained_name: str | None = None, checkpoint: str | os.PathLike | None = None,
+                  weights_dir: str | os.PathLike | None = None) -> Generator:
+    """The generator to enhance with: ``pretrained_name`` (dped_iphone, dped_blackberry, dped_sony; its files in
+    ``weights_dir``) or ``checkpoint`` (an exported generator ``.npz``, or a folder holding ``generator.npz``).
+
+    Raises ``ValueError`` unless exactly one of the two is given, or if ``weights_dir`` comes with
+    ``checkpoint``; :class:`wespe.pretrained.CheckpointFormatError` / :class:`wespe.export.ExportFormatError`
+    (both ``ValueError``) for missing or bad weights.
+    """
+    if (pretrained_name is None) == (checkpoint is None):
+        raise ValueError("give exactly one of --pretrained (an official DPED generator: "
+                         f"{', '.join(sorted(pretrained.PRETRAINED))}) and --checkpoint (an exported wespe "
+                         f"generator), not {'both' if pretrained_name is not None else 'neither'}")
+    if pretrained_name is not None:
+        if pretrained_name not in pretrained.PRETRAINED:
+            raise ValueError(f"unknown pretrained generator {pretrained_name!r}; expected one of "
+                             f"{', '.join(sorted(pretrained.PRETRAINED))}")
+        return pretrained.load_dped_generator(pretrained_name, weights_dir)
+    if weights_dir is not None:
+        raise ValueError("--weights_dir only applies to --pretrained; --checkpoint names its file itself")
+    return export.load_generator(checkpoint)
+
+
+def to_uint8(output: np.ndarray) -> np.ndarray:
+    """Generator output (float, unclipped) to 8-bit pixels: ``round(clip(y, 0, 1) * 255)``."""
+    return np.round(np.clip(np.asarray(output, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def raw_path(output: Path) -> Path:
+    """Where ``save_raw`` puts the float32 output of the photo written to ``output``: ``<stem>.npy`` beside it."""
+    return output.with_suffix(".npy")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_raw_paths(pairs: Sequence[tuple[Path, Path]]) -> None:
+    taken = {output.resolve(): source for source, output in pairs}
+    for source, output in pairs:
+        key = raw_path(output).resolve()
+        if key in taken:
+            raise ValueError(f"--save_raw: the raw output {raw_path(output)} of {source} clashes with the output "
+                             f"of {taken[key]} (same name, different extension); enhance them separately")
+        taken[key] = source
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bars are a convenience; the per-file log lines remain
+        return None
+    return tqdm(total=total, unit="img", desc="enhancing", dynamic_ncols=True)
+
+
+def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
+                  tile: int | None = None, memory_budget_mb: float | None = None, devices: Sequence | None = None,
+                  save_raw: bool = False, progress: bool = True) -> EnhanceReport:
+    """Enhance every photo named by ``inputs`` into ``output_dir`` (see the module docstring); returns the report.
+
+    ``tile``, ``memory_budget_mb``, ``devices``: passed to :func:`wespe.enhance.enhance` (``tile=None``: chosen
+    from the memory budget). ``progress``: show a tqdm bar (images, rate, ETA) on stderr.
+    """
+    inputs = list(inputs)
+    pairs = image_io.plan_outputs(inputs, output_dir)
+    if save_raw:
+        _check_raw_paths(pairs)
+    report = EnhanceReport()
+    if not pairs:
+        logger.warning("no photos found in %s (looked for %s)", ", ".join(map(str, inputs)),
+                       " ".join(sorted(image_io.IMAGE_EXTENSIONS)))
+        return report
+    bar = _progress(len(pairs), progress)
+    try:
+        for source, output in pairs:
+            try:
+                image, info = image_io.read_image(source)
+                if info.format not in image_io.WRITABLE_FORMATS:
+                    raise image_io.ImageWriteError(f"{source}: format {info.format} cannot be written back; "
+                                                   f"supported: {', '.join(sorted(image_io.WRITABLE_FORMATS))}")
+                for note in info.notes:
+                    logger.info("%s: %s", source, note)
+                raw = np.asarray(enhance(generator, image, tile=tile, memory_budget_mb=memory_budget_mb,
+                                         devices=devices), np.float32)
+                image_io.write_image(output, to_uint8(raw), info)
+                if save_raw:
+                    _save_npy(raw_path(output), raw)
+                report.enhanced.append((source, output))
+            except Exception as e:  # noqa: BLE001 - one bad photo must not stop a folder of good ones
+                reason = str(e) if isinstance(e, (image_io.ImageReadError, image_io.ImageWriteError)) \
+                    else f"{type(e).__name__}: {e}"
+                message = reason if reason.startswith(str(source)) else f"{source}: {reason}"
+                if bar is not None:
+                    bar.clear()
+                logger.error("skipped %s", message)
+                logger.debug("traceback for %s", source, exc_info=True)
+                report.failed.append((source, reason))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return report
