@@ -1,0 +1,259 @@
+"""Training checkpoints: exact round trips, keep-N, async saves, crashed saves, corrupt files, other shardings."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wespe import config as configs
+from wespe import train
+from wespe.checkpoint import CheckpointError, Checkpointer
+
+# orbax reports failures of reads still in flight after a restore failed through sys.unraisablehook; none may occur.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(scope="module")
+def state_shapes():
+    """The TrainState structure of a tiny WESPE config with batch norm (so batch_stats is not empty).
+
+    ``jax.eval_shape`` of :func:`train.create_train_state` gives exactly its tree, dtypes and shapes in well
+    under a second (building it eagerly compiles dozens of small initialisers on CPU).
+    """
+    c = configs.wespe_paper()
+    c.vgg_weights = "random"
+    c.batch_size, c.patch_size = 2, 32
+    c.generator.width, c.generator.num_blocks, c.generator.norm = 8, 1, "batch"
+    c.discriminator.head = "global_pool"
+    c.content_layer = "relu2_2"
+    return jax.eval_shape(lambda: train.create_train_state(c)[0])
+
+
+def random_state(shapes, seed=0):
+    """A TrainState with random contents (non-zero Adam moments and counts), every leaf a distinct array."""
+    rng = np.random.default_rng(seed)
+
+    def fill(s):
+        if jnp.issubdtype(s.dtype, jnp.floating):
+            return jnp.asarray(rng.standard_normal(s.shape).astype(s.dtype))
+        return jnp.asarray(rng.integers(-1000, 1000, s.shape).astype(s.dtype))
+
+    return jax.tree.map(fill, shapes)
+
+
+METADATA = {"config": {"mode": "wespe", "lr": 1e-4, "patch_size": 32}, "data": {"epoch": 1, "index": 17},
+            "rng_key_data": [0, 42, 4294967295], "wall_clock": {"elapsed_s": 12.5, "saved_at": "2025-01-01T00:00:00Z"},
+            "nested": [None, True, "text"]}
+
+
+def assert_same_state(expected, actual):
+    assert jax.tree.structure(expected) == jax.tree.structure(actual)
+    for (path, e), a in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(actual)):
+        name = jax.tree_util.keystr(path)
+        assert np.asarray(a).dtype == np.asarray(e).dtype, name
+        assert np.asarray(a).shape == np.asarray(e).shape, name
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=name)
+
+
+def test_round_trip_is_bit_exact(tmp_path, state_shapes):
+    state = random_state(state_shapes)
+    assert jax.tree.leaves(state.batch_stats), "the fixture should have batch-norm statistics"
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        assert ckpt.latest_step() is None and ckpt.all_steps() == []
+        with pytest.raises(CheckpointError, match="no finished checkpoint"):
+            ckpt.restore(like=state)
+        with pytest.raises(CheckpointError, match="no finished checkpoint"):
+            ckpt.metadata()
+        ckpt.save(7, state, METADATA)
+        assert ckpt.latest_step() == 7 and ckpt.all_steps() == [7]
+        assert ckpt.metadata() == METADATA and ckpt.metadata(7) == METADATA
+        restored, metadata = ckpt.restore(like=state)
+    assert isinstance(restored, train.TrainState)
+    assert_same_state(state, restored)
+    assert restored.step.dtype == jnp.int32 and restored.step.shape == ()
+    assert metadata == METADATA
+    # A fresh Checkpointer (a restarted job) finds it too.
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 7
+        restored, metadata = ckpt.restore(7, like=state)
+    assert_same_state(state, restored)
+    assert metadata == METADATA
+
+
+def test_restore_onto_shape_dtype_structs(tmp_path, state_shapes):
+    state = random_state(state_shapes)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), state_shapes)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(3, state, {"a": 1})
+        restored, metadata = ckpt.restore(like=like)
+    assert_same_state(state, restored)
+    assert all(isinstance(x, jax.Array) and x.sharding == device for x in jax.tree.leaves(restored))
+    assert metadata == {"a": 1}
+
+
+def test_keep_last_n(tmp_path, state_shapes):
+    state = random_state(state_shapes)
+    with Checkpointer(tmp_path, keep=2) as ckpt:
+        for step in range(1, 6):
+            ckpt.save(step, state.replace(step=jnp.int32(step)), {"step": step})
+        ckpt.wait()
+        assert ckpt.all_steps() == [4, 5]
+    assert sorted(p for p in os.listdir(tmp_path) if p.isdigit() or "tmp" in p) == ["4", "5"]
+    with Checkpointer(tmp_path, keep=2) as ckpt:
+        assert ckpt.all_steps() == [4, 5]
+        restored, metadata = ckpt.restore(like=state)
+    assert int(restored.step) == 5 and metadata == {"step": 5}
+
+
+def test_async_save_then_wait_then_restore(tmp_path, state_shapes):
+    state = random_state(state_shapes, seed=1)
+    host_copy = jax.tree.map(np.array, state)
+    with Checkpointer(tmp_path, async_save=True) as ckpt:
+        ckpt.save(10, state, METADATA)
+        # save() returns once the arrays are on the host: the caller may donate or delete them right away.
+        for leaf in jax.tree.leaves(state):
+            leaf.delete()
+        ckpt.wait()
+        assert ckpt.latest_step() == 10
+        assert "10.orbax-checkpoint-tmp" not in os.listdir(tmp_path)
+        restored, metadata = ckpt.restore(like=state_shapes)
+    assert_same_state(host_copy, restored)
+    assert metadata == METADATA
+
+
+def test_save_still_running_is_not_latest(tmp_path, state_shapes, monkeypatch):
+    state = random_state(state_shapes)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, {})
+        ckpt.wait()
+        ckpt.save(2, state, {})
+        monkeypatch.setattr(ckpt._manager, "is_saving_in_progress", lambda: True)  # as if still writing step 2
+        assert ckpt.latest_step() == 1 and ckpt.all_steps() == [1]
+        monkeypatch.undo()
+        ckpt.wait()
+        assert ckpt.latest_step() == 2
+
+
+def test_unfinished_save_is_ignored_and_cleaned_up(tmp_path, state_shapes):
+    state = random_state(state_shapes)
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, state, {"step": 1})
+        ckpt.save(2, state, {"step": 2})
+    # A crash mid-save leaves orbax's temporary directory (this orbax names it "<step>.orbax-checkpoint-tmp";
+    # older versions appended "-<timestamp>") holding part of the files, never renamed to "<step>".
+    for name in ["3.orbax-checkpoint-tmp", "4.orbax-checkpoint-tmp-1700000000"]:
+        partial = tmp_path / name / "state"
+        partial.mkdir(parents=True)
+        (partial / "_METADATA").write_text("{\"tree_metadata\": {")  # cut off mid-write
+    # A reader (e.g. an export job) ignores them and must leave them alone: the writer may still be writing.
+    with Checkpointer(tmp_path, read_only=True) as reader:
+        assert reader.latest_step() == 2 and reader.all_steps() == [1, 2]
+        _, metadata = reader.restore(like=state)
+        assert metadata == {"step": 2}
+        with pytest.raises(CheckpointError, match="read-only"):
+            reader.save(5, state, {})
+    assert (tmp_path / "3.orbax-checkpoint-tmp").exists()
+    # The restarted training job ignores them too, deletes them, and can save step 3 again.
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 2
+        ckpt.save(3, state, {"step": 3})
+        ckpt.wait()
+        assert ckpt.all_steps() == [1, 2, 3]
+        _, metadata = ckpt.restore(like=state)
+        assert metadata == {"step": 3}
+    assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
+
+
+@pytest.mark.parametrize("damage", ["missing_array_files", "corrupt_array_files", "missing_metadata"])
+def test_damaged_checkpoint_raises_naming_the_directory(tmp_path, damage):
+    # A one-array state: with many arrays, orbax 0.12.8 fails on the first bad read while the other reads are
+    # still in flight, and those later print "Event loop is closed" tracebacks (harmless, but noisy in tests).
+    state = {"w": jnp.arange(24.0).reshape(4, 6)}
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, state, METADATA)
+    step_dir = tmp_path / "1"
+    if damage == "missing_array_files":
+        for p in sorted((step_dir / "state").rglob("*")):
+            if p.is_file() and p.name not in ("_METADATA", "_sharding", "commit_success.txt"):
+                p.unlink()
+    elif damage == "corrupt_array_files":
+        for p in sorted((step_dir / "state").rglob("*")):
+            if p.is_file() and "ocdbt" in str(p.relative_to(step_dir)):
+                p.write_bytes(b"\x00garbage" * 3)
+    else:
+        (step_dir / "metadata" / "metadata").unlink()
+    with Checkpointer(tmp_path) as ckpt:
+        if damage == "missing_metadata":
+            with pytest.raises(CheckpointError, match=f"could not read the metadata of checkpoint {step_dir}"):
+                ckpt.metadata()
+        assert ckpt.latest_step() == 1  # the directory looks finished: damage shows only on reading
+        with pytest.raises(CheckpointError, match=f"could not restore checkpoint {step_dir}") as info:
+            ckpt.restore(like=state)
+    assert isinstance(info.value, RuntimeError) and info.value.__cause__ is not None
+    assert len(str(info.value)) < 2000  # tensorstore's kilobytes of JSON spec are cut (kept in __cause__)
+
+
+def test_state_that_does_not_match_raises_before_reading(tmp_path, state_shapes):
+    """Resuming with another network width: a clear list of differences, no reads (and no orbax noise)."""
+    state = random_state(state_shapes)
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, state, {})
+        wider = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[:-1] + (2 * s.shape[-1],), s.dtype)
+                             if s.ndim else s, state_shapes)
+        with pytest.raises(CheckpointError, match=r"does not match `like` .*\n  shape of params/"):
+            ckpt.restore(like=wider)
+        with pytest.raises(CheckpointError, match=r"missing in the checkpoint: w"):
+            ckpt.restore(like={"w": jnp.zeros(3)})
+
+
+def test_errors_before_writing(tmp_path, state_shapes):
+    state = random_state(state_shapes)
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        with pytest.raises(TypeError, match="JSON"):
+            ckpt.save(1, state, {"bad": object()})
+        assert ckpt.all_steps() == [] and not [p for p in os.listdir(tmp_path) if p[0].isdigit()]
+        ckpt.save(1, state, {})
+        with pytest.raises(CheckpointError, match="already exists"):
+            ckpt.save(1, state, {})
+        with pytest.raises(CheckpointError, match=r"no finished checkpoint .*available steps: \[1\]"):
+            ckpt.restore(2, like=state)
+    with pytest.raises(CheckpointError, match="closed"):
+        ckpt.latest_step()
+
+
+RESHARD_SCRIPT = textwrap.dedent("""
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from wespe.checkpoint import Checkpointer
+    mesh = jax.make_mesh((2,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
+    like = {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=NamedSharding(mesh, P("x"))),
+            "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P()))}
+    with Checkpointer(sys.argv[1], read_only=True) as ckpt:
+        restored, metadata = ckpt.restore(like=like)
+    assert metadata == {"ok": True}
+    assert restored["w"].sharding == like["w"].sharding, restored["w"].sharding
+    assert [s.data.shape for s in restored["w"].addressable_shards] == [(4, 4), (4, 4)]
+    np.testing.assert_array_equal(np.asarray(restored["w"]), np.arange(32.0).reshape(8, 4))
+    assert restored["step"].sharding == like["step"].sharding and int(restored["step"]) == 5
+    print("OK", jax.device_count())
+""")
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+    """Saved here on one device, restored in a process with two, the array split over them."""
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
+        ckpt.save(5, {"w": jnp.arange(32.0).reshape(8, 4), "step": jnp.int32(5)}, {"ok": True})
+    script = tmp_path / "reshard.py"
+    script.write_text(RESHARD_SCRIPT)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK 2" in out.stdout
