@@ -25,6 +25,19 @@ vgg_preprocessing    ``auto`` (from the weights: MatConvNet -> ``dped``, torchvi
                      ``dped`` (x*255 - mean) or ``imagenet`` (mean/std)
 vgg_cache_dir        where converted VGG weights are cached (None: $WESPE_CACHE_DIR or ~/.cache/wespe)
 optimizer.lr_generator / lr_discriminator / b1 / b2 / eps   Adam (5e-4 for all networks in both papers)
+
+data.source / target folders of photos (``--source`` / ``--target`` set them); paired by file name in ``dped``
+                     mode (``data.paired`` None = follow the mode), unpaired otherwise
+data.dped_root / dped_phone   read the DPED layout ``<root>/<phone>/training_data/{<phone>,canon}`` instead
+data.builtin         ``demo``: build source/target from photos scikit-image ships (no download)
+data.flips / rot90   random flips / 90-degree rotations of patches (off: the papers do not use them)
+data.cache_max_bytes decode every image once and keep it in memory when the set fits (else stream)
+log_every            metrics.jsonl / TensorBoard scalars every N steps (the NaN check runs every step)
+sample_every         samples/step_<N>.png grids [x | G(x) | F(G(x))] on fixed held-out source crops
+checkpoint_every     orbax checkpoint every N steps (and at the end, and on SIGTERM / Ctrl-C)
+keep_checkpoints     how many checkpoints to keep
+num_sample_crops     rows of the sample grids
+allow_config_change  resume a workdir whose saved config differs (otherwise a clear error)
 """
 
 from __future__ import annotations
@@ -51,7 +64,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.vgg_cache_dir = ml_collections.FieldReference(None, field_type=str)
     c.optimizer = ml_collections.ConfigDict(dict(lr_generator=5e-4, lr_discriminator=5e-4, b1=0.9, b2=0.999,
                                                  eps=1e-8))
+    c.data = ml_collections.ConfigDict(dict(
+        source=ml_collections.FieldReference(None, field_type=str),
+        target=ml_collections.FieldReference(None, field_type=str),
+        paired=ml_collections.FieldReference(None, field_type=bool),
+        dped_root=ml_collections.FieldReference(None, field_type=str), dped_phone="iphone",
+        builtin=ml_collections.FieldReference(None, field_type=str),
+        flips=False, rot90=False, cache_max_bytes=2 * 1024**3))
+    c.log_every = 10
+    c.sample_every = 500
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    c.num_sample_crops = 6
+    c.allow_config_change = False
     return c
+
+
+# Keys that may differ between a checkpoint's config and the resuming run's without changing the result.
+RESUME_SAFE_KEYS = ("num_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
+                    "num_sample_crops", "allow_config_change")
 
 
 def wespe_paper() -> ml_collections.ConfigDict:
@@ -98,6 +129,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"config.{key}={value!r} is not one of {tuple(allowed)}")
-    for key in ("batch_size", "patch_size", "num_steps"):
+    for key in ("batch_size", "patch_size", "num_steps", "log_every", "sample_every", "checkpoint_every",
+                "keep_checkpoints"):
         if int(config[key]) < 1:
             raise ValueError(f"config.{key} must be >= 1, got {config[key]}")

@@ -1,0 +1,279 @@
+"""The training loop: folders of photos in, checkpoints, logs and pictures out.
+
+Order of work, so that every user error surfaces before anything compiles: config check -> data scan ->
+VGG weights -> resume check (saved config vs this one) -> state (fresh or restored) -> compile -> steps.
+
+Every step: NaN/inf check on the host (a bad loss stops the run naming the term and step; the last good
+checkpoint stays). Every ``log_every``: metrics.jsonl and TensorBoard. Every ``sample_every``: a sample grid
+and the collapse checks. Every ``checkpoint_every``, at the end, and on SIGTERM / Ctrl-C: a checkpoint
+holding every network, both optimizers, the step and the data iterator position, so a resumed run is
+bit-identical on CPU to one never interrupted. Process 0 writes logs and pictures; every process saves its
+checkpoint shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from wespe import data, train, visualize
+from wespe.checkpoint import Checkpointer
+from wespe.config import RESUME_SAFE_KEYS, validate
+from wespe.export import save_generator
+
+log = logging.getLogger("wespe")
+
+
+def configure_logging() -> None:
+    """wespe's own INFO messages on the console; other libraries' (orbax logs every save step) only WARNING+."""
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    log.setLevel(logging.INFO)
+    if not logging.getLogger().handlers:  # outside absl.app: give the messages somewhere to go
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+class ConfigChangedError(ValueError):
+    """Resuming a workdir with a different config."""
+
+
+@dataclass
+class RunResult:
+    status: str  # "finished" or "preempted"
+    step: int
+    metrics: dict
+    workdir: Path
+
+
+def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[str, str]:
+    """The source and target folders from flags/config, the DPED layout, or the built-in demo."""
+    d = config.data
+    if d.builtin:
+        if d.builtin != "demo":
+            raise ValueError(f"config.data.builtin={d.builtin!r}: the only built-in data set is 'demo'")
+        from wespe import demo
+        return demo.prepare(workdir / "demo_data", seed=config.seed)
+    if d.dped_root:
+        return tuple(str(p) for p in data.dped_folders(d.dped_root, d.dped_phone))
+    if not d.source or not d.target:
+        raise data.DataError("both --source and --target folders are needed (or --config.data.dped_root, or "
+                             "--config=experiments/demo.py for the built-in demo)")
+    return d.source, d.target
+
+
+def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    out = []
+    for k in keys:
+        name = prefix + k
+        a, b = saved.get(k, "<absent>"), current.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, name + ".")
+        elif a != b and name not in RESUME_SAFE_KEYS:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
+def _check_finite(metrics: dict, step: int) -> None:
+    bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+    if bad:
+        raise TrainingDiverged(f"step {step}: non-finite {', '.join(bad)} "
+                               f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); the last good checkpoint is kept")
+
+
+class _StopFlag:
+    """SIGTERM (preemption) and Ctrl-C ask the loop to save and exit cleanly after the current step."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Writers:
+    """metrics.jsonl, TensorBoard and sample PNGs, written by process 0 only."""
+
+    def __init__(self, workdir: Path, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        (workdir / "samples").mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(workdir / "metrics.jsonl", "a")
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        self.samples = workdir / "samples"
+
+    def scalars(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n")
+        self.jsonl.flush()
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+
+    def grid(self, step: int, grid: np.ndarray) -> Path | None:
+        if not self.enabled:
+            return None
+        path = self.samples / f"step_{step}.png"
+        visualize.save_png(grid, path)
+        self.tb.add_image("samples", grid, step, dataformats="HWC")
+        self.tb.flush()
+        return path
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
+
+
+def _sample(state: train.TrainState, graphdefs: dict, crops: np.ndarray) -> list[np.ndarray]:
+    g = train.generator_from_state(state, graphdefs)
+    enhanced = np.asarray(_inference(g)(jnp.asarray(crops)))
+    columns = [crops, enhanced]
+    if "inverse_generator" in state.params:
+        f = train.generator_from_state(state, graphdefs, "inverse_generator")
+        columns.append(np.asarray(_inference(f)(jnp.asarray(enhanced))))
+    return columns
+
+
+def _inference(module):
+    from flax import nnx
+    if any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(module)):
+        module = nnx.view(module, use_running_average=True)
+    return module
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
+    """Train (or resume) in ``workdir`` as ``config`` says. Returns when finished or preempted."""
+    validate(config)
+    workdir = Path(workdir)
+    is_writer = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    source, target = resolve_folders(config, workdir)
+    paired = config.mode == "dped" if config.data.paired is None else bool(config.data.paired)
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"config.batch_size={config.batch_size} does not divide over {jax.process_count()} processes")
+    iterator, report = data.make_train_iterator(
+        source, target, paired=paired, patch_size=config.patch_size, global_batch_size=config.batch_size,
+        seed=config.seed, flips=config.data.flips, rot90=config.data.rot90,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        cache_max_bytes=config.data.cache_max_bytes, workdir=workdir if is_writer else None)
+    log.info(report.summary_line() if hasattr(report, "summary_line") else report["summary"])
+    vgg_weights, preprocessing = train.load_content_network(config)
+
+    config_dict = json.loads(config.to_json_best_effort())
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    state, graphdefs = train.create_train_state(config)
+    start = 0
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        saved_meta = checkpointer.metadata(latest)
+        diff = _config_diff(saved_meta["config"], config_dict)
+        if diff and not config.allow_config_change:
+            raise ConfigChangedError(
+                f"{workdir} holds a run with a different config ({'; '.join(diff)}). Use a new --workdir, or pass "
+                f"--config.allow_config_change=True to resume with the new values.")
+        state, meta = checkpointer.restore(latest, like=state)
+        iterator.set_state(data.iterator_state_from_json(meta["data_state"]))
+        start = int(state.step)
+        log.info("resumed %s at step %d", workdir, start)
+    if is_writer:
+        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+
+    step_fn = train.make_train_step(config, graphdefs, vgg_weights, preprocessing)
+    sample_crops = data.fixed_eval_crops(source, config.num_sample_crops, config.patch_size, seed=config.seed)
+    target_mean = data.fixed_eval_crops(target, 16, config.patch_size, seed=config.seed + 1).reshape(-1, 3).mean(0)
+    writers = _Writers(workdir, is_writer)
+    base_key = jax.random.key(config.seed)
+
+    def save(step: int) -> None:
+        checkpointer.save(step, state, {"config": config_dict, "data_state": data.iterator_state_to_json(
+            iterator.get_state()), "seed": config.seed, "saved_at": time.time()})
+
+    def samples(step: int) -> None:
+        columns = _sample(state, graphdefs, sample_crops)
+        path = writers.grid(step, visualize.image_grid(columns))
+        for warning in visualize.collapse_warnings(columns[0], columns[1], target_mean):
+            log.warning("step %d: %s", step, warning)
+        if path is not None:
+            log.info("samples: %s", path)
+
+    status, host = "finished", {}
+    step = start
+    bar = tqdm(total=config.num_steps, initial=start, unit="step", disable=not is_writer, dynamic_ncols=True)
+    try:
+        with _StopFlag() as stop:
+            t_last, n_last = time.perf_counter(), start
+            while step < config.num_steps:
+                batch = {k: jnp.asarray(v) for k, v in next(iterator).items()}
+                state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
+                step += 1
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(host, step)
+                bar.update(1)
+                now = time.perf_counter()
+                if now - t_last > 1.0 or step == config.num_steps:
+                    rate = (step - n_last) / (now - t_last)
+                    bar.set_postfix({"img/s": f"{rate * config.batch_size:.1f}", "G": f"{host['loss/generator']:.3g}",
+                                     "content": f"{host['loss/content']:.3g}",
+                                     "D_t acc": f"{host['accuracy/texture_discriminator']:.2f}"})
+                    t_last, n_last = now, step
+                if step % config.log_every == 0 or step == config.num_steps:
+                    writers.scalars(step, host)
+                if step % config.sample_every == 0:
+                    samples(step)
+                if stop.signal is not None:
+                    log.warning("%s received: saving a checkpoint at step %d and exiting", stop.signal, step)
+                    save(step)
+                    status = "preempted"
+                    break
+                if step % config.checkpoint_every == 0 and step < config.num_steps:
+                    save(step)
+            if status == "finished":
+                if checkpointer.latest_step() != step:
+                    save(step)
+                if step % config.sample_every != 0:  # else this step's grid exists already
+                    samples(step)
+                if is_writer:
+                    path = save_generator(train.generator_from_state(state, graphdefs), workdir / "generator.npz")
+                    log.info("exported the generator to %s (wespe.load_generator)", path)
+    finally:
+        bar.close()
+        checkpointer.wait()
+        checkpointer.close()
+        writers.close()
+    if status == "finished" and config.data.builtin == "demo" and is_writer:
+        from wespe import demo
+        host.update(demo.evaluate(train.generator_from_state(state, graphdefs), workdir))
+    return RunResult(status, step, host, workdir)
