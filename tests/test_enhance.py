@@ -227,3 +227,17 @@ def test_two_devices():
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_bfloat16_compute_close_to_float32():
+    """bf16 activations (f32 parameters and statistics) stay within bf16 rounding of the f32 result, tiled too."""
+    g = random_generator(width=8, num_blocks=1)
+    x = np.random.default_rng(0).random((29, 33, 3)).astype(np.float32)
+    ref = enhance(g, x)
+    for tile in (None, 12):
+        out = enhance(g, x, tile=tile, dtype="bfloat16")
+        assert out.dtype == np.float32 and out.shape == x.shape
+        err = np.abs(out - ref)
+        assert 0 < err.max() < 0.1 and err.mean() < 1e-2, (err.max(), err.mean())  # > 0: bf16 really was used
+    with pytest.raises(ValueError, match="dtype"):
+        enhance(g, x, dtype="float16")

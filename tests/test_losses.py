@@ -100,3 +100,11 @@ def test_losses_are_finite_at_saturation():
     for form in ("dped_softmax", "bce"):
         g = jax.grad(lambda z: losses.generator_adversarial_loss(z, form, "sum"))(logits)
         assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_identity_loss_is_mean_absolute_difference():
+    a = np.random.default_rng(6).random((2, 5, 5, 3)).astype(np.float32)
+    b = np.random.default_rng(7).random((2, 5, 5, 3)).astype(np.float32)
+    assert float(losses.identity_loss(jnp.asarray(a), jnp.asarray(b))) == pytest.approx(np.mean(np.abs(a - b)),
+                                                                                          rel=1e-5)
+    assert float(losses.identity_loss(jnp.asarray(a), jnp.asarray(a))) == 0.0

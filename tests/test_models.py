@@ -152,3 +152,13 @@ def test_discriminator_first_layer_against_numpy():
     got = np.asarray(models._leaky_relu(conv(jnp.asarray(x, jnp.float32))))
     ref = conv_same_np(x, np.asarray(conv.kernel[...], np.float64), np.asarray(conv.bias[...], np.float64), stride=4)
     np.testing.assert_allclose(got, np.maximum(0.2 * ref, ref), atol=1e-5)
+
+
+def test_he_init_makes_output_depend_on_input():
+    """Official init: a fresh G is a near-constant grey; 'he' keeps the input visible (the demo's switch)."""
+    x = jnp.asarray(np.random.default_rng(0).random((1, 24, 24, 3)), jnp.float32)
+    spread = {init: float(jnp.std(Generator(width=16, num_blocks=1, init=init)(x))) for init in ("dped", "he")}
+    assert spread["dped"] < 0.01 < spread["he"], spread
+    assert count_parameters(Generator(init="he")) == 401_475
+    with pytest.raises(ValueError, match="init"):
+        Generator(init="xavier")

@@ -91,3 +91,43 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, repeats: int = 5,
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "finite": bool(np.isfinite(float(metrics["loss/generator"]))),
     }
+
+
+def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",), tile: int = 256,
+                      repeats: int = 3, memory_budget_mb: float | None = None) -> list[dict]:
+    """Megapixels/s of ``wespe.enhance`` on random 4:3 images, whole-image and tiled, per size and dtype.
+
+    All tiled runs go first, smallest image first, then the whole-image runs: peak-memory readings are
+    process-wide high-water marks, so this order keeps each reading attributable to its own run.
+    A whole-image run that would not fit ``memory_budget_mb`` (enhance's own estimate) is skipped.
+    """
+    from wespe.enhance import _bytes_per_pixel, _budget_bytes, enhance
+
+    budget = _budget_bytes(memory_budget_mb)
+    rows = []
+    for path in ("tiled", "whole"):
+        for mp in sorted(megapixels):
+            w = int(round((mp * 1e6 * 4 / 3) ** 0.5))
+            h = int(round(mp * 1e6 / w))
+            if path == "whole" and h * w * _bytes_per_pixel(generator) > budget:
+                rows.append({"path": path, "megapixels": mp, "height": h, "width": w,
+                             "skipped": "does not fit the memory budget"})
+                continue
+            image = np.random.default_rng(0).random((h, w, 3), dtype=np.float32)
+            for dtype in dtypes:
+                kwargs = dict(tile=tile if path == "tiled" else None, memory_budget_mb=memory_budget_mb, dtype=dtype)
+                t0 = time.perf_counter()
+                enhance(generator, image, **kwargs)  # compile + warm-up
+                first = time.perf_counter() - t0
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    enhance(generator, image, **kwargs)
+                    times.append(time.perf_counter() - t0)
+                median = statistics.median(times)
+                rows.append({"path": path, "dtype": dtype, "megapixels": round(h * w / 1e6, 3), "height": h,
+                             "width": w, "tile": kwargs["tile"], "first_call_s": round(first, 3),
+                             "seconds_median": round(median, 3), "megapixels_per_s": round(h * w / 1e6 / median, 4),
+                             "peak_device_memory_bytes": _peak_memory_bytes(),
+                             "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+    return rows

@@ -9,9 +9,11 @@ patch_size           training crop side (100 in both papers; the ``dped_fc`` hea
 num_steps            training iterations (20k in both)
 seed                 parameter-init and data seed
 generator.width / num_blocks / norm       DPED ResNet: 64 / 4 / ``instance`` (``batch``, ``none``)
+generator.init       ``dped`` (official truncated-normal 0.01: G starts as a near-constant grey) or ``he``
 discriminator.head   ``dped_fc`` (official, needs patch_size inputs) or ``global_pool`` (any size)
 discriminator.norm   ``instance`` (official) or ``none``
 weights.content / color / texture / tv    loss weights (WESPE 1/5e-3/5e-3/10; DPED code 10/0.5/1/2000)
+weights.identity     CycleGAN's identity term |G(y)-y|_1 + |F(x)-x|_1 (wespe mode; 0 = the papers)
 adversarial_form     ``dped_softmax`` (official code: per-sample real/fake swap, 2-way softmax, minimax
                      generator term), ``bce`` (non-saturating; the WESPE paper's -sum log D(G(x))),
                      ``lsgan``, ``hinge``
@@ -52,9 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.patch_size = 100
     c.num_steps = 20000
     c.seed = 0
-    c.generator = ml_collections.ConfigDict(dict(width=64, num_blocks=4, norm="instance"))
+    c.generator = ml_collections.ConfigDict(dict(width=64, num_blocks=4, norm="instance", init="dped"))
     c.discriminator = ml_collections.ConfigDict(dict(head="dped_fc", norm="instance"))
-    c.weights = ml_collections.ConfigDict(dict(content=1.0, color=5e-3, texture=5e-3, tv=10.0))
+    c.weights = ml_collections.ConfigDict(dict(content=1.0, color=5e-3, texture=5e-3, tv=10.0, identity=0.0))
     c.adversarial_form = "bce"
     c.loss_normalization = "sum"
     c.blur = "dped_code"
@@ -95,7 +97,7 @@ def dped_code() -> ml_collections.ConfigDict:
     c = base_config()
     c.mode = "dped"
     c.batch_size = 50
-    c.weights = ml_collections.ConfigDict(dict(content=10.0, color=0.5, texture=1.0, tv=2000.0))
+    c.weights = ml_collections.ConfigDict(dict(content=10.0, color=0.5, texture=1.0, tv=2000.0, identity=0.0))
     c.adversarial_form = "dped_softmax"
     c.loss_normalization = "sum"
     return c
@@ -113,12 +115,13 @@ def preset(name: str) -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Fail early, naming the key, on values the step would only reject after compiling."""
     from wespe.losses import ADVERSARIAL_FORMS, NORMALIZATIONS
-    from wespe.models import DISCRIMINATOR_HEADS, NORMS
+    from wespe.models import DISCRIMINATOR_HEADS, INITS, NORMS
     from wespe.ops import BLUR_MODES
     from wespe.vgg import LAYERS, PREPROCESSING
 
     checks = [("mode", config.mode, ("wespe", "dped")),
               ("generator.norm", config.generator.norm, NORMS),
+              ("generator.init", config.generator.init, INITS),
               ("discriminator.head", config.discriminator.head, DISCRIMINATOR_HEADS),
               ("discriminator.norm", config.discriminator.norm, ("instance", "none")),
               ("adversarial_form", config.adversarial_form, ADVERSARIAL_FORMS),

@@ -163,14 +163,14 @@ def tile_forward(generator: nnx.Module, x: jax.Array, mask: jax.Array, means: Se
 # Jitted passes (cached by jax on the static graphdef, pass, halo and tile shape)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _whole_image(graphdef, state, x):
-    return nnx.merge(graphdef, state)(x).astype(jnp.float32)
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _whole_image(graphdef, state, x, compute_dtype="float32"):
+    return nnx.merge(graphdef, state)(x.astype(compute_dtype)).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "stop_at", "halo", "core"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "stop_at", "halo", "core", "compute_dtype"))
 def _tile_pass(state, windows, sample_index, origins, image_hw, means, variances, *, graphdef, stop_at, halo,
-               core):
+               core, compute_dtype="float32"):
     """One batch of tiles. ``origins``: (B, 2) top-left image coordinates of each tile's core; ``means`` /
     ``variances``: (N, K, width) per-sample statistics of every norm slot. Returns the cores' outputs
     (B, th, tw, C), or for a stats pass per-tile (count (B,), mean (B, width), M2 (B, width)) over the core
@@ -185,7 +185,7 @@ def _tile_pass(state, windows, sample_index, origins, image_hw, means, variances
     mask = rows_in[:, :, None, None] & cols_in[:, None, :, None]
     m, v = means[sample_index], variances[sample_index]
     num_norms = means.shape[1]
-    out = tile_forward(generator, windows, mask, [m[:, k, None, None, :] for k in range(num_norms)],
+    out = tile_forward(generator, windows.astype(compute_dtype), mask, [m[:, k, None, None, :] for k in range(num_norms)],
                        [v[:, k, None, None, :] for k in range(num_norms)], stop_at)
     out = out[:, halo:halo + th, halo:halo + tw].astype(jnp.float32)
     if stop_at is None:
@@ -271,8 +271,9 @@ def _tile_shape(tile, height: int, width: int) -> tuple[int, int]:
 class _Tiler:
     """Tiles of an (N, H, W, C) image batch, batched and sharded over devices."""
 
-    def __init__(self, generator, images, core, batch_per_device, devices):
+    def __init__(self, generator, images, core, batch_per_device, devices, compute_dtype="float32"):
         self.generator = generator
+        self.compute_dtype = compute_dtype
         self.graphdef, state = nnx.split(generator)
         self.n, self.h, self.w, self.c = images.shape
         self.core = core
@@ -324,7 +325,8 @@ class _Tiler:
         pending = None
         for start, count, (windows, s, o) in self._batches(halo):
             result = _tile_pass(self.state, windows, s, o, self.image_hw, means, variances,
-                                graphdef=self.graphdef, stop_at=stop_at, halo=halo, core=self.core)
+                                graphdef=self.graphdef, stop_at=stop_at, halo=halo, core=self.core,
+                                compute_dtype=self.compute_dtype)
             if pending is not None:
                 consume(*pending)
             pending = (start, count, result)
@@ -375,7 +377,8 @@ class _Tiler:
 
 
 def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None = None,
-            memory_budget_mb: float | None = None, devices: Sequence[jax.Device] | None = None) -> np.ndarray:
+            memory_budget_mb: float | None = None, devices: Sequence[jax.Device] | None = None,
+            dtype: str = "float32") -> np.ndarray:
     """Run the generator on an H x W x 3 (or N x H x W x 3) image in [0, 1]; float32 output, same shape, unclipped.
 
     uint8 (and uint16) input is scaled to [0, 1]. ``tile``: side (or (height, width)) of the tiles' cores;
@@ -383,8 +386,11 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
     ``WESPE_ENHANCE_MEMORY_MB`` environment variable, else 1024), else the largest tile that fits. Tiled inference
     is exact (equal to the whole-image pass up to float32 rounding) for any image and tile size; see the module
     docstring. ``devices``: where tiles run (default ``jax.devices()``); batches of tiles are sharded over them.
-    BatchNorm generators run on their running averages.
+    BatchNorm generators run on their running averages. ``dtype``: compute dtype of activations and convs
+    (``bfloat16`` halves activation memory on accelerators; parameters and norm statistics stay float32).
     """
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"enhance dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     images, single = _as_float_images(image)
     channels = generator.conv_in.kernel.shape[-2]
     if images.shape[-1] != channels:
@@ -403,14 +409,15 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
         graphdef, state = nnx.split(generator)
         state = jax.device_put(state, devices[0])
         chunk = max(1, int(budget // (h * w * bpp)))
-        out = np.concatenate([np.asarray(_whole_image(graphdef, state, jax.device_put(images[i:i + chunk], devices[0])))
+        out = np.concatenate([np.asarray(_whole_image(graphdef, state, jax.device_put(images[i:i + chunk], devices[0]),
+                                                      dtype))
                               for i in range(0, n, chunk)])
         return out[0] if single else out
 
     halo = receptive_halo(generator)
     core = choose_tile(h, w, halo, budget, bpp) if tile is None else _tile_shape(tile, h, w)
     window_bytes = (core[0] + 2 * halo) * (core[1] + 2 * halo) * bpp
-    tiler = _Tiler(generator, images, core, max(1, int(budget // window_bytes)), devices)
+    tiler = _Tiler(generator, images, core, max(1, int(budget // window_bytes)), devices, dtype)
     for k in stats_norms:
         tiler.statistics(k)
     out = tiler.output()

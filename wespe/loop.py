@@ -194,16 +194,18 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
 
     config_dict = json.loads(config.to_json_best_effort())
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    state, graphdefs = train.create_train_state(config)
     start = 0
     latest = checkpointer.latest_step()
     if latest is not None:
         saved_meta = checkpointer.metadata(latest)
         diff = _config_diff(saved_meta["config"], config_dict)
         if diff and not config.allow_config_change:
+            checkpointer.close()
             raise ConfigChangedError(
                 f"{workdir} holds a run with a different config ({'; '.join(diff)}). Use a new --workdir, or pass "
                 f"--config.allow_config_change=True to resume with the new values.")
+    state, graphdefs = train.create_train_state(config)  # after the config check: building the networks is slow
+    if latest is not None:
         state, meta = checkpointer.restore(latest, like=state)
         iterator.set_state(data.iterator_state_from_json(meta["data_state"]))
         start = int(state.step)

@@ -51,6 +51,11 @@ def tv_loss(images: jax.Array) -> jax.Array:
     return jnp.mean(total_variation(images.astype(jnp.float32)))
 
 
+def identity_loss(mapped: jax.Array, original: jax.Array) -> jax.Array:
+    """Mean absolute difference (CycleGAN's identity-mapping term, in pixels)."""
+    return jnp.mean(jnp.abs(mapped.astype(jnp.float32) - original.astype(jnp.float32)))
+
+
 def realness_logit(logits: jax.Array) -> jax.Array:
     """(N, 2) official softmax logits [real, fake] or (N, 1) logits -> (N,) log-odds of "real"."""
     logits = logits.astype(jnp.float32)

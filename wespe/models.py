@@ -13,10 +13,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 NORMS = ("instance", "batch", "none")
+INITS = ("dped", "he")
 DISCRIMINATOR_HEADS = ("dped_fc", "global_pool")
 
 _KERNEL_INIT = nnx.initializers.truncated_normal(stddev=0.01)  # TF truncated_normal: stddev of the untruncated
 _BIAS_INIT = nnx.initializers.constant(0.01)
+# He (fan-in) normal: keeps activations at unit scale through ReLU layers, so a fresh generator's output
+# already depends on its input (with the official 0.01 init every non-normalised layer shrinks it ~4x).
+_HE_INIT = nnx.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 
 
 class Conv(nnx.Module):
@@ -29,8 +33,9 @@ class Conv(nnx.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int = 1, *,
-                 freeze_bias: bool = False, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(_KERNEL_INIT(rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
+                 freeze_bias: bool = False, init: str = "dped", rngs: nnx.Rngs):
+        kernel_init = _HE_INIT if init == "he" else _KERNEL_INIT
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
         self.bias = nnx.Param(_BIAS_INIT(rngs.params(), (out_features,)))
         self.stride = stride
         self.freeze_bias = freeze_bias
@@ -95,11 +100,11 @@ def _apply_norm(norm: nnx.Module | None, x: jax.Array) -> jax.Array:
 class ResidualBlock(nnx.Module):
     """conv3x3 -> norm -> ReLU -> conv3x3 -> norm -> ReLU, then + block input (after the ReLU, as DPED)."""
 
-    def __init__(self, width: int, norm: str, *, rngs: nnx.Rngs):
+    def __init__(self, width: int, norm: str, *, init: str = "dped", rngs: nnx.Rngs):
         normed = norm != "none"
-        self.conv1 = Conv(width, width, 3, freeze_bias=normed, rngs=rngs)
+        self.conv1 = Conv(width, width, 3, freeze_bias=normed, init=init, rngs=rngs)
         self.norm1 = make_norm(norm, width, rngs=rngs)
-        self.conv2 = Conv(width, width, 3, freeze_bias=normed, rngs=rngs)
+        self.conv2 = Conv(width, width, 3, freeze_bias=normed, init=init, rngs=rngs)
         self.norm2 = make_norm(norm, width, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -112,20 +117,26 @@ class Generator(nnx.Module):
     """The DPED image-enhancement ResNet (401,475 parameters at the defaults). Fully convolutional.
 
     Input: NHWC RGB in [0, 1], any H x W. Output: ``tanh(x) * 0.58 + 0.5`` (range ~[-0.08, 1.08], unclipped).
+    ``init``: ``dped`` = the official truncated-normal(0.01) kernels (a fresh generator outputs a nearly
+    constant grey); ``he`` = He-normal kernels for the hidden layers (the output depends on the input from
+    the first step; trains much faster in short runs, leaves init parity).
     """
 
     def __init__(self, *, width: int = 64, num_blocks: int = 4, norm: str = "instance", channels: int = 3,
-                 rngs: nnx.Rngs | None = None):
+                 init: str = "dped", rngs: nnx.Rngs | None = None):
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
         if width < 1 or num_blocks < 0:
             raise ValueError(f"generator width must be >= 1 and num_blocks >= 0, got {width}, {num_blocks}")
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.width, self.num_blocks, self.norm = width, num_blocks, norm
-        self.conv_in = Conv(channels, width, 9, rngs=rngs)
-        self.blocks = nnx.List([ResidualBlock(width, norm, rngs=rngs) for _ in range(num_blocks)])
-        self.conv_mid1 = Conv(width, width, 3, rngs=rngs)
-        self.conv_mid2 = Conv(width, width, 3, rngs=rngs)
+        self.conv_in = Conv(channels, width, 9, init=init, rngs=rngs)
+        self.blocks = nnx.List([ResidualBlock(width, norm, init=init, rngs=rngs) for _ in range(num_blocks)])
+        self.conv_mid1 = Conv(width, width, 3, init=init, rngs=rngs)
+        self.conv_mid2 = Conv(width, width, 3, init=init, rngs=rngs)
+        # The last layer keeps the official small init even under "he": tanh starts unsaturated.
         self.conv_out = Conv(width, channels, 9, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

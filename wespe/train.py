@@ -3,6 +3,7 @@
 ``wespe`` (unpaired): G: source -> target, F: target -> source.
     generator loss = w_content * ||VGG(x) - VGG(F(G(x)))||^2 + w_color * adv(D_c(blur(G(x))))
                      + w_texture * adv(D_t(gray(G(x)))) + w_tv * TV(G(x))
+                     [+ w_identity * (|G(y) - y|_1 + |F(x) - x|_1), CycleGAN's identity term, 0 in the papers]
 ``dped`` (paired): generator loss = w_content * ||VGG(G(x)) - VGG(y)||^2 + w_color * ||blur(G(x)) - blur(y)||^2
                      + w_texture * adv(D_t(gray(G(x)))) + w_tv * TV(G(x))
 Discriminators learn target (real) vs G(x) (fake) on the same batch.
@@ -51,7 +52,7 @@ def build_networks(config: ml_collections.ConfigDict) -> dict[str, nnx.Module]:
     g = config.generator
     nets: dict[str, nnx.Module] = {}
     for name in GENERATORS[config.mode]:
-        nets[name] = Generator(width=g.width, num_blocks=g.num_blocks, norm=g.norm, rngs=rngs)
+        nets[name] = Generator(width=g.width, num_blocks=g.num_blocks, norm=g.norm, init=g.init, rngs=rngs)
     for name in DISCRIMINATORS[config.mode]:
         nets[name] = Discriminator(3 if name == "color_discriminator" else 1, head=config.discriminator.head,
                                    input_size=config.patch_size, num_logits=num_logits,
@@ -115,6 +116,10 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
         terms["texture"] = losses.generator_adversarial_loss(
             disc["texture_discriminator"](ops.grayscale(enhanced)), form, norm)
         terms["tv"] = losses.tv_loss(enhanced)
+        if mode == "wespe" and config.weights.identity > 0:
+            # CycleGAN's identity term (off in the papers): G leaves target photos alone, F source photos.
+            terms["identity"] = (losses.identity_loss(nets["generator"](target), target)
+                                 + losses.identity_loss(nets["inverse_generator"](source), source))
         total = sum(config.weights[k] * v for k, v in terms.items())
         new_stats = {n: nnx.state(net, nnx.Not(nnx.Param)) for n, net in nets.items()}
         return total, (terms, enhanced, new_stats)
