@@ -1,0 +1,283 @@
+"""wespe.loop.run_training in-process: bit-exact resume, config changes on resume, NaN stops, early input errors.
+
+Every run uses a tiny unpaired config (four width-4 one-block networks, 16x16 patches, batch 2, random VGG up to
+relu1_2, the rng-driven ``dped_softmax`` adversarial form, 6 random 40x40 PNGs per side). Each ``run_training``
+builds a new jitted step, which would recompile the same program (~10 s on a busy 2-core CPU); here the jitted
+step of a config is made once per session and reused by later runs (``_reuse_compiled_steps``), as a
+persistent compilation cache would. jit still compiles per input signature: a run resumed from a checkpoint
+(committed arrays) gets its own executable, as a resumed process does.
+"""
+
+import json
+import logging
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from wespe import config as configs
+from wespe import data, loop, train
+from wespe.checkpoint import Checkpointer
+from wespe.vgg import VGGWeightsError
+
+LOSS_KEYS = {"loss/content", "loss/color", "loss/texture", "loss/tv", "loss/generator",
+             "loss/color_discriminator", "loss/texture_discriminator"}
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+def write_pngs(folder, n=6, size=40, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    return write_pngs(root / "phone", seed=1), write_pngs(root / "dslr", seed=2)
+
+
+def tiny_config(folders, **overrides):
+    c = configs.wespe_paper()
+    c.vgg_weights = "random"
+    c.content_layer = "relu1_2"
+    c.batch_size, c.patch_size = 2, 16
+    c.generator.width, c.generator.num_blocks = 4, 1
+    c.discriminator.head = "global_pool"
+    c.adversarial_form = "dped_softmax"  # the one form whose step uses its rng (real/fake swaps): resume must match it
+    c.num_steps, c.log_every, c.sample_every, c.checkpoint_every = 6, 1, 1000, 3
+    c.num_sample_crops = 2
+    c.data.source, c.data.target = str(folders[0]), str(folders[1])
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+_COMPILED = {}  # step-relevant config -> jitted step, shared by the tests of this module
+
+
+def _step_key(config, preprocessing):
+    d = json.loads(config.to_json_best_effort())
+    for k in configs.RESUME_SAFE_KEYS + ("data",):
+        d.pop(k, None)
+    return json.dumps(d, sort_keys=True), preprocessing
+
+
+@pytest.fixture(autouse=True)
+def _reuse_compiled_steps(monkeypatch):
+    real = train.make_train_step
+
+    def make_train_step(config, graphdefs, vgg_weights, preprocessing):
+        key = _step_key(config, preprocessing)
+        if key not in _COMPILED:
+            _COMPILED[key] = real(config, graphdefs, vgg_weights, preprocessing).jitted
+        jitted = _COMPILED[key]
+        return lambda state, batch, rng: jitted(state, vgg_weights, batch, rng)
+
+    monkeypatch.setattr(train, "make_train_step", make_train_step)
+
+
+def restore(workdir, config, step=None):
+    with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
+        like = train.create_train_state(config)[0]
+        return ckpt.restore(step, like=like)
+
+
+def checkpoint_steps(workdir):
+    with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
+        return ckpt.all_steps()
+
+
+def metrics_lines(workdir):
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("time")
+    return lines
+
+
+def assert_trees_bit_identical(a, b):
+    flat_a, tree_a = jax.tree.flatten_with_path(a)
+    flat_b, tree_b = jax.tree.flatten_with_path(b)
+    assert tree_a == tree_b
+    for (path, x), (_, y) in zip(flat_a, flat_b):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape, jax.tree_util.keystr(path)
+        assert np.array_equal(x, y), f"{jax.tree_util.keystr(path)} differs"
+
+
+# ------------------------------------------------------------------------------------------ bit-exact resume
+
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(folders, tmp_path):
+    config = tiny_config(folders, num_steps=6, checkpoint_every=3)
+    a = loop.run_training(config, tmp_path / "a")
+    assert (a.status, a.step) == ("finished", 6)
+
+    b1 = loop.run_training(tiny_config(folders, num_steps=3, checkpoint_every=3), tmp_path / "b")
+    assert (b1.status, b1.step) == ("finished", 3)
+    assert checkpoint_steps(tmp_path / "b") == [3]
+    b2 = loop.run_training(tiny_config(folders, num_steps=6, checkpoint_every=3), tmp_path / "b")  # resume-safe
+    assert (b2.status, b2.step) == ("finished", 6)
+
+    assert checkpoint_steps(tmp_path / "a") == checkpoint_steps(tmp_path / "b") == [3, 6]
+    for step in (3, 6):
+        state_a, meta_a = restore(tmp_path / "a", config, step)
+        state_b, meta_b = restore(tmp_path / "b", config, step)
+        assert int(state_a.step) == step
+        assert set(state_a.params) == {"generator", "inverse_generator", "color_discriminator",
+                                       "texture_discriminator"}
+        assert len(jax.tree.leaves(state_a)) > 50
+        for part in ("step", "params", "batch_stats", "opt_state"):
+            assert_trees_bit_identical(getattr(state_a, part), getattr(state_b, part))
+        assert meta_a["data_state"] == meta_b["data_state"]  # the data stream is at the same place too
+
+    lines_a, lines_b = metrics_lines(tmp_path / "a"), metrics_lines(tmp_path / "b")
+    assert [m["step"] for m in lines_a] == [m["step"] for m in lines_b] == [1, 2, 3, 4, 5, 6]
+    assert lines_a == lines_b  # every loss, accuracy and gradient norm of every step, exactly
+    assert all(LOSS_KEYS <= set(m) for m in lines_a)
+    assert a.metrics == b2.metrics
+    with np.load(tmp_path / "a" / "generator.npz") as ga, np.load(tmp_path / "b" / "generator.npz") as gb:
+        assert sorted(ga.files) == sorted(gb.files)
+        assert all(np.array_equal(ga[k], gb[k]) for k in ga.files)
+
+
+# -------------------------------------------------------------------------------- resuming, config changed
+
+def test_resume_with_a_changed_config(folders, tmp_path, monkeypatch, caplog):
+    workdir = tmp_path / "run"
+    loop.run_training(tiny_config(folders, num_steps=2), workdir)
+    assert checkpoint_steps(workdir) == [2]
+
+    def no_state(config):
+        raise AssertionError("the networks were built before the saved config was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "create_train_state", no_state)
+        for overrides, names in [({"generator.width": 8}, ["generator.width: 4 -> 8"]),
+                                 ({"weights.tv": 1e6}, ["weights.tv: 10.0 -> 1000000.0"]),
+                                 ({"weights.tv": 1e6, "batch_size": 4, "num_steps": 9},
+                                  ["weights.tv", "batch_size: 2 -> 4"])]:
+            with pytest.raises(loop.ConfigChangedError) as e:
+                loop.run_training(tiny_config(folders, **overrides), workdir)
+            for name in names:
+                assert name in str(e.value)
+            assert "num_steps" not in str(e.value)  # resume-safe keys are not reported
+            assert "allow_config_change" in str(e.value)
+    assert checkpoint_steps(workdir) == [2]
+    assert json.loads((workdir / "config.json").read_text())["weights"]["tv"] == 10.0
+
+    # Same shapes, allowed: it resumes from step 2 and trains on with the new weight.
+    caplog.set_level(logging.INFO, logger="wespe")
+    changed = tiny_config(folders, num_steps=3, allow_config_change=True, **{"weights.tv": 1e6})
+    result = loop.run_training(changed, workdir)
+    assert (result.status, result.step) == ("finished", 3)
+    assert any("resumed" in r.getMessage() and "step 2" in r.getMessage() for r in caplog.records)
+    assert checkpoint_steps(workdir) == [2, 3]
+    assert json.loads((workdir / "config.json").read_text())["weights"]["tv"] == 1e6
+    lines = metrics_lines(workdir)
+    assert [m["step"] for m in lines] == [1, 2, 3]
+
+    def weighted(m, weights):
+        return sum(w * m[f"loss/{k}"] for k, w in weights.items() if f"loss/{k}" in m)
+
+    new_total, old_total = weighted(lines[-1], changed.weights), weighted(lines[-1], tiny_config(folders).weights)
+    assert lines[-1]["loss/generator"] == pytest.approx(new_total, rel=1e-5)  # step 3 used the new TV weight
+    assert new_total != pytest.approx(old_total, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- NaN stops
+
+def _poison(monkeypatch, at_step, how):
+    """Wraps the step: on step ``at_step`` either the batch is NaN (inside the compiled step: every loss and the
+    state become NaN) or only the reported TV loss is."""
+    real = train.make_train_step
+
+    def make_train_step(*args):
+        step_fn = real(*args)
+
+        def step(state, batch, rng):
+            n = int(state.step) + 1
+            if how == "batch" and n == at_step:
+                batch = {**batch, "source": jnp.full_like(batch["source"], jnp.nan)}
+            state, metrics = step_fn(state, batch, rng)
+            if how == "tv" and n == at_step:
+                metrics = {**metrics, "loss/tv": jnp.float32(jnp.inf)}
+            return state, metrics
+
+        return step
+
+    monkeypatch.setattr(train, "make_train_step", make_train_step)
+
+
+@pytest.mark.parametrize("how", ["batch", "tv"])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(folders, tmp_path, monkeypatch, how):
+    config = tiny_config(folders, num_steps=6, checkpoint_every=2)
+    _poison(monkeypatch, 3, how)
+    with pytest.raises(loop.TrainingDiverged) as e:
+        loop.run_training(config, tmp_path)
+    message = str(e.value)
+    assert "step 3" in message and "last good checkpoint" in message
+    assert "loss/tv" in message
+    if how == "tv":
+        assert "inf" in message and "loss/content" not in message  # only the bad term is named
+    else:
+        assert "loss/content" in message and "loss/generator" in message
+    assert checkpoint_steps(tmp_path) == [2]  # nothing saved from the bad step
+    state, _ = restore(tmp_path, config)
+    assert int(state.step) == 2
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+    assert [m["step"] for m in metrics_lines(tmp_path)] == [1, 2]  # the NaN step is not logged
+    assert not (tmp_path / "generator.npz").exists()
+
+
+# ------------------------------------------------------------------------- user errors before any compile
+
+@pytest.fixture
+def nothing_compiles(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("got as far as building/compiling the networks")
+
+    monkeypatch.setattr(train, "create_train_state", fail)
+    monkeypatch.setattr(train, "make_train_step", fail)
+
+
+def test_bad_inputs_fail_before_anything_compiles(folders, tmp_path, nothing_compiles):
+    source, target = folders
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notes.jpg").write_bytes(b"not a jpeg at all")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bad / "tiny.png")
+    missing = tmp_path / "missing"
+    cases = [
+        ({"data.source": str(missing)}, data.DataError, ["--source", str(missing), "does not exist"]),
+        ({"data.target": str(missing)}, data.DataError, ["--target", str(missing), "does not exist"]),
+        ({"data.source": str(empty)}, data.DataError, ["--source", str(empty), "no image files"]),
+        ({"data.target": str(source)}, data.DataError, ["--source", "--target", "same folder"]),
+        ({"data.target": str(bad)}, data.DataError, ["--target", str(bad), "no usable image", "too small"]),
+        ({"data.source": None}, data.DataError, ["--source", "--target"]),
+        ({"vgg_weights": None}, VGGWeightsError, ["--config.vgg_weights"]),
+        ({"vgg_weights": str(missing / "vgg19.mat")}, VGGWeightsError, [str(missing / "vgg19.mat"), "does not exist",
+                                                                      "--config.vgg_weights"]),
+        ({"generator.norm": "group"}, ValueError, ["generator.norm", "group"]),
+        ({"batch_size": 0}, ValueError, ["batch_size"]),
+    ]
+    for i, (overrides, error, needles) in enumerate(cases):
+        start = time.perf_counter()
+        with pytest.raises(error) as e:
+            loop.run_training(tiny_config(folders, **overrides), tmp_path / f"run{i}")
+        assert time.perf_counter() - start < 15, overrides
+        for needle in needles:
+            assert needle in str(e.value), (overrides, needle, str(e.value))
+    assert not (tmp_path / "run0" / "checkpoints").exists()
+
