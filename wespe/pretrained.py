@@ -28,6 +28,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from wespe.models import Generator
 
@@ -453,7 +454,8 @@ def load_dped_generator(name_or_prefix: str | os.PathLike,
     """
     prefix = checkpoint_prefix(name_or_prefix, weights_dir)
     tensors = read_tf_checkpoint(prefix)
-    model = Generator()
+    # Abstract construction: every value is overwritten below, so running the random initialiser is waste.
+    model = nnx.eval_shape(lambda: Generator(rngs=nnx.Rngs(0)))
     mapping = dped_variable_map(model.num_blocks)
     missing = [name for name in mapping if name not in tensors]
     if missing:
@@ -468,5 +470,5 @@ def load_dped_generator(name_or_prefix: str | os.PathLike,
         if value.shape != tuple(param.shape):
             raise CheckpointFormatError(f"{prefix}: variable {name} has shape {value.shape}, expected "
                                         f"{tuple(param.shape)} for {'.'.join(map(str, path))}")
-        param[...] = jnp.asarray(value, dtype=param[...].dtype)
+        param.set_value(jnp.asarray(value, dtype=param.dtype))
     return model
