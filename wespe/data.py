@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from wespe.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from wespe.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -387,10 +388,8 @@ def _side_report(scan: ScanResult, flag: str) -> dict:
 
 def _write_report(report: DataReport, workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / REPORT_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(workdir / REPORT_FILE) as f:
+        f.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
 
 
 def make_train_iterator(source_dir: str | os.PathLike, target_dir: str | os.PathLike, *, paired: bool,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 from wespe import export, image_io, pretrained
 from wespe.enhance import enhance
 from wespe.models import Generator
+from wespe.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +78,8 @@ def raw_path(output: Path) -> Path:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.save(f, array)
 
 
 def _check_raw_paths(pairs: Sequence[tuple[Path, Path]]) -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from wespe.models import Generator
+from wespe.files import atomic_write
 
 FORMAT_NAME = "wespe-generator"
 FORMAT_VERSION = 1
@@ -90,15 +90,8 @@ def save_generator(generator: Generator, path: str | os.PathLike) -> Path:
                       for name, a in arrays.items()},
     }
     arrays[METADATA_KEY] = np.frombuffer(json.dumps(metadata, indent=1).encode("utf-8"), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(target) as f:
+        np.savez(f, **arrays)
     return target
 
 

@@ -47,11 +47,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from wespe.files import atomic_write
 from PIL import Image, ImageOps, JpegImagePlugin
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
@@ -332,15 +332,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, info: ImageInfo | No
     options = _save_options(fmt, info, width=image.shape[1], height=image.shape[0])
     pil = Image.fromarray(np.ascontiguousarray(image))  # uint8 (H, W, 3) is RGB
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format=fmt, **options)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        pil.save(f, format=fmt, **options)
     return path
 
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from wespe.files import atomic_write
 
 # (name, in, out) of the 16 conv layers; a pool follows the last conv of each of the first four blocks.
 CONV_LAYERS = (
@@ -165,10 +165,8 @@ def save_npz(weights: dict, path: str | os.PathLike, origin: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"{n}/{k}": v for n, layer in weights.items() for k, v in layer.items()}
     arrays["origin"] = np.asarray(origin)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(path) as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def _read_npz(path: str) -> tuple[dict, str]:
