@@ -281,3 +281,16 @@ def test_bad_inputs_fail_before_anything_compiles(folders, tmp_path, nothing_com
             assert needle in str(e.value), (overrides, needle, str(e.value))
     assert not (tmp_path / "run0" / "checkpoints").exists()
 
+
+
+def test_resume_warns_when_the_data_folders_changed(tmp_path, caplog):
+    """The data stream resumes by position: a changed file list is said, not silently accepted."""
+    import shutil
+    source = write_pngs(tmp_path / "phone", seed=3)
+    target = write_pngs(tmp_path / "dslr", seed=4)
+    config = tiny_config((source, target), num_steps=2, checkpoint_every=2)
+    loop.run_training(config, tmp_path / "run")
+    shutil.copy(source / "00.png", source / "extra.png")
+    caplog.set_level(logging.WARNING, logger="wespe")
+    loop.run_training(tiny_config((source, target), num_steps=3, checkpoint_every=2), tmp_path / "run")
+    assert any("data folders changed" in r.getMessage() for r in caplog.records)

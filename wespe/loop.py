@@ -189,7 +189,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
         seed=config.seed, flips=config.data.flips, rot90=config.data.rot90,
         process_index=jax.process_index(), process_count=jax.process_count(),
         cache_max_bytes=config.data.cache_max_bytes, workdir=workdir if is_writer else None)
-    log.info(report.summary_line() if hasattr(report, "summary_line") else report["summary"])
+    log.info(report.summary_line())
     vgg_weights, preprocessing = train.load_content_network(config)
 
     config_dict = json.loads(config.to_json_best_effort())
@@ -210,6 +210,9 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
         iterator.set_state(data.iterator_state_from_json(meta["data_state"]))
         start = int(state.step)
         log.info("resumed %s at step %d", workdir, start)
+        if meta.get("data_fingerprint") not in (None, report["fingerprint"]):
+            log.warning("the usable files in the data folders changed since step %d was saved: the data stream "
+                        "resumes at the same position of a different file list (not bit-identical)", start)
     if is_writer:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
 
@@ -221,7 +224,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
 
     def save(step: int) -> None:
         checkpointer.save(step, state, {"config": config_dict, "data_state": data.iterator_state_to_json(
-            iterator.get_state()), "seed": config.seed, "saved_at": time.time()})
+            iterator.get_state()), "data_fingerprint": report["fingerprint"], "seed": config.seed,
+            "saved_at": time.time()})
 
     def samples(step: int) -> None:
         columns = _sample(state, graphdefs, sample_crops)

@@ -124,10 +124,8 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
         new_stats = {n: nnx.state(net, nnx.Not(nnx.Param)) for n, net in nets.items()}
         return total, (terms, enhanced, new_stats)
 
-    fake = None  # set below; the discriminators train on the pre-update G(x)
-
-    def discriminator_objective(disc_params):
-        views = {"color_discriminator": lambda im: blur(im), "texture_discriminator": ops.grayscale}
+    def discriminator_objective(disc_params, fake):
+        views = {"color_discriminator": blur, "texture_discriminator": ops.grayscale}
         total, out = 0.0, {}
         for i, name in enumerate(disc_names):
             view = views[name]
@@ -140,8 +138,9 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
     gen_params = {n: state.params[n] for n in gen_names}
     disc_params = {n: state.params[n] for n in disc_names}
     (g_total, (terms, enhanced, new_stats)), g_grads = jax.value_and_grad(generator_objective, has_aux=True)(gen_params)
+    # The discriminators train on the pre-update G(x) of this batch (simultaneous updates).
     fake = jax.lax.stop_gradient(enhanced)
-    (_, d_metrics), d_grads = jax.value_and_grad(discriminator_objective, has_aux=True)(disc_params)
+    (_, d_metrics), d_grads = jax.value_and_grad(discriminator_objective, has_aux=True)(disc_params, fake)
 
     g_updates, opt_g = tx_g.update(g_grads, state.opt_state["generators"], gen_params)
     d_updates, opt_d = tx_d.update(d_grads, state.opt_state["discriminators"], disc_params)
