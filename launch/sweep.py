@@ -1,0 +1,50 @@
+"""Evaluate every cell of a sweep (models, or every checkpoint of a run) and compare them in one table and plots.
+
+    python launch/sweep.py --sweep=experiments/sweeps/dped_pretrained.py --source=photos/ \
+        --weights_dir=models_orig --output_dir=sweeps/dped
+    python launch/sweep.py --sweep=experiments/sweeps/run_checkpoints.py --workdir=runs/demo \
+        --source=photos/ --reference=clean/ --output_dir=sweeps/demo
+
+A sweep file's get_sweep() returns the cells (see wespe/evaluation.py, "sweeps"); --source, --reference,
+--weights_dir, --workdir, --tile and --limit override the file's settings. Each cell's results go to
+<output_dir>/<cell>/ (as launch/evaluate.py writes them); a cell whose results.json exists is skipped, so an
+interrupted sweep resumes. Then sweep.csv, sweep.md, metric_vs_step.png (per run) and models.png (per model).
+Exit status 0 if every cell succeeded, else 1 (the others are still evaluated and tabulated).
+"""
+
+import sys
+
+from absl import app, flags
+
+from wespe import evaluation
+
+flags.DEFINE_string("sweep", None, "Sweep file (Python, with get_sweep()).")
+flags.DEFINE_string("output_dir", None, "Where the per-cell results, sweep.csv/md and the plots go.")
+flags.DEFINE_string("source", None, "Photos to enhance (overrides the sweep file's).")
+flags.DEFINE_string("reference", None, "Reference photos (overrides the sweep file's).")
+flags.DEFINE_string("weights_dir", None, "Folder of the official DPED checkpoints (overrides the sweep file's).")
+flags.DEFINE_string("workdir", None, "Training workdir for cells that take the shared workdir.")
+flags.DEFINE_integer("tile", None, "Tile side for exact tiled inference (default: auto).", lower_bound=1)
+flags.DEFINE_integer("limit", None, "Only the first N photos of each cell, for quick checks.", lower_bound=1)
+flags.mark_flags_as_required(["sweep", "output_dir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    overrides = {k: FLAGS[k].value for k in evaluation.SWEEP_SHARED_KEYS}
+    try:
+        cells = evaluation.expand_cells(evaluation.load_sweep(FLAGS.sweep), overrides)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    rows = evaluation.run_sweep(cells, FLAGS.output_dir)
+    print((evaluation.Path(FLAGS.output_dir) / "sweep.md").read_text())
+    failed = [r["cell"] for r in rows if r["status"] != "ok"]
+    if failed:
+        print(f"{len(failed)} cell(s) failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    app.run(main)

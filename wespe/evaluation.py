@@ -1,0 +1,678 @@
+"""Evaluate an enhancer on a folder of photos: per-image metrics, aggregates, and the files that report them.
+
+:func:`evaluate` has three input modes:
+
+* **model**: ``generator`` given; every source photo is read upright as 8-bit RGB, enhanced at full resolution
+  (:func:`wespe.enhance.enhance`, exact tiled inference when ``tile`` is set or the photo exceeds the memory
+  budget) and quantised like a saved photo, ``round(clip(y, 0, 1) * 255)``; the metrics are taken on that
+  8-bit image, so they equal what ``--outputs`` mode gives for the photos ``launch/enhance.py`` writes.
+* **outputs**: ``generator=None`` and ``outputs_folder`` given: a folder of already enhanced photos, evaluated
+  as is (``sources``, optional, supplies the inputs for the input-side numbers and the best/worst grid).
+* **no reference**: ``reference_folder=None``: only the no-reference metrics (entropy, PNG bits per pixel) of
+  the enhanced photos, with the same numbers for the inputs beside them for comparison.
+
+Pairing is by relative path without extension: ``out/a/0.png`` pairs with ``ref/a/0.jpg``. This is DPED's test
+layout as is: ``test_data/patches/<phone>/<n>.jpg`` against ``test_data/patches/canon/<n>.jpg``. A photo without
+a reference, a file that cannot be read, two files with the same name but different extensions, and an output
+whose size differs from its reference are listed in :attr:`EvalResult.skipped` with the reason, never fatal.
+
+Metrics (:mod:`wespe.metrics`, on images scaled to [0, 1]): PSNR per image (``inf`` for identical images) and
+the DPED convention (PSNR of the MSE pooled over every pixel of the set; pixel-weighted, so it is
+:func:`wespe.metrics.psnr_pooled` whenever all images have the same size, as DPED's 100x100 patches do); SSIM on
+RGB and on luma; MS-SSIM when both sides are at least 176 px (its five scales need it), else ``None`` with a note;
+entropy and PNG bits per pixel of the 8-bit output (and input).
+
+:func:`write_results` writes ``results.json`` (rows, skipped, aggregates, protocol), ``results.csv`` (per-image
+rows, skipped rows, then aggregate rows), ``results.md`` (aggregates as a Markdown table) and ``best_worst.png``
+(the 3 best and 3 worst photos by PSNR, or by entropy without a reference: input | enhanced | reference).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from wespe import image_io, metrics
+
+logger = logging.getLogger(__name__)
+
+MS_SSIM_MIN_SIDE = 176
+THUMBNAIL_SIDE = 256
+NUM_BEST_WORST = 3
+ROW_FIELDS = ("name", "status", "height", "width", "psnr", "mse", "ssim_rgb", "ssim_luma", "ms_ssim", "entropy",
+              "bpp", "input_entropy", "input_bpp", "note")
+AGGREGATE_FIELDS = ("psnr_mean", "psnr_pooled", "mse_pooled", "ssim_rgb_mean", "ssim_luma_mean", "ms_ssim_mean",
+                    "entropy_mean", "bpp_mean", "input_entropy_mean", "input_bpp_mean")
+COUNT_FIELDS = ("num_evaluated", "num_skipped", "num_ms_ssim")
+
+PROTOCOL = {
+    "images": "8-bit RGB, scaled to [0, 1]; model outputs quantised as round(clip(y, 0, 1) * 255) before scoring",
+    "pairing": "by relative path without extension (DPED: test_data/patches/<phone>/<n> vs .../canon/<n>)",
+    "psnr_mean": "mean over images of 10*log10(1/MSE_i) (inf for identical images, which makes the mean inf)",
+    "psnr_pooled": "DPED convention: 10*log10(1/MSE) with the MSE pooled over all pixels of the set "
+                   "(pixel-weighted mean of the per-image MSEs)",
+    "ssim": "11-tap Gaussian window, sigma 1.5, K1 0.01, K2 0.03, valid region (= scikit-image "
+            "structural_similarity with gaussian_weights=True, use_sample_covariance=False, data_range=1); "
+            "ssim_rgb averages the RGB channels, ssim_luma is computed on BT.601 luma",
+    "ms_ssim": f"5 scales as Google's msssim.py used by the DPED code, weights {metrics.DPED_MS_SSIM_WEIGHTS}; "
+               f"only for images whose sides are both >= {MS_SSIM_MIN_SIDE} px (null otherwise, with a note)",
+    "entropy": "Shannon entropy (bits) of the 8-bit histogram (wespe.metrics.entropy)",
+    "bpp": "bits per pixel of the image written as PNG (wespe.metrics.bits_per_pixel_png)",
+    "json": "non-finite numbers are written as Infinity / NaN (Python's json reads them back)",
+}
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """What :func:`evaluate` found: per-image ``rows``, ``skipped`` (name, path, reason), ``aggregates``."""
+
+    mode: str  # "model" or "outputs"
+    has_reference: bool
+    rows: list[dict] = dataclasses.field(default_factory=list)
+    skipped: list[dict] = dataclasses.field(default_factory=list)
+    aggregates: dict = dataclasses.field(default_factory=dict)
+    # name -> (input, enhanced, reference) thumbnails (uint8 or None), kept for the best/worst grid only
+    thumbnails: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def ranking_metric(self) -> str:
+        return "psnr" if self.has_reference else "entropy"
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "has_reference": self.has_reference, "protocol": PROTOCOL,
+                "ranking_metric": self.ranking_metric, "aggregates": self.aggregates, "rows": self.rows,
+                "skipped": self.skipped}
+
+    def summary(self) -> str:
+        a = self.aggregates
+        if self.has_reference:
+            head = f"PSNR {_fmt(a.get('psnr_pooled'))} dB (pooled), SSIM {_fmt(a.get('ssim_rgb_mean'))}"
+        else:
+            head = f"entropy {_fmt(a.get('entropy_mean'))} bits, {_fmt(a.get('bpp_mean'))} bpp"
+        return f"{a.get('num_evaluated', 0)} evaluated, {a.get('num_skipped', 0)} skipped: {head}"
+
+
+# -------------------------------------------------------------------------------------------- pairing by name
+
+def index_images(inputs: str | os.PathLike | Sequence[str | os.PathLike]
+                 ) -> tuple[dict[str, Path], list[dict]]:
+    """``{key: path}`` for the photos named by ``inputs`` (a folder, a file, or a list of both). The key is the
+    path relative to its folder without extension (a file named directly: its stem). Duplicate keys are
+    returned as skipped entries."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    index: dict[str, Path] = {}
+    duplicates: list[dict] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = [(p, p.relative_to(item).with_suffix("").as_posix()) for p in image_io.list_images([item])]
+        elif item.exists():
+            found = [(item, item.stem)]
+        else:
+            raise FileNotFoundError(f"{item} does not exist")
+        for path, key in found:
+            if key in index:
+                duplicates.append({"name": key, "path": str(path),
+                                   "reason": f"another file has the same name without extension ({index[key]})"})
+            else:
+                index[key] = path
+    return dict(sorted(index.items())), duplicates
+
+
+# ------------------------------------------------------------------------------------------------- evaluate
+
+def _to_float(image: np.ndarray) -> np.ndarray:
+    return (np.asarray(image, np.float32) / 255.0)[None]
+
+
+def _thumbnail(image: np.ndarray | None) -> np.ndarray | None:
+    if image is None:
+        return None
+    im = Image.fromarray(image)
+    im.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    return np.asarray(im)
+
+
+def _scalar(x) -> float:
+    return float(np.asarray(x).reshape(-1)[0])
+
+
+def _no_reference_metrics(image: np.ndarray) -> tuple[float, float]:
+    batch = image[None]
+    return _scalar(metrics.entropy(batch)), _scalar(metrics.bits_per_pixel_png(batch))
+
+
+def _reference_metrics(enhanced: np.ndarray, reference: np.ndarray) -> dict:
+    a, b = _to_float(enhanced), _to_float(reference)
+    diff = enhanced.astype(np.float64) / 255.0 - reference.astype(np.float64) / 255.0
+    row = {"psnr": _scalar(metrics.psnr(a, b)), "mse": float(np.mean(diff * diff)),
+           "ssim_rgb": _scalar(metrics.ssim(a, b, channel="rgb")),
+           "ssim_luma": _scalar(metrics.ssim(a, b, channel="luma")), "ms_ssim": None}
+    height, width = enhanced.shape[:2]
+    if min(height, width) >= MS_SSIM_MIN_SIDE:
+        try:
+            row["ms_ssim"] = _scalar(metrics.ms_ssim(a, b))
+        except metrics.MetricShapeError as e:
+            row["note"] = f"MS-SSIM not computed: {e}"
+    else:
+        row["note"] = f"MS-SSIM needs both sides >= {MS_SSIM_MIN_SIDE} px, image is {height}x{width}"
+    return row
+
+
+class _BestWorst:
+    """Keeps the thumbnails of the current best and worst ``NUM_BEST_WORST`` photos only (bounded memory)."""
+
+    def __init__(self):
+        self.scores: dict[str, float] = {}
+        self.thumbs: dict[str, tuple] = {}
+
+    def add(self, name: str, score: float | None, images: tuple) -> None:
+        if score is None or math.isnan(score):
+            return
+        self.scores[name] = score
+        self.thumbs[name] = tuple(_thumbnail(x) for x in images)
+        keep = set(_best_worst_names(self.scores))
+        for other in list(self.thumbs):
+            if other not in keep:
+                del self.thumbs[other]
+
+
+def _best_worst_names(scores: dict[str, float]) -> list[str]:
+    """Best first, then worst (the worst last); each name once."""
+    ordered = sorted(scores, key=lambda k: (-scores[k], k))
+    if len(ordered) <= 2 * NUM_BEST_WORST:
+        return ordered
+    return ordered[:NUM_BEST_WORST] + ordered[-NUM_BEST_WORST:]
+
+
+def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=None, tile: int | None = None,
+             memory_budget_mb: float | None = None, limit: int | None = None, save_enhanced_to=None,
+             progress: bool = True) -> EvalResult:
+    """Score a generator (``generator``, on ``sources``) or a folder of enhanced photos (``outputs_folder``,
+    ``generator=None``) against ``reference_folder`` (or without one). See the module docstring.
+
+    ``sources``: a folder, a file, or a list of them (required in model mode; optional in outputs mode, where it
+    gives the inputs). ``tile`` / ``memory_budget_mb``: for :func:`wespe.enhance.enhance`. ``limit``: only the
+    first N photos (sorted by name). ``save_enhanced_to``: also write the enhanced photos there (model mode).
+    Raises ``ValueError`` for a bad combination of arguments, ``FileNotFoundError`` for a missing folder;
+    problems with single photos are reported in the result instead.
+    """
+    if generator is None and outputs_folder is None:
+        raise ValueError("give a generator (model mode) or outputs_folder (already enhanced photos)")
+    if generator is not None and outputs_folder is not None:
+        raise ValueError("give a generator or outputs_folder, not both")
+    if generator is not None and sources is None:
+        raise ValueError("model mode needs sources (the photos to enhance)")
+    mode = "model" if generator is not None else "outputs"
+    result = EvalResult(mode=mode, has_reference=reference_folder is not None)
+
+    source_index, dup = index_images(sources) if sources is not None else ({}, [])
+    result.skipped += dup
+    items, dup = (source_index, []) if mode == "model" else index_images(outputs_folder)
+    result.skipped += dup
+    reference_index, dup = index_images(reference_folder) if reference_folder is not None else ({}, [])
+    duplicate_references = {d["name"]: d for d in dup}
+    if limit is not None:
+        items = dict(list(items.items())[:limit])
+
+    best_worst = _BestWorst()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), unit="img", desc="evaluating", dynamic_ncols=True, leave=False)
+    try:
+        for name, path in items.items():
+            try:
+                row = _evaluate_one(generator, name, path, source_index, reference_index, duplicate_references,
+                                    result.has_reference, tile, memory_budget_mb, save_enhanced_to,
+                                    source_root=sources, best_worst=best_worst)
+                result.rows.append(row)
+            except Exception as e:  # noqa: BLE001 - one bad photo must not stop the evaluation
+                reason = str(e) if isinstance(e, (image_io.ImageReadError, _Skip)) else f"{type(e).__name__}: {e}"
+                if bar is not None:
+                    bar.clear()
+                logger.warning("skipped %s: %s", name, reason)
+                logger.debug("traceback for %s", path, exc_info=True)
+                result.skipped.append({"name": name, "path": str(path), "reason": reason})
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    result.aggregates = aggregate(result.rows, num_skipped=len(result.skipped))
+    result.thumbnails = {k: best_worst.thumbs[k] for k in _best_worst_names(best_worst.scores)}
+    return result
+
+
+class _Skip(ValueError):
+    """A photo that is reported and skipped (no reference, size mismatch)."""
+
+
+def _evaluate_one(generator, name, path, source_index, reference_index, duplicate_references, has_reference,
+                  tile, memory_budget_mb, save_enhanced_to, *, source_root, best_worst) -> dict:
+    reference = None
+    if has_reference:  # before the (expensive) enhancement: a missing pair costs nothing
+        if name in duplicate_references:
+            raise _Skip(f"ambiguous reference: {duplicate_references[name]['reason']}")
+        if name not in reference_index:
+            raise _Skip(f"no reference image named {name}.* in the reference folder")
+    if generator is not None:
+        from wespe.enhance import enhance
+        from wespe.enhance_files import to_uint8
+        source, info = image_io.read_image(path)
+        enhanced = to_uint8(enhance(generator, source, tile=tile, memory_budget_mb=memory_budget_mb))
+        if save_enhanced_to is not None:
+            out = Path(save_enhanced_to) / (name + path.suffix)
+            fmt = info.format if info.format in image_io.WRITABLE_FORMATS else None
+            image_io.write_image(out if fmt else out.with_suffix(".png"), enhanced, info if fmt else None)
+    else:
+        enhanced, _ = image_io.read_image(path)
+        source = None
+        if name in source_index:
+            try:
+                source, _ = image_io.read_image(source_index[name])
+            except image_io.ImageReadError as e:
+                logger.warning("input of %s unreadable, input metrics left out: %s", name, e)
+    if has_reference:
+        reference, _ = image_io.read_image(reference_index[name])
+        if reference.shape != enhanced.shape:
+            raise _Skip(f"size mismatch: enhanced {enhanced.shape[0]}x{enhanced.shape[1]}, reference "
+                        f"{reference.shape[0]}x{reference.shape[1]} ({reference_index[name]})")
+    height, width = enhanced.shape[:2]
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(name=name, status="ok", height=height, width=width)
+    if reference is not None:
+        row.update(_reference_metrics(enhanced, reference))
+    row["entropy"], row["bpp"] = _no_reference_metrics(enhanced)
+    if source is not None:
+        row["input_entropy"], row["input_bpp"] = _no_reference_metrics(source)
+    best_worst.add(name, row["psnr"] if has_reference else row["entropy"], (source, enhanced, reference))
+    return row
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def aggregate(rows: Sequence[dict], num_skipped: int = 0) -> dict:
+    """The aggregate numbers of :data:`AGGREGATE_FIELDS` from per-image rows (``None`` where nothing to average)."""
+    out = {k: None for k in AGGREGATE_FIELDS}
+    scored = [r for r in rows if r.get("mse") is not None]
+    if scored:
+        pixels = np.array([r["height"] * r["width"] for r in scored], np.float64)
+        mse = float(np.sum(np.array([r["mse"] for r in scored]) * pixels) / pixels.sum())
+        out["mse_pooled"] = mse
+        out["psnr_pooled"] = float(10.0 * np.log10(1.0 / mse)) if mse > 0 else math.inf
+    for key in ("psnr", "ssim_rgb", "ssim_luma", "ms_ssim", "entropy", "bpp", "input_entropy", "input_bpp"):
+        out[f"{key}_mean"] = _mean(r.get(key) for r in rows)
+    out["num_evaluated"] = len(rows)
+    out["num_skipped"] = num_skipped
+    out["num_ms_ssim"] = sum(r.get("ms_ssim") is not None for r in rows)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- writing
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+AGGREGATE_LABELS = {
+    "psnr_mean": "PSNR, mean per image (dB)", "psnr_pooled": "PSNR, pooled MSE / DPED (dB)",
+    "mse_pooled": "MSE, pooled", "ssim_rgb_mean": "SSIM (RGB), mean", "ssim_luma_mean": "SSIM (luma), mean",
+    "ms_ssim_mean": "MS-SSIM, mean", "entropy_mean": "entropy (bits), mean", "bpp_mean": "PNG bits/pixel, mean",
+    "input_entropy_mean": "input entropy (bits), mean", "input_bpp_mean": "input PNG bits/pixel, mean",
+    "num_evaluated": "images evaluated", "num_skipped": "images skipped", "num_ms_ssim": "images with MS-SSIM"}
+
+
+def write_results(result: EvalResult, output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write results.json, results.csv, results.md and best_worst.png into ``output_dir``; returns their paths."""
+    from wespe.files import atomic_write
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: output_dir / f"results.{k}" for k in ("json", "csv", "md")}
+
+    with atomic_write(paths["json"]) as f:
+        f.write((json.dumps(result.to_json(), indent=2) + "\n").encode())
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=ROW_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in result.rows:
+        writer.writerow(row)
+    for s in result.skipped:
+        writer.writerow({"name": s["name"], "status": "skipped", "note": s["reason"]})
+    a = result.aggregates
+    aggregate_rows = {"[mean]": {k: a.get(f"{k}_mean") for k in ("psnr", "ssim_rgb", "ssim_luma", "ms_ssim",
+                                                                  "entropy", "bpp", "input_entropy", "input_bpp")},
+                      "[pooled]": {"psnr": a.get("psnr_pooled"), "mse": a.get("mse_pooled")}}
+    if not result.has_reference:
+        del aggregate_rows["[pooled]"]
+    for name, values in aggregate_rows.items():
+        writer.writerow({"name": name, "status": "aggregate", **values,
+                         "note": f"{a.get('num_evaluated')} evaluated, {a.get('num_skipped')} skipped"})
+    with atomic_write(paths["csv"]) as f:
+        f.write(buf.getvalue().encode())
+
+    keys = [k for k in AGGREGATE_FIELDS if a.get(k) is not None] + list(COUNT_FIELDS[:2 + result.has_reference])
+    md = [f"# Evaluation ({result.mode} mode, {'with' if result.has_reference else 'no'} reference)\n",
+          markdown_table(["metric", "value"], [(AGGREGATE_LABELS[k], a.get(k)) for k in keys])]
+    if result.skipped:
+        md.append("\nSkipped:\n")
+        md += [f"- `{s['name']}`: {s['reason']}" for s in result.skipped]
+        md.append("")
+    with atomic_write(paths["md"]) as f:
+        f.write("\n".join(md).encode())
+
+    if result.thumbnails:
+        paths["png"] = save_best_worst(result, output_dir / "best_worst.png")
+    return paths
+
+
+def save_best_worst(result: EvalResult, path: str | os.PathLike) -> Path:
+    """A grid of the best and worst photos (rows) as [input | enhanced | reference] (columns)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result.thumbnails)
+    metric = result.ranking_metric
+    scores = {r["name"]: r[metric] for r in result.rows}
+    best = set(names[:NUM_BEST_WORST]) if len(names) > 2 * NUM_BEST_WORST else set(names[:(len(names) + 1) // 2])
+    columns = ["input", "enhanced"] + (["reference"] if result.has_reference else [])
+    fig, axes = plt.subplots(len(names), len(columns), figsize=(3 * len(columns), 3 * len(names)), squeeze=False)
+    for i, name in enumerate(names):
+        thumbs = result.thumbnails[name]
+        for j, title in enumerate(columns):
+            ax = axes[i, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            if thumbs[j] is None:
+                ax.text(0.5, 0.5, "(not available)", ha="center", va="center", transform=ax.transAxes)
+            else:
+                ax.imshow(thumbs[j])
+            if i == 0:
+                ax.set_title(title)
+        axes[i, 0].set_ylabel(f"{'best' if name in best else 'worst'}: {name}\n{metric} {_fmt(scores[name], 2)}",
+                              fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- generators
+
+def load_checkpoint_generator(workdir: str | os.PathLike, step: int | None = None):
+    """The generator of training checkpoint ``step`` (default: the latest) of a training ``workdir``, built with
+    the config saved in that checkpoint. Returns ``(generator, step)``."""
+    import jax
+    import ml_collections
+
+    from wespe import train
+    from wespe.checkpoint import Checkpointer
+
+    workdir = Path(workdir)
+    with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
+        if step is None:
+            step = ckpt.latest_step()
+            if step is None:
+                raise ValueError(f"{workdir / 'checkpoints'} holds no finished checkpoint")
+        config = ml_collections.ConfigDict(ckpt.metadata(step)["config"])
+        graphdefs = {}
+
+        def abstract_state():  # traced only: no initialiser runs (building the state eagerly takes seconds)
+            state, defs = train.create_train_state(config)
+            graphdefs.update(defs)
+            return state
+
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            jax.eval_shape(abstract_state))
+        state, _ = ckpt.restore(step, like=like)
+    return train.generator_from_state(state, graphdefs), int(step)
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+    """The finished checkpoint steps of a training workdir (empty if it has none)."""
+    from wespe.checkpoint import Checkpointer
+    folder = Path(workdir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    with Checkpointer(folder, read_only=True) as ckpt:
+        return ckpt.all_steps()
+
+
+def load_any_generator(*, checkpoint=None, pretrained_name=None, weights_dir=None):
+    """``checkpoint``: an exported generator (.npz, or a folder with generator.npz) or a training workdir (its
+    latest checkpoint; else its generator.npz); or ``pretrained_name`` + ``weights_dir``. Returns
+    ``(generator, description)``."""
+    from wespe.enhance_files import load_enhancer
+    if checkpoint is not None and (pretrained_name is not None or weights_dir is not None):
+        raise ValueError("--checkpoint names its generator itself: give it without --pretrained / --weights_dir")
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if path.is_dir() and checkpoint_steps(path):
+            generator, step = load_checkpoint_generator(path)
+            return generator, f"{path} checkpoint step {step}"
+        return load_enhancer(checkpoint=path), str(path)
+    return load_enhancer(pretrained_name=pretrained_name, weights_dir=weights_dir), str(pretrained_name)
+
+
+# ---------------------------------------------------------------------------------------------------- sweeps
+#
+# A sweep file (experiments/sweeps/*.py) has ``get_sweep()`` returning either a list of cells or a dict of shared
+# settings ("source", "reference", "weights_dir", "workdir", "tile", "limit") plus "cells". A cell is a dict with
+# "name" and one of: "pretrained" (an official DPED name; "weights_dir" from the cell or the shared settings),
+# "checkpoint" (exported generator or workdir: its latest checkpoint), "workdir" + "steps" ("all" or a list: one
+# cell per checkpoint step, named <name>_step<N>). A cell may override the shared settings; a cell with none of
+# pretrained/checkpoint/workdir takes the shared "workdir".
+
+SWEEP_SHARED_KEYS = ("source", "reference", "weights_dir", "workdir", "tile", "limit")
+SWEEP_FIELDS = ("cell", "kind", "model", "run", "step", "status") + AGGREGATE_FIELDS + COUNT_FIELDS + ("error",)
+
+
+def load_sweep(path: str | os.PathLike) -> dict:
+    """Import a sweep file and return ``{"cells": [...], <shared settings>}``."""
+    import importlib.util
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"_wespe_sweep_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"{path} has no get_sweep()")
+    sweep = module.get_sweep()
+    sweep = {"cells": list(sweep)} if isinstance(sweep, (list, tuple)) else dict(sweep)
+    if not sweep.get("cells"):
+        raise ValueError(f"{path}: get_sweep() returned no cells")
+    return sweep
+
+
+def _cell_dirname(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def expand_cells(sweep: dict, overrides: dict | None = None) -> list[dict]:
+    """Concrete cells: shared settings (``overrides`` win over the file's) merged into each cell, and every
+    ``workdir`` cell expanded into one cell per checkpoint step."""
+    shared = {k: sweep.get(k) for k in SWEEP_SHARED_KEYS}
+    shared.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    cells = []
+    for cell in sweep["cells"]:
+        if "name" not in cell:
+            raise ValueError(f"sweep cell without a name: {cell}")
+        c = {**shared, **{k: v for k, v in cell.items() if v is not None}}
+        for k, v in (overrides or {}).items():  # flags beat the file's cells too
+            if v is not None:
+                c[k] = v
+        if c.get("pretrained"):
+            cells.append({**c, "kind": "pretrained", "model": c["pretrained"], "run": None, "step": None})
+        elif c.get("checkpoint"):
+            cells.append({**c, "kind": "checkpoint", "model": str(c["checkpoint"]), "run": None, "step": None})
+        elif c.get("workdir"):
+            steps = c.get("steps", "all")
+            if steps == "all":
+                steps = checkpoint_steps(c["workdir"])
+                if not steps:
+                    raise ValueError(f"sweep cell {c['name']}: {c['workdir']} has no checkpoints")
+            for step in steps:
+                cells.append({**c, "name": f"{c['name']}_step{int(step)}", "kind": "step",
+                              "model": str(c["workdir"]), "run": cell["name"], "step": int(step)})
+        else:
+            raise ValueError(f"sweep cell {c['name']}: give pretrained, checkpoint or workdir (or --workdir)")
+    names = [c["name"] for c in cells]
+    if len(set(map(_cell_dirname, names))) != len(names):
+        raise ValueError(f"sweep cell names are not unique: {names}")
+    return cells
+
+
+def _cell_generator(cell: dict):
+    if cell["kind"] == "pretrained":
+        return load_any_generator(pretrained_name=cell["pretrained"], weights_dir=cell.get("weights_dir"))[0]
+    if cell["kind"] == "checkpoint":
+        return load_any_generator(checkpoint=cell["checkpoint"])[0]
+    return load_checkpoint_generator(cell["workdir"], cell["step"])[0]
+
+
+def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress: bool = True,
+              echo=print) -> list[dict]:
+    """Evaluate every cell into ``output_dir/<cell>/`` (a cell whose results.json exists is not recomputed),
+    then write sweep.csv, sweep.md and the plots. Returns one row per cell (``status`` ok or error)."""
+    output_dir = Path(output_dir)
+    rows = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(cells), unit="cell", desc="sweep", dynamic_ncols=True)
+    try:
+        for cell in cells:
+            out = output_dir / _cell_dirname(cell["name"])
+            row = dict.fromkeys(SWEEP_FIELDS)
+            row.update(cell=cell["name"], kind=cell["kind"], model=cell["model"], run=cell["run"], step=cell["step"])
+            try:
+                if (out / "results.json").exists():
+                    (bar.write if bar is not None else echo)(f"skipped {cell['name']}: {out / 'results.json'} exists")
+                    saved = json.loads((out / "results.json").read_text())
+                else:
+                    result = evaluate(_cell_generator(cell), cell.get("source"), cell.get("reference"),
+                                      tile=cell.get("tile"), limit=cell.get("limit"), progress=progress)
+                    write_results(result, out)
+                    saved = result.to_json()
+                row.update({k: saved["aggregates"].get(k) for k in AGGREGATE_FIELDS + COUNT_FIELDS},
+                           status="ok")
+            except Exception as e:  # noqa: BLE001 - one broken cell must not lose the others
+                logger.debug("traceback for cell %s", cell["name"], exc_info=True)
+                row.update(status="error", error=f"{type(e).__name__}: {e}")
+                (bar.write if bar is not None else echo)(f"cell {cell['name']} failed: {row['error']}")
+            rows.append(row)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    write_sweep_tables(rows, output_dir)
+    plot_sweep(rows, output_dir)
+    return rows
+
+
+def write_sweep_tables(rows: Sequence[dict], output_dir: str | os.PathLike) -> None:
+    """sweep.csv (every field) and sweep.md (the fields that have a value in some row)."""
+    from wespe.files import atomic_write
+    output_dir = Path(output_dir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SWEEP_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(output_dir / "sweep.csv") as f:
+        f.write(buf.getvalue().encode())
+    columns = [k for k in SWEEP_FIELDS if k in ("cell", "status") or any(r.get(k) is not None for r in rows)]
+    columns = [k for k in columns if k not in ("kind", "model")]
+    if not any(r.get("psnr_pooled") is not None for r in rows):  # no reference: no MS-SSIM count either
+        columns = [k for k in columns if k != "num_ms_ssim"]
+    table = markdown_table(columns, [[r.get(k) for k in columns] for r in rows])
+    with atomic_write(output_dir / "sweep.md") as f:
+        f.write(table.encode())
+
+
+def _plot_metrics(rows: Sequence[dict]) -> list[str]:
+    wanted = ("psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy_mean", "bpp_mean")
+    return [k for k in wanted if any(r.get(k) is not None and math.isfinite(r[k]) for r in rows)]
+
+
+def plot_sweep(rows: Sequence[dict], output_dir: str | os.PathLike) -> list[Path]:
+    """``metric_vs_step.png`` (one line per run; if the sweep has checkpoint steps) and ``models.png`` (bars per
+    model: pretrained/checkpoint cells and the last step of each run, inputs' value as a dashed line)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output_dir = Path(output_dir)
+    ok = [r for r in rows if r["status"] == "ok"]
+    written = []
+    step_rows = [r for r in ok if r["step"] is not None]
+    metrics_ = _plot_metrics(step_rows)
+    if step_rows and metrics_:
+        fig, axes = plt.subplots(1, len(metrics_), figsize=(4 * len(metrics_), 3.2), squeeze=False)
+        for ax, metric in zip(axes[0], metrics_):
+            for run in dict.fromkeys(r["run"] for r in step_rows):
+                points = sorted((r["step"], r[metric]) for r in step_rows if r["run"] == run
+                                and r[metric] is not None)
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=run)
+            ax.set_xlabel("step")
+            ax.set_title(AGGREGATE_LABELS[metric], fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(output_dir / "metric_vs_step.png", dpi=80)
+        plt.close(fig)
+        written.append(output_dir / "metric_vs_step.png")
+    last_steps = {}
+    for r in step_rows:
+        if r["run"] not in last_steps or r["step"] > last_steps[r["run"]]["step"]:
+            last_steps[r["run"]] = r
+    model_rows = [r for r in ok if r["step"] is None] + list(last_steps.values())
+    metrics_ = _plot_metrics(model_rows)
+    if model_rows and metrics_:
+        fig, axes = plt.subplots(1, len(metrics_), figsize=(max(4, 1.2 * len(model_rows)) * len(metrics_) / 1.5,
+                                                            3.6), squeeze=False)
+        for ax, metric in zip(axes[0], metrics_):
+            names = [r["cell"] for r in model_rows]
+            values = [r[metric] if r[metric] is not None and math.isfinite(r[metric]) else 0.0 for r in model_rows]
+            ax.bar(range(len(names)), values, color="tab:blue")
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+            inputs = [r.get(f"input_{metric}") for r in model_rows if r.get(f"input_{metric}") is not None]
+            if inputs:
+                ax.axhline(float(np.mean(inputs)), color="tab:red", linestyle="--", label="inputs")
+                ax.legend(fontsize=8)
+            ax.set_title(AGGREGATE_LABELS[metric], fontsize=9)
+        fig.tight_layout()
+        fig.savefig(output_dir / "models.png", dpi=80)
+        plt.close(fig)
+        written.append(output_dir / "models.png")
+    return written
