@@ -48,6 +48,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from tqdm import tqdm
 from PIL import Image
 
 from wespe.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
@@ -206,20 +207,13 @@ def _check_file(path: Path, patch_size: int, decode: bool, keep: bool
 
 def _parallel(fn: Callable[[Path], Any], items: Sequence[Path], desc: str, progress: bool | None) -> list:
     show = len(items) >= PROGRESS_MIN_FILES if progress is None else (progress and len(items) >= PROGRESS_MIN_FILES)
-    bar = None
-    if show:
-        from tqdm import tqdm
-        bar = tqdm(total=len(items), desc=desc, unit="file", dynamic_ncols=True, file=sys.stderr)
     results = []
-    try:
-        with ThreadPoolExecutor(max_workers=SCAN_THREADS, thread_name_prefix="wespe-scan") as pool:
-            for result in pool.map(fn, items):
-                results.append(result)
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    with tqdm(total=len(items), desc=desc, unit="file", dynamic_ncols=True, file=sys.stderr,
+              disable=not show) as bar, \
+            ThreadPoolExecutor(max_workers=SCAN_THREADS, thread_name_prefix="wespe-scan") as pool:
+        for result in pool.map(fn, items):
+            results.append(result)
+            bar.update(1)
     return results
 
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from wespe import export, image_io, pretrained
 from wespe.enhance import enhance
@@ -92,16 +93,6 @@ def _check_raw_paths(pairs: Sequence[tuple[Path, Path]]) -> None:
         taken[key] = source
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress bars are a convenience; the per-file log lines remain
-        return None
-    return tqdm(total=total, unit="img", desc="enhancing", dynamic_ncols=True)
-
-
 def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
                   tile: int | None = None, memory_budget_mb: float | None = None, devices: Sequence | None = None,
                   save_raw: bool = False, progress: bool = True) -> EnhanceReport:
@@ -119,8 +110,7 @@ def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], out
         logger.warning("no photos found in %s (looked for %s)", ", ".join(map(str, inputs)),
                        " ".join(sorted(image_io.IMAGE_EXTENSIONS)))
         return report
-    bar = _progress(len(pairs), progress)
-    try:
+    with tqdm(total=len(pairs), unit="img", desc="enhancing", dynamic_ncols=True, disable=not progress) as bar:
         for source, output in pairs:
             try:
                 image, info = image_io.read_image(source)
@@ -139,14 +129,9 @@ def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], out
                 reason = str(e) if isinstance(e, (image_io.ImageReadError, image_io.ImageWriteError)) \
                     else f"{type(e).__name__}: {e}"
                 message = reason if reason.startswith(str(source)) else f"{source}: {reason}"
-                if bar is not None:
-                    bar.clear()
+                bar.clear()
                 logger.error("skipped %s", message)
                 logger.debug("traceback for %s", source, exc_info=True)
                 report.failed.append((source, reason))
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(1)
     return report

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 from PIL import Image
 
 from wespe import image_io, metrics
@@ -227,29 +228,21 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
         items = dict(list(items.items())[:limit])
 
     best_worst = _BestWorst()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(items), unit="img", desc="evaluating", dynamic_ncols=True, leave=False)
-    try:
+    with tqdm(total=len(items), unit="img", desc="evaluating", dynamic_ncols=True, leave=False,
+              disable=not progress) as bar:
         for name, path in items.items():
             try:
                 row = _evaluate_one(generator, name, path, source_index, reference_index, duplicate_references,
                                     result.has_reference, tile, memory_budget_mb, save_enhanced_to,
-                                    source_root=sources, best_worst=best_worst)
+                                    best_worst=best_worst)
                 result.rows.append(row)
             except Exception as e:  # noqa: BLE001 - one bad photo must not stop the evaluation
                 reason = str(e) if isinstance(e, (image_io.ImageReadError, _Skip)) else f"{type(e).__name__}: {e}"
-                if bar is not None:
-                    bar.clear()
+                bar.clear()
                 logger.warning("skipped %s: %s", name, reason)
                 logger.debug("traceback for %s", path, exc_info=True)
                 result.skipped.append({"name": name, "path": str(path), "reason": reason})
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(1)
     result.aggregates = aggregate(result.rows, num_skipped=len(result.skipped))
     result.thumbnails = {k: best_worst.thumbs[k] for k in _best_worst_names(best_worst.scores)}
     return result
@@ -260,7 +253,7 @@ class _Skip(ValueError):
 
 
 def _evaluate_one(generator, name, path, source_index, reference_index, duplicate_references, has_reference,
-                  tile, memory_budget_mb, save_enhanced_to, *, source_root, best_worst) -> dict:
+                  tile, memory_budget_mb, save_enhanced_to, *, best_worst) -> dict:
     reference = None
     if has_reference:  # before the (expensive) enhancement: a missing pair costs nothing
         if name in duplicate_references:
@@ -566,18 +559,15 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
     then write sweep.csv, sweep.md and the plots. Returns one row per cell (``status`` ok or error)."""
     output_dir = Path(output_dir)
     rows = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(cells), unit="cell", desc="sweep", dynamic_ncols=True)
-    try:
+    with tqdm(total=len(cells), unit="cell", desc="sweep", dynamic_ncols=True, disable=not progress) as bar:
+        say = bar.write if progress else echo  # messages go above the bar when there is one
         for cell in cells:
             out = output_dir / _cell_dirname(cell["name"])
             row = dict.fromkeys(SWEEP_FIELDS)
             row.update(cell=cell["name"], kind=cell["kind"], model=cell["model"], run=cell["run"], step=cell["step"])
             try:
                 if (out / "results.json").exists():
-                    (bar.write if bar is not None else echo)(f"skipped {cell['name']}: {out / 'results.json'} exists")
+                    say(f"skipped {cell['name']}: {out / 'results.json'} exists")
                     saved = json.loads((out / "results.json").read_text())
                 else:
                     result = evaluate(_cell_generator(cell), cell.get("source"), cell.get("reference"),
@@ -589,13 +579,9 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
             except Exception as e:  # noqa: BLE001 - one broken cell must not lose the others
                 logger.debug("traceback for cell %s", cell["name"], exc_info=True)
                 row.update(status="error", error=f"{type(e).__name__}: {e}")
-                (bar.write if bar is not None else echo)(f"cell {cell['name']} failed: {row['error']}")
+                say(f"cell {cell['name']} failed: {row['error']}")
             rows.append(row)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(1)
     write_sweep_tables(rows, output_dir)
     plot_sweep(rows, output_dir)
     return rows
