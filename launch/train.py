@@ -6,14 +6,19 @@
 
 --config is a Python file with get_config() (default: experiments/wespe_paper.py); any key can be overridden
 with --config.<key>=<value>. Re-running with the same --workdir resumes; SIGTERM / Ctrl-C save and exit 0.
+
+Multi-host (one process per host, same command on every host): under SLURM (srun), Open MPI (mpirun), a Cloud
+TPU pod or Kubernetes the processes find each other by themselves; elsewhere pass --coordinator_address,
+--num_processes and --process_id. The device mesh is --config.mesh.data / --config.mesh.fsdp (README: Scaling out).
 """
 
 from pathlib import Path
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from wespe import loop
+from wespe import loop, parallel
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.", lock_config=True)
@@ -21,12 +26,26 @@ flags.DEFINE_string("source", None, "Folder of source-camera photos (e.g. phone)
 flags.DEFINE_string("target", None, "Folder of target-camera photos (e.g. DSLR).")
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples (resumed if it exists).")
 flags.mark_flag_as_required("workdir")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs without a cluster "
+                    "launcher JAX detects).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) of a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
+flags.DEFINE_integer("num_cpu_devices", None, "CPU only: split the CPU into this many devices (tests, trying a "
+                     "sharded layout on a laptop).")
+flags.DEFINE_enum("cpu_collectives", None, ["gloo", "mpi"], "CPU only: collectives between processes.")
+flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for all processes to join.")
+flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds after which a silent process counts as dead (the others "
+                     "then stop).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    parallel.initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, num_cpu_devices=FLAGS.num_cpu_devices,
+        cpu_collectives=FLAGS.cpu_collectives, initialization_timeout_s=FLAGS.initialization_timeout,
+        heartbeat_timeout_s=FLAGS.heartbeat_timeout)
     loop.configure_logging()
     config = _CONFIG.value
     if FLAGS.source:
@@ -34,6 +53,8 @@ def main(argv):
     if FLAGS.target:
         config.data.target = FLAGS.target
     result = loop.run_training(config, FLAGS.workdir)
+    if jax.process_index() != 0:
+        return
     print(f"{result.status} at step {result.step}: {result.workdir}")
     for key in sorted(k for k in result.metrics if k.startswith("demo/")):
         print(f"  {key} = {result.metrics[key]}")

@@ -185,9 +185,10 @@ def test_process_slices_partition_the_global_batch(tmp_path):
         for key in ("source", "target"):
             p0, p1 = parts[0][k][key], parts[1][k][key]
             assert p0.shape == p1.shape == (2, PATCH, PATCH, 3)
-            # Process p holds global rows p, p + 2: the two slices interleave into the global batch exactly.
-            np.testing.assert_array_equal(whole[k][key][0::2], p0)
-            np.testing.assert_array_equal(whole[k][key][1::2], p1)
+            # Process p holds the contiguous rows [2p, 2p + 2): in process order they are the global batch exactly
+            # (the order jax.make_array_from_process_local_data places them in).
+            np.testing.assert_array_equal(whole[k][key][:2], p0)
+            np.testing.assert_array_equal(whole[k][key][2:], p1)
             assert not any(np.array_equal(a, b) for a in p0 for b in p1)
 
 

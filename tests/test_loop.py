@@ -77,12 +77,13 @@ def _step_key(config, preprocessing):
 def _reuse_compiled_steps(monkeypatch):
     real = train.make_train_step
 
-    def make_train_step(config, graphdefs, vgg_weights, preprocessing):
-        key = _step_key(config, preprocessing)
+    def make_train_step(config, graphdefs, vgg_weights, preprocessing, layout=None):
+        key = _step_key(config, preprocessing), layout
         if key not in _COMPILED:
-            _COMPILED[key] = real(config, graphdefs, vgg_weights, preprocessing).jitted
-        jitted = _COMPILED[key]
-        return lambda state, batch, rng: jitted(state, vgg_weights, batch, rng)
+            real_step = real(config, graphdefs, vgg_weights, preprocessing, layout)
+            _COMPILED[key] = real_step.jitted, real_step.vgg_weights
+        jitted, placed_vgg = _COMPILED[key]
+        return lambda state, batch, rng: jitted(state, placed_vgg, batch, rng)
 
     monkeypatch.setattr(train, "make_train_step", make_train_step)
 

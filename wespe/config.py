@@ -27,6 +27,11 @@ vgg_preprocessing    ``auto`` (from the weights: MatConvNet -> ``dped``, torchvi
                      ``dped`` (x*255 - mean) or ``imagenet`` (mean/std)
 vgg_cache_dir        where converted VGG weights are cached (None: $WESPE_CACHE_DIR or ~/.cache/wespe)
 optimizer.lr_generator / lr_discriminator / b1 / b2 / eps   Adam (5e-4 for all networks in both papers)
+compute_dtype        ``float32`` (default, as the papers) or ``bfloat16``: networks compute in bf16 from float32
+                     parameters; losses, gradients and Adam stay float32 (mixed precision, for GPUs/TPUs)
+mesh.data / mesh.fsdp   device mesh (``wespe.parallel``): the batch is split over data x fsdp devices; state is
+                     replicated, or split over ``fsdp`` when it is > 1 (FSDP). -1 = all devices left over.
+                     May change between resumes (a checkpoint restores onto any mesh)
 
 data.source / target folders of photos (``--source`` / ``--target`` set them); paired by file name in ``dped``
                      mode (``data.paired`` None = follow the mode), unpaired otherwise
@@ -73,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
         dped_root=ml_collections.FieldReference(None, field_type=str), dped_phone="iphone",
         builtin=ml_collections.FieldReference(None, field_type=str),
         flips=False, rot90=False, cache_max_bytes=2 * 1024**3))
+    c.compute_dtype = "float32"
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     c.log_every = 10
     c.sample_every = 500
     c.checkpoint_every = 1000
@@ -84,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 # Keys that may differ between a checkpoint's config and the resuming run's without changing the result.
 RESUME_SAFE_KEYS = ("num_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
-                    "num_sample_crops", "allow_config_change")
+                    "num_sample_crops", "allow_config_change", "mesh.data", "mesh.fsdp")
 
 
 def wespe_paper() -> ml_collections.ConfigDict:
@@ -128,7 +135,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
               ("loss_normalization", config.loss_normalization, NORMALIZATIONS),
               ("blur", config.blur, BLUR_MODES),
               ("content_layer", config.content_layer, LAYERS),
-              ("vgg_preprocessing", config.vgg_preprocessing, ("auto",) + PREPROCESSING)]
+              ("vgg_preprocessing", config.vgg_preprocessing, ("auto",) + PREPROCESSING),
+              ("compute_dtype", config.compute_dtype, ("float32", "bfloat16"))]
     for key, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"config.{key}={value!r} is not one of {tuple(allowed)}")

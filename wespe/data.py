@@ -4,7 +4,7 @@
 and the folder), then builds, per process::
 
     MapDataset.source(indices).seed(s).repeat().shuffle().random_map(load + crop + augment)
-    -> [unpaired: zip of the two sides, each with its own seed]  -> ds[process_index::process_count]
+    -> [unpaired: zip of the two sides, each with its own seed]  -> this process's rows of each global batch
     -> .batch(global_batch_size // process_count) -> .to_iter_dataset()
 
 and returns ``(iterator, report)``. Each ``next(iterator)`` is ``{"source": (B, p, p, 3) float32 in [0, 1],
@@ -527,12 +527,40 @@ def make_train_iterator(source_dir: str | os.PathLike, target_dir: str | os.Path
 
             branches.append(side_dataset(len(side_store.entries), _derived_seed(seed, stream), side_fn))
         ds = grain.experimental.ZipMapDataset(branches).map(lambda st: {"source": st[0], "target": st[1]})
-    ds = ds[process_index::process_count].batch(per_process, drop_remainder=True)
+    ds = _ProcessRows(ds, process_index, process_count, per_process).batch(per_process, drop_remainder=True)
     threads = min(8, os.cpu_count() or 1) if num_threads is None else num_threads
     iterator = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)))
     if writer_dir is not None:
         _write_report(report, writer_dir)
     return iterator, report
+
+
+class _ProcessRows(grain.MapDataset):
+    """Process ``index``'s rows of every global batch: rows ``[index * per, (index + 1) * per)`` of batch k.
+
+    Global batch k is elements ``[k * B, (k + 1) * B)`` of the stream whatever the process count, and process i
+    loads the contiguous block i of it. ``jax.make_array_from_process_local_data`` places each process's rows in
+    process order, so a run on N processes trains on exactly the batches of a single-process run.
+    """
+
+    def __init__(self, parent: grain.MapDataset, index: int, count: int, per_process: int):
+        super().__init__(parent)
+        self._index, self._count, self._per = index, count, per_process
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._count
+
+    def _parent_index(self, n: int) -> int:
+        batch, row = divmod(n, self._per)
+        return (batch * self._count + self._index) * self._per + row
+
+    def __getitem__(self, n):
+        if isinstance(n, slice):
+            raise TypeError("_ProcessRows does not support slicing")
+        return self._parent[self._parent_index(n)]
+
+    def __str__(self) -> str:
+        return f"_ProcessRows(process {self._index} of {self._count}, {self._per} rows per batch)"
 
 
 def _usable_pairs(pairs: Sequence[tuple[Path, Path]], scans: dict[str, ScanResult], unusable: list[dict]

@@ -26,7 +26,9 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from wespe import data, train, visualize
+from flax import nnx
+
+from wespe import data, parallel, train, visualize
 from wespe.checkpoint import Checkpointer
 from wespe.config import RESUME_SAFE_KEYS, validate
 from wespe.export import save_generator
@@ -35,10 +37,11 @@ log = logging.getLogger("wespe")
 
 
 def configure_logging() -> None:
-    """wespe's own INFO messages on the console; other libraries' (orbax logs every save step) only WARNING+."""
+    """wespe's own INFO messages on the console (process 0 only: the others say only warnings and errors);
+    other libraries' (orbax logs every save step) only WARNING+. Call after ``parallel.initialize_distributed``."""
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     if not logging.getLogger().handlers:  # outside absl.app: give the messages somewhere to go
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
 
@@ -156,18 +159,25 @@ class _Writers:
             self.tb.close()
 
 
-def _sample(state: train.TrainState, graphdefs: dict, crops: np.ndarray) -> list[np.ndarray]:
-    g = train.generator_from_state(state, graphdefs)
-    enhanced = np.asarray(_inference(g)(jnp.asarray(crops)))
+def _host_generators(state: train.TrainState, graphdefs: dict) -> dict:
+    """The generators as NNX modules holding NumPy copies of their (possibly sharded, multi-host) weights.
+
+    Every process must call it (it may all-gather); the modules then run locally, e.g. on process 0 only.
+    """
+    names = [n for n in train.GENERATORS["wespe"] if n in state.params]
+    host = parallel.to_host({n: (state.params[n], state.batch_stats[n]) for n in names})
+    return {n: nnx.merge(graphdefs[n], *host[n]) for n in names}
+
+
+def _sample(generators: dict, crops: np.ndarray) -> list[np.ndarray]:
+    enhanced = np.asarray(_inference(generators["generator"])(jnp.asarray(crops)))
     columns = [crops, enhanced]
-    if "inverse_generator" in state.params:
-        f = train.generator_from_state(state, graphdefs, "inverse_generator")
-        columns.append(np.asarray(_inference(f)(jnp.asarray(enhanced))))
+    if "inverse_generator" in generators:
+        columns.append(np.asarray(_inference(generators["inverse_generator"])(jnp.asarray(enhanced))))
     return columns
 
 
 def _inference(module):
-    from flax import nnx
     if any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(module)):
         module = nnx.view(module, use_running_average=True)
     return module
@@ -180,10 +190,11 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
     is_writer = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
 
+    layout = parallel.Layout(parallel.make_mesh(config.mesh))
+    layout.check_batch(config.batch_size)
+    log.info(parallel.describe(layout))
     source, target = resolve_folders(config, workdir)
     paired = config.mode == "dped" if config.data.paired is None else bool(config.data.paired)
-    if config.batch_size % jax.process_count():
-        raise ValueError(f"config.batch_size={config.batch_size} does not divide over {jax.process_count()} processes")
     iterator, report = data.make_train_iterator(
         source, target, paired=paired, patch_size=config.patch_size, global_batch_size=config.batch_size,
         seed=config.seed, flips=config.data.flips, rot90=config.data.rot90,
@@ -204,7 +215,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
             raise ConfigChangedError(
                 f"{workdir} holds a run with a different config ({'; '.join(diff)}). Use a new --workdir, or pass "
                 f"--config.allow_config_change=True to resume with the new values.")
-    state, graphdefs = train.create_train_state(config)  # after the config check: building the networks is slow
+    state, graphdefs = train.create_train_state(config, layout)  # after the config check: building is slow
     if latest is not None:
         state, meta = checkpointer.restore(latest, like=state)
         iterator.set_state(data.iterator_state_from_json(meta["data_state"]))
@@ -216,7 +227,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
     if is_writer:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
 
-    step_fn = train.make_train_step(config, graphdefs, vgg_weights, preprocessing)
+    step_fn = train.make_train_step(config, graphdefs, vgg_weights, preprocessing, layout)
     sample_crops = data.fixed_eval_crops(source, config.num_sample_crops, config.patch_size, seed=config.seed)
     target_mean = data.fixed_eval_crops(target, 16, config.patch_size, seed=config.seed + 1).reshape(-1, 3).mean(0)
     writers = _Writers(workdir, is_writer)
@@ -228,7 +239,10 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
             "saved_at": time.time()})
 
     def samples(step: int) -> None:
-        columns = _sample(state, graphdefs, sample_crops)
+        generators = _host_generators(state, graphdefs)  # every process: it may all-gather
+        if not is_writer:
+            return
+        columns = _sample(generators, sample_crops)
         path = writers.grid(step, visualize.image_grid(columns))
         for warning in visualize.collapse_warnings(columns[0], columns[1], target_mean):
             log.warning("step %d: %s", step, warning)
@@ -242,7 +256,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
         with _StopFlag() as stop:
             t_last, n_last = time.perf_counter(), start
             while step < config.num_steps:
-                batch = {k: jnp.asarray(v) for k, v in next(iterator).items()}
+                batch = layout.global_batch(next(iterator))
                 state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
                 step += 1
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -259,8 +273,9 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
                     writers.scalars(step, host)
                 if step % config.sample_every == 0:
                     samples(step)
-                if stop.signal is not None:
-                    log.warning("%s received: saving a checkpoint at step %d and exiting", stop.signal, step)
+                if parallel.any_process(stop.signal is not None):  # all processes save together
+                    log.warning("%s received: saving a checkpoint at step %d and exiting",
+                                stop.signal or "a stop signal on another process", step)
                     save(step)
                     status = "preempted"
                     break
@@ -271,8 +286,9 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
                     save(step)
                 if step % config.sample_every != 0:  # else this step's grid exists already
                     samples(step)
+                final_generator = _host_generators(state, graphdefs)["generator"]
                 if is_writer:
-                    path = save_generator(train.generator_from_state(state, graphdefs), workdir / "generator.npz")
+                    path = save_generator(final_generator, workdir / "generator.npz")
                     log.info("exported the generator to %s (wespe.load_generator)", path)
     finally:
         bar.close()
@@ -281,5 +297,5 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
         writers.close()
     if status == "finished" and config.data.builtin == "demo" and is_writer:
         from wespe import demo
-        host.update(demo.evaluate(train.generator_from_state(state, graphdefs), workdir))
+        host.update(demo.evaluate(final_generator, workdir))
     return RunResult(status, step, host, workdir)

@@ -25,7 +25,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from wespe import losses, ops, vgg
+from wespe import losses, ops, parallel, vgg
 from wespe.config import validate
 from wespe.models import Discriminator, Generator
 
@@ -66,16 +66,40 @@ def make_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTr
             optax.adam(o.lr_discriminator, b1=o.b1, b2=o.b2, eps=o.eps))
 
 
-def create_train_state(config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, nnx.GraphDef]]:
-    """Fresh networks and optimiser states; returns the state and the (static) graph definitions."""
-    validate(config)
-    graphdefs, params, stats = {}, {}, {}
+def _init_train_state(config: ml_collections.ConfigDict, graphdefs: dict) -> TrainState:
+    """Fresh networks and optimiser states; fills ``graphdefs`` (the static network structures)."""
+    params, stats = {}, {}
     for name, net in build_networks(config).items():
         graphdefs[name], params[name], stats[name] = nnx.split(net, nnx.Param, ...)
     tx_g, tx_d = make_optimizers(config)
     opt_state = {"generators": tx_g.init({n: params[n] for n in GENERATORS[config.mode]}),
                  "discriminators": tx_d.init({n: params[n] for n in DISCRIMINATORS[config.mode]})}
-    return TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state), graphdefs
+    return TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state)
+
+
+def abstract_train_state(config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, nnx.GraphDef]]:
+    """The state's tree of ``jax.ShapeDtypeStruct``s (no memory used) and the graph definitions."""
+    validate(config)
+    graphdefs: dict = {}
+    abstract = jax.eval_shape(lambda: _init_train_state(config, graphdefs))
+    return abstract, graphdefs
+
+
+def create_train_state(config: ml_collections.ConfigDict, layout: parallel.Layout | None = None
+                       ) -> tuple[TrainState, dict[str, nnx.GraphDef]]:
+    """Fresh networks and optimiser states; returns the state and the (static) graph definitions.
+
+    With a ``layout`` the state is created inside one jitted function whose outputs already have the layout's
+    shardings (replicated, or FSDP-split): no leaf is ever materialised whole on one device first. Without
+    one it is built eagerly on the default device.
+    """
+    validate(config)
+    graphdefs: dict = {}
+    if layout is None:
+        return _init_train_state(config, graphdefs), graphdefs
+    abstract, graphdefs = abstract_train_state(config)
+    state = jax.jit(lambda: _init_train_state(config, {}), out_shardings=layout.state_shardings(abstract))()
+    return state, graphdefs
 
 
 def load_content_network(config: ml_collections.ConfigDict) -> tuple[dict, str]:
@@ -92,34 +116,44 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
     tx_g, tx_d = make_optimizers(config)
     source, target = batch["source"], batch["target"]
     blur = functools.partial(ops.blur, mode=config.blur)
+    # Mixed precision: networks compute in compute_dtype from float32 parameters (cast per use, so gradients
+    # and Adam stay float32); every loss is computed in float32 from their float32-cast outputs.
+    compute_dtype = jnp.dtype(config.compute_dtype)
 
     def content_features(images):
-        return vgg.features(vgg_weights, images, config.content_layer, preprocessing)
+        features = vgg.features(vgg_weights, images.astype(compute_dtype), config.content_layer, preprocessing)
+        return features.astype(jnp.float32)
 
     def network(name, params):
-        return nnx.merge(graphdefs[name], params, state.batch_stats[name])
+        # Fresh copies of the batch statistics: BatchNorm updates them in place, and NNX refuses to mutate a
+        # Variable created outside the current (grad) trace.
+        return nnx.merge(graphdefs[name], params, jax.tree.map(lambda x: x, state.batch_stats[name]))
+
+    def run(net, x):
+        return net(x.astype(compute_dtype)).astype(jnp.float32)
 
     def generator_objective(gen_params):
         nets = {n: network(n, gen_params[n]) for n in gen_names}
         disc = {n: network(n, state.params[n]) for n in disc_names}
-        enhanced = nets["generator"](source)
+        enhanced = run(nets["generator"], source)
         terms = {}
         if mode == "wespe":
-            reconstructed = nets["inverse_generator"](enhanced)
+            reconstructed = run(nets["inverse_generator"], enhanced)
             terms["content"] = losses.content_loss(jax.lax.stop_gradient(content_features(source)),
                                                    content_features(reconstructed))
-            terms["color"] = losses.generator_adversarial_loss(disc["color_discriminator"](blur(enhanced)), form, norm)
+            terms["color"] = losses.generator_adversarial_loss(
+                run(disc["color_discriminator"], blur(enhanced)), form, norm)
         else:
             terms["content"] = losses.content_loss(content_features(enhanced),
                                                    jax.lax.stop_gradient(content_features(target)))
             terms["color"] = losses.color_loss(blur(enhanced), blur(target), norm)
         terms["texture"] = losses.generator_adversarial_loss(
-            disc["texture_discriminator"](ops.grayscale(enhanced)), form, norm)
+            run(disc["texture_discriminator"], ops.grayscale(enhanced)), form, norm)
         terms["tv"] = losses.tv_loss(enhanced)
         if mode == "wespe" and config.weights.identity > 0:
             # CycleGAN's identity term (off in the papers): G leaves target photos alone, F source photos.
-            terms["identity"] = (losses.identity_loss(nets["generator"](target), target)
-                                 + losses.identity_loss(nets["inverse_generator"](source), source))
+            terms["identity"] = (losses.identity_loss(run(nets["generator"], target), target)
+                                 + losses.identity_loss(run(nets["inverse_generator"], source), source))
         total = sum(config.weights[k] * v for k, v in terms.items())
         new_stats = {n: nnx.state(net, nnx.Not(nnx.Param)) for n, net in nets.items()}
         return total, (terms, enhanced, new_stats)
@@ -130,7 +164,7 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
         for i, name in enumerate(disc_names):
             view = views[name]
             inputs, labels = losses.discriminator_batch(view(target), view(fake), form, jax.random.fold_in(rng, i))
-            loss, acc = losses.discriminator_loss(network(name, disc_params[name])(inputs), labels, form, norm)
+            loss, acc = losses.discriminator_loss(run(network(name, disc_params[name]), inputs), labels, form, norm)
             total = total + loss
             out[f"loss/{name}"], out[f"accuracy/{name}"] = loss, acc
         return total, out
@@ -156,20 +190,34 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
     return new_state, metrics
 
 
-def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weights: dict,
-                    preprocessing: str) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weights: dict, preprocessing: str,
+                    layout: parallel.Layout | None = None
+                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """The pure step ``(state, batch, rng) -> (state, metrics)``, jitted once; the input state is donated.
 
-    Deterministic for a given rng (which only drives the ``dped_softmax`` real/fake swaps).
+    Deterministic for a given rng (which only drives the ``dped_softmax`` real/fake swaps). With a ``layout``
+    the step is compiled for it: the state in and out keeps the layout's shardings, the batch is split over
+    the mesh, the VGG weights are placed once (replicated, or FSDP-split), and the metrics come back replicated.
+    Sums and means over the batch are over the global batch (XLA inserts the all-reduces), so the result equals
+    the single-device step up to float reduction order.
     """
     validate(config)
-    jitted = jax.jit(functools.partial(_train_step, config=config, graphdefs=graphdefs, preprocessing=preprocessing),
-                     donate_argnums=0)
+    step = functools.partial(_train_step, config=config, graphdefs=graphdefs, preprocessing=preprocessing)
+    if layout is None:
+        jitted = jax.jit(step, donate_argnums=0)
+    else:
+        state_shardings = layout.state_shardings(abstract_train_state(config)[0])
+        vgg_shardings = layout.state_shardings(vgg_weights)
+        vgg_weights = layout.put(vgg_weights, vgg_shardings)
+        jitted = jax.jit(step, donate_argnums=0,
+                         in_shardings=(state_shardings, vgg_shardings, layout.batch, layout.replicated),
+                         out_shardings=(state_shardings, layout.replicated))
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
         return jitted(state, vgg_weights, batch, rng)
 
     train_step.jitted = jitted  # for cost analysis / lowering in benchmarks
+    train_step.vgg_weights = vgg_weights  # as placed for the step
     return train_step
 
 
