@@ -1,54 +1,65 @@
 """Benchmarks, JSON out.
 
---mode=train_step: images/s, median step time, compile time, XLA FLOPs, MFU, CPU user/sys time, memory.
-    python launch/benchmark.py --preset=wespe_paper --batch_size=30 --repeats=5 --out=bench.json
-    python launch/benchmark.py --preset=dped_code --peak_tflops=989 --vgg_weights=imagenet-vgg-verydeep-19.mat
+--mode=train_step: images/s, median step time, compile time, XLA FLOPs, MFU, CPU user/sys time, device memory.
+    python launch/benchmark.py --config.batch_size=30 --repeats=5 --out=bench.json
+    python launch/benchmark.py --config=experiments/dped_paired.py --config.compute_dtype=bfloat16 --peak_tflops=989
+--mode=scaling: the same per-device batch on 1, 2, 4, 8 devices (speedup, efficiency); on CPU, forced devices:
+    python launch/benchmark.py --mode=scaling --devices=1,2,4,8 --per_device_batch=4 --num_cpu_devices=8
 --mode=enhance: megapixels/s of whole-image and exact tiled inference vs image size, f32 and bf16.
     python launch/benchmark.py --mode=enhance --megapixels=1,4,12,48 --dtypes=float32,bfloat16 --tile=512
 
-VGG weights default to ``random`` (same FLOPs as the real network).
+The training config is a file as in launch/train.py (default experiments/wespe_paper.py, overridable with
+--config.<key>); VGG weights default to ``random`` (same FLOPs as the real network).
 """
 
 import json
+from pathlib import Path
 
 from absl import app, flags
+from ml_collections import config_flags
 
-from wespe import benchmarking, config as configs
+from wespe import benchmarking, parallel
 
-flags.DEFINE_enum("mode", "train_step", ["train_step", "enhance"], "What to time.")
+_DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training config file.", lock_config=True)
+flags.DEFINE_enum("mode", "train_step", ["train_step", "scaling", "enhance"], "What to time.")
+flags.DEFINE_list("devices", ["1", "2", "4", "8"], "scaling: device counts (the first N devices).")
+flags.DEFINE_integer("per_device_batch", 4, "scaling: batch per device (the global batch grows with N).")
+flags.DEFINE_bool("fsdp", False, "scaling: put the devices on the fsdp axis (state sharded) instead of data.")
+flags.DEFINE_integer("num_cpu_devices", None, "CPU only: split the CPU into this many devices.")
 flags.DEFINE_list("megapixels", ["0.25", "1"], "enhance: image sizes (4:3) in megapixels.")
 flags.DEFINE_list("dtypes", ["float32"], "enhance: compute dtypes (float32, bfloat16).")
 flags.DEFINE_integer("tile", 256, "enhance: tile core size of the tiled path.")
 flags.DEFINE_float("memory_budget_mb", None, "enhance: per-device budget (default: wespe.enhance's).")
-flags.DEFINE_enum("preset", "wespe_paper", sorted(configs.PRESETS), "Training preset to time.")
-flags.DEFINE_integer("batch_size", None, "Global batch (default: the preset's).")
-flags.DEFINE_integer("patch_size", None, "Patch side (default: the preset's, 100).")
 flags.DEFINE_integer("repeats", 5, "Timed steps (the median is reported).")
 flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.")
 flags.DEFINE_string("vgg_weights", "random", "VGG-19 weights file, or 'random'.")
-flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for MFU (default: known table by device kind).")
+flags.DEFINE_float("peak_tflops", None, "Per-device peak TFLOP/s for MFU (default: known table by device kind).")
 flags.DEFINE_string("out", None, "Write the result JSON here as well as printing it.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    parallel.initialize_distributed(num_cpu_devices=FLAGS.num_cpu_devices)
     if FLAGS.mode == "enhance":
         from wespe.models import Generator
-        result = {"mode": "enhance", "rows": benchmarking.benchmark_enhance(
+        _emit({"mode": "enhance", "rows": benchmarking.benchmark_enhance(
             Generator(), [float(m) for m in FLAGS.megapixels], dtypes=FLAGS.dtypes, tile=FLAGS.tile,
-            repeats=FLAGS.repeats, memory_budget_mb=FLAGS.memory_budget_mb)}
-        _emit(result)
+            repeats=FLAGS.repeats, memory_budget_mb=FLAGS.memory_budget_mb)})
         return
-    config = configs.preset(FLAGS.preset)
+    config = _CONFIG.value
     config.vgg_weights = FLAGS.vgg_weights
-    if FLAGS.batch_size:
-        config.batch_size = FLAGS.batch_size
-    if FLAGS.patch_size:
-        config.patch_size = FLAGS.patch_size
-    peak = FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None
-    result = benchmarking.benchmark_train_step(config, repeats=FLAGS.repeats, warmup=FLAGS.warmup, peak_flops=peak)
-    result["preset"] = FLAGS.preset
+    kwargs = dict(repeats=FLAGS.repeats, warmup=FLAGS.warmup,
+                  peak_flops=FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None)
+    if FLAGS.mode == "scaling":
+        rows = benchmarking.benchmark_scaling(config, [int(n) for n in FLAGS.devices], FLAGS.per_device_batch,
+                                              fsdp=FLAGS.fsdp, **kwargs)
+        _emit({"mode": "scaling", "per_device_batch": FLAGS.per_device_batch, "fsdp": FLAGS.fsdp, "rows": rows})
+        return
+    result = benchmarking.benchmark_train_step(config, **kwargs)
+    result["config"] = FLAGS.config if isinstance(FLAGS.config, str) else None
     _emit(result)
 
 

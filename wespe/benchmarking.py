@@ -1,4 +1,4 @@
-"""Training-step throughput measurement (used by ``launch/benchmark.py``).
+"""Training-step and inference throughput measurement (used by ``launch/benchmark.py``).
 
 Times are medians over repeats after warm-up, with ``block_until_ready``; FLOPs come from XLA's cost
 analysis of the compiled step; MFU = FLOPs / step time / device peak when a peak is known or given.
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wespe import train
+from wespe import parallel, train
 
 # Dense peak FLOP/s per device by jax device_kind and compute dtype (vendor figures, no sparsity).
 KNOWN_PEAKS = {
@@ -40,57 +40,95 @@ def _flops(compiled) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def _peak_memory_bytes() -> int | None:
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"])
-    return None
+def _peak_memory_bytes(devices=None) -> int | None:
+    """The largest peak among ``devices`` (default: the first device); None where the runtime does not say."""
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in (devices or jax.devices()[:1])]
+    peaks = [int(p) for p in peaks if p is not None]
+    return max(peaks) if peaks else None
 
 
-def benchmark_train_step(config: ml_collections.ConfigDict, *, repeats: int = 5, warmup: int = 1,
-                         peak_flops: float | None = None) -> dict:
-    """Compile and time the training step of ``config`` on random data; returns a JSON-able dict."""
-    state, graphdefs = train.create_train_state(config)
+def benchmark_train_step(config: ml_collections.ConfigDict, *, layout: parallel.Layout | None = None,
+                         repeats: int = 5, warmup: int = 1, peak_flops: float | None = None) -> dict:
+    """Compile and time the training step of ``config`` on random data; returns a JSON-able dict.
+
+    ``layout`` (default: ``config.mesh`` over all devices) places the state and splits the global batch
+    ``config.batch_size``. FLOPs are XLA's count for one device's program, so the step's total is that times the
+    number of devices, and MFU = total / step time / (devices x per-device peak).
+    """
+    layout = layout or parallel.Layout(parallel.make_mesh(config.mesh))
+    layout.check_batch(config.batch_size)
+    state, graphdefs = train.create_train_state(config, layout)
     weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre)
+    step = train.make_train_step(config, graphdefs, weights, pre, layout)
     rng = np.random.default_rng(0)
     shape = (config.batch_size, config.patch_size, config.patch_size, 3)
-    batch = {k: jnp.asarray(rng.random(shape, dtype=np.float32)) for k in ("source", "target")}
+    batch = layout.global_batch({k: rng.random(shape, dtype=np.float32) for k in ("source", "target")})
     key = jax.random.key(0)
 
     t0 = time.perf_counter()
-    compiled = step.jitted.lower(state, weights, batch, key).compile()
+    compiled = step.jitted.lower(state, step.vgg_weights, batch, key).compile()
     compile_s = time.perf_counter() - t0
-    flops = _flops(compiled)
+    flops_per_device = _flops(compiled)
+    num_devices = layout.mesh.size
+    flops = flops_per_device * num_devices if flops_per_device else None
 
     for i in range(warmup):
-        state, metrics = compiled(state, weights, batch, jax.random.fold_in(key, i))
+        state, metrics = compiled(state, step.vgg_weights, batch, jax.random.fold_in(key, i))
         jax.block_until_ready(metrics)
     times, user, system = [], [], []
     for i in range(repeats):
         c0, t0 = os.times(), time.perf_counter()
-        state, metrics = compiled(state, weights, batch, jax.random.fold_in(key, warmup + i))
+        state, metrics = compiled(state, step.vgg_weights, batch, jax.random.fold_in(key, warmup + i))
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
         c1 = os.times()
         user.append(c1.user - c0.user)
         system.append(c1.system - c0.system)
     median = statistics.median(times)
-    peak = peak_flops if peak_flops else device_peak()
+    dtype = "bfloat16" if config.compute_dtype == "bfloat16" else "float32"
+    peak = peak_flops if peak_flops else device_peak(dtype)
+    devices = list(layout.mesh.devices.flat)
     return {
         "mode": config.mode, "batch_size": config.batch_size, "patch_size": config.patch_size,
-        "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+        "compute_dtype": config.compute_dtype, "device": devices[0].device_kind, "num_devices": num_devices,
+        "mesh": dict(layout.mesh.shape), "per_device_batch": config.batch_size // layout.batch_devices,
         "compile_s": round(compile_s, 3), "step_s_median": round(median, 4),
         "step_s_all": [round(t, 4) for t in times], "images_per_s": round(config.batch_size / median, 3),
         "cpu_user_s_per_step": round(statistics.median(user), 3),
         "cpu_sys_s_per_step": round(statistics.median(system), 3),
-        "flops_per_step": flops, "achieved_tflops": round(flops / median / 1e12, 4) if flops else None,
-        "peak_tflops": peak / 1e12 if peak else None,
-        "mfu": round(flops / median / peak, 4) if (flops and peak) else None,
-        "peak_device_memory_bytes": _peak_memory_bytes(),
+        "flops_per_step": flops, "flops_per_step_per_device": flops_per_device,
+        "achieved_tflops": round(flops / median / 1e12, 4) if flops else None,
+        "peak_tflops_per_device": peak / 1e12 if peak else None,
+        "mfu": round(flops / median / (peak * num_devices), 4) if (flops and peak) else None,
+        "peak_device_memory_bytes": _peak_memory_bytes(devices),
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "finite": bool(np.isfinite(float(metrics["loss/generator"]))),
     }
+
+
+def benchmark_scaling(config: ml_collections.ConfigDict, device_counts: list[int], per_device_batch: int, *,
+                      fsdp: bool = False, **kwargs) -> list[dict]:
+    """The same per-device batch on the first 1, 2, 4, ... devices (weak scaling).
+
+    Each row is :func:`benchmark_train_step` on a mesh over ``devices[:n]`` (all ``data``, or all ``fsdp`` when
+    ``fsdp``) plus ``speedup`` (images/s over the first row's) and ``efficiency`` (speedup / device ratio).
+    """
+    available = jax.devices()
+    too_many = [n for n in device_counts if not 1 <= n <= len(available)]
+    if too_many:
+        raise parallel.MeshError(f"--devices={','.join(map(str, device_counts))}: {too_many} not between 1 and the "
+                                 f"{len(available)} devices that exist (on CPU: --num_cpu_devices)")
+    rows = []
+    for n in device_counts:
+        c = config.copy_and_resolve_references()
+        c.batch_size = per_device_batch * n
+        mesh = parallel.make_mesh({"data": 1, "fsdp": n} if fsdp else {"data": n, "fsdp": 1}, available[:n])
+        rows.append(benchmark_train_step(c, layout=parallel.Layout(mesh), **kwargs))
+    base = rows[0]
+    for row in rows:
+        row["speedup"] = round(row["images_per_s"] / base["images_per_s"], 3)
+        row["efficiency"] = round(row["speedup"] / (row["num_devices"] / base["num_devices"]), 3)
+    return rows
 
 
 def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",), tile: int = 256,
