@@ -6,9 +6,12 @@ Multi-device checks run in subprocesses with forced CPU devices (tests/sharding_
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,19 +153,23 @@ def _train_args(tmp_path, workdir, num_steps):
             f"--source={tmp_path / 'source'}", f"--target={tmp_path / 'target'}", "--config.vgg_weights=random",
             "--config.batch_size=8", "--config.patch_size=32", "--config.generator.width=8",
             "--config.generator.num_blocks=1", "--config.generator.init=he", "--config.discriminator.head=global_pool",
-            "--config.content_layer=relu1_2", "--config.checkpoint_every=2", "--config.log_every=1",
+            "--config.content_layer=relu1_2", "--config.log_every=1",
             "--config.sample_every=1000", f"--config.num_steps={num_steps}"]
 
 
-def _run_two_processes(tmp_path, workdir, num_steps, timeout=300):
+def _start_two_processes(tmp_path, workdir, num_steps, tag, extra=()):
     port = _free_port()
     procs = []
     for i in range(2):
-        cmd = _train_args(tmp_path, workdir, num_steps) + [
+        cmd = _train_args(tmp_path, workdir, num_steps) + list(extra) + [
             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
             "--num_cpu_devices=2", "--cpu_collectives=gloo", "--initialization_timeout=60", "--heartbeat_timeout=15"]
-        log = open(tmp_path / f"process{i}_{num_steps}.log", "w")
+        log = open(tmp_path / f"process{i}_{tag}.log", "w")
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT), log))
+    return procs
+
+
+def _wait_all(tmp_path, procs, tag, timeout=300):
     try:
         codes = [p.wait(timeout=timeout) for p, _ in procs]
     finally:
@@ -170,38 +177,58 @@ def _run_two_processes(tmp_path, workdir, num_steps, timeout=300):
             if p.poll() is None:
                 p.kill()
             log.close()
-    logs = [(tmp_path / f"process{i}_{num_steps}.log").read_text() for i in range(2)]
+    logs = [(tmp_path / f"process{i}_{tag}.log").read_text() for i in range(2)]
     assert codes == [0, 0], "\n\n".join(text[-3000:] for text in logs)
     return logs
 
 
 def _metrics(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    path = workdir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_two_processes_train_checkpoint_resume_and_match_one_process(tmp_path):
-    """2 processes x 2 CPU devices (gloo) run launch/train.py to step 2, stop, resume to step 4; their metrics
-    match one process with 4 devices run straight through (same global batches, same mesh size)."""
+def _checkpoints(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_two_processes_preempt_resume_and_match_one_process(tmp_path):
+    """2 processes x 2 CPU devices (gloo) run launch/train.py; SIGTERM reaches process 1 only, yet both save the
+    same step and exit 0; the same command resumes to 2 steps further. Every step's metrics match one process
+    with 4 devices run straight through (same global batches, same mesh size)."""
     _photos(tmp_path / "source", 1)
     _photos(tmp_path / "target", 2)
-    reference = subprocess.run(_train_args(tmp_path, tmp_path / "one", 4) + ["--num_cpu_devices=4"],
+    two = tmp_path / "two"
+    procs = _start_two_processes(tmp_path, two, 100000, "first", ["--config.checkpoint_every=1000"])
+    deadline = time.monotonic() + 240
+    while len(_metrics(two)) < 2:
+        if any(p.poll() is not None for p, _ in procs) or time.monotonic() > deadline:
+            _wait_all(tmp_path, procs, "first", timeout=1)
+            pytest.fail("the two processes stopped or never trained")
+        time.sleep(0.1)
+    procs[1][0].send_signal(signal.SIGTERM)  # a preemption notice on one host only
+    first = _wait_all(tmp_path, procs, "first")
+    match = re.search(r"preempted at step (\d+)", first[0])
+    assert match, first[0][-3000:]
+    saved = int(match.group(1))
+    assert "a stop signal on another process" in first[0] and "SIGTERM received" in first[1]
+    assert "processes: 2 (explicit flags), devices: 4 cpu" in first[0]
+    assert "preempted at step" not in first[1]  # process 0 alone reports
+    assert _checkpoints(two) == [saved]
+
+    final = saved + 2
+    second = _wait_all(tmp_path, _start_two_processes(tmp_path, two, final, "second"), "second")
+    assert f"resumed {two} at step {saved}" in second[0] and f"finished at step {final}" in second[0]
+    assert _checkpoints(two)[-1] == final
+
+    reference = subprocess.run(_train_args(tmp_path, tmp_path / "one", final) + ["--num_cpu_devices=4"],
                                capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
     assert reference.returncode == 0, reference.stderr[-3000:]
-
-    two = tmp_path / "two"
-    first = _run_two_processes(tmp_path, two, 2)
-    assert "finished at step 2" in first[0] and "finished at step" not in first[1]  # process 0 reports
-    assert "processes: 2 (explicit flags), devices: 4 cpu" in first[0]
-    second = _run_two_processes(tmp_path, two, 4)
-    assert f"resumed {two} at step 2" in second[0]
-    assert sorted(int(p.name) for p in (two / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
-
     one, both = _metrics(tmp_path / "one"), _metrics(two)
-    assert [m["step"] for m in both] == [1, 2, 3, 4] == [m["step"] for m in one]
+    assert [m["step"] for m in both] == list(range(1, final + 1)) == [m["step"] for m in one]
     for a, b in zip(one, both):
         keys = [k for k in a if k not in ("step", "time")]
         assert set(keys) == {k for k in b if k not in ("step", "time")}
         diff = max(abs(a[k] - b[k]) / max(1.0, abs(a[k])) for k in keys)
         # Step 1 differs only by reduction order; later steps also by Adam's +-lr moves of zero-gradient
-        # parameters (see test_sharded_step_equals_single_device_step), measured ~5e-4 by step 4.
-        assert diff < (1e-5 if a["step"] == 1 else 1e-2), (a["step"], diff)
+        # parameters (see test_sharded_step_equals_single_device_step): ~5e-4 by step 4 when measured.
+        assert diff < (1e-5 if a["step"] == 1 else 2e-2), (a["step"], diff)

@@ -8,6 +8,7 @@ from wespe.losses import (color_loss, content_loss, discriminator_batch, discrim
                           generator_adversarial_loss, tv_loss)
 from wespe.models import Discriminator, Generator, InstanceNorm, count_parameters
 from wespe.ops import blur, grayscale, total_variation
+from wespe.parallel import Layout, initialize_distributed, make_mesh
 from wespe.pretrained import load_dped_generator
 from wespe.train import TrainState, create_train_state, load_content_network, make_train_step
 from wespe.vgg import load_vgg19
@@ -17,6 +18,6 @@ __all__ = [
     "list_images", "load_dped_generator", "load_generator", "read_image", "save_generator", "write_image",
     "count_parameters", "create_train_state", "discriminator_batch", "discriminator_loss", "dped_code",
     "generator_adversarial_loss", "grayscale", "load_content_network", "load_vgg19", "make_train_step", "preset",
-    "total_variation", "tv_loss", "wespe_paper",
+    "total_variation", "tv_loss", "wespe_paper", "Layout", "initialize_distributed", "make_mesh",
 ]
 __version__ = "0.1.0"

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wespe.files import atomic_write
+
 DEMO_SOURCE = ("astronaut", "coffee", "motorcycle_left")
 DEMO_TARGET = ("rocket", "motorcycle_right")
 DEMO_HELDOUT = ("chelsea",)
@@ -63,21 +65,25 @@ def degrade(image: np.ndarray, seed: int) -> np.ndarray:
 
 
 def prepare(root: str | Path, seed: int = 0) -> tuple[str, str]:
-    """Write the demo folders under ``root`` (once; deterministic) and return (source_dir, target_dir)."""
+    """Write the demo folders under ``root`` (once; deterministic) and return (source_dir, target_dir).
+
+    Every file is written atomically (temp file, then rename), so several processes of a multi-process run may
+    prepare the same folder at once: each only ever sees complete, identical files.
+    """
     root = Path(root)
     done = root / "READY"
     if not done.exists():
-        for sub in ("source", "target", "heldout/degraded", "heldout/clean"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        for i, name in enumerate(DEMO_SOURCE):
-            Image.fromarray(degrade(_photo(name), seed + i)).save(root / "source" / f"{name}.png")
-        for name in DEMO_TARGET:
-            Image.fromarray(_photo(name)).save(root / "target" / f"{name}.png")
+        images = {f"source/{name}.png": degrade(_photo(name), seed + i) for i, name in enumerate(DEMO_SOURCE)}
+        images.update({f"target/{name}.png": _photo(name) for name in DEMO_TARGET})
         for i, name in enumerate(DEMO_HELDOUT):
             clean = _photo(name)
-            Image.fromarray(clean).save(root / "heldout" / "clean" / f"{name}.png")
-            Image.fromarray(degrade(clean, seed + 100 + i)).save(root / "heldout" / "degraded" / f"{name}.png")
-        done.write_text("demo data written by wespe.demo.prepare\n")
+            images[f"heldout/clean/{name}.png"] = clean
+            images[f"heldout/degraded/{name}.png"] = degrade(clean, seed + 100 + i)
+        for relative, image in images.items():
+            with atomic_write(root / relative) as f:
+                Image.fromarray(image).save(f, format="PNG")
+        with atomic_write(done) as f:
+            f.write(b"demo data written by wespe.demo.prepare\n")
     return str(root / "source"), str(root / "target")
 
 
