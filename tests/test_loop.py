@@ -153,12 +153,31 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(folders, tmp_path)
 
 # -------------------------------------------------------------------------------- resuming, config changed
 
+def test_resume_accepts_a_config_saved_before_newer_keys_and_a_new_mesh(folders, tmp_path, monkeypatch):
+    """Keys added to the config since a checkpoint was written take their defaults (no spurious config change);
+    the mesh may change between resumes."""
+    workdir = tmp_path / "run"
+    loop.run_training(tiny_config(folders, num_steps=2), workdir)
+    real = Checkpointer.metadata
+
+    def metadata_of_an_older_version(self, step=None):
+        meta = real(self, step)
+        del meta["config"]["compute_dtype"], meta["config"]["mesh"]
+        return meta
+
+    monkeypatch.setattr(Checkpointer, "metadata", metadata_of_an_older_version)
+    result = loop.run_training(tiny_config(folders, num_steps=3, **{"mesh.data": 1}), workdir)
+    assert (result.status, result.step) == ("finished", 3)
+    with pytest.raises(loop.ConfigChangedError, match="compute_dtype: 'float32' -> 'bfloat16'"):
+        loop.run_training(tiny_config(folders, num_steps=4, compute_dtype="bfloat16"), workdir)
+
+
 def test_resume_with_a_changed_config(folders, tmp_path, monkeypatch, caplog):
     workdir = tmp_path / "run"
     loop.run_training(tiny_config(folders, num_steps=2), workdir)
     assert checkpoint_steps(workdir) == [2]
 
-    def no_state(config):
+    def no_state(*args):
         raise AssertionError("the networks were built before the saved config was checked")
 
     with monkeypatch.context() as m:

@@ -110,6 +110,14 @@ def dped_code() -> ml_collections.ConfigDict:
     return c
 
 
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+    """A config saved by an earlier run (``config.json``, checkpoint metadata), with keys added since then at
+    their defaults (their defaults reproduce the behaviour before the key existed)."""
+    config = base_config()
+    config.update(saved)
+    return config
+
+
 PRESETS = {"wespe_paper": wespe_paper, "dped_code": dped_code}
 
 

@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
-from flax import nnx
-
+from wespe import config as configs
 from wespe import data, parallel, train, visualize
 from wespe.checkpoint import Checkpointer
 from wespe.config import RESUME_SAFE_KEYS, validate
@@ -209,7 +209,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
     latest = checkpointer.latest_step()
     if latest is not None:
         saved_meta = checkpointer.metadata(latest)
-        diff = _config_diff(saved_meta["config"], config_dict)
+        saved_config = json.loads(configs.from_saved(saved_meta["config"]).to_json_best_effort())
+        diff = _config_diff(saved_config, config_dict)
         if diff and not config.allow_config_change:
             checkpointer.close()
             raise ConfigChangedError(
