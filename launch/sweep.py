@@ -5,7 +5,7 @@
     python launch/sweep.py --sweep=experiments/sweeps/run_checkpoints.py --workdir=runs/demo \
         --source=photos/ --reference=clean/ --output_dir=sweeps/demo
 
-A sweep file's get_sweep() returns the cells (see wespe/evaluation.py, "sweeps"); --source, --reference,
+A sweep file's get_sweep() returns the cells (see wespe/sweep.py); --source, --reference,
 --weights_dir, --workdir, --tile and --limit override the file's settings. Each cell's results go to
 <output_dir>/<cell>/ (as launch/evaluate.py writes them); a cell whose results.json exists is skipped, so an
 interrupted sweep resumes. Then sweep.csv, sweep.md, metric_vs_step.png (per run) and models.png (per model).
@@ -13,10 +13,11 @@ Exit status 0 if every cell succeeded, else 1 (the others are still evaluated an
 """
 
 import sys
+from pathlib import Path
 
 from absl import app, flags
 
-from wespe import evaluation
+from wespe import sweep
 
 flags.DEFINE_string("sweep", None, "Sweep file (Python, with get_sweep()).")
 flags.DEFINE_string("output_dir", None, "Where the per-cell results, sweep.csv/md and the plots go.")
@@ -33,13 +34,13 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    overrides = {k: FLAGS[k].value for k in evaluation.SWEEP_SHARED_KEYS}
+    overrides = {k: FLAGS[k].value for k in sweep.SWEEP_SHARED_KEYS}
     try:
-        cells = evaluation.expand_cells(evaluation.load_sweep(FLAGS.sweep), overrides)
+        cells = sweep.expand_cells(sweep.load_sweep(FLAGS.sweep), overrides)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
-    rows = evaluation.run_sweep(cells, FLAGS.output_dir)
-    print((evaluation.Path(FLAGS.output_dir) / "sweep.md").read_text())
+    rows = sweep.run_sweep(cells, FLAGS.output_dir)
+    print((Path(FLAGS.output_dir) / "sweep.md").read_text())
     failed = [r["cell"] for r in rows if r["status"] != "ok"]
     if failed:
         print(f"{len(failed)} cell(s) failed: {', '.join(failed)}")

@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from wespe import evaluation, export, image_io, loop, metrics
+from wespe import evaluation, export, image_io, loop, metrics, sweep
 from wespe import config as configs
 from wespe.enhance import enhance
 from wespe.enhance_files import to_uint8
@@ -215,11 +215,11 @@ def test_sweep_over_run_checkpoints(data, run_workdir, tmp_path, capsys):
     assert (out / "run_step4" / "results.json").is_file()
 
     # resumable: finished cells are not recomputed
-    cells = evaluation.expand_cells(evaluation.load_sweep(REPO / "experiments/sweeps/run_checkpoints.py"),
+    cells = sweep.expand_cells(sweep.load_sweep(REPO / "experiments/sweeps/run_checkpoints.py"),
                                     {"workdir": str(run_workdir), "source": str(data["source"]),
                                      "reference": str(data["reference"])})
     mtime = (out / "run_step2" / "results.json").stat().st_mtime_ns
-    again = evaluation.run_sweep(cells, out, progress=False)
+    again = sweep.run_sweep(cells, out, progress=False)
     assert "skipped run_step2" in capsys.readouterr().out
     assert [r["psnr_pooled"] for r in again] == [pytest.approx(float(r["psnr_pooled"])) for r in rows]
     assert (out / "run_step2" / "results.json").stat().st_mtime_ns == mtime
@@ -239,10 +239,10 @@ def test_dped_pretrained_sweep_no_reference(data, tmp_path):
     photos.mkdir()
     for name in NAMES[:2]:
         (photos / f"{name}.png").write_bytes((data["source"] / f"{name}.png").read_bytes())
-    cells = evaluation.expand_cells(evaluation.load_sweep(REPO / "experiments/sweeps/dped_pretrained.py"),
+    cells = sweep.expand_cells(sweep.load_sweep(REPO / "experiments/sweeps/dped_pretrained.py"),
                                     {"source": str(photos), "weights_dir": str(SHARED_WEIGHTS)})
     assert [c["name"] for c in cells] == ["dped_iphone", "dped_blackberry", "dped_sony"]
-    rows = evaluation.run_sweep(cells, tmp_path / "sweep", progress=False)
+    rows = sweep.run_sweep(cells, tmp_path / "sweep", progress=False)
     assert [r["status"] for r in rows] == ["ok"] * 3, [r["error"] for r in rows]
     assert all(r["num_evaluated"] == 2 and r["psnr_pooled"] is None and r["entropy_mean"] > 0 for r in rows)
     assert (tmp_path / "sweep" / "models.png").is_file()

@@ -1,0 +1,208 @@
+"""Sweeps as data: evaluate many models on the same photos, resumably, with a table and plots.
+
+A sweep file (``experiments/sweeps/*.py``) has ``get_sweep()`` returning either a list of cells or a dict of
+shared settings ("source", "reference", "weights_dir", "workdir", "tile", "limit") plus "cells". A cell is a dict
+with "name" and one of: "pretrained" (an official DPED name; "weights_dir" from the cell or the shared settings),
+"checkpoint" (exported generator or workdir: its latest checkpoint), "workdir" + "steps" ("all" or a list: one
+cell per checkpoint step, named <name>_step<N>). A cell may override the shared settings; a cell with none of
+pretrained/checkpoint/workdir takes the shared "workdir".
+
+Each cell is one :func:`wespe.evaluation.evaluate` run written to its own folder; finished cells are read back,
+not recomputed. ``launch/sweep.py`` is the command line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from wespe.evaluation import (AGGREGATE_FIELDS, AGGREGATE_LABELS, COUNT_FIELDS, checkpoint_steps, evaluate,
+                              load_any_generator, load_checkpoint_generator, markdown_table, write_results)
+
+logger = logging.getLogger(__name__)
+SWEEP_SHARED_KEYS = ("source", "reference", "weights_dir", "workdir", "tile", "limit")
+SWEEP_FIELDS = ("cell", "kind", "model", "run", "step", "status") + AGGREGATE_FIELDS + COUNT_FIELDS + ("error",)
+
+
+def load_sweep(path: str | os.PathLike) -> dict:
+    """Import a sweep file and return ``{"cells": [...], <shared settings>}``."""
+    import importlib.util
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"_wespe_sweep_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"{path} has no get_sweep()")
+    sweep = module.get_sweep()
+    sweep = {"cells": list(sweep)} if isinstance(sweep, (list, tuple)) else dict(sweep)
+    if not sweep.get("cells"):
+        raise ValueError(f"{path}: get_sweep() returned no cells")
+    return sweep
+
+
+def _cell_dirname(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def expand_cells(sweep: dict, overrides: dict | None = None) -> list[dict]:
+    """Concrete cells: shared settings (``overrides`` win over the file's) merged into each cell, and every
+    ``workdir`` cell expanded into one cell per checkpoint step."""
+    shared = {k: sweep.get(k) for k in SWEEP_SHARED_KEYS}
+    shared.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    cells = []
+    for cell in sweep["cells"]:
+        if "name" not in cell:
+            raise ValueError(f"sweep cell without a name: {cell}")
+        c = {**shared, **{k: v for k, v in cell.items() if v is not None}}
+        for k, v in (overrides or {}).items():  # flags beat the file's cells too
+            if v is not None:
+                c[k] = v
+        if c.get("pretrained"):
+            cells.append({**c, "kind": "pretrained", "model": c["pretrained"], "run": None, "step": None})
+        elif c.get("checkpoint"):
+            cells.append({**c, "kind": "checkpoint", "model": str(c["checkpoint"]), "run": None, "step": None})
+        elif c.get("workdir"):
+            steps = c.get("steps", "all")
+            if steps == "all":
+                steps = checkpoint_steps(c["workdir"])
+                if not steps:
+                    raise ValueError(f"sweep cell {c['name']}: {c['workdir']} has no checkpoints")
+            for step in steps:
+                cells.append({**c, "name": f"{c['name']}_step{int(step)}", "kind": "step",
+                              "model": str(c["workdir"]), "run": cell["name"], "step": int(step)})
+        else:
+            raise ValueError(f"sweep cell {c['name']}: give pretrained, checkpoint or workdir (or --workdir)")
+    names = [c["name"] for c in cells]
+    if len(set(map(_cell_dirname, names))) != len(names):
+        raise ValueError(f"sweep cell names are not unique: {names}")
+    return cells
+
+
+def _cell_generator(cell: dict):
+    if cell["kind"] == "pretrained":
+        return load_any_generator(pretrained_name=cell["pretrained"], weights_dir=cell.get("weights_dir"))[0]
+    if cell["kind"] == "checkpoint":
+        return load_any_generator(checkpoint=cell["checkpoint"])[0]
+    return load_checkpoint_generator(cell["workdir"], cell["step"])[0]
+
+
+def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress: bool = True,
+              echo=print) -> list[dict]:
+    """Evaluate every cell into ``output_dir/<cell>/`` (a cell whose results.json exists is not recomputed),
+    then write sweep.csv, sweep.md and the plots. Returns one row per cell (``status`` ok or error)."""
+    output_dir = Path(output_dir)
+    rows = []
+    with tqdm(total=len(cells), unit="cell", desc="sweep", dynamic_ncols=True, disable=not progress) as bar:
+        say = bar.write if progress else echo  # messages go above the bar when there is one
+        for cell in cells:
+            out = output_dir / _cell_dirname(cell["name"])
+            row = dict.fromkeys(SWEEP_FIELDS)
+            row.update(cell=cell["name"], kind=cell["kind"], model=cell["model"], run=cell["run"], step=cell["step"])
+            try:
+                if (out / "results.json").exists():
+                    say(f"skipped {cell['name']}: {out / 'results.json'} exists")
+                    saved = json.loads((out / "results.json").read_text())
+                else:
+                    result = evaluate(_cell_generator(cell), cell.get("source"), cell.get("reference"),
+                                      tile=cell.get("tile"), limit=cell.get("limit"), progress=progress)
+                    write_results(result, out)
+                    saved = result.to_json()
+                row.update({k: saved["aggregates"].get(k) for k in AGGREGATE_FIELDS + COUNT_FIELDS},
+                           status="ok")
+            except Exception as e:  # noqa: BLE001 - one broken cell must not lose the others
+                logger.debug("traceback for cell %s", cell["name"], exc_info=True)
+                row.update(status="error", error=f"{type(e).__name__}: {e}")
+                say(f"cell {cell['name']} failed: {row['error']}")
+            rows.append(row)
+            bar.update(1)
+    write_sweep_tables(rows, output_dir)
+    plot_sweep(rows, output_dir)
+    return rows
+
+
+def write_sweep_tables(rows: Sequence[dict], output_dir: str | os.PathLike) -> None:
+    """sweep.csv (every field) and sweep.md (the fields that have a value in some row)."""
+    from wespe.files import atomic_write
+    output_dir = Path(output_dir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SWEEP_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(output_dir / "sweep.csv") as f:
+        f.write(buf.getvalue().encode())
+    columns = [k for k in SWEEP_FIELDS if k in ("cell", "status") or any(r.get(k) is not None for r in rows)]
+    columns = [k for k in columns if k not in ("kind", "model")]
+    if not any(r.get("psnr_pooled") is not None for r in rows):  # no reference: no MS-SSIM count either
+        columns = [k for k in columns if k != "num_ms_ssim"]
+    table = markdown_table(columns, [[r.get(k) for k in columns] for r in rows])
+    with atomic_write(output_dir / "sweep.md") as f:
+        f.write(table.encode())
+
+
+def _plot_metrics(rows: Sequence[dict]) -> list[str]:
+    wanted = ("psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy_mean", "bpp_mean")
+    return [k for k in wanted if any(r.get(k) is not None and math.isfinite(r[k]) for r in rows)]
+
+
+def plot_sweep(rows: Sequence[dict], output_dir: str | os.PathLike) -> list[Path]:
+    """``metric_vs_step.png`` (one line per run; if the sweep has checkpoint steps) and ``models.png`` (bars per
+    model: pretrained/checkpoint cells and the last step of each run, inputs' value as a dashed line)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output_dir = Path(output_dir)
+    ok = [r for r in rows if r["status"] == "ok"]
+    written = []
+    step_rows = [r for r in ok if r["step"] is not None]
+    metrics_ = _plot_metrics(step_rows)
+    if step_rows and metrics_:
+        fig, axes = plt.subplots(1, len(metrics_), figsize=(4 * len(metrics_), 3.2), squeeze=False)
+        for ax, metric in zip(axes[0], metrics_):
+            for run in dict.fromkeys(r["run"] for r in step_rows):
+                points = sorted((r["step"], r[metric]) for r in step_rows if r["run"] == run
+                                and r[metric] is not None)
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=run)
+            ax.set_xlabel("step")
+            ax.set_title(AGGREGATE_LABELS[metric], fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(output_dir / "metric_vs_step.png", dpi=80)
+        plt.close(fig)
+        written.append(output_dir / "metric_vs_step.png")
+    last_steps = {}
+    for r in step_rows:
+        if r["run"] not in last_steps or r["step"] > last_steps[r["run"]]["step"]:
+            last_steps[r["run"]] = r
+    model_rows = [r for r in ok if r["step"] is None] + list(last_steps.values())
+    metrics_ = _plot_metrics(model_rows)
+    if model_rows and metrics_:
+        fig, axes = plt.subplots(1, len(metrics_), figsize=(max(4, 1.2 * len(model_rows)) * len(metrics_) / 1.5,
+                                                            3.6), squeeze=False)
+        for ax, metric in zip(axes[0], metrics_):
+            names = [r["cell"] for r in model_rows]
+            values = [r[metric] if r[metric] is not None and math.isfinite(r[metric]) else 0.0 for r in model_rows]
+            ax.bar(range(len(names)), values, color="tab:blue")
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+            inputs = [r.get(f"input_{metric}") for r in model_rows if r.get(f"input_{metric}") is not None]
+            if inputs:
+                ax.axhline(float(np.mean(inputs)), color="tab:red", linestyle="--", label="inputs")
+                ax.legend(fontsize=8)
+            ax.set_title(AGGREGATE_LABELS[metric], fontsize=9)
+        fig.tight_layout()
+        fig.savefig(output_dir / "models.png", dpi=80)
+        plt.close(fig)
+        written.append(output_dir / "models.png")
+    return written
