@@ -232,3 +232,39 @@ def test_two_processes_preempt_resume_and_match_one_process(tmp_path):
         # Step 1 differs only by reduction order; later steps also by Adam's +-lr moves of zero-gradient
         # parameters (see test_sharded_step_equals_single_device_step): ~5e-4 by step 4 when measured.
         assert diff < (1e-5 if a["step"] == 1 else 2e-2), (a["step"], diff)
+
+
+# ---------------------------------------------------------------------------------------------- start-up
+
+_LAUNCHER_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
+                  "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST", "TPU_SKIP_MDS_QUERY")
+
+
+def test_cluster_detection_follows_the_launcher_environment(monkeypatch):
+    for var in _LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert parallel.detected_cluster() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "7")  # inside an sbatch script but outside srun: not a multi-process step
+    assert parallel.detected_cluster() is None
+    for var, value in [("SLURM_JOB_ID", "7"), ("SLURM_STEP_NODELIST", "node[1-2]"), ("SLURM_NTASKS", "2"),
+                       ("SLURM_PROCID", "0"), ("SLURM_LOCALID", "0")]:
+        monkeypatch.setenv(var, value)
+    assert parallel.detected_cluster() == "SlurmCluster"
+    for var in _LAUNCHER_VARS[:5]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1234.0;tcp://10.0.0.1:5000")
+    assert parallel.detected_cluster() == "OmpiCluster"
+
+
+def test_start_up_flags_are_checked_and_one_process_needs_no_coordinator(monkeypatch):
+    with pytest.raises(parallel.MeshError, match="--process_id=2 is not in"):
+        parallel.initialize_distributed("127.0.0.1:1", 2, 2)
+    with pytest.raises(parallel.MeshError, match="--num_processes must be >= 1"):
+        parallel.initialize_distributed(None, 0, None)
+    # Inside a (fake) srun step of 4 tasks, --num_processes=1 runs alone instead of waiting for the other tasks.
+    for var, value in [("SLURM_JOB_ID", "7"), ("SLURM_STEP_NODELIST", "n1"), ("SLURM_NTASKS", "4"),
+                       ("SLURM_PROCID", "0"), ("SLURM_LOCALID", "0")]:
+        monkeypatch.setenv(var, value)
+    assert parallel.detected_cluster() == "SlurmCluster"
+    summary = parallel.initialize_distributed(num_processes=1)
+    assert summary["how"] == "single process" and summary["process_count"] == 1

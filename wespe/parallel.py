@@ -85,16 +85,27 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         jax.config.update("jax_num_cpu_devices", int(num_cpu_devices))
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    explicit = coordinator_address is not None or num_processes is not None or process_id is not None
-    cluster = None if explicit else detected_cluster()
-    if explicit and num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+    if num_processes is not None and num_processes < 1:
+        raise MeshError(f"--num_processes must be >= 1, got {num_processes}")
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise MeshError(f"--process_id={process_id} is not in [0, --num_processes={num_processes})")
+    single = num_processes == 1  # explicit: one process, even inside a cluster allocation
+    explicit = not single and (coordinator_address is not None or num_processes is not None or process_id is not None)
+    cluster = None if (explicit or single) else detected_cluster()
+    how = "explicit flags" if explicit else (cluster or "single process")
     if explicit or cluster is not None:
-        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id, local_device_ids=local_device_ids,
-                                   initialization_timeout=int(initialization_timeout_s),
-                                   heartbeat_timeout_seconds=int(heartbeat_timeout_s))
-    summary = {"how": "explicit flags" if explicit else (cluster or "single process"),
+        try:
+            jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                       process_id=process_id, local_device_ids=local_device_ids,
+                                       initialization_timeout=int(initialization_timeout_s),
+                                       heartbeat_timeout_seconds=int(heartbeat_timeout_s))
+        except Exception as e:
+            raise RuntimeError(
+                f"joining the other processes failed ({how}; coordinator_address={coordinator_address}, "
+                f"num_processes={num_processes}, process_id={process_id}): {e}. Every process must run the same "
+                f"command (under SLURM: one task per node with srun); --num_processes=1 runs a single process "
+                f"inside a cluster allocation") from e
+    summary = {"how": how,
                "process_index": jax.process_index(), "process_count": jax.process_count(),
                "local_devices": jax.local_device_count(), "devices": jax.device_count(),
                "platform": jax.devices()[0].platform}
