@@ -5,6 +5,9 @@
     python launch/benchmark.py --config=experiments/dped_paired.py --config.compute_dtype=bfloat16 --peak_tflops=989
 --mode=scaling: the same per-device batch on 1, 2, 4, 8 devices (speedup, efficiency); on CPU, forced devices:
     python launch/benchmark.py --mode=scaling --devices=1,2,4,8 --per_device_batch=4 --num_cpu_devices=8
+--mode=max_batch: the largest global batch whose step fits device memory (XLA's memory analysis, compile only),
+    then --mode=train_step at that batch (on CPU give --memory_limit_gb):
+    python launch/benchmark.py --mode=max_batch --config.compute_dtype=bfloat16
 --mode=enhance: megapixels/s of whole-image and exact tiled inference vs image size, f32 and bf16.
     python launch/benchmark.py --mode=enhance --megapixels=1,4,12,48 --dtypes=float32,bfloat16 --tile=512
 
@@ -22,10 +25,13 @@ from wespe import benchmarking, parallel
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training config file.", lock_config=True)
-flags.DEFINE_enum("mode", "train_step", ["train_step", "scaling", "enhance"], "What to time.")
+flags.DEFINE_enum("mode", "train_step", ["train_step", "scaling", "max_batch", "enhance"], "What to time.")
 flags.DEFINE_list("devices", ["1", "2", "4", "8"], "scaling: device counts (the first N devices).")
 flags.DEFINE_integer("per_device_batch", 4, "scaling: batch per device (the global batch grows with N).")
 flags.DEFINE_bool("fsdp", False, "scaling: put the devices on the fsdp axis (state sharded) instead of data.")
+flags.DEFINE_float("memory_limit_gb", None, "max_batch: per-device memory (default: what the device reports).")
+flags.DEFINE_float("memory_fraction", 0.92, "max_batch: fraction of the memory the step may use.")
+flags.DEFINE_integer("max_batch", 8192, "max_batch: stop searching at this global batch.")
 flags.DEFINE_integer("num_cpu_devices", None, "CPU only: split the CPU into this many devices.")
 flags.DEFINE_list("megapixels", ["0.25", "1"], "enhance: image sizes (4:3) in megapixels.")
 flags.DEFINE_list("dtypes", ["float32"], "enhance: compute dtypes (float32, bfloat16).")
@@ -57,6 +63,15 @@ def main(argv):
         rows = benchmarking.benchmark_scaling(config, [int(n) for n in FLAGS.devices], FLAGS.per_device_batch,
                                               fsdp=FLAGS.fsdp, **kwargs)
         _emit({"mode": "scaling", "per_device_batch": FLAGS.per_device_batch, "fsdp": FLAGS.fsdp, "rows": rows})
+        return
+    if FLAGS.mode == "max_batch":
+        layout = parallel.Layout(parallel.make_mesh(config.mesh))
+        search = benchmarking.largest_batch(
+            config, layout, fraction=FLAGS.memory_fraction, max_batch=FLAGS.max_batch,
+            memory_limit_bytes=int(FLAGS.memory_limit_gb * 2**30) if FLAGS.memory_limit_gb else None)
+        config.batch_size = search["batch_size"]
+        _emit({"mode": "max_batch", "search": search,
+               "benchmark": benchmarking.benchmark_train_step(config, layout=layout, **kwargs)})
         return
     result = benchmarking.benchmark_train_step(config, **kwargs)
     result["config"] = FLAGS.config if isinstance(FLAGS.config, str) else None

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--config.generator.width=8", "--config.generator.num_blocks=1", "--config.patch_size=32",
         "--config.discriminator.head=global_pool", "--config.content_layer=relu1_2", "--repeats=2"]
@@ -48,3 +51,45 @@ def test_train_step_mode_bfloat16_and_bad_device_count():
     proc = _run("--mode=scaling", "--devices=1,4", *TINY)
     assert proc.returncode != 0
     assert "--devices=1,4: [4] not between 1 and the 1 devices" in proc.stderr and "--num_cpu_devices" in proc.stderr
+
+
+
+def test_max_batch_mode_end_to_end(tmp_path):
+    """Plumbing: a budget nothing reaches, capped at batch 2 (XLA's real estimates, two compiles)."""
+    out = tmp_path / "max_batch.json"
+    proc = _run("--mode=max_batch", "--memory_limit_gb=64", "--max_batch=2", "--repeats=1", f"--out={out}",
+                *TINY[:-1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    search, bench = result["search"], result["benchmark"]
+    assert search["batch_size"] == 2 and sorted(search["tried"]) == ["1", "2"]
+    assert 0 < search["tried"]["1"] < search["tried"]["2"] <= search["budget_bytes"]  # memory grows with the batch
+    assert bench["batch_size"] == 2 and bench["finite"]
+
+
+@pytest.mark.parametrize("unit, budget, expected", [(1, 10 + 3 * 13, 13), (4, 10 + 3 * 13, 12), (1, 10 + 3 * 64, 64),
+                                                    (2, 10 + 3 * 100, 64)])
+def test_largest_batch_search(monkeypatch, unit, budget, expected):
+    """Doubling then bisection on a known memory model (bytes = 10 + 3 * batch), in multiples of the batch devices,
+    capped at max_batch=64."""
+    import ml_collections
+    from wespe import benchmarking, train
+
+    class FakeLayout:
+        batch_devices = unit
+
+        class mesh:
+            devices = np.array([type("D", (), {"device_kind": "fake", "memory_stats": lambda self: None})()])
+
+    monkeypatch.setattr(train, "abstract_train_state", lambda config: (None, {}))
+    monkeypatch.setattr(train, "load_content_network", lambda config: ({}, "imagenet"))
+    monkeypatch.setattr(train, "make_train_step", lambda *args: None)
+    monkeypatch.setattr(benchmarking, "step_memory_bytes", lambda config, layout, step: 10 + 3 * config.batch_size)
+    config = ml_collections.ConfigDict({"batch_size": 0})
+    result = benchmarking.largest_batch(config, FakeLayout(), memory_limit_bytes=budget, fraction=1.0, max_batch=64)
+    assert result["batch_size"] == expected
+    tried = {int(k) for k in result["tried"]}
+    assert all(b % unit == 0 for b in tried)
+    assert expected == 64 or expected + unit in tried  # the next batch was tried and did not fit
+    with pytest.raises(ValueError, match="reports no memory limit"):
+        benchmarking.largest_batch(config, FakeLayout())

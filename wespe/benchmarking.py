@@ -131,6 +131,73 @@ def benchmark_scaling(config: ml_collections.ConfigDict, device_counts: list[int
     return rows
 
 
+def _device_memory_limit(devices) -> int | None:
+    limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+    limits = [int(x) for x in limits if x is not None]
+    return min(limits) if limits else None
+
+
+def step_memory_bytes(config: ml_collections.ConfigDict, layout: parallel.Layout, step=None) -> int:
+    """XLA's per-device memory for one training step at ``config.batch_size`` (compiled, never run).
+
+    arguments + outputs - donated (aliased) buffers + temporaries, from ``compiled.memory_analysis()``.
+    """
+    abstract, graphdefs = train.abstract_train_state(config)
+    if step is None:
+        weights, pre = train.load_content_network(config)
+        step = train.make_train_step(config, graphdefs, weights, pre, layout)
+    shape = (config.batch_size, config.patch_size, config.patch_size, 3)
+    batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=layout.batch) for k in ("source", "target")}
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+                         layout.state_shardings(abstract))
+    m = step.jitted.lower(state, step.vgg_weights, batch, jax.random.key(0)).compile().memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
+
+
+def largest_batch(config: ml_collections.ConfigDict, layout: parallel.Layout, *, memory_limit_bytes: int | None = None,
+                  fraction: float = 0.92, max_batch: int = 8192) -> dict:
+    """The largest global batch (a multiple of the batch devices) whose step fits in device memory, by XLA's own
+    memory analysis: doubling, then bisection (memory grows monotonically with the batch). Compiles only.
+
+    The budget is ``fraction`` of ``memory_limit_bytes`` (default: the devices' ``bytes_limit``; CPUs report
+    none, so pass one). Returns ``{"batch_size", "bytes", "budget_bytes", "tried": {batch: bytes}}``.
+    """
+    devices = list(layout.mesh.devices.flat)
+    limit = memory_limit_bytes or _device_memory_limit(devices)
+    if not limit:
+        raise ValueError(f"{devices[0].device_kind} reports no memory limit: give one (--memory_limit_gb)")
+    budget = int(limit * fraction)
+    unit = layout.batch_devices
+    _, graphdefs = train.abstract_train_state(config)
+    weights, pre = train.load_content_network(config)
+    step = train.make_train_step(config, graphdefs, weights, pre, layout)
+    tried: dict[int, int] = {}
+
+    def fits(batch: int) -> bool:
+        c = config.copy_and_resolve_references()
+        c.batch_size = batch
+        tried[batch] = step_memory_bytes(c, layout, step)
+        return tried[batch] <= budget
+
+    if not fits(unit):
+        raise ValueError(f"even batch {unit} (one per device) needs {tried[unit] / 2**30:.2f} GiB per device, "
+                         f"over the {budget / 2**30:.2f} GiB budget")
+    good, bad = unit, None
+    while bad is None and good * 2 <= max_batch:
+        if fits(good * 2):
+            good *= 2
+        else:
+            bad = good * 2
+    while bad is not None and bad - good > unit:
+        mid = (good + bad) // 2 // unit * unit
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return {"batch_size": good, "bytes": tried[good], "budget_bytes": budget, "limit_bytes": limit,
+            "tried": {str(k): v for k, v in sorted(tried.items())}}
+
+
 def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",), tile: int = 256,
                       repeats: int = 3, memory_budget_mb: float | None = None) -> list[dict]:
     """Megapixels/s of ``wespe.enhance`` on random 4:3 images, whole-image and tiled, per size and dtype.
