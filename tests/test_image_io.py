@@ -91,6 +91,42 @@ def test_jpeg_quality_hints(tmp_path):
     assert read_image(tmp_path / "new.jpg")[1].quality == image_io.DEFAULT_QUALITY == 95
 
 
+def _quality_by_loop(quantization):
+    """Reference: libjpeg's jpeg_quality_scaling for each quality in turn, closest tables, ties to the higher."""
+    luma = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+            14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+            49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
+    chroma = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+              47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32
+    best, best_error = None, None
+    for quality in range(1, 101):
+        scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+        error = 0
+        for base, table in zip((luma, chroma), (quantization[k] for k in sorted(quantization))):
+            error += sum(abs(min(max((b * scale + 50) // 100, 1), 255) - int(t)) for b, t in zip(base, table))
+        if best_error is None or error <= best_error:
+            best, best_error = quality, error
+    return best
+
+
+def test_jpeg_quality_estimate_matches_a_per_quality_reference():
+    """Camera-like tables (IJG tables perturbed), one or two tables, random tables: the vectorised estimate picks
+    the same quality as the plain loop over libjpeg's scaling, including ties."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(150):
+        quality = int(rng.integers(1, 101))
+        scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+        ijg = np.clip((np.stack([image_io._IJG_LUMINANCE, image_io._IJG_CHROMINANCE]) * scale + 50) // 100, 1, 255)
+        noisy = np.clip(ijg + rng.integers(-3, 4, ijg.shape), 1, 255)
+        cases += [{0: list(noisy[0]), 1: list(noisy[1])}, {0: list(noisy[0])}, {0: list(ijg[0]), 1: list(ijg[1])}]
+        cases.append({0: list(rng.integers(1, 256, 64)), 1: list(rng.integers(1, 256, 64))})
+    for q in cases:
+        assert image_io.estimate_jpeg_quality(q) == _quality_by_loop(q), q
+    assert image_io.estimate_jpeg_quality({0: [1] * 64}) == 100  # all-ones tables: libjpeg's quality 100
+    assert image_io.estimate_jpeg_quality({0: [1] * 10}) is None and image_io.estimate_jpeg_quality({}) is None
+
+
 def test_multi_picture_jpeg_is_written_as_jpeg(tmp_path):
     pixels = smooth_image()
     Image.fromarray(pixels).save(tmp_path / "mpo.jpg", format="MPO", save_all=True,

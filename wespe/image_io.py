@@ -251,29 +251,33 @@ def _icc_colour_space(icc: bytes) -> bytes:
     return bytes(icc[16:20]) if len(icc) >= 20 else b""
 
 
+def _ijg_tables_by_quality() -> np.ndarray:
+    """The IJG tables scaled for every quality 1..100 as libjpeg does: (100, 2, 64), luminance then chrominance."""
+    qualities = np.arange(1, 101)
+    scales = np.where(qualities < 50, 5000 // qualities, 200 - 2 * qualities)[:, None, None]
+    bases = np.stack([_IJG_LUMINANCE, _IJG_CHROMINANCE]).astype(np.int64)[None]
+    return np.clip((bases * scales + 50) // 100, 1, 255)
+
+
+_IJG_BY_QUALITY = _ijg_tables_by_quality()
+
+
 def estimate_jpeg_quality(quantization: dict[int, Sequence[int]] | None) -> int | None:
     """The IJG quality (1..100) whose scaled standard tables are closest to the file's quantisation tables.
 
     Exact for files written by libjpeg, Pillow, OpenCV and most software; an approximation for cameras with
-    their own tables. None if there are no tables.
+    their own tables. None if there are no tables. Ties go to the higher quality.
     """
     if not quantization or 0 not in quantization:
         return None
     tables = [np.asarray(quantization[0], dtype=np.int64)]
-    bases = [_IJG_LUMINANCE]
     if 1 in quantization:
         tables.append(np.asarray(quantization[1], dtype=np.int64))
-        bases.append(_IJG_CHROMINANCE)
     if any(t.size != 64 for t in tables):
         return None
-    best, best_error = None, None
-    for quality in range(1, 101):
-        scale = 5000 // quality if quality < 50 else 200 - 2 * quality
-        error = sum(int(np.abs(np.clip((base * scale + 50) // 100, 1, 255) - table).sum())
-                    for base, table in zip(bases, tables))
-        if best_error is None or error <= best_error:  # ties go to the higher quality
-            best, best_error = quality, error
-    return best
+    scaled = _IJG_BY_QUALITY[:, :len(tables)]  # all 100 qualities at once: ~1000x cheaper than a loop
+    errors = np.abs(scaled - np.stack(tables)[None]).sum(axis=(1, 2))
+    return int(100 - np.argmin(errors[::-1]))  # the last minimum = the highest quality among ties
 
 
 def _jpeg_subsampling(im: Image.Image) -> int | None:
