@@ -133,7 +133,8 @@ def cmd_restore(args) -> dict:
         out.append({"from": from_name, "to": to_name, "diff": max_abs_diff(saved, jax.device_get(restored)),
                     "step": int(restored.step), "metadata": meta,
                     "device_sets_ok": all(set(x.sharding.device_set) == set(to_devices) for x in leaves),
-                    "shardings_match_like": all(a.sharding == b.sharding for a, b in zip(leaves, jax.tree.leaves(like))),
+                    "shardings_match_like": all(a.sharding == b.sharding
+                                                for a, b in zip(leaves, jax.tree.leaves(like))),
                     "sharded_leaves": sum(1 for x in leaves if not x.sharding.is_fully_replicated)})
     return {"devices": len(devices), "cases": out}
 

@@ -391,3 +391,19 @@ def test_plan_outputs(tmp_path):
         image_io.plan_outputs([tmp_path / "in", tmp_path / "other"], tmp_path / "out")
     with pytest.raises(ValueError, match="overwrite"):
         image_io.plan_outputs([tmp_path / "loose.png"], tmp_path)
+
+
+def test_read_errors_say_their_kind(tmp_path):
+    """ImageReadError.kind classifies the failure (the training data report counts unusable files by it)."""
+    noise = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)  # pixel data dominates the file
+    Image.fromarray(noise).save(tmp_path / "good.jpg", quality=90)
+    data = (tmp_path / "good.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.png").write_bytes(b"not an image at all" * 20)
+    (tmp_path / "folder.jpg").mkdir()
+    cases = {"cut.jpg": image_io.TRUNCATED, "text.png": image_io.NOT_AN_IMAGE, "folder.jpg": image_io.UNREADABLE,
+             "missing.jpg": image_io.UNREADABLE}
+    for name, kind in cases.items():
+        with pytest.raises(image_io.ImageReadError) as e:
+            read_image(tmp_path / name)
+        assert e.value.kind == kind and str(tmp_path / name) in str(e.value), (name, e.value)

@@ -51,7 +51,8 @@ import numpy as np
 from tqdm import tqdm
 from PIL import Image
 
-from wespe.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from wespe.image_io import (CORRUPT, IMAGE_EXTENSIONS, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED, UNREADABLE,
+                            ImageReadError, list_images, read_image)
 from wespe.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,8 @@ PROGRESS_MIN_FILES = 500  # show a tqdm bar when scanning / caching at least thi
 _ORIENTATION_TAG = 0x0112
 _FLAGS = {"source": "--source", "target": "--target"}
 
-# Kinds of unusable files (the report counts them by kind).
-NOT_AN_IMAGE, CORRUPT, TRUNCATED, TOO_SMALL, TOO_LARGE, UNREADABLE = (
-    "not an image", "corrupt", "truncated", "too small", "too large", "unreadable")
+# Kinds of unusable files (the report counts them by kind): ImageReadError's kinds plus these.
+TOO_SMALL = "too small"
 RUNTIME_FAILURE = "failed at run time"
 
 
@@ -143,19 +143,6 @@ def _check_folder(folder: str | os.PathLike, flag: str | None) -> Path:
     return path
 
 
-def _reason_kind(message: str) -> str:
-    lower = message.lower()
-    if "not an image" in lower:
-        return NOT_AN_IMAGE
-    if "truncated" in lower:
-        return TRUNCATED
-    if "decompression-bomb" in lower:
-        return TOO_LARGE
-    if "no such file" in lower or "not a file" in lower or "permission" in lower:
-        return UNREADABLE
-    return CORRUPT
-
-
 def _strip_path(message: str, path: Path) -> str:
     prefix = f"{path}: "
     return message[len(prefix):] if message.startswith(prefix) else message
@@ -172,15 +159,19 @@ def _header_size(path: Path) -> tuple[int, int]:
             except Exception:
                 orientation = 1
     except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{path}: image too large for Pillow's decompression-bomb limit ({e})") from e
+        raise ImageReadError(f"{path}: image too large for Pillow's decompression-bomb limit ({e})",
+                             TOO_LARGE) from e
     except Image.UnidentifiedImageError as e:
-        raise ImageReadError(f"{path}: not an image file (Pillow cannot identify it)") from e
+        raise ImageReadError(f"{path}: not an image file (Pillow cannot identify it)", NOT_AN_IMAGE) from e
     except OSError as e:
         if not path.exists():
-            raise ImageReadError(f"{path}: no such file") from e
-        raise ImageReadError(f"{path}: cannot read image header: {e}") from e
+            raise ImageReadError(f"{path}: no such file", UNREADABLE) from e
+        if isinstance(e, PermissionError):
+            raise ImageReadError(f"{path}: cannot open: {e}", UNREADABLE) from e
+        kind = TRUNCATED if "truncated" in str(e).lower() else CORRUPT
+        raise ImageReadError(f"{path}: cannot read image header: {e}", kind) from e
     except Exception as e:  # noqa: BLE001 - Pillow reports bad headers with many exception types
-        raise ImageReadError(f"{path}: cannot read image header: {e or type(e).__name__}") from e
+        raise ImageReadError(f"{path}: cannot read image header: {e or type(e).__name__}", CORRUPT) from e
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
@@ -195,7 +186,7 @@ def _check_file(path: Path, patch_size: int, decode: bool, keep: bool
             array, size = None, _header_size(path)
     except ImageReadError as e:
         message = _strip_path(str(e), path)
-        return None, None, {"path": str(path), "reason": message, "kind": _reason_kind(message)}
+        return None, None, {"path": str(path), "reason": message, "kind": e.kind}
     except Exception as e:  # noqa: BLE001 - never let one odd file stop the scan
         return None, None, {"path": str(path), "reason": f"unexpected error: {e!r}", "kind": CORRUPT}
     if min(size) < patch_size:
@@ -319,7 +310,7 @@ class _Store:
         array, _ = read_image(path)
         if min(array.shape[:2]) < self.patch_size:
             raise ImageReadError(f"{path}: too small at run time: {array.shape[1]}x{array.shape[0]} < patch "
-                                 f"{self.patch_size}x{self.patch_size}")
+                                 f"{self.patch_size}x{self.patch_size}", TOO_SMALL)
         return array
 
     def get(self, index: int) -> tuple[np.ndarray, ...]:

@@ -80,8 +80,20 @@ _IJG_CHROMINANCE = np.array([
     47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32)
 
 
+# Why a file cannot be read (ImageReadError.kind; the training data report counts unusable files by kind).
+NOT_AN_IMAGE, CORRUPT, TRUNCATED, TOO_LARGE, UNREADABLE = (
+    "not an image", "corrupt", "truncated", "too large", "unreadable")
+
+
 class ImageReadError(ValueError):
-    """A file that cannot be read as a photo: missing, not an image, corrupt, truncated or unsupported."""
+    """A file that cannot be read as a photo: missing, not an image, corrupt, truncated or unsupported.
+
+    ``kind`` says which (one of NOT_AN_IMAGE, CORRUPT, TRUNCATED, TOO_LARGE, UNREADABLE, or a caller's own).
+    """
+
+    def __init__(self, message: str, kind: str = CORRUPT):
+        super().__init__(message)
+        self.kind = kind
 
 
 class ImageWriteError(ValueError):
@@ -113,9 +125,9 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     """Read a photo as an upright ``uint8`` array of shape (H, W, 3) plus the metadata to write it back."""
     path = Path(path)
     if not path.exists():
-        raise ImageReadError(f"{path}: no such file")
+        raise ImageReadError(f"{path}: no such file", UNREADABLE)
     if not path.is_file():
-        raise ImageReadError(f"{path}: not a file")
+        raise ImageReadError(f"{path}: not a file", UNREADABLE)
     try:
         with Image.open(path) as im:
             if im.format == "PNG":  # Pillow skips the CRCs of pixel data while decoding: check every chunk first
@@ -130,14 +142,17 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     except ImageReadError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{path}: image too large for Pillow's decompression-bomb limit ({e})") from e
+        raise ImageReadError(f"{path}: image too large for Pillow's decompression-bomb limit ({e})",
+                             TOO_LARGE) from e
     except Image.UnidentifiedImageError as e:
-        raise ImageReadError(f"{path}: not an image file (Pillow cannot identify it)") from e
+        raise ImageReadError(f"{path}: not an image file (Pillow cannot identify it)", NOT_AN_IMAGE) from e
+    except PermissionError as e:
+        raise ImageReadError(f"{path}: cannot open: {e}", UNREADABLE) from e
     except Exception as e:  # Pillow reports corrupt data as OSError, SyntaxError, ValueError, struct.error, ...
         reason = str(e) or type(e).__name__
         if "truncated" in reason.lower():
-            reason = f"truncated file ({reason})"
-        raise ImageReadError(f"{path}: cannot decode image: {reason}") from e
+            raise ImageReadError(f"{path}: cannot decode image: truncated file ({reason})", TRUNCATED) from e
+        raise ImageReadError(f"{path}: cannot decode image: {reason}", CORRUPT) from e
 
 
 def _decode(path: Path, im: Image.Image, file_orientation: int | None) -> tuple[np.ndarray, ImageInfo]:
