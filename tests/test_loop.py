@@ -286,6 +286,7 @@ def test_bad_inputs_fail_before_anything_compiles(folders, tmp_path, nothing_com
         ({"data.target": str(source)}, data.DataError, ["--source", "--target", "same folder"]),
         ({"data.target": str(bad)}, data.DataError, ["--target", str(bad), "no usable image", "too small"]),
         ({"data.source": None}, data.DataError, ["--source", "--target"]),
+        ({"data.heldout": str(missing)}, data.DataError, ["--config.data.heldout", str(missing), "does not exist"]),
         ({"vgg_weights": None}, VGGWeightsError, ["--config.vgg_weights"]),
         ({"vgg_weights": str(missing / "vgg19.mat")}, VGGWeightsError, [str(missing / "vgg19.mat"), "does not exist",
                                                                       "--config.vgg_weights"]),
@@ -314,3 +315,16 @@ def test_resume_warns_when_the_data_folders_changed(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="wespe")
     loop.run_training(tiny_config((source, target), num_steps=3, checkpoint_every=2), tmp_path / "run")
     assert any("data folders changed" in r.getMessage() for r in caplog.records)
+
+
+def test_sample_grids_come_from_the_heldout_folder(folders, tmp_path):
+    """data.heldout: the grid's input column holds crops of those photos (kept out of training), not the source's."""
+    heldout = tmp_path / "heldout"
+    heldout.mkdir()
+    Image.fromarray(np.full((24, 24, 3), (40, 150, 230), np.uint8)).save(heldout / "only.png")
+    workdir = tmp_path / "run"
+    loop.run_training(tiny_config(folders, num_steps=1, **{"data.heldout": str(heldout)}), workdir)
+    grid = np.asarray(Image.open(workdir / "samples" / "step_1.png").convert("RGB"))
+    for row in range(2):  # num_sample_crops=2 rows of 16 px patches, 2 px gaps; column 0 is the input
+        crop = grid[row * 18:row * 18 + 16, 0:16].reshape(-1, 3)
+        assert (crop == (40, 150, 230)).all(), row  # the held-out photo, not the noise photos of --source

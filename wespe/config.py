@@ -37,10 +37,12 @@ data.source / target folders of photos (``--source`` / ``--target`` set them); p
                      mode (``data.paired`` None = follow the mode), unpaired otherwise
 data.dped_root / dped_phone   read the DPED layout ``<root>/<phone>/training_data/{<phone>,canon}`` instead
 data.builtin         ``demo``: build source/target from photos scikit-image ships (no download)
+data.heldout         folder of source-camera photos kept out of training, for the sample grids (default: crops of
+                     the training source folder; the demo uses its held-out photo)
 data.flips / rot90   random flips / 90-degree rotations of patches (off: the papers do not use them)
 data.cache_max_bytes decode every image once and keep it in memory when the set fits (else stream)
 log_every            metrics.jsonl / TensorBoard scalars every N steps (the NaN check runs every step)
-sample_every         samples/step_<N>.png grids [x | G(x) | F(G(x))] on fixed held-out source crops
+sample_every         samples/step_<N>.png grids [x | G(x) | F(G(x))] on fixed crops of data.heldout (or source)
 checkpoint_every     orbax checkpoint every N steps (and at the end, and on SIGTERM / Ctrl-C)
 keep_checkpoints     how many checkpoints to keep
 num_sample_crops     rows of the sample grids
@@ -77,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
         paired=ml_collections.FieldReference(None, field_type=bool),
         dped_root=ml_collections.FieldReference(None, field_type=str), dped_phone="iphone",
         builtin=ml_collections.FieldReference(None, field_type=str),
+        heldout=ml_collections.FieldReference(None, field_type=str),
         flips=False, rot90=False, cache_max_bytes=2 * 1024**3))
     c.compute_dtype = "float32"
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
@@ -91,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 # Keys that may differ between a checkpoint's config and the resuming run's without changing the result.
 RESUME_SAFE_KEYS = ("num_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
-                    "num_sample_crops", "allow_config_change", "mesh.data", "mesh.fsdp")
+                    "num_sample_crops", "allow_config_change", "mesh.data", "mesh.fsdp", "data.heldout")
 
 
 def wespe_paper() -> ml_collections.ConfigDict:

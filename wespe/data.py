@@ -134,7 +134,7 @@ def _label(folder: str | os.PathLike, flag: str | None) -> str:
     return f"{flag}={folder}" if flag else str(folder)
 
 
-def _check_folder(folder: str | os.PathLike, flag: str | None) -> Path:
+def check_folder(folder: str | os.PathLike, flag: str | None) -> Path:
     path = Path(folder)
     if not path.exists():
         raise DataError(f"{_label(folder, flag)} does not exist")
@@ -234,7 +234,7 @@ def scan_folder(folder: str | os.PathLike, *, patch_size: int, decode: bool = Tr
     A missing folder raises :class:`DataError` (naming ``flag``, e.g. ``--source``, if given); an empty result
     is returned as is.
     """
-    path = _check_folder(folder, flag)
+    path = check_folder(folder, flag)
     if patch_size < 1:
         raise DataError(f"patch_size must be positive, got {patch_size}")
     scan, _ = _scan_files(path, list_images([path]), patch_size, decode, progress=progress,
@@ -399,8 +399,8 @@ def make_train_iterator(source_dir: str | os.PathLike, target_dir: str | os.Path
     if seed < 0:
         raise DataError(f"the data seed must be non-negative, got {seed}")
     per_process = global_batch_size // process_count
-    source_path = _check_folder(source_dir, _FLAGS["source"])
-    target_path = _check_folder(target_dir, _FLAGS["target"])
+    source_path = check_folder(source_dir, _FLAGS["source"])
+    target_path = check_folder(target_dir, _FLAGS["target"])
     if source_path.resolve() == target_path.resolve():
         raise DataError(f"{_label(source_dir, _FLAGS['source'])} and {_label(target_dir, _FLAGS['target'])} are "
                         "the same folder; the source and target photos must be different sets")
@@ -625,7 +625,7 @@ def fixed_eval_crops(folder_or_files: str | os.PathLike | Iterable[str | os.Path
     """
     if isinstance(folder_or_files, (str, os.PathLike)):
         label = str(folder_or_files)
-        files = list_images([_check_folder(folder_or_files, None)])
+        files = list_images([check_folder(folder_or_files, None)])
     else:
         files = [Path(p) for p in folder_or_files]
         label = f"{len(files)} files"

@@ -62,20 +62,25 @@ class RunResult:
     workdir: Path
 
 
-def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[str, str]:
-    """The source and target folders from flags/config, the DPED layout, or the built-in demo."""
+def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[str, str, str]:
+    """The source, target and sample-grid folders from flags/config, the DPED layout, or the built-in demo."""
     d = config.data
+    if d.heldout:
+        data.check_folder(d.heldout, "--config.data.heldout")
     if d.builtin:
         if d.builtin != "demo":
             raise ValueError(f"config.data.builtin={d.builtin!r}: the only built-in data set is 'demo'")
         from wespe import demo
-        return demo.prepare(workdir / "demo_data", seed=config.seed)
+        source, target = demo.prepare(workdir / "demo_data", seed=config.seed)
+        return source, target, d.heldout or str(workdir / "demo_data" / "heldout" / "degraded")
     if d.dped_root:
-        return tuple(str(p) for p in data.dped_folders(d.dped_root, d.dped_phone))
-    if not d.source or not d.target:
+        source, target = (str(p) for p in data.dped_folders(d.dped_root, d.dped_phone))
+    elif not d.source or not d.target:
         raise data.DataError("both --source and --target folders are needed (or --config.data.dped_root, or "
                              "--config=experiments/demo.py for the built-in demo)")
-    return d.source, d.target
+    else:
+        source, target = d.source, d.target
+    return source, target, d.heldout or source
 
 
 def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -193,7 +198,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
     layout = parallel.Layout(parallel.make_mesh(config.mesh))
     layout.check_batch(config.batch_size)
     log.info(parallel.describe(layout))
-    source, target = resolve_folders(config, workdir)
+    source, target, sample_folder = resolve_folders(config, workdir)
     paired = config.mode == "dped" if config.data.paired is None else bool(config.data.paired)
     iterator, report = data.make_train_iterator(
         source, target, paired=paired, patch_size=config.patch_size, global_batch_size=config.batch_size,
@@ -229,7 +234,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
 
     step_fn = train.make_train_step(config, graphdefs, vgg_weights, preprocessing, layout)
-    sample_crops = data.fixed_eval_crops(source, config.num_sample_crops, config.patch_size, seed=config.seed)
+    sample_crops = data.fixed_eval_crops(sample_folder, config.num_sample_crops, config.patch_size, seed=config.seed)
     target_mean = data.fixed_eval_crops(target, 16, config.patch_size, seed=config.seed + 1).reshape(-1, 3).mean(0)
     writers = _Writers(workdir, is_writer)
     base_key = jax.random.key(config.seed)
