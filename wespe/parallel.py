@@ -103,7 +103,7 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
             raise RuntimeError(
                 f"joining the other processes failed ({how}; coordinator_address={coordinator_address}, "
                 f"num_processes={num_processes}, process_id={process_id}): {e}. Every process must run the same "
-                f"command (under SLURM: one task per node with srun); --num_processes=1 runs a single process "
+                f"command (under SLURM: every task started by srun); --num_processes=1 runs a single process "
                 f"inside a cluster allocation") from e
     summary = {"how": how,
                "process_index": jax.process_index(), "process_count": jax.process_count(),
