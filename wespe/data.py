@@ -51,8 +51,9 @@ import numpy as np
 from tqdm import tqdm
 from PIL import Image
 
-from wespe.image_io import (CORRUPT, IMAGE_EXTENSIONS, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED, UNREADABLE,
-                            ImageReadError, list_images, read_image)
+# The kinds are re-exported: the data report (and its readers) name unusable files by them.
+from wespe.image_io import (CORRUPT, IMAGE_EXTENSIONS, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED,  # noqa: F401
+                            UNREADABLE, ImageReadError, list_images, pillow_error, read_image)
 from wespe.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -158,20 +159,8 @@ def _header_size(path: Path) -> tuple[int, int]:
                 orientation = int(Image.Image.getexif(im).get(_ORIENTATION_TAG, 1) or 1)
             except Exception:
                 orientation = 1
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{path}: image too large for Pillow's decompression-bomb limit ({e})",
-                             TOO_LARGE) from e
-    except Image.UnidentifiedImageError as e:
-        raise ImageReadError(f"{path}: not an image file (Pillow cannot identify it)", NOT_AN_IMAGE) from e
-    except OSError as e:
-        if not path.exists():
-            raise ImageReadError(f"{path}: no such file", UNREADABLE) from e
-        if isinstance(e, PermissionError):
-            raise ImageReadError(f"{path}: cannot open: {e}", UNREADABLE) from e
-        kind = TRUNCATED if "truncated" in str(e).lower() else CORRUPT
-        raise ImageReadError(f"{path}: cannot read image header: {e}", kind) from e
     except Exception as e:  # noqa: BLE001 - Pillow reports bad headers with many exception types
-        raise ImageReadError(f"{path}: cannot read image header: {e or type(e).__name__}", CORRUPT) from e
+        raise pillow_error(path, e, "cannot read image header") from e
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 

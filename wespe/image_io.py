@@ -141,18 +141,24 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
             return _decode(path, im, file_orientation)
     except ImageReadError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{path}: image too large for Pillow's decompression-bomb limit ({e})",
-                             TOO_LARGE) from e
-    except Image.UnidentifiedImageError as e:
-        raise ImageReadError(f"{path}: not an image file (Pillow cannot identify it)", NOT_AN_IMAGE) from e
-    except PermissionError as e:
-        raise ImageReadError(f"{path}: cannot open: {e}", UNREADABLE) from e
     except Exception as e:  # Pillow reports corrupt data as OSError, SyntaxError, ValueError, struct.error, ...
-        reason = str(e) or type(e).__name__
-        if "truncated" in reason.lower():
-            raise ImageReadError(f"{path}: cannot decode image: truncated file ({reason})", TRUNCATED) from e
-        raise ImageReadError(f"{path}: cannot decode image: {reason}", CORRUPT) from e
+        raise pillow_error(path, e, "cannot decode image") from e
+
+
+def pillow_error(path: Path, e: BaseException, doing: str) -> ImageReadError:
+    """The ImageReadError (message naming ``path``, and its kind) for an exception Pillow raised while ``doing``."""
+    if isinstance(e, Image.DecompressionBombError):
+        return ImageReadError(f"{path}: image too large for Pillow's decompression-bomb limit ({e})", TOO_LARGE)
+    if isinstance(e, Image.UnidentifiedImageError):
+        return ImageReadError(f"{path}: not an image file (Pillow cannot identify it)", NOT_AN_IMAGE)
+    if isinstance(e, FileNotFoundError) or not path.exists():
+        return ImageReadError(f"{path}: no such file", UNREADABLE)
+    if isinstance(e, PermissionError):
+        return ImageReadError(f"{path}: cannot open: {e}", UNREADABLE)
+    reason = str(e) or type(e).__name__
+    if "truncated" in reason.lower():
+        return ImageReadError(f"{path}: {doing}: truncated file ({reason})", TRUNCATED)
+    return ImageReadError(f"{path}: {doing}: {reason}", CORRUPT)
 
 
 def _decode(path: Path, im: Image.Image, file_orientation: int | None) -> tuple[np.ndarray, ImageInfo]:
