@@ -52,6 +52,10 @@ def test_train_step_mode_bfloat16_and_bad_device_count():
     assert proc.returncode != 0
     assert "--devices=1,4: [4] not between 1 and the 1 devices" in proc.stderr and "--num_cpu_devices" in proc.stderr
 
+    proc = _run("--config.batch_size=3", "--num_cpu_devices=2", *TINY)  # fails before building anything
+    assert proc.returncode != 0
+    assert "config.batch_size=3 does not divide over the 2 devices" in proc.stderr
+
 
 
 def test_max_batch_mode_end_to_end(tmp_path):

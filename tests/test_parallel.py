@@ -71,12 +71,10 @@ def test_fsdp_spec_splits_the_largest_divisible_dimension():
     assert parallel.fsdp_spec((4096, 4096), 1) == P()
 
 
-def test_batch_that_does_not_divide_the_devices_is_an_error():
+def test_check_batch_accepts_multiples_of_the_batch_devices():
+    # The error for a batch that does not divide the devices needs several devices: see test_benchmark_cli.
     layout = parallel.Layout(parallel.make_mesh({"data": -1}))
     layout.check_batch(layout.batch_devices * 3)
-    if layout.batch_devices > 1:
-        with pytest.raises(parallel.MeshError, match="config.batch_size"):
-            layout.check_batch(layout.batch_devices + 1)
 
 
 def test_to_host_returns_numpy_everywhere():

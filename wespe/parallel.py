@@ -208,11 +208,11 @@ class Layout:
     def put(self, tree: Any, shardings: Any = None) -> Any:
         """Host arrays (the same on every process) -> global arrays with ``shardings`` (default: state rule)."""
         shardings = self.state_shardings(tree) if shardings is None else shardings
-        return jax.tree.map(lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
-                            tree, shardings)
+        host = jax.tree.map(np.asarray, tree)  # once per leaf, not once per device shard
+        return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]), host, shardings)
 
 
-def to_host(tree: Any, mesh: Mesh | None = None) -> Any:
+def to_host(tree: Any) -> Any:
     """Global (possibly sharded, possibly multi-process) arrays -> NumPy arrays on every process.
 
     Every process must call it (it may all-gather); the result is the full value everywhere.
@@ -220,8 +220,7 @@ def to_host(tree: Any, mesh: Mesh | None = None) -> Any:
     leaves = jax.tree.leaves(tree)
     if all(isinstance(x, jax.Array) and x.is_fully_addressable for x in leaves):
         return jax.tree.map(np.asarray, tree)
-    if mesh is None:
-        mesh = next(x.sharding.mesh for x in leaves if isinstance(getattr(x, "sharding", None), NamedSharding))
+    mesh = next(x.sharding.mesh for x in leaves if isinstance(getattr(x, "sharding", None), NamedSharding))
     gathered = jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, P()))(tree)
     return jax.tree.map(np.asarray, gathered)
 
