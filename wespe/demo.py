@@ -5,7 +5,8 @@ Domains (disjoint photos, so the task is genuinely unpaired):
   target ("DSLR"):   rocket and the right motorcycle view, clean
   held out:          chelsea (the cat), degraded as the source, with its clean original as the reference
 
-Camera model of :func:`degrade` (applied in this order to RGB in [0, 1]):
+Camera model of :func:`degrade` (:func:`wespe.camera.apply_camera` with these parameters, in this order, on RGB
+in [0, 1]):
   1. optics blur: Gaussian, sigma 1.2 px;
   2. low contrast and underexposure: ``0.5 + 0.65 * (x - 0.5) - 0.05``;
   3. colour cast: channel gains (1.10, 1.00, 0.78), a warm white balance;
@@ -17,7 +18,6 @@ and of G(input) against the clean crops, with a before/after grid.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wespe.camera import apply_camera
 from wespe.files import atomic_write
 
 DEMO_SOURCE = ("astronaut", "coffee", "motorcycle_left")
@@ -36,6 +37,8 @@ CONTRAST, BRIGHTNESS = 0.65, -0.05
 COLOUR_GAINS = (1.10, 1.00, 0.78)
 NOISE_SIGMA = 0.03
 JPEG_QUALITY = 35
+DEMO_CAMERA = {"blur_sigma": BLUR_SIGMA, "contrast": CONTRAST, "brightness": BRIGHTNESS,
+               "gains": COLOUR_GAINS, "noise_sigma": NOISE_SIGMA, "jpeg_quality": JPEG_QUALITY}
 
 
 def _photo(name: str) -> np.ndarray:
@@ -46,22 +49,9 @@ def _photo(name: str) -> np.ndarray:
     return getattr(skimage.data, name)()
 
 
-def _gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    import scipy.ndimage
-    return np.stack([scipy.ndimage.gaussian_filter(x[..., c], sigma, mode="reflect") for c in range(3)], -1)
-
-
 def degrade(image: np.ndarray, seed: int) -> np.ndarray:
     """Apply the demo camera model (module docstring) to a uint8 RGB photo; returns uint8 RGB."""
-    x = image.astype(np.float64) / 255.0
-    x = _gaussian_blur(x, BLUR_SIGMA)
-    x = 0.5 + CONTRAST * (x - 0.5) + BRIGHTNESS
-    x = x * np.asarray(COLOUR_GAINS)
-    x = x + np.random.default_rng(seed).normal(0.0, NOISE_SIGMA, x.shape)
-    x = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(x).save(buf, format="JPEG", quality=JPEG_QUALITY)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return apply_camera(image, DEMO_CAMERA, seed)
 
 
 def prepare(root: str | Path, seed: int = 0) -> tuple[str, str]:
@@ -108,14 +98,18 @@ def heldout_crops(root: str | Path, size: int = 128) -> tuple[np.ndarray, np.nda
 
 
 def evaluate(generator, workdir: str | Path) -> dict:
-    """PSNR of x and of G(x) against the clean held-out crops; writes demo_result.json and demo_grid.png."""
+    """PSNR and SSIM of x and of G(x) against the clean held-out crops; writes demo_result.json and demo_grid.png."""
     import jax.numpy as jnp
     from wespe import visualize
 
     workdir = Path(workdir)
     x, clean = heldout_crops(workdir / "demo_data")
+    from wespe import metrics
+
     gx = np.clip(np.asarray(generator(jnp.asarray(x))), 0, 1)
     result = {"demo/psnr_input_db": round(psnr(x, clean), 3), "demo/psnr_enhanced_db": round(psnr(gx, clean), 3),
+              "demo/ssim_input": round(float(np.mean(metrics.ssim(x, clean))), 4),
+              "demo/ssim_enhanced": round(float(np.mean(metrics.ssim(gx, clean))), 4),
               "demo/num_crops": int(len(x))}
     (workdir / "demo_result.json").write_text(json.dumps(result, indent=2) + "\n")
     show = slice(0, min(4, len(x)))
