@@ -1,0 +1,268 @@
+"""The real-photo quality benchmark (wespe.quality, wespe.camera, launch/quality.py).
+
+Camera model against its ranges and the demo's old inline formula; prepared folders; the classical baselines
+against independent references (scikit-image, NumPy); one end-to-end run_benchmark on photos downscaled to 200 px
+(the held-out quality monitor of the loop needs 128 px crops) with a tiny preset (tests/quality_tiny_config.py:
+width 4, 1 block, 32 px patches, batch 2, 3 steps, random VGG), reused on a second call; the CLI's flag errors.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wespe import camera, demo, metrics, quality
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "quality_tiny_config.py"
+
+
+# ------------------------------------------------------------------------------------------------ camera model
+
+def _old_degrade(image, seed):
+    """wespe.demo.degrade as it was before it called wespe.camera.apply_camera (copied verbatim)."""
+    import scipy.ndimage
+    x = image.astype(np.float64) / 255.0
+    x = np.stack([scipy.ndimage.gaussian_filter(x[..., c], 1.2, mode="reflect") for c in range(3)], -1)
+    x = 0.5 + 0.65 * (x - 0.5) + -0.05
+    x = x * np.asarray((1.10, 1.00, 0.78))
+    x = x + np.random.default_rng(seed).normal(0.0, 0.03, x.shape)
+    x = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(x).save(buf, format="JPEG", quality=35)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def test_demo_degrade_bit_identical_to_the_old_inline_formula():
+    for seed, name in enumerate(("astronaut", "coffee", "motorcycle_left", "chelsea")):
+        photo = quality.load_photo(name)
+        np.testing.assert_array_equal(demo.degrade(photo, seed), _old_degrade(photo, seed), err_msg=name)
+
+
+def _in_ranges(params):
+    r = camera.CAMERA_RANGES
+    assert r["blur_sigma"][0] <= params["blur_sigma"] <= r["blur_sigma"][1]
+    assert r["contrast"][0] <= params["contrast"] <= r["contrast"][1]
+    assert r["brightness"][0] <= params["brightness"] <= r["brightness"][1]
+    assert r["gain_r"][0] <= params["gains"][0] <= r["gain_r"][1] and params["gains"][1] == 1.0
+    assert r["gain_b"][0] <= params["gains"][2] <= r["gain_b"][1]
+    assert r["noise_sigma"][0] <= params["noise_sigma"] <= r["noise_sigma"][1]
+    assert isinstance(params["jpeg_quality"], int) and 30 <= params["jpeg_quality"] <= 45
+
+
+def test_camera_model_deterministic_per_seed_different_per_photo_and_inside_its_ranges():
+    photo = quality.load_photo("astronaut")[:96, :128]
+    a, pa = camera.camera_model(photo, np.random.default_rng([0, 0]))
+    b, pb = camera.camera_model(photo, np.random.default_rng([0, 0]))
+    np.testing.assert_array_equal(a, b)
+    assert pa == pb and a.shape == photo.shape and a.dtype == np.uint8
+    np.testing.assert_array_equal(camera.apply_camera(photo, pa, pa["noise_seed"]), a)  # params reproduce it
+    assert json.loads(json.dumps(pa)) == pa  # JSON round trip is exact
+    draws = [camera.draw_camera(np.random.default_rng([0, k])) for k in range(50)]
+    for params in draws:
+        _in_ranges(params)
+    assert len({p["blur_sigma"] for p in draws}) == 50 and len({p["jpeg_quality"] for p in draws}) > 5
+    # ranges centred on the demo camera
+    for key, value in [("blur_sigma", demo.BLUR_SIGMA), ("contrast", demo.CONTRAST), ("brightness", demo.BRIGHTNESS),
+                       ("gain_r", demo.COLOUR_GAINS[0]), ("gain_b", demo.COLOUR_GAINS[2]),
+                       ("noise_sigma", demo.NOISE_SIGMA)]:
+        assert np.mean(camera.CAMERA_RANGES[key]) == pytest.approx(value), key
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        camera.apply_camera(photo, {k: v for k, v in pa.items() if k != "jpeg_quality"}, 0)
+
+
+# ---------------------------------------------------------------------------------------------------- prepare
+
+def test_prepare_layout_idempotent_and_a_draw_per_photo(tmp_path):
+    data = quality.prepare(tmp_path / "d", seed=3, max_side=64)
+    names = lambda folder: sorted(p.name for p in Path(folder).iterdir())  # noqa: E731
+    assert names(data.source) == [f"{n}.png" for n in sorted(quality.SPLIT["source"])]
+    assert names(data.target) == [f"{n}.png" for n in sorted(quality.SPLIT["target"])]
+    assert names(data.test_degraded) == names(data.test_clean) == [f"{n}.png" for n in sorted(quality.SPLIT["test"])]
+    assert names(data.paired_source) == names(data.paired_target) == names(data.source)
+    for folder_a, folder_b in [(data.test_degraded, data.test_clean), (data.paired_source, data.paired_target)]:
+        for name in names(folder_a):
+            a, b = Image.open(Path(folder_a) / name), Image.open(Path(folder_b) / name)
+            assert a.size == b.size and max(a.size) == 64
+    for name in names(data.source):
+        assert (Path(data.source) / name).read_bytes() == (Path(data.paired_source) / name).read_bytes()
+    clean = np.asarray(Image.open(Path(data.test_clean) / "chelsea.png"))
+    np.testing.assert_array_equal(clean, quality._downscale(quality.load_photo("chelsea"), 64))
+
+    cameras = json.loads(Path(data.camera_params).read_text())["cameras"]
+    assert sorted(cameras) == sorted(quality.SPLIT["source"] + quality.SPLIT["test"])
+    assert len({c["blur_sigma"] for c in cameras.values()}) == len(cameras)  # a different draw per photo
+    for name, params in cameras.items():
+        _in_ranges(params)
+        folder = data.source if name in quality.SPLIT["source"] else data.test_degraded
+        original = np.asarray(Image.open(Path(data.paired_target if folder == data.source else data.test_clean)
+                                         / f"{name}.png"))
+        np.testing.assert_array_equal(np.asarray(Image.open(Path(folder) / f"{name}.png")),
+                                      camera.apply_camera(original, params, params["noise_seed"]))
+
+    stamps = {p: p.stat().st_mtime_ns for p in Path(data.root).rglob("*.png")}
+    assert quality.prepare(tmp_path / "d", seed=3, max_side=64) == data  # READY: nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in Path(data.root).rglob("*.png")} == stamps
+    with pytest.raises(ValueError, match="prepared with"):
+        quality.prepare(tmp_path / "d", seed=4, max_side=64)
+    with pytest.raises(ValueError, match="more than one split"):
+        quality.prepare(tmp_path / "e", split={"test": ["chelsea"], "source": ["chelsea"], "target": ["rocket"]})
+
+
+def test_missing_scikit_learn_is_one_clear_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # "import sklearn..." now raises ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(quality.MissingDependencyError, match=r'pip install -e "\.\[quality\]"'):
+        quality.load_photo("flower")
+
+
+# -------------------------------------------------------------------------------------------------- baselines
+
+@pytest.fixture(scope="module")
+def photo():
+    return quality._downscale(quality.load_photo("coffee"), 120).astype(np.float64) / 255.0
+
+
+def test_grey_world_equalises_channel_means(photo):
+    x = photo * np.array([1.1, 1.0, 0.7])
+    y = quality.grey_world(x)
+    means = y.reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(means, means.mean(), rtol=1e-12)
+    np.testing.assert_allclose(means.mean(), x.mean(), rtol=1e-12)  # the average grey level is kept
+
+
+def test_autocontrast_maps_luma_percentiles_to_0_and_1(photo):
+    x = 0.3 + 0.4 * photo
+    luma = lambda im: im @ np.array([0.299, 0.587, 0.114])  # noqa: E731
+    y = quality.autocontrast(x, clip=False)
+    np.testing.assert_allclose(np.percentile(luma(y), [0.5, 99.5]), [0.0, 1.0], atol=1e-12)
+    lo, hi = np.percentile(luma(x), [0.5, 99.5])
+    np.testing.assert_allclose(quality.autocontrast(x), np.clip((x - lo) / (hi - lo), 0, 1), atol=1e-12)
+    flat = np.full((8, 8, 3), 0.4)
+    np.testing.assert_array_equal(quality.autocontrast(flat), flat)
+
+
+def test_unsharp_equals_scikit_image(photo):
+    from skimage.filters import unsharp_mask
+    # channel_axis=2: with -1, scikit-image <= 0.26 returns garbage (scikit-image issue #7264)
+    expected = unsharp_mask(photo, radius=1.5, amount=0.8, channel_axis=2)
+    np.testing.assert_allclose(quality.unsharp(photo), expected, atol=1e-12)
+    combo = quality.classical_combo(photo)
+    np.testing.assert_allclose(combo, quality.unsharp(quality.grey_world_autocontrast(photo)), atol=0)
+    u8 = quality.apply_uint8(quality.classical_combo, np.round(photo * 255).astype(np.uint8))
+    assert u8.dtype == np.uint8 and u8.shape == photo.shape
+
+
+# ------------------------------------------------------------------------------------------------ presets
+
+def test_parse_presets_and_bad_presets(tmp_path):
+    assert quality.parse_presets("a=x.py, b = y.py,") == {"a": "x.py", "b": "y.py"}
+    assert quality.parse_presets("") == {}
+    for text, match in [("a", "not name=config_path"), ("=x.py", "not name"), ("a=x.py,a=y.py", "twice")]:
+        with pytest.raises(quality.PresetError, match=match):
+            quality.parse_presets(text)
+    with pytest.raises(quality.PresetError, match="no config file"):
+        quality.load_preset_config(tmp_path / "missing.py")
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(quality.PresetError, match="no get_config"):
+        quality.load_preset_config(tmp_path / "empty.py")
+    for name, match in [("unsharp", "another method"), ("../x", "letters")]:
+        with pytest.raises(quality.PresetError, match=match):
+            quality.run_benchmark(tmp_path / "out", {name: str(TINY)}, [0])
+    with pytest.raises(quality.PresetError, match="no config file"):  # before any data is prepared
+        quality.run_benchmark(tmp_path / "out", {"a": str(tmp_path / "missing.py")}, [0])
+    assert not (tmp_path / "out").exists()
+
+
+def test_preset_config_overrides(tmp_path):
+    data = quality.BenchmarkData(*(str(tmp_path / k) for k in ("root", "s", "t", "td", "tc", "ps", "pt", "c.json")))
+    c = quality.preset_config(TINY, data, seed=5, steps=7)
+    assert (c.data.source, c.data.target, c.data.heldout) == (data.source, data.target, data.test_degraded)
+    assert (c.seed, c.num_steps, c.vgg_weights, c.data.builtin, c.data.dped_root) == (5, 7, "random", None, None)
+    if "heldout_reference" in c.data:
+        assert c.data.heldout_reference == data.test_clean
+    assert quality.preset_config(TINY, data, seed=0).num_steps == 3  # the config's own
+    d = quality.preset_config(REPO / "experiments" / "dped_paired.py", data, seed=1, vgg_weights="w.mat")
+    assert d.mode == "dped" and d.data.paired is True and d.vgg_weights == "w.mat"
+    assert (d.data.source, d.data.target) == (data.paired_source, data.paired_target)
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+# A smaller split keeps the test quick: chelsea and flower are both 133x200 at max_side=200, so every jitted
+# metric and the generator compile for one shape only. (The default split is what test_prepare checks.)
+SMALL_SPLIT = {"test": ["chelsea", "flower"], "source": ["astronaut", "coffee"], "target": ["rocket", "china"]}
+
+
+def _bench(out):
+    return quality.run_benchmark(out, {"tiny": str(TINY)}, seeds=[0], max_side=200, split=SMALL_SPLIT,
+                                 progress=False)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return out, _bench(out)
+
+
+def test_run_benchmark_end_to_end(bench):
+    out, results = bench
+    for name in ("results.json", "results.md", "grid.png"):
+        assert (out / name).exists(), name
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    methods = results["methods"]
+    assert list(methods) == ["input", "grey_world_autocontrast", "unsharp", "classical_combo", "tiny"]
+
+    # the input row equals wespe.metrics on (degraded, clean) computed here
+    data = out / "data" / "test"
+    names = sorted(p.name for p in (data / "clean").iterdir())
+    load = lambda p: np.asarray(Image.open(p), np.float32)[None] / 255  # noqa: E731
+    psnrs = [float(metrics.psnr(load(data / "degraded" / n), load(data / "clean" / n))[0]) for n in names]
+    assert methods["input"]["mean"]["psnr_mean"] == pytest.approx(np.mean(psnrs), abs=1e-6)
+    assert results["input"]["psnr_mean"] == methods["input"]["mean"]["psnr_mean"]
+    assert all(v == 0 for v in methods["input"]["delta_vs_input"].values())
+
+    tiny = methods["tiny"]
+    assert tiny["n"] == 1 and tiny["std"]["psnr_mean"] == 0 and tiny["reused_runs"] == 0
+    (seed0,) = tiny["per_seed"]
+    assert seed0["seed"] == 0 and seed0["steps"] == 3 and seed0["train_minutes"] > 0
+    assert tiny["delta_vs_input"]["psnr_mean"] == pytest.approx(seed0["psnr_mean"] - np.mean(psnrs), abs=1e-6)
+    for entry in methods.values():
+        assert [r["name"] for r in entry["per_seed"][0]["per_image"]] == [n[:-4] for n in names]
+    config = json.loads((out / "runs" / "tiny" / "seed_0" / "config.json").read_text())
+    assert config["data"]["source"] == str(out / "data" / "source") and config["vgg_weights"] == "random"
+    assert config["data"]["heldout"] == str(data / "degraded") and config["data"]["builtin"] is None
+
+    assert sorted(results["camera_params"]) == sorted(SMALL_SPLIT["source"] + SMALL_SPLIT["test"])
+    assert results["split"] == SMALL_SPLIT and set(results["photos"]) == {n for v in SMALL_SPLIT.values() for n in v}
+    assert "--max_side=200" in results["command"]
+    md = (out / "results.md").read_text()
+    assert all(f"| {m} |" in md for m in methods) and "CC BY 2.0" in md
+
+    grid = np.asarray(Image.open(out / "grid.png"))
+    side = min(min(Image.open(data / "clean" / n).size) for n in names)
+    assert grid.shape == (14 + 2 * side + 2, 6 * side + 5 * 2, 3)  # label strip; 2 photos; 6 columns
+
+
+def test_run_benchmark_reuses_a_finished_run(bench):
+    out, first = bench
+    again = _bench(out)
+    assert again["methods"]["tiny"]["reused_runs"] == 1
+    assert again["methods"]["tiny"]["per_seed"] == first["methods"]["tiny"]["per_seed"]
+
+
+def test_cli_bad_preset_path_is_one_line_and_exit_2(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(REPO / "launch" / "quality.py"), f"--output_dir={tmp_path / 'out'}",
+                           f"--presets=a={tmp_path / 'nope.py'}"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: --presets: ") and "nope.py" in lines[0], lines
+    assert not (tmp_path / "out").exists()
