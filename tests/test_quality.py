@@ -1,7 +1,8 @@
 """The real-photo quality benchmark (wespe.quality, wespe.camera, launch/quality.py).
 
-Camera model against its ranges and the demo's old inline formula; prepared folders; the classical baselines
-against independent references (scikit-image, NumPy); one end-to-end run_benchmark on photos downscaled to 200 px
+Camera model against its ranges and the demo's old inline formula; prepared folders (train photos cut in
+halves, one per training side; old folders reported); the classical baselines against independent references
+(scikit-image, NumPy); one end-to-end run_benchmark on photos downscaled to 200 px
 (the held-out quality monitor of the loop needs 128 px crops) with a tiny preset (tests/quality_tiny_config.py:
 width 4, 1 block, 32 px patches, batch 2, 3 steps, random VGG), reused on a second call; the CLI's flag errors.
 """
@@ -79,40 +80,77 @@ def test_camera_model_deterministic_per_seed_different_per_photo_and_inside_its_
 
 # ---------------------------------------------------------------------------------------------------- prepare
 
-def test_prepare_layout_idempotent_and_a_draw_per_photo(tmp_path):
+def test_prepare_layout_halves_idempotent_and_a_draw_per_photo(tmp_path):
     data = quality.prepare(tmp_path / "d", seed=3, max_side=64)
     names = lambda folder: sorted(p.name for p in Path(folder).iterdir())  # noqa: E731
-    assert names(data.source) == [f"{n}.png" for n in sorted(quality.SPLIT["source"])]
-    assert names(data.target) == [f"{n}.png" for n in sorted(quality.SPLIT["target"])]
-    assert names(data.test_degraded) == names(data.test_clean) == [f"{n}.png" for n in sorted(quality.SPLIT["test"])]
-    assert names(data.paired_source) == names(data.paired_target) == names(data.source)
-    for folder_a, folder_b in [(data.test_degraded, data.test_clean), (data.paired_source, data.paired_target)]:
-        for name in names(folder_a):
-            a, b = Image.open(Path(folder_a) / name), Image.open(Path(folder_b) / name)
-            assert a.size == b.size and max(a.size) == 64
-    for name in names(data.source):
-        assert (Path(data.source) / name).read_bytes() == (Path(data.paired_source) / name).read_bytes()
-    clean = np.asarray(Image.open(Path(data.test_clean) / "chelsea.png"))
-    np.testing.assert_array_equal(clean, quality._downscale(quality.load_photo("chelsea"), 64))
-
-    cameras = json.loads(Path(data.camera_params).read_text())["cameras"]
-    assert sorted(cameras) == sorted(quality.SPLIT["source"] + quality.SPLIT["test"])
+    load = lambda folder, name: np.asarray(Image.open(Path(folder) / f"{name}.png"))  # noqa: E731
+    train, test = quality.SPLIT["train"], quality.SPLIT["test"]
+    for folder in (data.source, data.target, data.paired_source, data.paired_target):
+        assert names(folder) == [f"{n}.png" for n in sorted(train)], folder
+    assert names(data.test_degraded) == names(data.test_clean) == [f"{n}.png" for n in sorted(test)]
+    saved = json.loads(Path(data.camera_params).read_text())
+    cameras, halves = saved["cameras"], saved["halves"]
+    assert sorted(cameras) == sorted(train + test) and sorted(halves) == sorted(train)
     assert len({c["blur_sigma"] for c in cameras.values()}) == len(cameras)  # a different draw per photo
-    for name, params in cameras.items():
-        _in_ranges(params)
-        folder = data.source if name in quality.SPLIT["source"] else data.test_degraded
-        original = np.asarray(Image.open(Path(data.paired_target if folder == data.source else data.test_clean)
-                                         / f"{name}.png"))
-        np.testing.assert_array_equal(np.asarray(Image.open(Path(folder) / f"{name}.png")),
-                                      camera.apply_camera(original, params, params["noise_seed"]))
+    for k, name in enumerate(train + test):  # per-photo seeding [seed, k]: train photos first, then test photos
+        assert cameras[name] == camera.draw_camera(np.random.default_rng([3, k])), name
+        _in_ranges(cameras[name])
+
+    # test photos: whole, the clean one downscaled (max_side), the degraded one its camera applied to it
+    for name in test:
+        clean = load(data.test_clean, name)
+        np.testing.assert_array_equal(clean, quality._downscale(quality.load_photo(name), 64))
+        assert max(clean.shape[:2]) == 64
+        params = cameras[name]
+        np.testing.assert_array_equal(load(data.test_degraded, name),
+                                      camera.apply_camera(clean, params, params["noise_seed"]))
+
+    # train photos: downscaled, degraded whole, then cut at width // 2; the source half alternates left / right
+    for k, name in enumerate(train):
+        clean = quality._downscale(quality.load_photo(name), 64)
+        params = cameras[name]
+        degraded = camera.apply_camera(clean, params, params["noise_seed"])
+        cut = clean.shape[1] // 2
+        left, right = slice(0, cut), slice(cut, None)
+        source_half, target_half = (left, right) if k % 2 == 0 else (right, left)
+        assert halves[name] == {"source": "left" if k % 2 == 0 else "right",
+                                "target": "right" if k % 2 == 0 else "left", "cut_x": cut, "width": clean.shape[1]}
+        source, target = load(data.source, name), load(data.target, name)
+        np.testing.assert_array_equal(source, degraded[:, source_half], err_msg=name)
+        np.testing.assert_array_equal(target, clean[:, target_half], err_msg=name)
+        assert source.shape[1] + target.shape[1] == clean.shape[1]  # no pixel on both sides, none left out
+        # paired: the source half, degraded (the very file of source/) and clean, pixel-aligned
+        png = f"{name}.png"
+        assert (Path(data.source) / png).read_bytes() == (Path(data.paired_source) / png).read_bytes()
+        np.testing.assert_array_equal(load(data.paired_target, name), clean[:, source_half], err_msg=name)
 
     stamps = {p: p.stat().st_mtime_ns for p in Path(data.root).rglob("*.png")}
     assert quality.prepare(tmp_path / "d", seed=3, max_side=64) == data  # READY: nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in Path(data.root).rglob("*.png")} == stamps
+    recipe = json.loads((Path(data.root) / "READY").read_text())
+    assert recipe == saved["recipe"] and recipe["train_layout"] == quality.TRAIN_LAYOUT
     with pytest.raises(ValueError, match="prepared with"):
         quality.prepare(tmp_path / "d", seed=4, max_side=64)
+
+
+def test_prepare_rejects_bad_splits_and_folders_of_the_old_layout(tmp_path):
     with pytest.raises(ValueError, match="more than one split"):
-        quality.prepare(tmp_path / "e", split={"test": ["chelsea"], "source": ["chelsea"], "target": ["rocket"]})
+        quality.prepare(tmp_path / "e", split={"test": ["chelsea"], "train": ["chelsea", "rocket"]})
+    with pytest.raises(ValueError, match="exactly the keys test and train"):  # the old whole-photo split format
+        quality.prepare(tmp_path / "e", split={"test": ["chelsea"], "source": ["coffee"], "target": ["rocket"]})
+    assert not (tmp_path / "e").exists()
+    old = tmp_path / "old"  # a folder prepared before the train photos were cut in halves
+    old.mkdir()
+    (old / "READY").write_text(json.dumps({"seed": 0, "max_side": None, "split": {k: list(v) for k, v in {
+        "test": ("chelsea", "grace_hopper", "flower"), "source": ("astronaut", "coffee", "motorcycle_left"),
+        "target": ("rocket", "motorcycle_right", "china")}.items()}}) + "\n")
+    with pytest.raises(ValueError, match="prepared with .*use another folder"):
+        quality.prepare(old)
+    # the same split and seed, but another layout, is also reported (the layout is part of the recipe)
+    (old / "READY").write_text(json.dumps({"seed": 0, "max_side": None,
+                                           "split": {k: list(v) for k, v in quality.SPLIT.items()}}) + "\n")
+    with pytest.raises(ValueError, match="prepared with"):
+        quality.prepare(old)
 
 
 def test_missing_scikit_learn_is_one_clear_message(monkeypatch):
@@ -196,8 +234,9 @@ def test_preset_config_overrides(tmp_path):
 # --------------------------------------------------------------------------------------------- end to end
 
 # A smaller split keeps the test quick: chelsea and flower are both 133x200 at max_side=200, so every jitted
-# metric and the generator compile for one shape only. (The default split is what test_prepare checks.)
-SMALL_SPLIT = {"test": ["chelsea", "flower"], "source": ["astronaut", "coffee"], "target": ["rocket", "china"]}
+# metric and the generator compile for one shape only; four train photos, so two halves each way round.
+# (The default split is what test_prepare checks.)
+SMALL_SPLIT = {"test": ["chelsea", "flower"], "train": ["astronaut", "coffee", "rocket", "china"]}
 
 
 def _bench(out):
@@ -239,11 +278,16 @@ def test_run_benchmark_end_to_end(bench):
     assert config["data"]["source"] == str(out / "data" / "source") and config["vgg_weights"] == "random"
     assert config["data"]["heldout"] == str(data / "degraded") and config["data"]["builtin"] is None
 
-    assert sorted(results["camera_params"]) == sorted(SMALL_SPLIT["source"] + SMALL_SPLIT["test"])
+    assert sorted(results["camera_params"]) == sorted(SMALL_SPLIT["train"] + SMALL_SPLIT["test"])
+    assert [results["halves"][n]["source"] for n in SMALL_SPLIT["train"]] == ["left", "right", "left", "right"]
+    assert results["train_layout"] == quality.TRAIN_LAYOUT
     assert results["split"] == SMALL_SPLIT and set(results["photos"]) == {n for v in SMALL_SPLIT.values() for n in v}
+    for folder in ("source", "target"):
+        assert sorted(p.name for p in (out / "data" / folder).iterdir()) == sorted(
+            f"{n}.png" for n in SMALL_SPLIT["train"])
     assert "--max_side=200" in results["command"]
     md = (out / "results.md").read_text()
-    assert all(f"| {m} |" in md for m in methods) and "CC BY 2.0" in md
+    assert all(f"| {m} |" in md for m in methods) and "CC BY 2.0" in md and "cut in two halves" in md
 
     grid = np.asarray(Image.open(out / "grid.png"))
     side = min(min(Image.open(data / "clean" / n).size) for n in names)
