@@ -108,3 +108,32 @@ def test_identity_loss_is_mean_absolute_difference():
     assert float(losses.identity_loss(jnp.asarray(a), jnp.asarray(b))) == pytest.approx(np.mean(np.abs(a - b)),
                                                                                           rel=1e-5)
     assert float(losses.identity_loss(jnp.asarray(a), jnp.asarray(a))) == 0.0
+
+
+def _sliced_w2_reference(a, b):
+    """float64 NumPy: mean over the 8 fixed directions of the squared 1-D Wasserstein-2 distance."""
+    d = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [1, -1, 0], [1, 1, -2], [1, -1, 1], [-1, 1, 1]], float)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    pa = np.sort(a.reshape(-1, 3).astype(np.float64) @ d.T, axis=0)
+    pb = np.sort(b.reshape(-1, 3).astype(np.float64) @ d.T, axis=0)
+    return np.mean((pa - pb) ** 2)
+
+
+def test_color_distribution_loss_against_numpy_and_unpaired():
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 6, 5, 3)).astype(np.float32)
+    b = (rng.random((2, 6, 5, 3)) * 0.5 + 0.2).astype(np.float32)
+    np.testing.assert_allclose(float(losses.color_distribution_loss(a, b)), _sliced_w2_reference(a, b), rtol=1e-5)
+    # Unpaired: only the colour distributions matter, not where pixels are or which image holds them.
+    shuffled = rng.permutation(a.reshape(-1, 3)).reshape(a.shape)
+    assert float(losses.color_distribution_loss(shuffled, a)) == 0.0
+    np.testing.assert_allclose(float(losses.color_distribution_loss(shuffled, b)),
+                               float(losses.color_distribution_loss(a, b)), rtol=1e-6)
+    # A global shift of every colour by s along a unit direction costs s^2 along it: a grey shift of 0.1 (each
+    # channel +0.1) moves the projections by 0.1 * (d . 1).
+    d = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [1, -1, 0], [1, 1, -2], [1, -1, 1], [-1, 1, 1]], float)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    expected = np.mean((0.1 * d.sum(1)) ** 2)
+    np.testing.assert_allclose(float(losses.color_distribution_loss(a + 0.1, a)), expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="same shape"):
+        losses.color_distribution_loss(a, b[:1])

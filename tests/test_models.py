@@ -162,3 +162,33 @@ def test_he_init_makes_output_depend_on_input():
     assert count_parameters(Generator(init="he")) == 401_475
     with pytest.raises(ValueError, match="init"):
         Generator(init="xavier")
+
+
+@pytest.mark.parametrize("global_color", ["none", "affine"])
+def test_residual_generator_starts_as_the_identity(global_color):
+    g = Generator(width=8, num_blocks=1, init="he", output="residual", global_color=global_color, rngs=nnx.Rngs(3))
+    x = jax.random.uniform(jax.random.key(0), (2, 17, 23, 3))
+    np.testing.assert_array_equal(np.asarray(g(x)), np.asarray(x))
+    # Not a constant function: the residual path's gradient reaches conv_out, the colour path's the matrix.
+    loss = lambda m: jnp.mean(jnp.square(m(x) - 0.5 * x))  # noqa: E731
+    grads = nnx.grad(loss)(g)
+    assert float(jnp.max(jnp.abs(grads.conv_out.kernel[...]))) > 0
+    if global_color == "affine":
+        assert grads.color_matrix[...].shape == (3, 3) and grads.color_bias[...].shape == (3,)
+        assert float(jnp.max(jnp.abs(grads.color_matrix[...]))) > 0
+
+
+def test_global_affine_colour_is_a_per_pixel_matrix():
+    g = Generator(width=4, num_blocks=0, output="residual", global_color="affine", rngs=nnx.Rngs(0))
+    m = np.array([[1.2, 0.1, 0.0], [0.0, 0.9, -0.1], [0.05, 0.0, 1.4]], np.float32)
+    b = np.array([0.01, -0.02, 0.03], np.float32)
+    g.color_matrix[...], g.color_bias[...] = jnp.asarray(m), jnp.asarray(b)
+    x = np.random.default_rng(0).random((1, 5, 6, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(g(jnp.asarray(x))), x @ m.T + b, atol=1e-6)  # conv_out is still zero
+
+
+def test_global_colour_needs_the_residual_output():
+    with pytest.raises(ValueError, match="residual"):
+        Generator(width=4, num_blocks=0, output="dped", global_color="affine")
+    with pytest.raises(ValueError, match="output"):
+        Generator(width=4, num_blocks=0, output="sigmoid")

@@ -10,10 +10,20 @@ num_steps            training iterations (20k in both)
 seed                 parameter-init and data seed
 generator.width / num_blocks / norm       DPED ResNet: 64 / 4 / ``instance`` (``batch``, ``none``)
 generator.init       ``dped`` (official truncated-normal 0.01: G starts as a near-constant grey) or ``he``
+generator.output     ``dped`` (official ``tanh(.) * 0.58 + 0.5``) or ``residual`` (``colour(x) + r(x)``, last conv
+                     zero-initialised: G starts as the identity, at the input's quality)
+generator.global_color  ``none`` (papers) or ``affine``: a learned 3x3 colour matrix + offset on the input (the
+                     residual output's global path; white balance / contrast without local blotches)
 discriminator.head   ``dped_fc`` (official, needs patch_size inputs) or ``global_pool`` (any size)
 discriminator.norm   ``instance`` (official) or ``none``
 weights.content / color / texture / tv    loss weights (WESPE 1/5e-3/5e-3/10; DPED code 10/0.5/1/2000)
 weights.identity     CycleGAN's identity term |G(y)-y|_1 + |F(x)-x|_1 (wespe mode; 0 = the papers)
+weights.color_distribution  sliced Wasserstein-2 distance between the colours of blurred G(x) and blurred target
+                     photos of the batch (wespe mode; 0 = the papers): a deterministic, unpaired colour match
+weights.residual_lowpass  mean square of the blurred residual G(x) - colour(x) (residual output; 0 = off): the
+                     convolutional path may change detail but not paint colour locally (no blotches)
+ema_decay            exponential moving average of G's weights (0 = off, the papers), used for samples, the
+                     exported generator and evaluation; warm-up min(decay, (1 + step) / (10 + step))
 adversarial_form     ``dped_softmax`` (official code: per-sample real/fake swap, 2-way softmax, minimax
                      generator term), ``bce`` (non-saturating; the WESPE paper's -sum log D(G(x))),
                      ``lsgan``, ``hinge``
@@ -27,6 +37,7 @@ vgg_preprocessing    ``auto`` (from the weights: MatConvNet -> ``dped``, torchvi
                      ``dped`` (x*255 - mean) or ``imagenet`` (mean/std)
 vgg_cache_dir        where converted VGG weights are cached (None: $WESPE_CACHE_DIR or ~/.cache/wespe)
 optimizer.lr_generator / lr_discriminator / b1 / b2 / eps   Adam (5e-4 for all networks in both papers)
+optimizer.global_color_lr_scale   learning-rate multiplier of generator.global_color's 12 parameters
 compute_dtype        ``float32`` (default, as the papers) or ``bfloat16``: networks compute in bf16 from float32
                      parameters; losses, gradients and Adam stay float32 (mixed precision, for GPUs/TPUs)
 mesh.data / mesh.fsdp   device mesh (``wespe.parallel``): the batch is split over data x fsdp devices; state is
@@ -39,6 +50,9 @@ data.dped_root / dped_phone   read the DPED layout ``<root>/<phone>/training_dat
 data.builtin         ``demo``: build source/target from photos scikit-image ships (no download)
 data.heldout         folder of source-camera photos kept out of training, for the sample grids (default: crops of
                      the training source folder; the demo uses its held-out photo)
+data.heldout_reference  clean references of the data.heldout photos (same file names): every sample_every steps
+                     the PSNR / SSIM of G(x) and of x against them are logged (quality/*), with a warning when
+                     G(x) is worse than x. Without it, reference-free measures are logged instead
 data.flips / rot90   random flips / 90-degree rotations of patches (off: the papers do not use them)
 data.cache_max_bytes decode every image once and keep it in memory when the set fits (else stream)
 log_every            metrics.jsonl / TensorBoard scalars every N steps (the NaN check runs every step)
@@ -61,9 +75,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.patch_size = 100
     c.num_steps = 20000
     c.seed = 0
-    c.generator = ml_collections.ConfigDict(dict(width=64, num_blocks=4, norm="instance", init="dped"))
+    c.generator = ml_collections.ConfigDict(dict(width=64, num_blocks=4, norm="instance", init="dped",
+                                                 output="dped", global_color="none"))
     c.discriminator = ml_collections.ConfigDict(dict(head="dped_fc", norm="instance"))
-    c.weights = ml_collections.ConfigDict(dict(content=1.0, color=5e-3, texture=5e-3, tv=10.0, identity=0.0))
+    c.weights = ml_collections.ConfigDict(dict(content=1.0, color=5e-3, texture=5e-3, tv=10.0, identity=0.0,
+                                               color_distribution=0.0, residual_lowpass=0.0))
+    c.ema_decay = 0.0
     c.adversarial_form = "bce"
     c.loss_normalization = "sum"
     c.blur = "dped_code"
@@ -72,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.vgg_preprocessing = "auto"
     c.vgg_cache_dir = ml_collections.FieldReference(None, field_type=str)
     c.optimizer = ml_collections.ConfigDict(dict(lr_generator=5e-4, lr_discriminator=5e-4, b1=0.9, b2=0.999,
-                                                 eps=1e-8))
+                                                 eps=1e-8, global_color_lr_scale=1.0))
     c.data = ml_collections.ConfigDict(dict(
         source=ml_collections.FieldReference(None, field_type=str),
         target=ml_collections.FieldReference(None, field_type=str),
@@ -80,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
         dped_root=ml_collections.FieldReference(None, field_type=str), dped_phone="iphone",
         builtin=ml_collections.FieldReference(None, field_type=str),
         heldout=ml_collections.FieldReference(None, field_type=str),
+        heldout_reference=ml_collections.FieldReference(None, field_type=str),
         flips=False, rot90=False, cache_max_bytes=2 * 1024**3))
     c.compute_dtype = "float32"
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
@@ -94,7 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 # Keys that may differ between a checkpoint's config and the resuming run's without changing the result.
 RESUME_SAFE_KEYS = ("num_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
-                    "num_sample_crops", "allow_config_change", "mesh.data", "mesh.fsdp", "data.heldout")
+                    "num_sample_crops", "allow_config_change", "mesh.data", "mesh.fsdp", "data.heldout",
+                    "data.heldout_reference")
 
 
 def wespe_paper() -> ml_collections.ConfigDict:
@@ -102,12 +121,39 @@ def wespe_paper() -> ml_collections.ConfigDict:
     return base_config()
 
 
+def wespe_plus() -> ml_collections.ConfigDict:
+    """The recommended unpaired recipe: WESPE plus an identity-initialised residual G with a global colour path,
+    a colour-distribution loss in place of the colour GAN, a low-pass penalty on the residual and an EMA of G
+    (experiments/wespe_plus.py says why each is on; README: Results has the measurements)."""
+    c = wespe_paper()
+    c.generator.update(dict(init="he", output="residual", global_color="affine"))
+    c.weights.update(dict(color=0.0, color_distribution=100.0, residual_lowpass=100.0))
+    c.optimizer.global_color_lr_scale = 100.0
+    c.ema_decay = 0.999
+    return c
+
+
+def laptop_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrink a preset to a few hundred CPU steps (the demo and the quality benchmark): width 16, 2 blocks, 48 px
+    patches, batch 8, 300 steps, EMA decay 0.99 where an EMA is kept, random VGG-19 weights (nothing to
+    download) with the content loss on relu1_2 (random deep features do not pin F(G(x)) to x; the cycle
+    collapsed to a constant G at relu2_2)."""
+    c.vgg_weights = "random"
+    c.content_layer = "relu1_2"
+    c.batch_size, c.patch_size, c.num_steps = 8, 48, 300
+    c.generator.width, c.generator.num_blocks = 16, 2
+    if c.ema_decay > 0:
+        c.ema_decay = 0.99
+    c.log_every, c.sample_every, c.checkpoint_every, c.num_sample_crops = 10, 100, 100, 4
+    return c
+
+
 def dped_code() -> ml_collections.ConfigDict:
     """The official DPED code (ICCV 2017): paired; content 10, colour 0.5, texture 1, TV 2000; batch 50."""
     c = base_config()
     c.mode = "dped"
     c.batch_size = 50
-    c.weights = ml_collections.ConfigDict(dict(content=10.0, color=0.5, texture=1.0, tv=2000.0, identity=0.0))
+    c.weights.update(dict(content=10.0, color=0.5, texture=1.0, tv=2000.0))
     c.adversarial_form = "dped_softmax"
     c.loss_normalization = "sum"
     return c
@@ -121,7 +167,7 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
     return config
 
 
-PRESETS = {"wespe_paper": wespe_paper, "dped_code": dped_code}
+PRESETS = {"wespe_paper": wespe_paper, "wespe_plus": wespe_plus, "dped_code": dped_code}
 
 
 def preset(name: str) -> ml_collections.ConfigDict:
@@ -133,13 +179,15 @@ def preset(name: str) -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Fail early, naming the key, on values the step would only reject after compiling."""
     from wespe.losses import ADVERSARIAL_FORMS, NORMALIZATIONS
-    from wespe.models import DISCRIMINATOR_HEADS, INITS, NORMS
+    from wespe.models import DISCRIMINATOR_HEADS, GLOBAL_COLORS, INITS, NORMS, OUTPUTS
     from wespe.ops import BLUR_MODES
     from wespe.vgg import LAYERS, PREPROCESSING
 
     checks = [("mode", config.mode, ("wespe", "dped")),
               ("generator.norm", config.generator.norm, NORMS),
               ("generator.init", config.generator.init, INITS),
+              ("generator.output", config.generator.output, OUTPUTS),
+              ("generator.global_color", config.generator.global_color, GLOBAL_COLORS),
               ("discriminator.head", config.discriminator.head, DISCRIMINATOR_HEADS),
               ("discriminator.norm", config.discriminator.norm, ("instance", "none")),
               ("adversarial_form", config.adversarial_form, ADVERSARIAL_FORMS),
@@ -151,6 +199,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"config.{key}={value!r} is not one of {tuple(allowed)}")
+    if config.generator.global_color != "none" and config.generator.output != "residual":
+        raise ValueError("config.generator.global_color needs config.generator.output='residual'")
+    if not 0.0 <= float(config.ema_decay) < 1.0:
+        raise ValueError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
     for key in ("batch_size", "patch_size", "num_steps", "log_every", "sample_every", "checkpoint_every",
                 "keep_checkpoints"):
         if int(config[key]) < 1:

@@ -1,9 +1,18 @@
 """The built-in demo: a phone -> DSLR task made from photos that scikit-image ships, no download needed.
 
-Domains (disjoint photos, so the task is genuinely unpaired):
-  source ("phone"):  astronaut, coffee, the left motorcycle view, each degraded by :func:`degrade`
-  target ("DSLR"):   rocket and the right motorcycle view, clean
-  held out:          chelsea (the cat), degraded as the source, with its clean original as the reference
+Domains (unpaired: no pixel is in both; the same kinds of scenes on both sides, as DPED's phone and DSLR sets):
+  training photos:   astronaut, coffee, the left motorcycle view, rocket; each is cut into two halves across its
+                     width, one half goes to each side (alternating which):
+  source ("phone"):  the source halves, degraded by :func:`degrade`
+  target ("DSLR"):   the other halves, clean
+  held out:          chelsea (the cat, a scene seen by neither side), degraded as the source, with its clean
+                     original as the reference
+
+Why halves and not whole photos per side: unpaired learning matches the *distributions* of the two sides, so a
+side's scene content leaks into what is learned. With a handful of photos, whole photos per side (the first
+demo: sky-blue rocket and grey motorcycle as the target) teach "make it blue-grey", and the held-out cat got
+worse whatever the method (matching the colour moments of those sets: 18.3 dB vs the input's 22.7 dB; of the
+halves: 26.2 dB). Real unpaired sets (thousands of photos per camera) share scene statistics by their size.
 
 Camera model of :func:`degrade` (:func:`wespe.camera.apply_camera` with these parameters, in this order, on RGB
 in [0, 1]):
@@ -28,9 +37,9 @@ from PIL import Image
 from wespe.camera import apply_camera
 from wespe.files import atomic_write
 
-DEMO_SOURCE = ("astronaut", "coffee", "motorcycle_left")
-DEMO_TARGET = ("rocket", "motorcycle_right")
+DEMO_TRAIN = ("astronaut", "coffee", "motorcycle_left", "rocket")
 DEMO_HELDOUT = ("chelsea",)
+_LAYOUT = "READY-2"  # marker of a complete folder; a new name when the layout changes (old folders are rebuilt)
 
 BLUR_SIGMA = 1.2
 CONTRAST, BRIGHTNESS = 0.65, -0.05
@@ -61,10 +70,17 @@ def prepare(root: str | Path, seed: int = 0) -> tuple[str, str]:
     prepare the same folder at once: each only ever sees complete, identical files.
     """
     root = Path(root)
-    done = root / "READY"
+    done = root / _LAYOUT
     if not done.exists():
-        images = {f"source/{name}.png": degrade(_photo(name), seed + i) for i, name in enumerate(DEMO_SOURCE)}
-        images.update({f"target/{name}.png": _photo(name) for name in DEMO_TARGET})
+        images = {}
+        for i, name in enumerate(DEMO_TRAIN):
+            clean = _photo(name)
+            degraded = degrade(clean, seed + i)
+            half = clean.shape[1] // 2
+            first, second = slice(0, half), slice(half, None)
+            source_half, target_half = (first, second) if i % 2 == 0 else (second, first)
+            images[f"source/{name}.png"] = np.ascontiguousarray(degraded[:, source_half])
+            images[f"target/{name}.png"] = np.ascontiguousarray(clean[:, target_half])
         for i, name in enumerate(DEMO_HELDOUT):
             clean = _photo(name)
             images[f"heldout/clean/{name}.png"] = clean

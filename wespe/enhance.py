@@ -156,7 +156,7 @@ def tile_forward(generator: nnx.Module, x: jax.Array, mask: jax.Array, means: Se
         h = keep(t + h)
     h = keep(jax.nn.relu(generator.conv_mid1(h)))
     h = keep(jax.nn.relu(generator.conv_mid2(h)))
-    return jnp.tanh(generator.conv_out(h)) * 0.58 + 0.5
+    return generator.output_map(x, h)
 
 
 # ----------------------------------------------------------------------------------------------------------------

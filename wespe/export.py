@@ -9,7 +9,8 @@ Format (version 1), an uncompressed NumPy ``.npz`` archive (``np.load(path, allo
 * ``__wespe_generator__``: a 1-D ``uint8`` array holding UTF-8 JSON::
 
       {"format": "wespe-generator", "version": 1,
-       "config": {"width": 64, "num_blocks": 4, "norm": "instance", "channels": 3},
+       "config": {"width": 64, "num_blocks": 4, "norm": "instance", "channels": 3, "output": "dped",
+                  "global_color": "none"},
        "variables": {"conv_in.kernel": {"type": "Param", "shape": [9, 9, 3, 64], "dtype": "float32"}, ...}}
 
   ``config`` holds the keyword arguments of ``Generator(...)``; ``variables`` lists every array below with
@@ -65,7 +66,8 @@ def _variables(generator: Generator) -> dict[str, nnx.Variable]:
 def generator_config(generator: Generator) -> dict:
     """The ``Generator(...)`` keyword arguments that rebuild this generator's structure."""
     return {"width": int(generator.width), "num_blocks": int(generator.num_blocks), "norm": str(generator.norm),
-            "channels": int(generator.conv_in.kernel.shape[2])}
+            "channels": int(generator.conv_in.kernel.shape[2]), "output": str(generator.output),
+            "global_color": str(generator.global_color)}
 
 
 def export_path(path: str | os.PathLike) -> Path:
@@ -136,7 +138,7 @@ def load_generator(path: str | os.PathLike) -> Generator:
         raise ExportFormatError(f"{path} is a directory without an exported generator ({DEFAULT_FILENAME}) in it")
     metadata, arrays = _read(file)
     config = metadata["config"]
-    allowed = {"width", "num_blocks", "norm", "channels"}
+    allowed = {"width", "num_blocks", "norm", "channels", "output", "global_color"}  # the last two: optional
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ExportFormatError(f"{file}: unknown generator config key(s) {', '.join(unknown)}")

@@ -28,7 +28,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from wespe import config as configs
-from wespe import data, parallel, train, visualize
+from wespe import data, heldout, parallel, train, visualize
 from wespe.checkpoint import Checkpointer
 from wespe.config import RESUME_SAFE_KEYS, validate
 from wespe.export import save_generator
@@ -62,17 +62,30 @@ class RunResult:
     workdir: Path
 
 
-def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[str, str, str]:
-    """The source, target and sample-grid folders from flags/config, the DPED layout, or the built-in demo."""
+def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[str, str, str, str | None]:
+    """The source, target, held-out and held-out reference folders from flags/config, the DPED layout, or the
+    built-in demo. ``--source`` and ``--target`` (both) win over ``data.builtin``: the demo's recipe then trains
+    on the user's folders (with their own held-out folder, if any)."""
     d = config.data
     if d.heldout:
         data.check_folder(d.heldout, "--config.data.heldout")
-    if d.builtin:
+    if d.heldout_reference:
+        data.check_folder(d.heldout_reference, "--config.data.heldout_reference")
+        if not d.heldout:
+            raise data.DataError("--config.data.heldout_reference needs --config.data.heldout (the photos the "
+                                 "references belong to)")
+    if d.builtin and bool(d.source) != bool(d.target):
+        raise data.DataError("give both --source and --target to train the built-in config on your own folders "
+                             "(only one was given)")
+    if d.builtin and not d.source:
         if d.builtin != "demo":
             raise ValueError(f"config.data.builtin={d.builtin!r}: the only built-in data set is 'demo'")
         from wespe import demo
         source, target = demo.prepare(workdir / "demo_data", seed=config.seed)
-        return source, target, d.heldout or str(workdir / "demo_data" / "heldout" / "degraded")
+        if d.heldout:
+            return source, target, d.heldout, d.heldout_reference
+        return source, target, str(workdir / "demo_data" / "heldout" / "degraded"), str(
+            workdir / "demo_data" / "heldout" / "clean")
     if d.dped_root:
         source, target = (str(p) for p in data.dped_folders(d.dped_root, d.dped_phone))
     elif not d.source or not d.target:
@@ -80,7 +93,7 @@ def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[s
                              "--config=experiments/demo.py for the built-in demo)")
     else:
         source, target = d.source, d.target
-    return source, target, d.heldout or source
+    return source, target, d.heldout or source, d.heldout_reference
 
 
 def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -170,7 +183,8 @@ def _host_generators(state: train.TrainState, graphdefs: dict) -> dict:
     Every process must call it (it may all-gather); the modules then run locally, e.g. on process 0 only.
     """
     names = [n for n in train.GENERATORS["wespe"] if n in state.params]
-    host = parallel.to_host({n: (state.params[n], state.batch_stats[n]) for n in names})
+    # G's moving average when the run keeps one: it is what samples, the export and evaluation use.
+    host = parallel.to_host({n: (state.ema.get(n, state.params[n]), state.batch_stats[n]) for n in names})
     return {n: nnx.merge(graphdefs[n], *host[n]) for n in names}
 
 
@@ -180,6 +194,10 @@ def _sample(generators: dict, crops: np.ndarray) -> list[np.ndarray]:
     if "inverse_generator" in generators:
         columns.append(np.asarray(_inference(generators["inverse_generator"])(jnp.asarray(enhanced))))
     return columns
+
+
+QUALITY_CROP = 128  # side of the held-out crops scored in the loop (at least the patch size)
+QUALITY_CROPS = 8
 
 
 def _inference(module):
@@ -198,7 +216,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
     layout = parallel.Layout(parallel.make_mesh(config.mesh))
     layout.check_batch(config.batch_size)
     log.info(parallel.describe(layout))
-    source, target, sample_folder = resolve_folders(config, workdir)
+    source, target, sample_folder, reference_folder = resolve_folders(config, workdir)
     paired = config.mode == "dped" if config.data.paired is None else bool(config.data.paired)
     iterator, report = data.make_train_iterator(
         source, target, paired=paired, patch_size=config.patch_size, global_batch_size=config.batch_size,
@@ -236,6 +254,14 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
     step_fn = train.make_train_step(config, graphdefs, vgg_weights, preprocessing, layout)
     sample_crops = data.fixed_eval_crops(sample_folder, config.num_sample_crops, config.patch_size, seed=config.seed)
     target_mean = data.fixed_eval_crops(target, 16, config.patch_size, seed=config.seed + 1).reshape(-1, 3).mean(0)
+    # Quality in the loop: larger fixed crops of the held-out photos (and of their references, if given).
+    quality_x, quality_ref = heldout.paired_crops(sample_folder, reference_folder, QUALITY_CROPS,
+                                                  max(config.patch_size, QUALITY_CROP), seed=config.seed,
+                                                  min_size=config.patch_size)
+    try:
+        quality_target = data.fixed_eval_crops(target, QUALITY_CROPS, quality_x.shape[1], seed=config.seed + 2)
+    except data.DataError:  # every target photo is smaller than the crops: no colour distance to log
+        quality_target = None
     writers = _Writers(workdir, is_writer)
     base_key = jax.random.key(config.seed)
 
@@ -254,6 +280,16 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
             log.warning("step %d: %s", step, warning)
         if path is not None:
             log.info("samples: %s", path)
+        enhanced = np.asarray(_inference(generators["generator"])(jnp.asarray(quality_x)))
+        quality = heldout.quality_metrics(quality_x, enhanced, quality_ref, quality_target)
+        writers.scalars(step, quality)
+        warning = heldout.regression_warning(quality)
+        if warning:
+            log.warning("step %d: %s", step, warning)
+        elif "quality/psnr_enhanced" in quality:
+            log.info("step %d: held-out PSNR %.2f dB (input %.2f), SSIM %.4f (input %.4f)", step,
+                     quality["quality/psnr_enhanced"], quality["quality/psnr_input"],
+                     quality["quality/ssim_enhanced"], quality["quality/ssim_input"])
 
     status, host = "finished", {}
     step = start

@@ -14,6 +14,8 @@ from flax import nnx
 
 NORMS = ("instance", "batch", "none")
 INITS = ("dped", "he")
+OUTPUTS = ("dped", "residual")
+GLOBAL_COLORS = ("none", "affine")
 DISCRIMINATOR_HEADS = ("dped_fc", "global_pool")
 
 _KERNEL_INIT = nnx.initializers.truncated_normal(stddev=0.01)  # TF truncated_normal: stddev of the untruncated
@@ -116,28 +118,65 @@ class ResidualBlock(nnx.Module):
 class Generator(nnx.Module):
     """The DPED image-enhancement ResNet (401,475 parameters at the defaults). Fully convolutional.
 
-    Input: NHWC RGB in [0, 1], any H x W. Output: ``tanh(x) * 0.58 + 0.5`` (range ~[-0.08, 1.08], unclipped).
+    Input: NHWC RGB in [0, 1], any H x W.
     ``init``: ``dped`` = the official truncated-normal(0.01) kernels (a fresh generator outputs a nearly
     constant grey); ``he`` = He-normal kernels for the hidden layers (the output depends on the input from
     the first step; trains much faster in short runs, leaves init parity).
+    ``output``: ``dped`` = the official ``tanh(conv_out(h)) * 0.58 + 0.5`` (range ~[-0.08, 1.08]);
+    ``residual`` = ``colour(x) + conv_out(h)`` with ``conv_out`` zero-initialised, so a fresh generator is the
+    identity and training starts at the input's quality instead of a grey image that must first relearn the
+    photo (unclipped; clip for display).
+    ``global_color``: ``none``, or ``affine``: ``colour(x) = M x + b``, one learned 3x3 colour matrix and offset
+    (initialised to the identity) applied to every pixel. Much of a camera's look (white balance, contrast,
+    black level) is a global map that 48-100 px patches cannot infer locally; the affine path gives it a cheap,
+    smooth route, so the convolutional path is left with texture (no blotchy local colour). Pixel-wise, so
+    tiled inference stays exact.
     """
 
     def __init__(self, *, width: int = 64, num_blocks: int = 4, norm: str = "instance", channels: int = 3,
-                 init: str = "dped", rngs: nnx.Rngs | None = None):
+                 init: str = "dped", output: str = "dped", global_color: str = "none",
+                 rngs: nnx.Rngs | None = None):
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown generator output {output!r}; expected one of {OUTPUTS}")
+        if global_color not in GLOBAL_COLORS:
+            raise ValueError(f"unknown global_color {global_color!r}; expected one of {GLOBAL_COLORS}")
+        if global_color != "none" and output != "residual":
+            raise ValueError("global_color needs output='residual' (the official output mapping has no input path)")
         if width < 1 or num_blocks < 0:
             raise ValueError(f"generator width must be >= 1 and num_blocks >= 0, got {width}, {num_blocks}")
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.width, self.num_blocks, self.norm = width, num_blocks, norm
+        self.output, self.global_color = output, global_color
         self.conv_in = Conv(channels, width, 9, init=init, rngs=rngs)
         self.blocks = nnx.List([ResidualBlock(width, norm, init=init, rngs=rngs) for _ in range(num_blocks)])
         self.conv_mid1 = Conv(width, width, 3, init=init, rngs=rngs)
         self.conv_mid2 = Conv(width, width, 3, init=init, rngs=rngs)
         # The last layer keeps the official small init even under "he": tanh starts unsaturated.
         self.conv_out = Conv(width, channels, 9, rngs=rngs)
+        if output == "residual":  # zero residual: the generator starts as the identity (or its colour map)
+            self.conv_out.kernel[...] = jnp.zeros_like(self.conv_out.kernel[...])
+            self.conv_out.bias[...] = jnp.zeros_like(self.conv_out.bias[...])
+        if global_color == "affine":
+            self.color_matrix = nnx.Param(jnp.eye(channels, dtype=jnp.float32))
+            self.color_bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+
+    def color(self, x: jax.Array) -> jax.Array:
+        """The global colour map applied to the input (the identity without ``global_color``)."""
+        if self.global_color == "none":
+            return x
+        m = self.color_matrix[...].astype(x.dtype)
+        return jnp.einsum("...c,dc->...d", x, m) + self.color_bias[...].astype(x.dtype)
+
+    def output_map(self, x: jax.Array, features: jax.Array) -> jax.Array:
+        """The output from the input and the last hidden features (shared with tiled inference)."""
+        out = self.conv_out(features)
+        if self.output == "residual":
+            return self.color(x) + out
+        return jnp.tanh(out) * 0.58 + 0.5
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4:
@@ -147,7 +186,7 @@ class Generator(nnx.Module):
             h = block(h)
         h = jax.nn.relu(self.conv_mid1(h))
         h = jax.nn.relu(self.conv_mid2(h))
-        return jnp.tanh(self.conv_out(h)) * 0.58 + 0.5
+        return self.output_map(x, h)
 
 
 # (features, kernel size, stride, instance norm after the activation) of the official DPED discriminator.

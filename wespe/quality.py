@@ -24,14 +24,15 @@ into two halves across its width (at ``width // 2``), one half per training side
 
   test    (held out, whole; degraded, scored against the clean original):  chelsea, grace_hopper, flower
   train   (cut in halves; the k-th photo in this order, k from 0):         astronaut, coffee, motorcycle_left,
-                                                                            motorcycle_right, rocket, china
+                                                                            rocket, china
     source  (degraded; the unpaired training side):  the left half of even k, the right half of odd k
     target  (clean; the unpaired training side):     the other half
     paired  (degraded and clean, pixel-aligned):     the source half both ways (the supervised ``dped`` reference)
 
 The task stays unpaired: the two halves of a photo are different pixels, never the same region, so no pixel is
 on both sides; both sides show the same kinds of scenes, as DPED's phone and DSLR sets do. No test scene is on
-either side. Why halves and not whole photos per side (the first split: three whole photos per side): unpaired
+either side. ``motorcycle_right`` (the other view of the stereo pair) is not used: its halves would put nearly
+the same part of that scene on both sides, a few dozen pixels apart. Why halves and not whole photos per side (the first split: three whole photos per side): unpaired
 learning matches the *distributions* of the two sides, so with a handful of photos a side's scene content leaks
 into what is learned (on the built-in demo, :mod:`wespe.demo`, matching the colour moments of whole-photo sides
 made the held-out photo worse, 18.3 dB vs the input's 22.7 dB; with halves of the same photos on each side,
@@ -116,7 +117,7 @@ PHOTOS = {
                           "https://www.flickr.com/photos/vultilion/6056698931"},
 }
 SPLIT = {"test": ("chelsea", "grace_hopper", "flower"),
-         "train": ("astronaut", "coffee", "motorcycle_left", "motorcycle_right", "rocket", "china")}
+         "train": ("astronaut", "coffee", "motorcycle_left", "rocket", "china")}
 # How prepare() uses the train photos; in every READY recipe, so a folder prepared another way is an error.
 TRAIN_LAYOUT = ("halves: each train photo degraded whole, then cut at width // 2; even k: degraded left half -> "
                 "source, clean right half -> target; odd k: degraded right half -> source, clean left half -> "

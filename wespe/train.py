@@ -43,6 +43,8 @@ class TrainState:
     params: dict[str, nnx.State]  # trainable parameters, per network
     batch_stats: dict[str, nnx.State]  # other variables (BatchNorm running averages); empty for instance norm
     opt_state: dict[str, Any]  # {"generators": ..., "discriminators": ...}
+    # Exponential moving average of G's parameters ({"generator": ...}; empty when config.ema_decay is 0).
+    ema: dict[str, nnx.State] = flax.struct.field(default_factory=dict)
 
 
 def build_networks(config: ml_collections.ConfigDict) -> dict[str, nnx.Module]:
@@ -52,7 +54,8 @@ def build_networks(config: ml_collections.ConfigDict) -> dict[str, nnx.Module]:
     g = config.generator
     nets: dict[str, nnx.Module] = {}
     for name in GENERATORS[config.mode]:
-        nets[name] = Generator(width=g.width, num_blocks=g.num_blocks, norm=g.norm, init=g.init, rngs=rngs)
+        nets[name] = Generator(width=g.width, num_blocks=g.num_blocks, norm=g.norm, init=g.init, output=g.output,
+                               global_color=g.global_color, rngs=rngs)
     for name in DISCRIMINATORS[config.mode]:
         nets[name] = Discriminator(3 if name == "color_discriminator" else 1, head=config.discriminator.head,
                                    input_size=config.patch_size, num_logits=num_logits,
@@ -60,10 +63,31 @@ def build_networks(config: ml_collections.ConfigDict) -> dict[str, nnx.Module]:
     return nets
 
 
+GLOBAL_COLOR_PARAMS = ("color_matrix", "color_bias")
+
+
+def _global_color_labels(params):
+    def label(path, _):
+        names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
+        return "global_color" if names & set(GLOBAL_COLOR_PARAMS) else "default"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
 def make_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, ...]:
+    """Adam for the generators and for the discriminators.
+
+    With ``generator.global_color`` the 12 global colour parameters get ``optimizer.global_color_lr_scale`` times
+    the generator learning rate: Adam moves every parameter by about lr per step, and a camera's white balance
+    or contrast is an O(1) change of the colour matrix (e.g. 1/0.65 for a 0.65 contrast), which at 5e-4 would
+    take thousands of steps while the convolutional path, free to paint the same change locally, gets there
+    first (as blotches).
+    """
     o = config.optimizer
-    return (optax.adam(o.lr_generator, b1=o.b1, b2=o.b2, eps=o.eps),
-            optax.adam(o.lr_discriminator, b1=o.b1, b2=o.b2, eps=o.eps))
+    adam_g = optax.adam(o.lr_generator, b1=o.b1, b2=o.b2, eps=o.eps)
+    if config.generator.global_color != "none" and o.global_color_lr_scale != 1.0:
+        adam_color = optax.adam(o.lr_generator * o.global_color_lr_scale, b1=o.b1, b2=o.b2, eps=o.eps)
+        adam_g = optax.multi_transform({"default": adam_g, "global_color": adam_color}, _global_color_labels)
+    return adam_g, optax.adam(o.lr_discriminator, b1=o.b1, b2=o.b2, eps=o.eps)
 
 
 def _init_train_state(config: ml_collections.ConfigDict, graphdefs: dict) -> TrainState:
@@ -74,7 +98,8 @@ def _init_train_state(config: ml_collections.ConfigDict, graphdefs: dict) -> Tra
     tx_g, tx_d = make_optimizers(config)
     opt_state = {"generators": tx_g.init({n: params[n] for n in GENERATORS[config.mode]}),
                  "discriminators": tx_d.init({n: params[n] for n in DISCRIMINATORS[config.mode]})}
-    return TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state)
+    ema = {"generator": jax.tree.map(jnp.copy, params["generator"])} if config.ema_decay > 0 else {}
+    return TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state, ema)
 
 
 def abstract_train_state(config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, nnx.GraphDef]]:
@@ -137,12 +162,18 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
         disc = {n: network(n, state.params[n]) for n in disc_names}
         enhanced = run(nets["generator"], source)
         terms = {}
+        if config.weights.residual_lowpass > 0:
+            # Division of labour: the convolutional residual may sharpen and denoise (high frequencies) but not
+            # repaint colours locally; global colour and tone go through generator.global_color.
+            residual = enhanced - nets["generator"].color(source)
+            terms["residual_lowpass"] = jnp.mean(jnp.square(blur(residual)))
         if mode == "wespe":
             reconstructed = run(nets["inverse_generator"], enhanced)
             terms["content"] = losses.content_loss(jax.lax.stop_gradient(content_features(source)),
                                                    content_features(reconstructed))
-            terms["color"] = losses.generator_adversarial_loss(
-                run(disc["color_discriminator"], blur(enhanced)), form, norm)
+            if config.weights.color > 0:  # off in wespe_plus (weights.color_distribution instead)
+                terms["color"] = losses.generator_adversarial_loss(
+                    run(disc["color_discriminator"], blur(enhanced)), form, norm)
         else:
             terms["content"] = losses.content_loss(content_features(enhanced),
                                                    jax.lax.stop_gradient(content_features(target)))
@@ -150,6 +181,8 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
         terms["texture"] = losses.generator_adversarial_loss(
             run(disc["texture_discriminator"], ops.grayscale(enhanced)), form, norm)
         terms["tv"] = losses.tv_loss(enhanced)
+        if mode == "wespe" and config.weights.color_distribution > 0:
+            terms["color_distribution"] = losses.color_distribution_loss(blur(enhanced), blur(target))
         if mode == "wespe" and config.weights.identity > 0:
             # CycleGAN's identity term (off in the papers): G leaves target photos alone, F source photos.
             terms["identity"] = (losses.identity_loss(run(nets["generator"], target), target)
@@ -186,8 +219,20 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
     metrics.update(d_metrics)
     for name, grads in {**g_grads, **d_grads}.items():
         metrics[f"grad_norm/{name}"] = optax.tree.norm(grads)
-    new_state = TrainState(state.step + 1, params, batch_stats, {"generators": opt_g, "discriminators": opt_d})
+    ema = {}
+    if state.ema:
+        ema = {"generator": ema_update(state.ema["generator"], params["generator"], state.step, config.ema_decay)}
+    new_state = TrainState(state.step + 1, params, batch_stats, {"generators": opt_g, "discriminators": opt_d}, ema)
     return new_state, metrics
+
+
+def ema_update(average, params, step: jax.Array, decay: float):
+    """One EMA step after update ``step`` (0-based): ``a <- d * a + (1 - d) * p`` with the warm-up
+    ``d = min(decay, (1 + step) / (10 + step))`` (TensorFlow's ExponentialMovingAverage with num_updates), so
+    the average follows the fast-moving early weights and does not remember the random initialisation."""
+    step = jnp.asarray(step, jnp.float32)
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda a, p: d * a + (1.0 - d) * p, average, params)
 
 
 def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weights: dict, preprocessing: str,
@@ -221,6 +266,9 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
     return train_step
 
 
-def generator_from_state(state: TrainState, graphdefs: dict, name: str = "generator") -> nnx.Module:
-    """The trained network as an NNX module (for inference: enhance, export)."""
-    return nnx.merge(graphdefs[name], state.params[name], state.batch_stats[name])
+def generator_from_state(state: TrainState, graphdefs: dict, name: str = "generator", *,
+                         use_ema: bool = True) -> nnx.Module:
+    """The trained network as an NNX module (for inference: enhance, export): G's moving average when the run
+    keeps one (``config.ema_decay > 0``) and ``use_ema``, else the raw weights."""
+    params = state.ema[name] if use_ema and name in state.ema else state.params[name]
+    return nnx.merge(graphdefs[name], params, state.batch_stats[name])
