@@ -241,3 +241,12 @@ def test_bfloat16_compute_close_to_float32():
         assert 0 < err.max() < 0.1 and err.mean() < 1e-2, (err.max(), err.mean())  # > 0: bf16 really was used
     with pytest.raises(ValueError, match="dtype"):
         enhance(g, x, dtype="float16")
+
+
+def test_residual_generator_with_global_colour_tiles_exactly():
+    """wespe_plus's generator (residual output, affine colour path) through the exact tiled path."""
+    g = random_generator(seed=5, width=8, num_blocks=2, output="residual", global_color="affine")
+    x = image(37, 29, seed=6)
+    ref = whole(g, x)
+    np.testing.assert_allclose(enhance(g, x), ref, atol=TOL)
+    assert np.max(np.abs(enhance(g, x, tile=7) - ref)) <= TOL

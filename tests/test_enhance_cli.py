@@ -71,11 +71,24 @@ def test_export_round_trip(tmp_path):
     # The format is plain NumPy: metadata JSON plus named arrays.
     with np.load(tmp_path / "instance.npz", allow_pickle=False) as npz:
         meta = json.loads(npz[export.METADATA_KEY].tobytes())
-        assert meta["config"] == {"width": 8, "num_blocks": 1, "norm": "instance", "channels": 3}
+        assert meta["config"] == {"width": 8, "num_blocks": 1, "norm": "instance", "channels": 3, "output": "dped",
+                                  "global_color": "none"}
         assert npz["conv_in.kernel"].shape == (9, 9, 3, 8) and "blocks.0.norm1.scale" in npz.files
     # A directory stands for <dir>/generator.npz.
     assert export.save_generator(g, tmp_path / "workdir") == tmp_path / "workdir" / "generator.npz"
     assert export.load_generator(tmp_path / "workdir").norm == "batch"
+    # wespe_plus's generator: residual output and the global colour path travel with the file.
+    plus = random_generator(seed=4, output="residual", global_color="affine")
+    loaded = export.load_generator(export.save_generator(plus, tmp_path / "plus.npz"))
+    assert (loaded.output, loaded.global_color) == ("residual", "affine")
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(plus(x)))
+    # Files written before these keys existed load as the official generator.
+    with np.load(tmp_path / "instance.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta["config"] = {"width": 8, "num_blocks": 1, "norm": "instance", "channels": 3}
+    arrays[export.METADATA_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert export.load_generator(tmp_path / "old.npz").output == "dped"
 
 
 def test_export_errors(tmp_path):

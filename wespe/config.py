@@ -20,8 +20,12 @@ weights.content / color / texture / tv    loss weights (WESPE 1/5e-3/5e-3/10; DP
 weights.identity     CycleGAN's identity term |G(y)-y|_1 + |F(x)-x|_1 (wespe mode; 0 = the papers)
 weights.color_distribution  sliced Wasserstein-2 distance between the colours of blurred G(x) and blurred target
                      photos of the batch (wespe mode; 0 = the papers): a deterministic, unpaired colour match
+weights.texture_distribution  Wasserstein-2 distance between the luma-gradient distributions of G(x) and of the
+                     target photos (wespe mode; 0 = the papers): sharper edges, quieter flat areas
 weights.residual_lowpass  mean square of the blurred residual G(x) - colour(x) (residual output; 0 = off): the
                      convolutional path may change detail but not paint colour locally (no blotches)
+tv_through_color     with generator.global_color: whether the TV term's gradient reaches the colour path (True,
+                     plain TV of G(x)) or only the residual path (False: smooth noise without flattening contrast)
 ema_decay            exponential moving average of G's weights (0 = off, the papers), used for samples, the
                      exported generator and evaluation; warm-up min(decay, (1 + step) / (10 + step))
 adversarial_form     ``dped_softmax`` (official code: per-sample real/fake swap, 2-way softmax, minimax
@@ -38,6 +42,9 @@ vgg_preprocessing    ``auto`` (from the weights: MatConvNet -> ``dped``, torchvi
 vgg_cache_dir        where converted VGG weights are cached (None: $WESPE_CACHE_DIR or ~/.cache/wespe)
 optimizer.lr_generator / lr_discriminator / b1 / b2 / eps   Adam (5e-4 for all networks in both papers)
 optimizer.global_color_lr_scale   learning-rate multiplier of generator.global_color's 12 parameters
+optimizer.global_color_b1   Adam's momentum for those parameters (0.99 averages their noisy per-batch gradient)
+optimizer.warmup_steps   linear learning-rate warm-up from 0 (0 = none, the papers): without it Adam's first steps
+                     move every weight by ~lr at once, which throws an identity-initialised G far off its input
 compute_dtype        ``float32`` (default, as the papers) or ``bfloat16``: networks compute in bf16 from float32
                      parameters; losses, gradients and Adam stay float32 (mixed precision, for GPUs/TPUs)
 mesh.data / mesh.fsdp   device mesh (``wespe.parallel``): the batch is split over data x fsdp devices; state is
@@ -79,8 +86,10 @@ def base_config() -> ml_collections.ConfigDict:
                                                  output="dped", global_color="none"))
     c.discriminator = ml_collections.ConfigDict(dict(head="dped_fc", norm="instance"))
     c.weights = ml_collections.ConfigDict(dict(content=1.0, color=5e-3, texture=5e-3, tv=10.0, identity=0.0,
-                                               color_distribution=0.0, residual_lowpass=0.0))
+                                               color_distribution=0.0, residual_lowpass=0.0,
+                                               texture_distribution=0.0))
     c.ema_decay = 0.0
+    c.tv_through_color = True
     c.adversarial_form = "bce"
     c.loss_normalization = "sum"
     c.blur = "dped_code"
@@ -89,7 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.vgg_preprocessing = "auto"
     c.vgg_cache_dir = ml_collections.FieldReference(None, field_type=str)
     c.optimizer = ml_collections.ConfigDict(dict(lr_generator=5e-4, lr_discriminator=5e-4, b1=0.9, b2=0.999,
-                                                 eps=1e-8, global_color_lr_scale=1.0))
+                                                 eps=1e-8, global_color_lr_scale=1.0,
+                                                 global_color_b1=0.9, warmup_steps=0))
     c.data = ml_collections.ConfigDict(dict(
         source=ml_collections.FieldReference(None, field_type=str),
         target=ml_collections.FieldReference(None, field_type=str),
@@ -127,8 +137,9 @@ def wespe_plus() -> ml_collections.ConfigDict:
     (experiments/wespe_plus.py says why each is on; README: Results has the measurements)."""
     c = wespe_paper()
     c.generator.update(dict(init="he", output="residual", global_color="affine"))
-    c.weights.update(dict(color=0.0, color_distribution=100.0, residual_lowpass=100.0))
+    c.weights.update(dict(color=0.0, color_distribution=100.0, residual_lowpass=100.0, tv=100.0))
     c.optimizer.global_color_lr_scale = 100.0
+    c.optimizer.warmup_steps = 50
     c.ema_decay = 0.999
     return c
 

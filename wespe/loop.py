@@ -270,19 +270,21 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
             iterator.get_state()), "data_fingerprint": report["fingerprint"], "seed": config.seed,
             "saved_at": time.time()})
 
-    def samples(step: int) -> None:
+    def samples(step: int, measure: bool = True) -> dict:
+        """The sample grid, the collapse checks and (``measure``) the held-out quality numbers of this step."""
         generators = _host_generators(state, graphdefs)  # every process: it may all-gather
         if not is_writer:
-            return
+            return {}
         columns = _sample(generators, sample_crops)
         path = writers.grid(step, visualize.image_grid(columns))
         for warning in visualize.collapse_warnings(columns[0], columns[1], target_mean):
             log.warning("step %d: %s", step, warning)
         if path is not None:
             log.info("samples: %s", path)
+        if not measure:
+            return {}
         enhanced = np.asarray(_inference(generators["generator"])(jnp.asarray(quality_x)))
         quality = heldout.quality_metrics(quality_x, enhanced, quality_ref, quality_target)
-        writers.scalars(step, quality)
         warning = heldout.regression_warning(quality)
         if warning:
             log.warning("step %d: %s", step, warning)
@@ -290,6 +292,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
             log.info("step %d: held-out PSNR %.2f dB (input %.2f), SSIM %.4f (input %.4f)", step,
                      quality["quality/psnr_enhanced"], quality["quality/psnr_input"],
                      quality["quality/ssim_enhanced"], quality["quality/ssim_input"])
+        return quality
 
     status, host = "finished", {}
     step = start
@@ -311,10 +314,11 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
                                      "content": f"{host['loss/content']:.3g}",
                                      "D_t acc": f"{host['accuracy/texture_discriminator']:.2f}"})
                     t_last, n_last = now, step
-                if step % config.log_every == 0 or step == config.num_steps:
-                    writers.scalars(step, host)
-                if step % config.sample_every == 0:
-                    samples(step)
+                # Held-out quality every sample_every steps (not at a run's last step unless it falls there, so
+                # a resumed run logs exactly the lines of an uninterrupted one), in the same line as the losses.
+                quality = samples(step) if step % config.sample_every == 0 else {}
+                if quality or step % config.log_every == 0 or step == config.num_steps:
+                    writers.scalars(step, {**host, **quality})
                 if parallel.any_process(stop.signal is not None):  # all processes save together
                     log.warning("%s received: saving a checkpoint at step %d and exiting",
                                 stop.signal or "a stop signal on another process", step)
@@ -327,7 +331,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
                 if checkpointer.latest_step() != step:
                     save(step)
                 if step % config.sample_every != 0:  # else this step's grid exists already
-                    samples(step)
+                    samples(step, measure=False)
                 final_generator = _host_generators(state, graphdefs)["generator"]
                 if is_writer:
                     path = save_generator(final_generator, workdir / "generator.npz")

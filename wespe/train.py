@@ -83,11 +83,19 @@ def make_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTr
     first (as blotches).
     """
     o = config.optimizer
-    adam_g = optax.adam(o.lr_generator, b1=o.b1, b2=o.b2, eps=o.eps)
-    if config.generator.global_color != "none" and o.global_color_lr_scale != 1.0:
-        adam_color = optax.adam(o.lr_generator * o.global_color_lr_scale, b1=o.b1, b2=o.b2, eps=o.eps)
+
+    def adam(lr, b1=o.b1):
+        if o.warmup_steps > 0:  # linear from 0: Adam's first steps move every weight by ~lr whatever the gradient
+            lr = optax.linear_schedule(0.0, lr, int(o.warmup_steps))
+        return optax.adam(lr, b1=b1, b2=o.b2, eps=o.eps)
+
+    adam_g = adam(o.lr_generator)
+    if config.generator.global_color != "none" and (o.global_color_lr_scale != 1.0 or o.global_color_b1 != o.b1):
+        # The colour losses see a few random crops per step, so the 12 global parameters get a noisy gradient
+        # around a steady drift: a long momentum (b1 0.99 ~ 100 steps) keeps the drift and averages the noise.
+        adam_color = adam(o.lr_generator * o.global_color_lr_scale, o.global_color_b1)
         adam_g = optax.multi_transform({"default": adam_g, "global_color": adam_color}, _global_color_labels)
-    return adam_g, optax.adam(o.lr_discriminator, b1=o.b1, b2=o.b2, eps=o.eps)
+    return adam_g, adam(o.lr_discriminator)
 
 
 def _init_train_state(config: ml_collections.ConfigDict, graphdefs: dict) -> TrainState:
@@ -180,9 +188,17 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
             terms["color"] = losses.color_loss(blur(enhanced), blur(target), norm)
         terms["texture"] = losses.generator_adversarial_loss(
             run(disc["texture_discriminator"], ops.grayscale(enhanced)), form, norm)
-        terms["tv"] = losses.tv_loss(enhanced)
+        if config.tv_through_color or config.generator.global_color == "none":
+            terms["tv"] = losses.tv_loss(enhanced)
+        else:
+            # Same value, but only the residual path is smoothed: TV grows with contrast, so through the colour
+            # path it would fight the contrast and exposure correction the colour losses ask for.
+            color = nets["generator"].color(source)
+            terms["tv"] = losses.tv_loss(enhanced - color + jax.lax.stop_gradient(color))
         if mode == "wespe" and config.weights.color_distribution > 0:
             terms["color_distribution"] = losses.color_distribution_loss(blur(enhanced), blur(target))
+        if mode == "wespe" and config.weights.texture_distribution > 0:
+            terms["texture_distribution"] = losses.texture_distribution_loss(enhanced, target)
         if mode == "wespe" and config.weights.identity > 0:
             # CycleGAN's identity term (off in the papers): G leaves target photos alone, F source photos.
             terms["identity"] = (losses.identity_loss(run(nets["generator"], target), target)
