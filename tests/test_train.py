@@ -176,6 +176,7 @@ def test_ema_update_rule_against_numpy():
 
 def test_wespe_plus_step_keeps_an_ema_and_exports_it():
     c = tiny_config("wespe_plus", ema_decay=0.9)
+    c.optimizer.warmup_steps = 0
     state, step, _ = setup(c)
     assert set(state.ema) == {"generator"}
     # Identity at init: G(x) = x before any step.
@@ -203,16 +204,28 @@ def test_global_colour_learning_rate_scale():
     moved = {}
     for scale in (1.0, 100.0):
         c = tiny_config("wespe_plus", ema_decay=0.0)
-        c.optimizer.global_color_lr_scale = scale
+        c.optimizer.global_color_lr_scale, c.optimizer.warmup_steps = scale, 0
         state, step, _ = setup(c)
         before = np.asarray(state.params["generator"]["color_matrix"][...])
         state, _ = step(state, fixed_batch(c), jax.random.key(0))
         moved[scale] = float(np.max(np.abs(np.asarray(state.params["generator"]["color_matrix"][...]) - before)))
-        conv = np.asarray(state.params["generator"]["conv_in"]["kernel"][...])
     lr = c.optimizer.lr_generator
     np.testing.assert_allclose(moved[1.0], lr, rtol=0.05)
     np.testing.assert_allclose(moved[100.0], 100 * lr, rtol=0.05)
-    assert conv is not None
+
+
+def test_learning_rate_warmup_is_linear_from_zero():
+    c = tiny_config("wespe_paper")
+    c.optimizer.warmup_steps = 4
+    state, step, _ = setup(c)
+    kernel = lambda s: np.asarray(s.params["generator"]["conv_in"]["kernel"][...])  # noqa: E731
+    before = kernel(state)
+    state, _ = step(state, fixed_batch(c), jax.random.key(0))
+    np.testing.assert_array_equal(kernel(state), before)  # lr 0 at step 0
+    after_first = kernel(state)
+    state, _ = step(state, fixed_batch(c), jax.random.key(1))
+    # Adam's second step moves by about lr * 1/4 (its normalised update is <= ~1 in magnitude per element).
+    assert 0 < float(np.max(np.abs(kernel(state) - after_first))) <= c.optimizer.lr_generator / 4 * 1.01
 
 
 def test_residual_lowpass_term_measures_the_blurred_residual():

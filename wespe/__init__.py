@@ -1,11 +1,11 @@
 """wespe: learn to translate photo quality between cameras from unpaired photos (WESPE, DPED) in JAX/Flax NNX."""
 
-from wespe.config import dped_code, preset, wespe_paper
+from wespe.config import dped_code, laptop_scale, preset, wespe_paper, wespe_plus
 from wespe.enhance import enhance
 from wespe.export import load_generator, save_generator
 from wespe.image_io import list_images, read_image, write_image
-from wespe.losses import (color_loss, content_loss, discriminator_batch, discriminator_loss,
-                          generator_adversarial_loss, tv_loss)
+from wespe.losses import (color_distribution_loss, color_loss, content_loss, discriminator_batch,
+                          discriminator_loss, generator_adversarial_loss, texture_distribution_loss, tv_loss)
 from wespe.models import Discriminator, Generator, InstanceNorm, count_parameters
 from wespe.ops import blur, grayscale, total_variation
 from wespe.parallel import Layout, initialize_distributed, make_mesh
@@ -19,5 +19,6 @@ __all__ = [
     "count_parameters", "create_train_state", "discriminator_batch", "discriminator_loss", "dped_code",
     "generator_adversarial_loss", "grayscale", "load_content_network", "load_vgg19", "make_train_step", "preset",
     "total_variation", "tv_loss", "wespe_paper", "Layout", "initialize_distributed", "make_mesh",
+    "wespe_plus", "laptop_scale", "color_distribution_loss", "texture_distribution_loss",
 ]
 __version__ = "0.1.0"
