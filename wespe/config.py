@@ -24,6 +24,8 @@ weights.texture_distribution  Wasserstein-2 distance between the luma-gradient d
                      target photos (wespe mode; 0 = the papers): sharper edges, quieter flat areas
 weights.residual_lowpass  mean square of the blurred residual G(x) - colour(x) (residual output; 0 = off): the
                      convolutional path may change detail but not paint colour locally (no blotches)
+color_distribution_blur  compare the colours of blurred images (True: D_c's view, colour without texture) or of
+                     the images themselves (False)
 tv_through_color     with generator.global_color: whether the TV term's gradient reaches the colour path (True,
                      plain TV of G(x)) or only the residual path (False: smooth noise without flattening contrast)
 ema_decay            exponential moving average of G's weights (0 = off, the papers), used for samples, the
@@ -90,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
                                                texture_distribution=0.0))
     c.ema_decay = 0.0
     c.tv_through_color = True
+    c.color_distribution_blur = True
     c.adversarial_form = "bce"
     c.loss_normalization = "sum"
     c.blur = "dped_code"

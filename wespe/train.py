@@ -196,7 +196,8 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
             color = nets["generator"].color(source)
             terms["tv"] = losses.tv_loss(enhanced - color + jax.lax.stop_gradient(color))
         if mode == "wespe" and config.weights.color_distribution > 0:
-            terms["color_distribution"] = losses.color_distribution_loss(blur(enhanced), blur(target))
+            view = blur if config.color_distribution_blur else (lambda x: x)
+            terms["color_distribution"] = losses.color_distribution_loss(view(enhanced), view(target))
         if mode == "wespe" and config.weights.texture_distribution > 0:
             terms["texture_distribution"] = losses.texture_distribution_loss(enhanced, target)
         if mode == "wespe" and config.weights.identity > 0:
