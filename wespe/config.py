@@ -26,6 +26,7 @@ weights.residual_lowpass  mean square of the blurred residual G(x) - colour(x) (
                      convolutional path may change detail but not paint colour locally (no blotches)
 color_distribution_blur  compare the colours of blurred images (True: D_c's view, colour without texture) or of
                      the images themselves (False)
+ema_warmup           TF's EMA warm-up min(decay, (1 + t) / (10 + t)) (True) or the plain decay from step 0 (False)
 tv_through_color     with generator.global_color: whether the TV term's gradient reaches the colour path (True,
                      plain TV of G(x)) or only the residual path (False: smooth noise without flattening contrast)
 ema_decay            exponential moving average of G's weights (0 = off, the papers), used for samples, the
@@ -91,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
                                                color_distribution=0.0, residual_lowpass=0.0,
                                                texture_distribution=0.0))
     c.ema_decay = 0.0
+    c.ema_warmup = True
     c.tv_through_color = True
     c.color_distribution_blur = True
     c.adversarial_form = "bce"
