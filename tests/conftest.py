@@ -2,3 +2,9 @@ import os
 
 # Tests run on CPU everywhere (CI has no accelerator); multi-device tests set their own flags in subprocesses.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (minutes each) run first: pytest-xdist hands tests out in collection order, so a
+    long test collected last would run alone at the end and stretch the wall time of ``pytest -n 2``."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order

@@ -118,6 +118,7 @@ def test_sharded_step_equals_single_device_step(case):
         assert r["batch_stats_leaves"] > 0 and r["batch_stats_diff"] < 1e-6
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_onto_a_different_device_count(tmp_path):
     r = _worker("--devices=8", "restore", f"--workdir={tmp_path}")
     assert [(c["from"], c["to"]) for c in r["cases"]] == [
@@ -189,6 +190,7 @@ def _checkpoints(workdir):
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow
 def test_two_processes_preempt_resume_and_match_one_process(tmp_path):
     """2 processes x 2 CPU devices (gloo) run launch/train.py; SIGTERM reaches process 1 only, yet both save the
     same step and exit 0; the same command resumes to 2 steps further. Every step's metrics match one process
