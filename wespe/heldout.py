@@ -60,7 +60,8 @@ def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike 
     Photos pair with references by relative path without extension; only paired photos are used when references
     are given (an error names the folders if none pair). The crop side is ``size``, or the smallest photo's
     shorter side if that is less; photos under ``min_size`` a side (or unreadable, or of another size than their
-    reference) are skipped. Crops are the centre of each photo, then seeded random positions in turn.
+    reference) are skipped. The photos are taken in a seeded order and read only until ``n`` are usable; crops
+    are the centre of each, then seeded random positions in turn.
     Returns float32 arrays in [0, 1]; the second is None without ``reference_folder``.
     """
     folder = data.check_folder(folder, "--config.data.heldout")
@@ -76,7 +77,11 @@ def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike 
     else:
         names = sorted(photos)
     pairs = []
-    for name in names:
+    rng = np.random.default_rng(seed)
+    for i in rng.permutation(len(names)):  # read only until n photos are usable: a held-out folder may be large
+        if len(pairs) == n:
+            break
+        name = names[i]
         try:
             x, _ = read_image(photos[name])
             ref = read_image(references[name])[0] if references is not None else None
@@ -89,7 +94,6 @@ def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike 
         raise data.DataError(f"--config.data.heldout={folder}: no readable photo of at least {min_size} px a side"
                              + (" with a same-size reference" if references is not None else ""))
     size = min([size] + [min(x.shape[:2]) for x, _ in pairs])
-    rng = np.random.default_rng(seed)
     xs, refs = [], []
     for k in range(n):
         x, ref = pairs[k % len(pairs)]
