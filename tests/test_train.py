@@ -192,8 +192,13 @@ def test_wespe_plus_step_identity_start_ema_and_colour_learning_rate():
     np.testing.assert_allclose(np.asarray(g0(batch["source"])), np.asarray(batch["source"]), atol=1e-6)
     p0 = jax.tree.map(np.asarray, state.params["generator"])
     e0 = jax.tree.map(np.asarray, state.ema["generator"])
+    d_color0 = jax.tree.map(np.asarray, state.params["color_discriminator"])
     state, metrics = step(state, batch, jax.random.key(0))
     assert {"loss/color_distribution", "loss/residual_lowpass"} <= set(metrics) and "loss/color" not in metrics
+    # The colour adversary has weight 0 here: it is not run, and its weights stay as they were.
+    assert "loss/color_discriminator" not in metrics and float(metrics["grad_norm/color_discriminator"]) == 0.0
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params["color_discriminator"]),
+                 d_color0)
     assert float(metrics["loss/residual_lowpass"]) == 0.0  # G(x) = colour(x) exactly at init
     p1 = jax.tree.map(np.asarray, state.params["generator"])
     e1 = jax.tree.map(np.asarray, state.ema["generator"])

@@ -116,12 +116,10 @@ def heldout_crops(root: str | Path, size: int = 128) -> tuple[np.ndarray, np.nda
 def evaluate(generator, workdir: str | Path) -> dict:
     """PSNR and SSIM of x and of G(x) against the clean held-out crops; writes demo_result.json and demo_grid.png."""
     import jax.numpy as jnp
-    from wespe import visualize
+    from wespe import metrics, visualize
 
     workdir = Path(workdir)
     x, clean = heldout_crops(workdir / "demo_data")
-    from wespe import metrics
-
     gx = np.clip(np.asarray(generator(jnp.asarray(x))), 0, 1)
     result = {"demo/psnr_input_db": round(psnr(x, clean), 3), "demo/psnr_enhanced_db": round(psnr(gx, clean), 3),
               "demo/ssim_input": round(float(np.mean(metrics.ssim(x, clean))), 4),

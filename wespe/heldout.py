@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 from scipy import signal
 
-from wespe import data, losses, metrics
-from wespe.image_io import ImageReadError, list_images, read_image
+from wespe import data, evaluation, losses, metrics
+from wespe.image_io import ImageReadError, read_image
 from wespe.ops import GRAYSCALE_WEIGHTS
 
 # Immerkaer (1996), "Fast noise variance estimation": the difference of two Laplacians cancels image
@@ -49,10 +48,6 @@ def noise_sigma(images: np.ndarray) -> float:
     return float(np.mean(out)) if out else float("nan")
 
 
-def _index(folder: Path) -> dict[str, Path]:
-    return {str(p.relative_to(folder).with_suffix("")): p for p in list_images([folder])}
-
-
 def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike | None, n: int, size: int,
                  seed: int, min_size: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
     """``n`` fixed square crops of the photos in ``folder`` and the same crops of their references.
@@ -65,11 +60,11 @@ def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike 
     Returns float32 arrays in [0, 1]; the second is None without ``reference_folder``.
     """
     folder = data.check_folder(folder, "--config.data.heldout")
-    photos = _index(folder)
+    photos = evaluation.index_images(folder)[0]  # pairing as launch/evaluate.py pairs
     references = None
     if reference_folder is not None:
         reference_folder = data.check_folder(reference_folder, "--config.data.heldout_reference")
-        references = _index(reference_folder)
+        references = evaluation.index_images(reference_folder)[0]
         names = sorted(set(photos) & set(references))
         if not names:
             raise data.DataError(f"--config.data.heldout_reference={reference_folder}: no file name matches a photo "

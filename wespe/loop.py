@@ -184,7 +184,7 @@ def _host_generators(state: train.TrainState, graphdefs: dict) -> dict:
     """
     names = [n for n in train.GENERATORS["wespe"] if n in state.params]
     # G's moving average when the run keeps one: it is what samples, the export and evaluation use.
-    host = parallel.to_host({n: (state.ema.get(n, state.params[n]), state.batch_stats[n]) for n in names})
+    host = parallel.to_host({n: (train.inference_params(state, n), state.batch_stats[n]) for n in names})
     return {n: nnx.merge(graphdefs[n], *host[n]) for n in names}
 
 

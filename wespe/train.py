@@ -169,12 +169,12 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
         nets = {n: network(n, gen_params[n]) for n in gen_names}
         disc = {n: network(n, state.params[n]) for n in disc_names}
         enhanced = run(nets["generator"], source)
+        color = nets["generator"].color(source)  # the global colour path alone (x itself without one)
         terms = {}
         if config.weights.residual_lowpass > 0:
             # Division of labour: the convolutional residual may sharpen and denoise (high frequencies) but not
             # repaint colours locally; global colour and tone go through generator.global_color.
-            residual = enhanced - nets["generator"].color(source)
-            terms["residual_lowpass"] = jnp.mean(jnp.square(blur(residual)))
+            terms["residual_lowpass"] = jnp.mean(jnp.square(blur(enhanced - color)))
         if mode == "wespe":
             reconstructed = run(nets["inverse_generator"], enhanced)
             terms["content"] = losses.content_loss(jax.lax.stop_gradient(content_features(source)),
@@ -193,7 +193,6 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
         else:
             # Same value, but only the residual path is smoothed: TV grows with contrast, so through the colour
             # path it would fight the contrast and exposure correction the colour losses ask for.
-            color = nets["generator"].color(source)
             terms["tv"] = losses.tv_loss(enhanced - color + jax.lax.stop_gradient(color))
         if mode == "wespe" and config.weights.color_distribution > 0:
             view = blur if config.color_distribution_blur else (lambda x: x)
@@ -211,7 +210,11 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
     def discriminator_objective(disc_params, fake):
         views = {"color_discriminator": blur, "texture_discriminator": ops.grayscale}
         total, out = 0.0, {}
-        for i, name in enumerate(disc_names):
+        for i, name in enumerate(disc_names):  # i: each adversary keeps its rng stream whichever are trained
+            if name == "color_discriminator" and config.weights.color == 0:
+                # Nothing uses this adversary (wespe_plus): skip its forward/backward; its gradient is then 0 and
+                # Adam leaves its weights as they are.
+                continue
             view = views[name]
             inputs, labels = losses.discriminator_batch(view(target), view(fake), form, jax.random.fold_in(rng, i))
             loss, acc = losses.discriminator_loss(run(network(name, disc_params[name]), inputs), labels, form, norm)
@@ -292,5 +295,9 @@ def generator_from_state(state: TrainState, graphdefs: dict, name: str = "genera
                          use_ema: bool = True) -> nnx.Module:
     """The trained network as an NNX module (for inference: enhance, export): G's moving average when the run
     keeps one (``config.ema_decay > 0``) and ``use_ema``, else the raw weights."""
-    params = state.ema[name] if use_ema and name in state.ema else state.params[name]
-    return nnx.merge(graphdefs[name], params, state.batch_stats[name])
+    return nnx.merge(graphdefs[name], inference_params(state, name, use_ema), state.batch_stats[name])
+
+
+def inference_params(state: TrainState, name: str = "generator", use_ema: bool = True) -> nnx.State:
+    """The parameters a network is used with after training: its moving average when the run keeps one."""
+    return state.ema[name] if use_ema and name in state.ema else state.params[name]
