@@ -76,7 +76,6 @@ def test_max_batch_mode_end_to_end(tmp_path):
 def test_largest_batch_search(monkeypatch, unit, budget, expected):
     """Doubling then bisection on a known memory model (bytes = 10 + 3 * batch), in multiples of the batch devices,
     capped at max_batch=64."""
-    import ml_collections
     from wespe import benchmarking, train
 
     class FakeLayout:
@@ -89,7 +88,8 @@ def test_largest_batch_search(monkeypatch, unit, budget, expected):
     monkeypatch.setattr(train, "load_content_network", lambda config: ({}, "imagenet"))
     monkeypatch.setattr(train, "make_train_step", lambda *args: None)
     monkeypatch.setattr(benchmarking, "step_memory_bytes", lambda config, layout, step: 10 + 3 * config.batch_size)
-    config = ml_collections.ConfigDict({"batch_size": 0})
+    from wespe import config as configs
+    config = configs.base_config()  # every call that reads it is replaced above; only batch_size changes
     result = benchmarking.largest_batch(config, FakeLayout(), memory_limit_bytes=budget, fraction=1.0, max_batch=64)
     assert result["batch_size"] == expected
     tried = {int(k) for k in result["tried"]}

@@ -243,10 +243,14 @@ def test_bfloat16_compute_close_to_float32():
         enhance(g, x, dtype="float16")
 
 
-def test_residual_generator_with_global_colour_tiles_exactly():
-    """wespe_plus's generator (residual output, affine colour path) through the exact tiled path."""
-    g = random_generator(seed=5, width=8, num_blocks=2, output="residual", global_color="affine")
-    x = image(37, 29, seed=6)
-    ref = whole(g, x)
-    np.testing.assert_allclose(enhance(g, x), ref, atol=TOL)
-    assert np.max(np.abs(enhance(g, x, tile=7) - ref)) <= TOL
+@pytest.mark.parametrize("global_color", ["affine", "base_affine"])
+def test_residual_generator_with_global_colour_tiles_exactly(global_color):
+    """wespe_plus's generator (residual output, colour path) through the exact tiled path. With no residual
+    blocks the convolutions' halo (10 px) is below the base layer's blur radius: the halo must grow to it."""
+    for blocks in (2, 0):
+        g = random_generator(seed=5, width=8, num_blocks=blocks, output="residual", global_color=global_color)
+        g.color_matrix[...] = jnp.asarray([[1.5, 0.1, 0.0], [0.0, 2.0, 0.0], [0.2, 0.0, 2.4]], jnp.float32)
+        x = image(37, 29, seed=6)
+        ref = whole(g, x)
+        np.testing.assert_allclose(enhance(g, x), ref, atol=TOL)
+        assert np.max(np.abs(enhance(g, x, tile=7) - ref)) <= TOL

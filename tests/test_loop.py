@@ -77,13 +77,14 @@ def _step_key(config, preprocessing):
 def _reuse_compiled_steps(monkeypatch):
     real = train.make_train_step
 
-    def make_train_step(config, graphdefs, vgg_weights, preprocessing, layout=None):
+    def make_train_step(config, graphdefs, vgg_weights, preprocessing, layout=None, color_pools=None):
         key = _step_key(config, preprocessing), layout
         if key not in _COMPILED:
-            real_step = real(config, graphdefs, vgg_weights, preprocessing, layout)
+            real_step = real(config, graphdefs, vgg_weights, preprocessing, layout, color_pools)
             _COMPILED[key] = real_step.jitted, real_step.vgg_weights
         jitted, placed_vgg = _COMPILED[key]
-        return lambda state, batch, rng: jitted(state, placed_vgg, batch, rng)
+        pools = None if color_pools is None else {k: jnp.asarray(v) for k, v in color_pools.items()}
+        return lambda state, batch, rng: jitted(state, placed_vgg, batch, rng, pools)
 
     monkeypatch.setattr(train, "make_train_step", make_train_step)
 

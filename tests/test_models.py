@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wespe import models
-from wespe.models import Discriminator, Generator, InstanceNorm, count_parameters
+from wespe import models, ops
+from wespe.models import BASE_SIGMA, BASE_TAPS, Discriminator, Generator, InstanceNorm, count_parameters
 
 
 def conv_same_np(x, kernel, bias, stride=1):
@@ -164,16 +164,17 @@ def test_he_init_makes_output_depend_on_input():
         Generator(init="xavier")
 
 
-@pytest.mark.parametrize("global_color", ["none", "affine"])
+@pytest.mark.parametrize("global_color", ["none", "affine", "base_affine"])
 def test_residual_generator_starts_as_the_identity(global_color):
     g = Generator(width=8, num_blocks=1, init="he", output="residual", global_color=global_color, rngs=nnx.Rngs(3))
     x = jax.random.uniform(jax.random.key(0), (2, 17, 23, 3))
-    np.testing.assert_array_equal(np.asarray(g(x)), np.asarray(x))
+    # base + (x - base) may differ from x by a rounding step
+    np.testing.assert_allclose(np.asarray(g(x)), np.asarray(x), atol=1e-6 if global_color == "base_affine" else 0)
     # Not a constant function: the residual path's gradient reaches conv_out, the colour path's the matrix.
     loss = lambda m: jnp.mean(jnp.square(m(x) - 0.5 * x))  # noqa: E731
     grads = nnx.grad(loss)(g)
     assert float(jnp.max(jnp.abs(grads.conv_out.kernel[...]))) > 0
-    if global_color == "affine":
+    if global_color != "none":
         assert grads.color_matrix[...].shape == (3, 3) and grads.color_bias[...].shape == (3,)
         assert float(jnp.max(jnp.abs(grads.color_matrix[...]))) > 0
 
@@ -185,6 +186,30 @@ def test_global_affine_colour_is_a_per_pixel_matrix():
     g.color_matrix[...], g.color_bias[...] = jnp.asarray(m), jnp.asarray(b)
     x = np.random.default_rng(0).random((1, 5, 6, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(g(jnp.asarray(x))), x @ m.T + b, atol=1e-6)  # conv_out is still zero
+
+
+def test_base_affine_stretches_the_base_layer_and_passes_the_detail():
+    """Against a float64 NumPy version: base = Gaussian(sigma 2) blur normalised by the blurred image support."""
+    from scipy import ndimage
+
+    g = Generator(width=4, num_blocks=0, output="residual", global_color="base_affine", rngs=nnx.Rngs(0))
+    m = np.array([[1.5, 0.1, 0.0], [0.0, 2.0, -0.1], [0.2, 0.0, 2.4]])
+    b = np.array([-0.2, -0.3, -0.25])
+    g.color_matrix[...], g.color_bias[...] = jnp.asarray(m, jnp.float32), jnp.asarray(b, jnp.float32)
+    x = np.random.default_rng(1).random((1, 19, 26, 3))
+    taps = ops.gaussian_taps(BASE_TAPS, BASE_SIGMA)
+    kernel = np.outer(taps, taps)
+
+    def blur(a):
+        return ndimage.convolve(a, kernel, mode="constant")
+
+    weight = blur(np.ones(x.shape[1:3]))
+    base = np.stack([blur(x[0, ..., c]) / weight for c in range(3)], -1)
+    expected = base @ m.T + b + (x[0] - base)
+    np.testing.assert_allclose(np.asarray(g(jnp.asarray(x, jnp.float32)))[0], expected, atol=2e-6)
+    # Fine detail keeps its amplitude: a pixel-wise map would have multiplied it by the gains (1.5-2.4).
+    detail = x[0] - base
+    np.testing.assert_allclose(np.asarray(g(jnp.asarray(x, jnp.float32)))[0] - (base @ m.T + b), detail, atol=2e-6)
 
 
 def test_global_colour_needs_the_residual_output():

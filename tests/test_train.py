@@ -142,7 +142,7 @@ def test_bfloat16_compute_keeps_float32_state_and_tracks_float32():
         assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim} == {jnp.dtype(jnp.float32)}
         assert {v.dtype for v in metrics.values()} == {jnp.dtype(jnp.float32)}
         results[dtype] = {k: float(v) for k, v in metrics.items()}
-        hlo = step.jitted.lower(state, step.vgg_weights, fixed_batch(config), jax.random.key(0)).as_text()
+        hlo = step.jitted.lower(state, step.vgg_weights, fixed_batch(config), jax.random.key(0), None).as_text()
         assert ("bf16" in hlo) == (dtype == "bfloat16")
     f32, bf16 = results["float32"], results["bfloat16"]
     for key in ("loss/content", "loss/color", "loss/texture", "loss/generator", "loss/color_discriminator"):
@@ -183,6 +183,8 @@ def test_wespe_plus_step_identity_start_ema_and_colour_learning_rate():
     while ordinary weights move by ~lr."""
     c = tiny_config("wespe_plus", ema_decay=0.9)
     c.optimizer.warmup_steps = 0
+    c.optimizer.global_color_lr_scale = 100.0  # the preset freezes the colour path (tested below); learn it here
+    c.weights.color_distribution = 100.0
     state, graphdefs = train.create_train_state(c)
     weights, pre = train.load_content_network(c)
     step = train.make_train_step(c, graphdefs, weights, pre)
@@ -214,6 +216,20 @@ def test_wespe_plus_step_identity_start_ema_and_colour_learning_rate():
     # (conv_out: with the residual's last conv at zero, the layers before it get no gradient on the first step)
     np.testing.assert_allclose(float(np.max(np.abs(p1["conv_out"]["kernel"] - p0["conv_out"]["kernel"]))), lr,
                                rtol=0.05)
+
+
+def test_colour_path_learning_rate_scale_zero_freezes_it():
+    c = tiny_config("wespe_plus")
+    c.weights.color_distribution = 100.0  # a colour loss that would move it
+    assert c.optimizer.global_color_lr_scale == 0.0
+    state, step, _ = setup(c)
+    before = jax.tree.map(np.asarray, state.params["generator"])
+    for i in range(2):
+        state, _ = step(state, fixed_batch(c), jax.random.key(i))
+    after = jax.tree.map(np.asarray, state.params["generator"])
+    np.testing.assert_array_equal(after["color_matrix"], before["color_matrix"])
+    np.testing.assert_array_equal(after["color_bias"], before["color_bias"])
+    assert np.max(np.abs(after["conv_out"]["kernel"] - before["conv_out"]["kernel"])) > 0
 
 
 def test_learning_rate_warmup_is_linear_from_zero():

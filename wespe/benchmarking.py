@@ -59,26 +59,27 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, layout: parallel.
     layout.check_batch(config.batch_size)
     state, graphdefs = train.create_train_state(config, layout)
     weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre, layout)
+    step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config))
     rng = np.random.default_rng(0)
     shape = (config.batch_size, config.patch_size, config.patch_size, 3)
     batch = layout.global_batch({k: rng.random(shape, dtype=np.float32) for k in ("source", "target")})
     key = jax.random.key(0)
 
     t0 = time.perf_counter()
-    compiled = step.jitted.lower(state, step.vgg_weights, batch, key).compile()
+    compiled = step.jitted.lower(state, step.vgg_weights, batch, key, step.color_pools).compile()
     compile_s = time.perf_counter() - t0
     flops_per_device = _flops(compiled)
     num_devices = layout.mesh.size
     flops = flops_per_device * num_devices if flops_per_device else None
 
     for i in range(warmup):
-        state, metrics = compiled(state, step.vgg_weights, batch, jax.random.fold_in(key, i))
+        state, metrics = compiled(state, step.vgg_weights, batch, jax.random.fold_in(key, i), step.color_pools)
         jax.block_until_ready(metrics)
     times, user, system = [], [], []
     for i in range(repeats):
         c0, t0 = os.times(), time.perf_counter()
-        state, metrics = compiled(state, step.vgg_weights, batch, jax.random.fold_in(key, warmup + i))
+        state, metrics = compiled(state, step.vgg_weights, batch, jax.random.fold_in(key, warmup + i),
+                                  step.color_pools)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
         c1 = os.times()
@@ -137,6 +138,15 @@ def _device_memory_limit(devices) -> int | None:
     return min(limits) if limits else None
 
 
+def _synthetic_color_pools(config: ml_collections.ConfigDict) -> dict | None:
+    """Random stand-ins for wespe.color_pool's pools when the config fits its colour path to them (timing and
+    memory do not depend on the pixels)."""
+    if not train.uses_color_pools(config):
+        return None
+    rng = np.random.default_rng(0)
+    return {k: rng.random((65536, 3), dtype=np.float32) for k in ("source", "target")}
+
+
 def step_memory_bytes(config: ml_collections.ConfigDict, layout: parallel.Layout, step=None) -> int:
     """XLA's per-device memory for one training step at ``config.batch_size`` (compiled, never run).
 
@@ -145,12 +155,13 @@ def step_memory_bytes(config: ml_collections.ConfigDict, layout: parallel.Layout
     abstract, graphdefs = train.abstract_train_state(config)
     if step is None:
         weights, pre = train.load_content_network(config)
-        step = train.make_train_step(config, graphdefs, weights, pre, layout)
+        step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config))
     shape = (config.batch_size, config.patch_size, config.patch_size, 3)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=layout.batch) for k in ("source", "target")}
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
                          layout.state_shardings(abstract))
-    m = step.jitted.lower(state, step.vgg_weights, batch, jax.random.key(0)).compile().memory_analysis()
+    lowered = step.jitted.lower(state, step.vgg_weights, batch, jax.random.key(0), step.color_pools)
+    m = lowered.compile().memory_analysis()
     return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
 
 
@@ -170,7 +181,7 @@ def largest_batch(config: ml_collections.ConfigDict, layout: parallel.Layout, *,
     unit = layout.batch_devices
     _, graphdefs = train.abstract_train_state(config)
     weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre, layout)
+    step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config))
     tried: dict[int, int] = {}
 
     def fits(batch: int) -> bool:

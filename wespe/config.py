@@ -24,6 +24,13 @@ weights.texture_distribution  Wasserstein-2 distance between the luma-gradient d
                      target photos (wespe mode; 0 = the papers): sharper edges, quieter flat areas
 weights.residual_lowpass  mean square of the blurred residual G(x) - colour(x) (residual output; 0 = off): the
                      convolutional path may change detail but not paint colour locally (no blotches)
+color_init           with generator.global_color: ``identity`` (default) or ``moments``: a fresh run starts the colour
+                     path at the per-channel mean/std transfer from the source to the target colours (wespe.color_pool;
+                     F gets the inverse), measured steadier and better than learning it from batches
+color_distribution_pool  with weights.color_distribution and generator.global_color: False = compare the batch's
+                     blurred G(x) with its target patches; True = fit the colour path to whole sets instead:
+                     colour(source colour pool) vs the target colour pool (wespe.color_pool; the batch term drops)
+color_pool_photos    photos per side read (shrunken whole) for the colour pools of color_init / _distribution_pool
 color_distribution_blur  compare the colours of blurred images (True: D_c's view, colour without texture) or of
                      the images themselves (False)
 ema_warmup           TF's EMA warm-up min(decay, (1 + t) / (10 + t)) (True) or the plain decay from step 0 (False)
@@ -44,7 +51,8 @@ vgg_preprocessing    ``auto`` (from the weights: MatConvNet -> ``dped``, torchvi
                      ``dped`` (x*255 - mean) or ``imagenet`` (mean/std)
 vgg_cache_dir        where converted VGG weights are cached (None: $WESPE_CACHE_DIR or ~/.cache/wespe)
 optimizer.lr_generator / lr_discriminator / b1 / b2 / eps   Adam (5e-4 for all networks in both papers)
-optimizer.global_color_lr_scale   learning-rate multiplier of generator.global_color's 12 parameters
+optimizer.global_color_lr_scale   learning-rate multiplier of generator.global_color's 12 parameters (0 = frozen
+                     at their color_init)
 optimizer.global_color_b1   Adam's momentum for those parameters (0.99 averages their noisy per-batch gradient)
 optimizer.warmup_steps   linear learning-rate warm-up from 0 (0 = none, the papers): without it Adam's first steps
                      move every weight by ~lr at once, which throws an identity-initialised G far off its input
@@ -95,6 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema_warmup = True
     c.tv_through_color = True
     c.color_distribution_blur = True
+    c.color_init = "identity"
+    c.color_distribution_pool = False
+    c.color_pool_photos = 128
     c.adversarial_form = "bce"
     c.loss_normalization = "sum"
     c.blur = "dped_code"
@@ -137,13 +148,14 @@ def wespe_paper() -> ml_collections.ConfigDict:
 
 
 def wespe_plus() -> ml_collections.ConfigDict:
-    """The recommended unpaired recipe: WESPE plus an identity-initialised residual G with a global colour path,
-    a colour-distribution loss in place of the colour GAN, a low-pass penalty on the residual and an EMA of G
-    (experiments/wespe_plus.py says why each is on; README: Results has the measurements)."""
+    """The recommended unpaired recipe: WESPE plus an identity-initialised residual G whose global colour path is
+    fitted to the two sets' colour moments and stretches only the base layer, no colour GAN, no TV, a low-pass
+    penalty on the residual and an EMA of G (experiments/wespe_plus.py says why each is on; README: Results)."""
     c = wespe_paper()
-    c.generator.update(dict(init="he", output="residual", global_color="affine"))
-    c.weights.update(dict(color=0.0, color_distribution=100.0, residual_lowpass=100.0, tv=100.0))
-    c.optimizer.global_color_lr_scale = 100.0
+    c.generator.update(dict(init="he", output="residual", global_color="base_affine"))
+    c.weights.update(dict(color=0.0, residual_lowpass=100.0, tv=0.0))
+    c.color_init = "moments"
+    c.optimizer.global_color_lr_scale = 0.0  # the colour path stays at the fitted moments
     c.optimizer.warmup_steps = 50
     c.ema_decay = 0.999
     return c
@@ -211,12 +223,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
               ("blur", config.blur, BLUR_MODES),
               ("content_layer", config.content_layer, LAYERS),
               ("vgg_preprocessing", config.vgg_preprocessing, ("auto",) + PREPROCESSING),
-              ("compute_dtype", config.compute_dtype, ("float32", "bfloat16"))]
+              ("compute_dtype", config.compute_dtype, ("float32", "bfloat16")),
+              ("color_init", config.color_init, ("identity", "moments"))]
     for key, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"config.{key}={value!r} is not one of {tuple(allowed)}")
     if config.generator.global_color != "none" and config.generator.output != "residual":
         raise ValueError("config.generator.global_color needs config.generator.output='residual'")
+    if float(config.optimizer.global_color_lr_scale) < 0:
+        raise ValueError(f"config.optimizer.global_color_lr_scale must be >= 0 (0 freezes the colour path), got "
+                         f"{config.optimizer.global_color_lr_scale}")
+    if int(config.color_pool_photos) < 1:
+        raise ValueError(f"config.color_pool_photos must be >= 1, got {config.color_pool_photos}")
+    for key, value, off in (("color_init", config.color_init, "identity"),
+                            ("color_distribution_pool", config.color_distribution_pool, False)):
+        if value != off and config.generator.global_color == "none":
+            raise ValueError(f"config.{key}={value!r} sets the global colour path: it needs "
+                             "config.generator.global_color='affine'")
     if not 0.0 <= float(config.ema_decay) < 1.0:
         raise ValueError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
     for key in ("batch_size", "patch_size", "num_steps", "log_every", "sample_every", "checkpoint_every",

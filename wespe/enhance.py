@@ -59,7 +59,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wespe.models import InstanceNorm
+from wespe.models import BASE_TAPS, InstanceNorm
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET_MB", "MEMORY_BUDGET_ENV", "choose_tile", "enhance", "inference_view",
@@ -113,7 +113,10 @@ def receptive_halo(generator: nnx.Module, stop_at: int | None = None) -> int:
                 return halo
     if stop_at is not None:
         raise ValueError(f"stop_at={stop_at} is not a norm index (the generator has {2 * len(generator.blocks)})")
-    return halo + _radius(generator.conv_mid1) + _radius(generator.conv_mid2) + _radius(generator.conv_out)
+    halo += _radius(generator.conv_mid1) + _radius(generator.conv_mid2) + _radius(generator.conv_out)
+    if getattr(generator, "global_color", "none") == "base_affine":  # the colour path's base-layer blur
+        halo = max(halo, BASE_TAPS // 2)
+    return halo
 
 
 def inference_view(generator: nnx.Module) -> nnx.Module:
@@ -156,7 +159,7 @@ def tile_forward(generator: nnx.Module, x: jax.Array, mask: jax.Array, means: Se
         h = keep(t + h)
     h = keep(jax.nn.relu(generator.conv_mid1(h)))
     h = keep(jax.nn.relu(generator.conv_mid2(h)))
-    return generator.output_map(x, h)
+    return generator.output_map(x, h, mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -12,10 +12,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from wespe import ops
+
 NORMS = ("instance", "batch", "none")
 INITS = ("dped", "he")
 OUTPUTS = ("dped", "residual")
-GLOBAL_COLORS = ("none", "affine")
+GLOBAL_COLORS = ("none", "affine", "base_affine")
+# base_affine: Gaussian base layer of this sigma (px), on 2 * 3 sigma + 1 taps.
+BASE_SIGMA = 2.0
+BASE_TAPS = 13
 DISCRIMINATOR_HEADS = ("dped_fc", "global_pool")
 
 _KERNEL_INIT = nnx.initializers.truncated_normal(stddev=0.01)  # TF truncated_normal: stddev of the untruncated
@@ -126,11 +131,16 @@ class Generator(nnx.Module):
     ``residual`` = ``colour(x) + conv_out(h)`` with ``conv_out`` zero-initialised, so a fresh generator is the
     identity and training starts at the input's quality instead of a grey image that must first relearn the
     photo (unclipped; clip for display).
-    ``global_color``: ``none``, or ``affine``: ``colour(x) = M x + b``, one learned 3x3 colour matrix and offset
-    (initialised to the identity) applied to every pixel. Much of a camera's look (white balance, contrast,
-    black level) is a global map that 48-100 px patches cannot infer locally; the affine path gives it a cheap,
-    smooth route, so the convolutional path is left with texture (no blotchy local colour). Pixel-wise, so
-    tiled inference stays exact.
+    ``global_color``: ``none``, ``affine``: ``colour(x) = M x + b``, one learned 3x3 colour matrix and offset
+    (initialised to the identity) applied to every pixel, or ``base_affine``: the same map applied to a Gaussian
+    base layer of x (sigma :data:`BASE_SIGMA` px, normalised at the border) while the detail ``x - base`` passes
+    through unchanged: ``colour(x) = M base + b + (x - base)``. Much of a camera's look (white balance,
+    contrast, black level) is a global map that 48-100 px patches cannot infer locally; the affine path gives it
+    a cheap, smooth route, so the convolutional path is left with texture (no blotchy local colour). A plain
+    affine stretch also multiplies sensor noise and JPEG artefacts by its gains (x2.5 in a blue channel whose
+    contrast it restores); ``base_affine`` stretches only the base, measured +0.06 SSIM on the quality
+    benchmark's held-out photos for the same colour map. Both are linear: tiled inference stays exact (the
+    base needs ``BASE_TAPS // 2`` px of context, within the convolutions' halo).
     """
 
     def __init__(self, *, width: int = 64, num_blocks: int = 4, norm: str = "instance", channels: int = 3,
@@ -160,22 +170,39 @@ class Generator(nnx.Module):
         if output == "residual":  # zero residual: the generator starts as the identity (or its colour map)
             self.conv_out.kernel[...] = jnp.zeros_like(self.conv_out.kernel[...])
             self.conv_out.bias[...] = jnp.zeros_like(self.conv_out.bias[...])
-        if global_color == "affine":
+        if global_color != "none":
             self.color_matrix = nnx.Param(jnp.eye(channels, dtype=jnp.float32))
             self.color_bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
 
-    def color(self, x: jax.Array) -> jax.Array:
-        """The global colour map applied to the input (the identity without ``global_color``)."""
+    def affine(self, colors: jax.Array) -> jax.Array:
+        """The colour matrix and offset applied to ``colors`` (..., 3), pixel by pixel (the identity without
+        ``global_color``)."""
         if self.global_color == "none":
-            return x
-        m = self.color_matrix[...].astype(x.dtype)
-        return jnp.einsum("...c,dc->...d", x, m) + self.color_bias[...].astype(x.dtype)
+            return colors
+        m = self.color_matrix[...].astype(colors.dtype)
+        return jnp.einsum("...c,dc->...d", colors, m) + self.color_bias[...].astype(colors.dtype)
 
-    def output_map(self, x: jax.Array, features: jax.Array) -> jax.Array:
-        """The output from the input and the last hidden features (shared with tiled inference)."""
+    def color(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """The global colour map applied to NHWC images ``x`` (the identity without ``global_color``).
+
+        ``mask`` (N, H, W, 1) bool marks the true image inside a zero-padded window (tiled inference): the
+        ``base_affine`` base is a blur normalised by the blurred mask, so it is the same for a pixel of a
+        window as for that pixel of the whole image, up to ``BASE_TAPS // 2`` px from the window's cut edges.
+        """
+        if self.global_color != "base_affine":
+            return self.affine(x)
+        taps = ops.gaussian_taps(BASE_TAPS, BASE_SIGMA)
+        inside = jnp.ones(x.shape[:-1] + (1,), x.dtype) if mask is None else mask.astype(x.dtype)
+        weight = ops.separable_blur(inside, taps)
+        base = ops.separable_blur(x * inside, taps) / jnp.maximum(weight, jnp.asarray(1e-6, x.dtype))
+        return self.affine(base) + (x - base)
+
+    def output_map(self, x: jax.Array, features: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """The output from the input and the last hidden features (shared with tiled inference; ``mask``: see
+        :meth:`color`)."""
         out = self.conv_out(features)
         if self.output == "residual":
-            return self.color(x) + out
+            return self.color(x, mask) + out
         return jnp.tanh(out) * 0.58 + 0.5
 
     def __call__(self, x: jax.Array) -> jax.Array:

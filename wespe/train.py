@@ -73,6 +73,37 @@ def _global_color_labels(params):
     return jax.tree_util.tree_map_with_path(label, params)
 
 
+def init_global_color(state: TrainState, config: ml_collections.ConfigDict, pools: dict) -> TrainState:
+    """A fresh state with ``config.color_init`` applied: ``moments`` sets G's colour path to the per-channel
+    moment transfer from ``pools["source"]`` to ``pools["target"]`` and F's (wespe mode) to the reverse one."""
+    if config.color_init == "identity":
+        return state
+    from wespe.color_pool import moment_transfer
+    state = with_global_color(state, "generator", *moment_transfer(pools["source"], pools["target"]))
+    if "inverse_generator" in state.params:
+        state = with_global_color(state, "inverse_generator", *moment_transfer(pools["target"], pools["source"]))
+    return state
+
+
+def with_global_color(state: TrainState, name: str, matrix, bias) -> TrainState:
+    """``state`` with network ``name``'s global colour matrix and offset (and their moving average, if kept)
+    set to ``matrix`` (3, 3) and ``bias`` (3,), placed like the values they replace."""
+    values = dict(zip(GLOBAL_COLOR_PARAMS, (matrix, bias)))
+
+    def put(path, leaf):
+        names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path} & set(values)
+        if not names:
+            return leaf
+        value = jnp.asarray(values[names.pop()], leaf.dtype).reshape(leaf.shape)
+        return jax.device_put(value, leaf.sharding)
+
+    params = {**state.params, name: jax.tree_util.tree_map_with_path(put, state.params[name])}
+    ema = dict(state.ema)
+    if name in ema:
+        ema[name] = jax.tree_util.tree_map_with_path(put, ema[name])
+    return state.replace(params=params, ema=ema)
+
+
 def make_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, ...]:
     """Adam for the generators and for the discriminators.
 
@@ -93,7 +124,8 @@ def make_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTr
     if config.generator.global_color != "none" and (o.global_color_lr_scale != 1.0 or o.global_color_b1 != o.b1):
         # The colour losses see a few random crops per step, so the 12 global parameters get a noisy gradient
         # around a steady drift: a long momentum (b1 0.99 ~ 100 steps) keeps the drift and averages the noise.
-        adam_color = adam(o.lr_generator * o.global_color_lr_scale, o.global_color_b1)
+        adam_color = (adam(o.lr_generator * o.global_color_lr_scale, o.global_color_b1)
+                      if o.global_color_lr_scale > 0 else optax.set_to_zero())  # 0: frozen at color_init
         adam_g = optax.multi_transform({"default": adam_g, "global_color": adam_color}, _global_color_labels)
     return adam_g, adam(o.lr_discriminator)
 
@@ -142,7 +174,7 @@ def load_content_network(config: ml_collections.ConfigDict) -> tuple[dict, str]:
     return vgg.as_jax(weights), pre
 
 
-def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Array, *,
+def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Array, color_pools: dict | None, *,
                 config: ml_collections.ConfigDict, graphdefs: dict, preprocessing: str) -> tuple[TrainState, Metrics]:
     mode, form, norm = config.mode, config.adversarial_form, config.loss_normalization
     gen_names, disc_names = GENERATORS[mode], DISCRIMINATORS[mode]
@@ -194,7 +226,11 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
             # Same value, but only the residual path is smoothed: TV grows with contrast, so through the colour
             # path it would fight the contrast and exposure correction the colour losses ask for.
             terms["tv"] = losses.tv_loss(enhanced - color + jax.lax.stop_gradient(color))
-        if mode == "wespe" and config.weights.color_distribution > 0:
+        if mode == "wespe" and config.weights.color_distribution > 0 and color_pools is not None:
+            # The colour path against whole sets (wespe.color_pool): the same comparison every step.
+            fitted = nets["generator"].affine(color_pools["source"])[None, None]
+            terms["color_distribution"] = losses.color_distribution_loss(fitted, color_pools["target"][None, None])
+        elif mode == "wespe" and config.weights.color_distribution > 0:
             view = blur if config.color_distribution_blur else (lambda x: x)
             terms["color_distribution"] = losses.color_distribution_loss(view(enhanced), view(target))
         if mode == "wespe" and config.weights.texture_distribution > 0:
@@ -260,8 +296,13 @@ def ema_update(average, params, step: jax.Array, decay: float, *, warmup: bool =
     return jax.tree.map(lambda a, p: d * a + (1.0 - d) * p, average, params)
 
 
+def uses_color_pools(config: ml_collections.ConfigDict) -> bool:
+    """Whether the step fits G's colour path to wespe.color_pool's pools (and so needs them)."""
+    return config.mode == "wespe" and config.weights.color_distribution > 0 and bool(config.color_distribution_pool)
+
+
 def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weights: dict, preprocessing: str,
-                    layout: parallel.Layout | None = None
+                    layout: parallel.Layout | None = None, color_pools: dict | None = None
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """The pure step ``(state, batch, rng) -> (state, metrics)``, jitted once; the input state is donated.
 
@@ -270,8 +311,14 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
     the mesh, the VGG weights are placed once (replicated, or FSDP-split), and the metrics come back replicated.
     Sums and means over the batch are over the global batch (XLA inserts the all-reduces), so the result equals
     the single-device step up to float reduction order.
+    ``color_pools``: ``wespe.color_pool.build_color_pools`` output, exactly when :func:`uses_color_pools`.
     """
     validate(config)
+    if (color_pools is not None) != uses_color_pools(config):
+        raise ValueError("pass color_pools exactly when config.color_distribution_pool is on (wespe mode, "
+                         "weights.color_distribution > 0): build them with wespe.color_pool.build_color_pools")
+    if color_pools is not None:
+        color_pools = {k: jnp.asarray(v, jnp.float32) for k, v in color_pools.items()}
     step = functools.partial(_train_step, config=config, graphdefs=graphdefs, preprocessing=preprocessing)
     if layout is None:
         jitted = jax.jit(step, donate_argnums=0)
@@ -279,15 +326,19 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
         state_shardings = layout.state_shardings(abstract_train_state(config)[0])
         vgg_shardings = layout.state_shardings(vgg_weights)
         vgg_weights = layout.put(vgg_weights, vgg_shardings)
+        if color_pools is not None:
+            color_pools = layout.put(color_pools, jax.tree.map(lambda _: layout.replicated, color_pools))
         jitted = jax.jit(step, donate_argnums=0,
-                         in_shardings=(state_shardings, vgg_shardings, layout.batch, layout.replicated),
+                         in_shardings=(state_shardings, vgg_shardings, layout.batch, layout.replicated,
+                                       layout.replicated),
                          out_shardings=(state_shardings, layout.replicated))
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
-        return jitted(state, vgg_weights, batch, rng)
+        return jitted(state, vgg_weights, batch, rng, color_pools)
 
     train_step.jitted = jitted  # for cost analysis / lowering in benchmarks
     train_step.vgg_weights = vgg_weights  # as placed for the step
+    train_step.color_pools = color_pools
     return train_step
 
 
