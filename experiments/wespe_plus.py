@@ -7,11 +7,15 @@ Each departure from the paper preset is a config switch (wespe/config.py), measu
 quality benchmark (README: Results):
   * generator.output=residual: G(x) = colour(x) + r(x) with r's last conv zero-initialised: training starts
     at the input's quality (the official output starts as a grey image the cycle must first turn into a photo);
-  * generator.global_color=affine with a 100x learning rate: white balance, exposure and contrast are one 3x4
-    colour matrix for the whole photo, reachable in a few hundred steps, instead of local conv decisions on
-    100 px patches (the blotchy false colour);
-  * weights.color_distribution: the colours of blurred G(x) match the target photos' (sliced Wasserstein)
-    instead of the colour GAN (weights.color=0), which is noisy and paints local patches early on;
+  * generator.global_color=base_affine: white balance, exposure and contrast are one 3x4 colour map for the whole
+    photo (not local conv decisions on 100 px patches: the blotchy false colour), applied to a Gaussian base
+    layer while the fine detail passes through, so restoring contrast does not also multiply sensor noise and
+    JPEG artefacts by the same gains;
+  * color_init=moments, optimizer.global_color_lr_scale=0: that map is the per-channel mean/std transfer between
+    the colours of the two sets (up to 128 whole photos a side, wespe.color_pool), fixed; learned from batches
+    (a colour GAN, or a colour-distribution loss between eight patches a step) it wandered with the content of
+    each batch, by 2-4 dB of held-out PSNR between steps and seeds. No colour GAN (weights.color=0);
+  * weights.tv=0: TV drove the residual to smear texture once contrast was restored (-0.7 dB at 10);
   * weights.residual_lowpass: the conv residual may change detail, not paint colour;
   * ema_decay: samples, export and evaluation use the moving average of G's weights;
   * generator.init=he: the residual path's hidden layers start at unit scale (the official 0.01 init

@@ -256,7 +256,9 @@ def test_run_benchmark_end_to_end(bench):
         assert (out / name).exists(), name
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     methods = results["methods"]
-    assert list(methods) == ["input", "grey_world_autocontrast", "unsharp", "classical_combo", "tiny"]
+    assert list(methods) == ["input", "grey_world_autocontrast", "unsharp", "classical_combo", "moment_transfer",
+                             "moment_transfer_base", "tiny"]
+    assert methods["moment_transfer"]["kind"] == methods["moment_transfer_base"]["kind"] == "fitted"
 
     # the input row equals wespe.metrics on (degraded, clean) computed here
     data = out / "data" / "test"
@@ -291,7 +293,26 @@ def test_run_benchmark_end_to_end(bench):
 
     grid = np.asarray(Image.open(out / "grid.png"))
     side = min(min(Image.open(data / "clean" / n).size) for n in names)
-    assert grid.shape == (14 + 2 * side + 2, 6 * side + 5 * 2, 3)  # label strip; 2 photos; 6 columns
+    assert grid.shape == (14 + 2 * side + 2, 8 * side + 7 * 2, 3)  # label strip; 2 photos; 8 columns
+
+
+def test_fitted_colour_transfer_matches_float64_moments(tmp_path):
+    """moment_transfer gives the source set's pooled colours the target set's per-channel mean and std."""
+    rng = np.random.default_rng(0)
+    for side, (lo, hi) in (("source", (20, 140)), ("target", (60, 250))):
+        (tmp_path / side).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(lo, hi, (40, 50, 3), np.uint8)).save(tmp_path / side / f"{i}.png")
+    data = quality.BenchmarkData(str(tmp_path), str(tmp_path / "source"), str(tmp_path / "target"), "", "", "", "",
+                                 "")
+    fitted = quality.fitted_baselines(data)
+    load = lambda side: np.concatenate([np.asarray(Image.open(p), np.float64).reshape(-1, 3) / 255  # noqa: E731
+                                        for p in sorted((tmp_path / side).iterdir())])
+    mapped = fitted["moment_transfer"](load("source"))
+    np.testing.assert_allclose(mapped.mean(0), load("target").mean(0), atol=2e-3)  # pools: a pixel sample
+    np.testing.assert_allclose(mapped.std(0), load("target").std(0), rtol=2e-2)
+    flat = np.full((1, 30, 40, 3), 0.3)  # no detail: the base-layer version is the same map
+    np.testing.assert_allclose(fitted["moment_transfer_base"](flat[0]), fitted["moment_transfer"](flat[0]), atol=1e-5)
 
 
 def test_run_benchmark_reuses_a_finished_run(bench):

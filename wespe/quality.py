@@ -49,6 +49,8 @@ Methods, all scored by :func:`wespe.evaluation.evaluate` on the whole held-out p
 * ``input``: the degraded photo itself (the bar to beat);
 * classical baselines (:data:`BASELINES`, pure NumPy, deterministic): :func:`grey_world_autocontrast`,
   :func:`unsharp`, :func:`classical_combo`; their outputs are written as PNGs and scored in outputs mode;
+* colour transfers fitted to the training sets (:func:`fitted_baselines`, no network): what wespe_plus's colour
+  path does before training, so the table shows what training adds;
 * trained presets (``name -> experiment config file``), one training run per seed (:func:`preset_config` says
   what is overridden), scored in model mode; a finished run in ``runs/<preset>/seed_<s>`` is reused.
 
@@ -73,6 +75,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from wespe import config as configs
 from wespe import evaluation, loop
 from wespe.camera import CAMERA_RANGES, apply_camera, camera_model, draw_camera  # noqa: F401 - re-exported
 from wespe.export import load_generator
@@ -306,6 +309,32 @@ BASELINES = {"grey_world_autocontrast": grey_world_autocontrast, "unsharp": unsh
              "classical_combo": classical_combo}
 
 
+def fitted_baselines(data: BenchmarkData) -> dict:
+    """Colour transfers fitted to the unpaired training sets, no network: the per-channel mean/std transfer of
+    :func:`wespe.color_pool.moment_transfer` from the source set's colours to the target set's (the pools
+    wespe_plus builds), applied to every pixel (``moment_transfer``) or, as wespe_plus's colour path does, to a
+    Gaussian base layer with the detail passed through (``moment_transfer_base``: exactly wespe_plus's
+    generator before its first training step). They show what the trained networks add to the colour fit."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from wespe import color_pool
+    from wespe.models import Generator
+
+    pools = color_pool.build_color_pools(data.source, data.target)
+    matrix, bias = color_pool.moment_transfer(pools["source"], pools["target"])
+    colour_path = Generator(width=1, num_blocks=0, output="residual", global_color="base_affine", rngs=nnx.Rngs(0))
+    colour_path.color_matrix[...], colour_path.color_bias[...] = jnp.asarray(matrix), jnp.asarray(bias)
+
+    def moment_transfer(x):
+        return np.asarray(x, np.float64) @ matrix.T.astype(np.float64) + bias
+
+    def moment_transfer_base(x):
+        return np.asarray(colour_path.color(jnp.asarray(x, jnp.float32)[None]))[0]
+
+    return {"moment_transfer": moment_transfer, "moment_transfer_base": moment_transfer_base}
+
+
 def apply_uint8(method, image: np.ndarray) -> np.ndarray:
     """A float-in-[0, 1] method applied to a uint8 RGB photo; the result quantised as ``round(clip(y) * 255)``."""
     y = method(np.asarray(image, np.float64) / 255.0)
@@ -402,7 +431,10 @@ def train_preset(config, workdir: str | Path) -> dict:
     if (workdir / "generator.npz").exists() and record_path.exists():
         record = json.loads(record_path.read_text())
         saved = json.loads((workdir / "config.json").read_text()) if (workdir / "config.json").exists() else {}
-        if record.get("config") == wanted and saved.get("num_steps") == config.num_steps:
+        # Keys added to the config since that run are compared at their defaults (which reproduce the behaviour
+        # before they existed), as a resumed run does.
+        recorded = _config_json(configs.from_saved(record["config"])) if "config" in record else None
+        if recorded == wanted and saved.get("num_steps") == config.num_steps:
             return {**record, "reused": True}
     start = time.perf_counter()
     result = loop.run_training(config, workdir)
@@ -484,21 +516,23 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
 
     outputs: dict[str, str] = {"input": data.test_degraded}  # method -> folder of its outputs (first seed)
     methods: dict[str, dict] = {}
-    total = 1 + len(BASELINES) + len(presets) * len(seeds)
+    baselines = {**{n: ("classical", f) for n, f in BASELINES.items()},
+                 **{n: ("fitted", f) for n, f in fitted_baselines(data).items()}}
+    total = 1 + len(baselines) + len(presets) * len(seeds)
     with tqdm(total=total, unit="run", desc="quality benchmark", disable=not progress, dynamic_ncols=True) as bar:
         bar.set_postfix_str("input")
         result = evaluation.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=data.test_degraded,
                                      progress=False)
         methods["input"] = {"kind": "input", "per_seed": [_per_seed(result, None, None, None)]}
         bar.update(1)
-        for name, method in BASELINES.items():
+        for name, (kind, method) in baselines.items():
             bar.set_postfix_str(name)
             folder = out_dir / "methods" / name
             for path in sorted(Path(data.test_degraded).glob("*.png")):
                 _write_png(folder / path.name, apply_uint8(method, np.asarray(Image.open(path).convert("RGB"))))
             result = evaluation.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=folder,
                                          progress=False)
-            methods[name] = {"kind": "classical", "per_seed": [_per_seed(result, None, None, None)]}
+            methods[name] = {"kind": kind, "per_seed": [_per_seed(result, None, None, None)]}
             outputs[name] = str(folder)
             bar.update(1)
         for name, path in presets.items():
