@@ -108,10 +108,42 @@ def test_one_pass_rectangular_tiles_and_budgets(small, monkeypatch):
     np.testing.assert_allclose(ref, whole(small, x), atol=TOL)
     assert np.max(np.abs(enhance(small, x, tile=(5, 16)) - ref)) <= TOL
     # A budget too small for the whole image picks tiles itself: as an argument or from the environment.
-    assert np.max(np.abs(enhance(small, x, memory_budget_mb=0.8) - ref)) <= TOL
-    monkeypatch.setenv(enhance_lib.MEMORY_BUDGET_ENV, "0.8")
+    half_mb = 0.5 * enhance_lib.whole_image_bytes(small, (1, 80, 60, 3)) / 2 ** 20
+    assert np.max(np.abs(enhance(small, x, memory_budget_mb=half_mb) - ref)) <= TOL
+    monkeypatch.setenv(enhance_lib.MEMORY_BUDGET_ENV, str(half_mb))
     assert np.max(np.abs(enhance(small, x) - ref)) <= TOL
     assert len(tiled) == 3 and tiled[1] == tiled[2] and tiled[1] < (80, 60)
+
+
+def test_whole_image_exactly_when_its_compiled_program_fits(small, monkeypatch):
+    """The whole-vs-tiled decision uses XLA's memory analysis of the whole-image program; without a budget
+    argument or environment variable the budget is the machine's (wespe.device_memory)."""
+    tiled = []
+
+    class Spy(enhance_lib._Tiler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            tiled.append(self.core)
+
+    monkeypatch.setattr(enhance_lib, "_Tiler", Spy)
+    monkeypatch.delenv(enhance_lib.MEMORY_BUDGET_ENV, raising=False)
+    x = image(40, 30, seed=11)
+    ref = whole(small, x)
+    need = enhance_lib.whole_image_bytes(small, (1, 40, 30, 3))
+    assert need > 2 * x.nbytes  # temporaries, input and output
+    np.testing.assert_allclose(enhance(small, x, memory_budget_mb=1.01 * need / 2 ** 20), ref, atol=TOL)
+    assert tiled == []
+    assert np.max(np.abs(enhance(small, x, memory_budget_mb=0.99 * need / 2 ** 20) - ref)) <= TOL
+    assert len(tiled) == 1
+    monkeypatch.setattr(enhance_lib.device_memory, "budget_bytes", lambda device: int(0.5 * need))
+    assert np.max(np.abs(enhance(small, x) - ref)) <= TOL
+    assert len(tiled) == 2
+    monkeypatch.setattr(enhance_lib.device_memory, "budget_bytes", lambda device: 10 * need)
+    enhance(small, x)
+    assert len(tiled) == 2
+    monkeypatch.setenv(enhance_lib.MEMORY_BUDGET_ENV, "lots")
+    with pytest.raises(ValueError, match="WESPE_ENHANCE_MEMORY_MB"):
+        enhance(small, x)
 
 
 def test_naive_tiling_differs(small):
@@ -173,7 +205,7 @@ def test_uint8_and_batched(small, monkeypatch):
     assert np.max(np.abs(enhance(small, xb[1]) - refb[1])) <= TOL
     # A budget for one image but not three: whole images one at a time, no tiling.
     monkeypatch.setattr(enhance_lib, "_Tiler", None)
-    one_image_mb = 13 * 17 * enhance_lib._bytes_per_pixel(small) / 2 ** 20
+    one_image_mb = enhance_lib.whole_image_bytes(small, (1, 13, 17, 3)) / 2 ** 20
     np.testing.assert_allclose(enhance(small, xb, memory_budget_mb=1.5 * one_image_mb), refb, atol=TOL)
 
 

@@ -215,17 +215,18 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
 
     All tiled runs go first, smallest image first, then the whole-image runs: peak-memory readings are
     process-wide high-water marks, so this order keeps each reading attributable to its own run.
-    A whole-image run that would not fit ``memory_budget_mb`` (enhance's own estimate) is skipped.
+    A whole-image run that would not fit the memory budget (enhance's own decision: XLA's memory analysis of the
+    whole-image program against ``memory_budget_mb`` or the machine's budget) is skipped.
     """
-    from wespe.enhance import _bytes_per_pixel, _budget_bytes, enhance
+    from wespe.enhance import _budget_bytes, enhance, whole_image_bytes
 
-    budget = _budget_bytes(memory_budget_mb)
+    budget = _budget_bytes(memory_budget_mb, jax.devices()[0])
     rows = []
     for path in ("tiled", "whole"):
         for mp in sorted(megapixels):
             w = int(round((mp * 1e6 * 4 / 3) ** 0.5))
             h = int(round(mp * 1e6 / w))
-            if path == "whole" and h * w * _bytes_per_pixel(generator) > budget:
+            if path == "whole" and whole_image_bytes(generator, (1, h, w, 3)) > budget:
                 rows.append({"path": path, "megapixels": mp, "height": h, "width": w,
                              "skipped": "does not fit the memory budget"})
                 continue

@@ -38,10 +38,13 @@ no statistics: a single tiled pass.
 
 Memory and devices
 ------------------
-Without ``tile``, the tile size is the largest whose activations fit ``memory_budget_mb`` per device (default
-the ``WESPE_ENHANCE_MEMORY_MB`` environment variable, else 1024), estimated as ``window pixels x width x 4
-bytes x 8``; an image is processed in one pass when its estimate fits (a batch of images in chunks of as
-many as fit). Tiles are batched and every batch is
+The memory budget per device is ``memory_budget_mb`` if given, else the ``WESPE_ENHANCE_MEMORY_MB`` environment
+variable, else what the machine has free (:mod:`wespe.device_memory`: half the host's available memory on a
+CPU, cgroup limits respected; 80% of an accelerator's free memory), else 1024 MiB when the machine says
+nothing. What a whole image needs is not guessed: the whole-image program is compiled for the photo's size and
+XLA's memory analysis of it (temporaries + output + input) is compared with the budget; an image that fits runs
+in that one pass (a batch of same-size images in chunks of as many as fit), and only one that does not is
+tiled, with tiles sized by the bytes per pixel that analysis measured. Tiles are batched and every batch is
 sharded over ``devices`` (default ``jax.devices()``) along a 1-D mesh; the host prepares the next batch while
 the devices compute.
 """
@@ -59,11 +62,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from wespe import device_memory
 from wespe.models import BASE_TAPS, InstanceNorm
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET_MB", "MEMORY_BUDGET_ENV", "choose_tile", "enhance", "inference_view",
-    "instance_norm_indices", "norm_layers", "receptive_halo", "tile_forward",
+    "instance_norm_indices", "norm_layers", "receptive_halo", "tile_forward", "whole_image_bytes",
 ]
 
 MEMORY_BUDGET_ENV = "WESPE_ENHANCE_MEMORY_MB"
@@ -227,18 +231,55 @@ def _as_float_images(image) -> tuple[np.ndarray, bool]:
     return arr, single
 
 
-def _bytes_per_pixel(generator: nnx.Module) -> int:
+def _estimated_bytes_per_pixel(generator: nnx.Module) -> int:
+    """A generous estimate, used only where XLA gives no memory analysis."""
     width = generator.conv_in.kernel.shape[-1]
     channels = generator.conv_in.kernel.shape[-2]
     return 4 * (max(width, channels) * _ACTIVATION_FACTOR + 2 * channels)
 
 
-def _budget_bytes(memory_budget_mb: float | None) -> float:
+def _budget_bytes(memory_budget_mb: float | None, device: jax.Device) -> float:
+    """The per-device budget (module docstring: argument, environment, machine, constant)."""
+    if memory_budget_mb is None and os.environ.get(MEMORY_BUDGET_ENV):
+        try:
+            memory_budget_mb = float(os.environ[MEMORY_BUDGET_ENV])
+        except ValueError:
+            raise ValueError(f"${MEMORY_BUDGET_ENV}={os.environ[MEMORY_BUDGET_ENV]!r} is not a number of MiB") from None
     if memory_budget_mb is None:
-        memory_budget_mb = float(os.environ.get(MEMORY_BUDGET_ENV, DEFAULT_MEMORY_BUDGET_MB))
+        machine = device_memory.budget_bytes(device)
+        if machine:
+            return float(machine)
+        memory_budget_mb = DEFAULT_MEMORY_BUDGET_MB
     if not memory_budget_mb > 0:
         raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
     return memory_budget_mb * 2 ** 20
+
+
+def _compile_whole_image(graphdef, state, shape: tuple[int, ...], dtype: str, device: jax.Device):
+    """The whole-image program for ``shape`` (N, H, W, C), compiled for ``device``, and the bytes it needs
+    beyond the parameters (XLA's memory analysis: temporaries + output + input), or None without an analysis."""
+    x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=jax.sharding.SingleDeviceSharding(device))
+    compiled = _whole_image.lower(graphdef, state, x, dtype).compile()
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - backends without an analysis raise their own error types
+        m = None
+    if m is None:
+        return compiled, None
+    return compiled, int(m.temp_size_in_bytes + m.output_size_in_bytes + math.prod(shape) * 4)
+
+
+def whole_image_bytes(generator: nnx.Module, shape: tuple[int, ...], dtype: str = "float32",
+                      device: jax.Device | None = None) -> int:
+    """Bytes one whole-image pass over images of ``shape`` (N, H, W, C) needs on ``device`` beyond the
+    generator's parameters, from XLA's memory analysis of the compiled program (a generous per-pixel estimate
+    where the backend gives none). :func:`enhance` compares this with its memory budget."""
+    device = device or jax.devices()[0]
+    graphdef, state = nnx.split(inference_view(generator))
+    _, needed = _compile_whole_image(graphdef, jax.device_put(state, device), tuple(shape), dtype, device)
+    if needed is None:
+        needed = math.prod(shape[:3]) * _estimated_bytes_per_pixel(generator)
+    return needed
 
 
 def choose_tile(height: int, width: int, halo: int, budget_bytes: float, bytes_per_pixel: int) -> tuple[int, int]:
@@ -386,7 +427,8 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
 
     uint8 (and uint16) input is scaled to [0, 1]. ``tile``: side (or (height, width)) of the tiles' cores;
     default: one whole-image pass when the image fits ``memory_budget_mb`` (MiB per device; default the
-    ``WESPE_ENHANCE_MEMORY_MB`` environment variable, else 1024), else the largest tile that fits. Tiled inference
+    ``WESPE_ENHANCE_MEMORY_MB`` environment variable, else what the machine has free: see the module docstring),
+    else the largest tile that fits. Tiled inference
     is exact (equal to the whole-image pass up to float32 rounding) for any image and tile size; see the module
     docstring. ``devices``: where tiles run (default ``jax.devices()``); batches of tiles are sharded over them.
     BatchNorm generators run on their running averages. ``dtype``: compute dtype of activations and convs
@@ -403,19 +445,28 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
         raise ValueError("enhance needs at least one device")
     generator = inference_view(generator)
     stats_norms = instance_norm_indices(generator)
-    budget = _budget_bytes(memory_budget_mb)
-    bpp = _bytes_per_pixel(generator)
-    n, h, w, _ = images.shape
+    budget = _budget_bytes(memory_budget_mb, devices[0])
+    n, h, w, c = images.shape
 
-    if tile is None and h * w * bpp <= budget:
-        # Whole images, as many per call as fit: the plain generator call, no tiling needed.
+    if tile is None:
         graphdef, state = nnx.split(generator)
         state = jax.device_put(state, devices[0])
-        chunk = max(1, int(budget // (h * w * bpp)))
-        out = np.concatenate([np.asarray(_whole_image(graphdef, state, jax.device_put(images[i:i + chunk], devices[0]),
-                                                      dtype))
-                              for i in range(0, n, chunk)])
-        return out[0] if single else out
+        compiled, one_image = _compile_whole_image(graphdef, state, (1, h, w, c), dtype, devices[0])
+        bpp = one_image / (h * w) if one_image is not None else _estimated_bytes_per_pixel(generator)
+        if h * w * bpp <= budget:
+            # Whole images, as many per call as fit: the plain generator call, no tiling needed.
+            chunk = max(1, int(budget // (h * w * bpp)))
+            outputs = []
+            for i in range(0, n, chunk):
+                batch = jax.device_put(images[i:i + chunk], devices[0])
+                if batch.shape[0] == 1:
+                    outputs.append(np.asarray(compiled(state, batch)))
+                else:
+                    outputs.append(np.asarray(_whole_image(graphdef, state, batch, dtype)))
+            out = np.concatenate(outputs)
+            return out[0] if single else out
+    else:
+        bpp = _estimated_bytes_per_pixel(generator)
 
     halo = receptive_halo(generator)
     core = choose_tile(h, w, halo, budget, bpp) if tile is None else _tile_shape(tile, h, w)
