@@ -19,12 +19,11 @@ import json
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from wespe import benchmarking, parallel
+from wespe import benchmarking, cli, parallel
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training config file.", lock_config=True)
+_CONFIG = cli.define_config_flag(_DEFAULT_CONFIG, "Training config file.")
 flags.DEFINE_enum("mode", "train_step", ["train_step", "scaling", "max_batch", "enhance"], "What to time.")
 flags.DEFINE_list("devices", ["1", "2", "4", "8"], "scaling: device counts (the first N devices).")
 flags.DEFINE_integer("per_device_batch", 4, "scaling: batch per device (the global batch grows with N).")

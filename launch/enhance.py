@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from wespe import enhance_files, pretrained
+from wespe import enhance_files, image_io, loop, pretrained
 
 flags.DEFINE_enum("pretrained", None, sorted(pretrained.PRETRAINED),
                   "Official DPED generator; its <phone>_orig.* files are looked up in --weights_dir.")
@@ -36,7 +36,9 @@ def main(argv):
     inputs = argv[1:]
     if not inputs:
         raise app.UsageError("give at least one input photo or folder")
+    loop.configure_logging()  # library INFO (orbax restores) only with --verbosity
     try:
+        image_io.check_output_dir(FLAGS.output)  # before the model loads and compiles
         generator = enhance_files.load_enhancer(pretrained_name=FLAGS.pretrained, checkpoint=FLAGS.checkpoint,
                                                 weights_dir=FLAGS.weights_dir)
         report = enhance_files.enhance_files(generator, inputs, FLAGS.output, tile=FLAGS.tile or None,

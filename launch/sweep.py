@@ -17,7 +17,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from wespe import sweep
+from wespe import loop, sweep
 
 flags.DEFINE_string("sweep", None, "Sweep file (Python, with get_sweep()).")
 flags.DEFINE_string("output_dir", None, "Where the per-cell results, sweep.csv/md and the plots go.")
@@ -34,6 +34,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    loop.configure_logging()  # library INFO (orbax restores) only with --verbosity
     overrides = {k: FLAGS[k].value for k in sweep.SWEEP_SHARED_KEYS}
     try:
         cells = sweep.expand_cells(sweep.load_sweep(FLAGS.sweep), overrides)

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
-from wespe import loop, parallel
+from wespe import cli, loop, parallel
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.", lock_config=True)
+_CONFIG = cli.define_config_flag(_DEFAULT_CONFIG, "Experiment config file.")
 flags.DEFINE_string("source", None, "Folder of source-camera photos (e.g. phone).")
 flags.DEFINE_string("target", None, "Folder of target-camera photos (e.g. DSLR).")
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples (resumed if it exists).")

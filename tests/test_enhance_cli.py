@@ -207,6 +207,16 @@ def test_cli_needs_exactly_one_generator(tmp_path, flags):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_output_that_is_a_file_fails_before_the_model_loads(tmp_path):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    # The checkpoint does not exist either: had the model been loaded first, the error would name it.
+    for output in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        result = run_cli("--checkpoint=no_such.npz", f"--output={output}", tmp_path)
+        assert result.returncode == 1
+        assert f"output folder {output}" in result.stderr and "no_such.npz" not in result.stderr
+    assert (tmp_path / "taken").read_text() == "a file, not a folder"
+
+
 def test_cli_fails_when_nothing_succeeds(photos, tmp_path):
     result = run_cli(f"--checkpoint={photos['root'] / 'workdir' / 'generator.npz'}", f"--output={tmp_path / 'out'}",
                      photos["folder"] / "broken.jpg")

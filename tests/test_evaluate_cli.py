@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -207,6 +208,8 @@ def test_sweep_over_run_checkpoints(data, run_workdir, tmp_path, capsys):
     proc = _run("sweep.py", f"--sweep={REPO / 'experiments/sweeps/run_checkpoints.py'}", f"--workdir={run_workdir}",
                 f"--source={data['source']}", f"--reference={data['reference']}", f"--output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Restoring checkpoints is quiet: no library INFO lines (absl's "I<mmdd> ..." prefix) without --verbosity.
+    assert not [line for line in proc.stderr.splitlines() if re.match(r"I\d{4} ", line)], proc.stderr[-2000:]
     with open(out / "sweep.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["cell"], r["step"], r["status"]) for r in rows] == [("run_step2", "2", "ok"), ("run_step4", "4", "ok")]

@@ -119,6 +119,17 @@ def assert_trees_bit_identical(a, b):
 
 # ------------------------------------------------------------------------------------------ bit-exact resume
 
+def test_rewind_metrics_drops_what_an_interrupted_run_logged_after_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": s / 10}) for s in (10, 20, 30, 40)]
+    path.write_text("\n".join(lines) + "\n" + '{"step": 5')  # a line torn by a kill
+    assert loop.rewind_metrics(path, 20) == 3
+    assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    assert loop.rewind_metrics(path, 20) == 0  # nothing more to drop: the file is left as it is
+    assert loop.rewind_metrics(path, 0) == 2 and path.read_text() == ""  # restarting from scratch
+    assert loop.rewind_metrics(tmp_path / "absent.jsonl", 3) == 0 and not (tmp_path / "absent.jsonl").exists()
+
+
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(folders, tmp_path):
     config = tiny_config(folders, num_steps=6, checkpoint_every=3)
     a = loop.run_training(config, tmp_path / "a")
@@ -127,6 +138,8 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(folders, tmp_path)
     b1 = loop.run_training(tiny_config(folders, num_steps=3, checkpoint_every=3), tmp_path / "b")
     assert (b1.status, b1.step) == ("finished", 3)
     assert checkpoint_steps(tmp_path / "b") == [3]
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # as if killed at step 5, after its checkpoint at 3
+        f.write('{"step": 4, "loss/generator": 1.0}\n{"step": 5, "loss/generator": 1.0}\n{"step": 6, "loss')
     b2 = loop.run_training(tiny_config(folders, num_steps=6, checkpoint_every=3), tmp_path / "b")  # resume-safe
     assert (b2.status, b2.step) == ("finished", 6)
 

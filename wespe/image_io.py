@@ -449,16 +449,33 @@ def list_images(inputs: Iterable[str | os.PathLike], *, exclude: Iterable[str | 
     return sorted((path for path, _ in _expand(inputs, exclude)), key=str)
 
 
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    """Raise ``ValueError`` if ``output_dir`` cannot become a folder to write into: it, or a folder above it, is
+    an existing file, or the nearest existing folder is not writable. Cheap: call it before loading models."""
+    output_dir = Path(output_dir)
+    for path in (output_dir, *output_dir.parents):
+        if not path.exists():
+            continue
+        if not path.is_dir():
+            what = "is a file" if path == output_dir else f"lies under {path}, a file"
+            raise ValueError(f"output folder {output_dir} {what}, not a folder: choose another output folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"output folder {output_dir}: {path} is not writable")
+        break
+    return output_dir
+
+
 def plan_outputs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike
                  ) -> list[tuple[Path, Path]]:
     """``(input, output)`` pairs: a file named directly goes to ``output_dir/<name>``, a file found in a folder
     to ``output_dir/<its path relative to that folder>``. Files found under ``output_dir`` while searching an
     input folder are skipped (a rerun does not enhance earlier outputs).
 
-    Raises ``ValueError`` before any work if two inputs would be written to the same output, or an output would
-    overwrite its input; ``FileNotFoundError`` for a missing input.
+    Raises ``ValueError`` before any work if ``output_dir`` cannot be a folder (:func:`check_output_dir`), two
+    inputs would be written to the same output, or an output would overwrite its input; ``FileNotFoundError``
+    for a missing input.
     """
-    output_dir = Path(output_dir)
+    output_dir = check_output_dir(output_dir)
     pairs = sorted(((path, output_dir / relative) for path, relative in _expand(inputs, exclude=[output_dir])),
                    key=lambda pair: str(pair[0]))
     _check_distinct(pairs)

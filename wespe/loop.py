@@ -32,15 +32,20 @@ from wespe import color_pool, data, heldout, parallel, train, visualize
 from wespe.checkpoint import Checkpointer
 from wespe.config import RESUME_SAFE_KEYS, validate
 from wespe.export import save_generator
+from wespe.files import atomic_write
 
 log = logging.getLogger("wespe")
 
 
 def configure_logging() -> None:
     """wespe's own INFO messages on the console (process 0 only: the others say only warnings and errors);
-    other libraries' (orbax logs every save step) only WARNING+. Call after ``parallel.initialize_distributed``."""
+    other libraries' (orbax logs every save and restore) only WARNING+, unless ``--verbosity`` was given on the
+    command line. Call after ``parallel.initialize_distributed``."""
+    from absl import flags as absl_flags
     from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
+    chosen = absl_flags.FLAGS.is_parsed() and "verbosity" in absl_flags.FLAGS and absl_flags.FLAGS["verbosity"].present
+    if not chosen:
+        absl_logging.set_verbosity(absl_logging.WARNING)
     log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     if not logging.getLogger().handlers:  # outside absl.app: give the messages somewhere to go
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
@@ -141,17 +146,43 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def rewind_metrics(path: Path, step: int) -> int:
+    """Drop the lines of ``metrics.jsonl`` logged after ``step`` (and a torn last line), atomically. Returns how
+    many lines were dropped; a missing file is left missing."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            logged = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            logged = None  # torn by a kill mid-write
+        if logged is not None and logged <= step:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        with atomic_write(path) as f:
+            f.write("".join(kept).encode())
+        log.info("metrics.jsonl: dropped %d line(s) logged after step %d by the interrupted run", dropped, step)
+    return dropped
+
+
 class _Writers:
     """metrics.jsonl, TensorBoard and sample PNGs, written by process 0 only."""
 
-    def __init__(self, workdir: Path, enabled: bool):
+    def __init__(self, workdir: Path, enabled: bool, start_step: int = 0):
+        """``start_step``: the step training (re)starts from; lines and events logged after it by an earlier,
+        interrupted process are dropped, so a resumed run's logs read as one uninterrupted run's."""
         self.enabled = enabled
         if not enabled:
             return
         (workdir / "samples").mkdir(parents=True, exist_ok=True)
+        rewind_metrics(workdir / "metrics.jsonl", start_step)
         self.jsonl = open(workdir / "metrics.jsonl", "a")
         from tensorboardX import SummaryWriter
-        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        # purge_step: TensorBoard hides the events at and after it that earlier writers left in the log folder
+        self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         self.samples = workdir / "samples"
 
     def scalars(self, step: int, metrics: dict) -> None:
@@ -269,7 +300,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
         quality_target = data.fixed_eval_crops(target, QUALITY_CROPS, quality_x.shape[1], seed=config.seed + 2)
     except data.DataError:  # every target photo is smaller than the crops: no colour distance to log
         quality_target = None
-    writers = _Writers(workdir, is_writer)
+    writers = _Writers(workdir, is_writer, start)
     base_key = jax.random.key(config.seed)
 
     def save(step: int) -> None:
