@@ -40,3 +40,45 @@ def test_cli_unknown_config_key_is_one_line_and_exit_2(tmp_path, script):
     assert result.stderr.strip().splitlines() == [
         "error: --config.generator.widht: unknown config key; did you mean --config.generator.width?"]
     assert not workdir.exists()
+
+
+def _train(tmp_path, *args, env=None):
+    import os
+    return subprocess.run([sys.executable, "launch/train.py", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def folders(tmp_path):
+    from PIL import Image
+    import numpy as np
+    for side in ("src", "tgt"):
+        (tmp_path / side).mkdir()
+        Image.fromarray(np.zeros((120, 120, 3), np.uint8)).save(tmp_path / side / "a.png")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("not a folder")
+    return tmp_path
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("workdir is a file", ["--workdir={t}/afile/run"], "afile is a file, not a folder"),
+    ("missing source", ["--workdir={t}/run", "--source={t}/nope", "--target={t}/tgt"],
+     "--source={t}/nope does not exist"),
+    ("empty source", ["--workdir={t}/run", "--source={t}/empty", "--target={t}/tgt"], "--source"),
+    ("source is target", ["--workdir={t}/run", "--source={t}/src", "--target={t}/src"], "are the same folder"),
+    ("bad config value", ["--workdir={t}/run", "--source={t}/src", "--target={t}/tgt", "--config.batch_size=0"],
+     "config.batch_size must be >= 1, got 0"),
+])
+def test_train_user_errors_are_one_line_exit_2(folders, case, args, message):
+    result = _train(folders, *[a.format(t=folders) for a in args])
+    assert result.returncode == 2, (case, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, case
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message.format(t=folders) in last, (case, last)
+    assert not (folders / "run" / "checkpoints").exists()
+
+
+def test_train_user_error_traceback_on_request(folders):
+    result = _train(folders, f"--workdir={folders}/run", f"--source={folders}/nope", f"--target={folders}/tgt",
+                    env={"WESPE_TRACEBACK": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr and "DataError" in result.stderr

@@ -93,15 +93,21 @@ def test_tiled_equals_whole(small):
     print(f"worst tiled-vs-whole difference {worst:.3g}")
 
 
-def test_one_pass_rectangular_tiles_and_budgets(small, monkeypatch):
-    tiled = []
+@pytest.fixture
+def tiled(monkeypatch):
+    """The tile cores of every tiled run enhance makes in the test (an empty list: whole-image passes only)."""
+    cores = []
 
     class Spy(enhance_lib._Tiler):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            tiled.append(self.core)
+            cores.append(self.core)
 
     monkeypatch.setattr(enhance_lib, "_Tiler", Spy)
+    return cores
+
+
+def test_one_pass_rectangular_tiles_and_budgets(small, tiled, monkeypatch):
     x = image(80, 60, seed=3)
     ref = enhance(small, x)
     assert tiled == []  # fits the default budget: one pass, the plain generator call
@@ -115,17 +121,9 @@ def test_one_pass_rectangular_tiles_and_budgets(small, monkeypatch):
     assert len(tiled) == 3 and tiled[1] == tiled[2] and tiled[1] < (80, 60)
 
 
-def test_whole_image_exactly_when_its_compiled_program_fits(small, monkeypatch):
+def test_whole_image_exactly_when_its_compiled_program_fits(small, tiled, monkeypatch):
     """The whole-vs-tiled decision uses XLA's memory analysis of the whole-image program; without a budget
     argument or environment variable the budget is the machine's (wespe.device_memory)."""
-    tiled = []
-
-    class Spy(enhance_lib._Tiler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            tiled.append(self.core)
-
-    monkeypatch.setattr(enhance_lib, "_Tiler", Spy)
     monkeypatch.delenv(enhance_lib.MEMORY_BUDGET_ENV, raising=False)
     x = image(40, 30, seed=11)
     ref = whole(small, x)

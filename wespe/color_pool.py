@@ -67,7 +67,8 @@ def build_color_pools(source: str | os.PathLike, target: str | os.PathLike, *, p
     if photos < 1 or side < 1 or pixels < 1:
         raise ValueError(f"colour pool sizes must be positive, got photos={photos}, side={side}, pixels={pixels}")
     rng = np.random.default_rng(seed)
-    sides = {"source": folder_colors(source, photos, side, seed), "target": folder_colors(target, photos, side, seed + 1)}
+    sides = {"source": folder_colors(source, photos, side, seed),
+             "target": folder_colors(target, photos, side, seed + 1)}
     count = min(pixels, *(len(c) for c in sides.values()))
     pools = {name: c[np.sort(rng.choice(len(c), count, replace=False))] for name, c in sides.items()}
     log.info("colour pools: %d pixels per side from %d source / %d target pixels", count,

@@ -85,6 +85,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from wespe.errors import UserError
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -204,6 +206,10 @@ def preset(name: str) -> ml_collections.ConfigDict:
     return PRESETS[name]()
 
 
+class ConfigError(UserError):
+    """A config value the run cannot use (the message names the key)."""
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Fail early, naming the key, on values the step would only reject after compiling."""
     from wespe.losses import ADVERSARIAL_FORMS, NORMALIZATIONS
@@ -227,22 +233,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
               ("color_init", config.color_init, ("identity", "moments"))]
     for key, value, allowed in checks:
         if value not in allowed:
-            raise ValueError(f"config.{key}={value!r} is not one of {tuple(allowed)}")
+            raise ConfigError(f"config.{key}={value!r} is not one of {tuple(allowed)}")
     if config.generator.global_color != "none" and config.generator.output != "residual":
-        raise ValueError("config.generator.global_color needs config.generator.output='residual'")
+        raise ConfigError("config.generator.global_color needs config.generator.output='residual'")
     if float(config.optimizer.global_color_lr_scale) < 0:
-        raise ValueError(f"config.optimizer.global_color_lr_scale must be >= 0 (0 freezes the colour path), got "
+        raise ConfigError(f"config.optimizer.global_color_lr_scale must be >= 0 (0 freezes the colour path), got "
                          f"{config.optimizer.global_color_lr_scale}")
     if int(config.color_pool_photos) < 1:
-        raise ValueError(f"config.color_pool_photos must be >= 1, got {config.color_pool_photos}")
+        raise ConfigError(f"config.color_pool_photos must be >= 1, got {config.color_pool_photos}")
     for key, value, off in (("color_init", config.color_init, "identity"),
                             ("color_distribution_pool", config.color_distribution_pool, False)):
         if value != off and config.generator.global_color == "none":
-            raise ValueError(f"config.{key}={value!r} sets the global colour path: it needs "
+            raise ConfigError(f"config.{key}={value!r} sets the global colour path: it needs "
                              "config.generator.global_color='affine'")
     if not 0.0 <= float(config.ema_decay) < 1.0:
-        raise ValueError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
+        raise ConfigError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
     for key in ("batch_size", "patch_size", "num_steps", "log_every", "sample_every", "checkpoint_every",
                 "keep_checkpoints"):
         if int(config[key]) < 1:
-            raise ValueError(f"config.{key} must be >= 1, got {config[key]}")
+            raise ConfigError(f"config.{key} must be >= 1, got {config[key]}")

@@ -52,6 +52,7 @@ from tqdm import tqdm
 from PIL import Image
 
 # The kinds are re-exported: the data report (and its readers) name unusable files by them.
+from wespe.errors import UserError
 from wespe.image_io import (CORRUPT, IMAGE_EXTENSIONS, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED,  # noqa: F401
                             UNREADABLE, ImageReadError, list_images, pillow_error, read_image)
 from wespe.files import atomic_write
@@ -69,7 +70,7 @@ TOO_SMALL = "too small"
 RUNTIME_FAILURE = "failed at run time"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Unusable training data (missing folder, no usable image, bad batch split, ...), raised before training."""
 
 

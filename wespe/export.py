@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wespe.errors import UserError
 from wespe.models import Generator
 from wespe.files import atomic_write
 
@@ -50,7 +51,7 @@ METADATA_KEY = "__wespe_generator__"
 DEFAULT_FILENAME = "generator.npz"
 
 
-class ExportFormatError(ValueError):
+class ExportFormatError(UserError):
     """An exported generator file that is missing, unreadable, corrupt or does not fit the generator it describes."""
 
 

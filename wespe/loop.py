@@ -31,6 +31,7 @@ from wespe import config as configs
 from wespe import color_pool, data, heldout, parallel, train, visualize
 from wespe.checkpoint import Checkpointer
 from wespe.config import RESUME_SAFE_KEYS, validate
+from wespe.errors import UserError
 from wespe.export import save_generator
 from wespe.files import atomic_write
 
@@ -55,7 +56,7 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
 
 
-class ConfigChangedError(ValueError):
+class ConfigChangedError(UserError):
     """Resuming a workdir with a different config."""
 
 
@@ -242,6 +243,11 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
     validate(config)
     workdir = Path(workdir)
     is_writer = jax.process_index() == 0
+    for path in (workdir, *workdir.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UserError(f"--workdir {workdir}: {path} is a file, not a folder; give a folder for the run")
+            break
     workdir.mkdir(parents=True, exist_ok=True)
 
     layout = parallel.Layout(parallel.make_mesh(config.mesh))

@@ -25,6 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from wespe.errors import UserError
+
 log = logging.getLogger("wespe")
 
 AXES = ("data", "fsdp")
@@ -35,7 +37,7 @@ BATCH_AXES = AXES  # the batch dimension is split over both axes
 FSDP_MIN_ELEMENTS = 2**14
 
 
-class MeshError(ValueError):
+class MeshError(UserError):
     """A mesh or batch layout that does not fit the devices; the message names the config key."""
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wespe.errors import UserError
 from wespe.models import Generator
 
 # Name accepted by load_dped_generator -> file stem of the official checkpoint in DPED's models_orig/.
@@ -69,7 +70,7 @@ _TF_DTYPE_NAMES = {7: "DT_STRING", 8: "DT_COMPLEX64", 14: "DT_BFLOAT16", 18: "DT
                    21: "DT_VARIANT"}
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError):
     """A TensorFlow checkpoint that is missing, corrupt, truncated or in an unsupported form."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from wespe.errors import UserError
 from wespe.files import atomic_write
 
 # (name, in, out) of the 16 conv layers; a pool follows the last conv of each of the first four blocks.
@@ -63,7 +64,7 @@ WEIGHTS_HELP = (
     "--config.vgg_weights=random uses fixed random weights instead: fine for demos and tests, a weaker loss.")
 
 
-class VGGWeightsError(ValueError):
+class VGGWeightsError(UserError):
     """A VGG-19 weights file is missing, unreadable or has the wrong layers."""
 
 
