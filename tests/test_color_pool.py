@@ -30,6 +30,22 @@ def test_photo_colors_box_average_the_whole_photo(tmp_path):
     np.testing.assert_allclose(small, photo.reshape(-1, 3) / 255, atol=1e-6)
 
 
+def test_large_jpegs_are_read_at_reduced_scale_with_the_same_colours(tmp_path):
+    """A 1600x1200 JPEG is decoded at 1/8 scale (Pillow's draft): its pool colours keep the full decode's
+    per-channel mean and std (what moment_transfer uses)."""
+    rng = np.random.default_rng(4)
+    photo = np.asarray(Image.fromarray(rng.integers(0, 256, (30, 40, 3), np.uint8)).resize((1600, 1200)))
+    Image.fromarray(photo).save(tmp_path / "big.jpg", quality=95)
+    with Image.open(tmp_path / "big.jpg") as full:
+        reference = np.asarray(full.convert("RGB").resize((64, 48), Image.Resampling.BOX)).reshape(-1, 3) / 255
+    colors = color_pool.photo_colors(tmp_path / "big.jpg", side=64)
+    assert colors.shape == reference.shape
+    np.testing.assert_allclose(colors.mean(0), reference.mean(0), atol=2e-3)
+    np.testing.assert_allclose(colors.std(0), reference.std(0), atol=2e-3)
+    _, info = color_pool.read_image(tmp_path / "big.jpg", draft_side=64)
+    assert info.size == (200, 150)  # decoded at 1/8: the draft was used
+
+
 def test_build_color_pools_is_seeded_equal_sized_and_skips_bad_files(tmp_path, caplog):
     rng = np.random.default_rng(1)
     for i in range(3):

@@ -61,7 +61,9 @@ def test_budget_per_platform(monkeypatch):
 
 
 def test_this_machine_reports_something():
+    """On Linux (CI, this project's machines) the real files are read: a positive figure, at most the RAM."""
+    from pathlib import Path
+    if not Path("/proc/meminfo").exists():
+        pytest.skip("no /proc/meminfo: not Linux")
     available = device_memory.host_available()
-    assert available is None or available > 0
-    if available is None:
-        pytest.skip("this machine reports no memory figures")
+    assert available is not None and 0 < available <= device_memory.physical_memory()

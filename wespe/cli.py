@@ -50,11 +50,10 @@ def define_config_flag(default: str, help_text: str, flag: str = "config"):
     the key and the closest valid keys, exit status 2 (as absl's own flag errors)."""
     try:
         return config_flags.DEFINE_config_file(flag, default, help_text, lock_config=True)
-    except (AttributeError, KeyError) as e:
+    except (AttributeError, KeyError):
         keys = config_keys()
         unknown = [k for k in config_overrides(sys.argv, flag) if k not in keys]
         if not unknown:
             raise
         print(f"error: {unknown_key_message(unknown[0], keys, flag)}", file=sys.stderr)
         sys.exit(2)
-        raise AssertionError from e  # unreachable

@@ -247,7 +247,7 @@ def _budget_bytes(memory_budget_mb: float | None, device: jax.Device) -> float:
             raise ValueError(f"${MEMORY_BUDGET_ENV}={os.environ[MEMORY_BUDGET_ENV]!r} is not a number of MiB") from None
     if memory_budget_mb is None:
         machine = device_memory.budget_bytes(device)
-        if machine:
+        if machine:  # None: the machine says nothing; 0 (a full cgroup) is no budget to run in either
             return float(machine)
         memory_budget_mb = DEFAULT_MEMORY_BUDGET_MB
     if not memory_budget_mb > 0:
@@ -255,9 +255,11 @@ def _budget_bytes(memory_budget_mb: float | None, device: jax.Device) -> float:
     return memory_budget_mb * 2 ** 20
 
 
-def _compile_whole_image(graphdef, state, shape: tuple[int, ...], dtype: str, device: jax.Device):
-    """The whole-image program for ``shape`` (N, H, W, C), compiled for ``device``, and the bytes it needs
-    beyond the parameters (XLA's memory analysis: temporaries + output + input), or None without an analysis."""
+def _compile_whole_image(generator: nnx.Module, graphdef, state, shape: tuple[int, ...], dtype: str,
+                         device: jax.Device):
+    """The whole-image program for ``shape`` (N, H, W, C), compiled for ``device``, and the bytes it needs beyond
+    the parameters: XLA's memory analysis (temporaries + output + input), or a generous per-pixel estimate
+    where the backend gives none."""
     x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=jax.sharding.SingleDeviceSharding(device))
     compiled = _whole_image.lower(graphdef, state, x, dtype).compile()
     try:
@@ -265,21 +267,18 @@ def _compile_whole_image(graphdef, state, shape: tuple[int, ...], dtype: str, de
     except Exception:  # noqa: BLE001 - backends without an analysis raise their own error types
         m = None
     if m is None:
-        return compiled, None
+        return compiled, math.prod(shape[:3]) * _estimated_bytes_per_pixel(generator)
     return compiled, int(m.temp_size_in_bytes + m.output_size_in_bytes + math.prod(shape) * 4)
 
 
 def whole_image_bytes(generator: nnx.Module, shape: tuple[int, ...], dtype: str = "float32",
                       device: jax.Device | None = None) -> int:
     """Bytes one whole-image pass over images of ``shape`` (N, H, W, C) needs on ``device`` beyond the
-    generator's parameters, from XLA's memory analysis of the compiled program (a generous per-pixel estimate
-    where the backend gives none). :func:`enhance` compares this with its memory budget."""
+    generator's parameters (see :func:`_compile_whole_image`). :func:`enhance` compares this with its budget."""
     device = device or jax.devices()[0]
-    graphdef, state = nnx.split(inference_view(generator))
-    _, needed = _compile_whole_image(graphdef, jax.device_put(state, device), tuple(shape), dtype, device)
-    if needed is None:
-        needed = math.prod(shape[:3]) * _estimated_bytes_per_pixel(generator)
-    return needed
+    generator = inference_view(generator)
+    graphdef, state = nnx.split(generator)
+    return _compile_whole_image(generator, graphdef, jax.device_put(state, device), tuple(shape), dtype, device)[1]
 
 
 def choose_tile(height: int, width: int, halo: int, budget_bytes: float, bytes_per_pixel: int) -> tuple[int, int]:
@@ -451,11 +450,11 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
     if tile is None:
         graphdef, state = nnx.split(generator)
         state = jax.device_put(state, devices[0])
-        compiled, one_image = _compile_whole_image(graphdef, state, (1, h, w, c), dtype, devices[0])
-        bpp = one_image / (h * w) if one_image is not None else _estimated_bytes_per_pixel(generator)
-        if h * w * bpp <= budget:
+        compiled, one_image = _compile_whole_image(generator, graphdef, state, (1, h, w, c), dtype, devices[0])
+        bpp = one_image / (h * w)
+        if one_image <= budget:
             # Whole images, as many per call as fit: the plain generator call, no tiling needed.
-            chunk = max(1, int(budget // (h * w * bpp)))
+            chunk = max(1, int(budget // one_image))
             outputs = []
             for i in range(0, n, chunk):
                 batch = jax.device_put(images[i:i + chunk], devices[0])

@@ -121,8 +121,12 @@ class ImageInfo:
 
 # ------------------------------------------------------------------------------------------------- reading
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
-    """Read a photo as an upright ``uint8`` array of shape (H, W, 3) plus the metadata to write it back."""
+def read_image(path: str | os.PathLike, *, draft_side: int | None = None) -> tuple[np.ndarray, ImageInfo]:
+    """Read a photo as an upright ``uint8`` array of shape (H, W, 3) plus the metadata to write it back.
+
+    ``draft_side``: the caller only needs the photo at about this many pixels a side, so a JPEG may be decoded
+    at 1/2, 1/4 or 1/8 scale (Pillow's draft mode, still at least ``draft_side`` on each side; ~8x faster for a
+    12 MP photo): the array and ``info.size`` are then the reduced ones. Other formats decode in full."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file", UNREADABLE)
@@ -137,6 +141,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
                 file_orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
             except Exception:
                 file_orientation = None
+            if draft_side and im.format in ("JPEG", "MPO"):
+                im.draft(im.mode, (draft_side, draft_side))
             im.load()
             return _decode(path, im, file_orientation)
     except ImageReadError:

@@ -288,14 +288,15 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
     if is_writer:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
 
+    step_pools = train.uses_color_pools(config)
     color_pools = None
-    if train.uses_color_pools(config) or (start == 0 and config.color_init != "identity"):
+    if step_pools or (start == 0 and config.color_init != "identity"):
         color_pools = color_pool.build_color_pools(source, target, photos=config.color_pool_photos,
                                                    seed=config.seed)
         if start == 0:  # a resumed run has the colour path it trained
             state = train.init_global_color(state, config, color_pools)
     step_fn = train.make_train_step(config, graphdefs, vgg_weights, preprocessing, layout,
-                                    color_pools if train.uses_color_pools(config) else None)
+                                    color_pools if step_pools else None)
     sample_crops = data.fixed_eval_crops(sample_folder, config.num_sample_crops, config.patch_size, seed=config.seed)
     target_mean = data.fixed_eval_crops(target, 16, config.patch_size, seed=config.seed + 1).reshape(-1, 3).mean(0)
     # Quality in the loop: larger fixed crops of the held-out photos (and of their references, if given).

@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from wespe import losses, ops, parallel, vgg
+from wespe.color_pool import moment_transfer
 from wespe.config import validate
 from wespe.models import Discriminator, Generator
 
@@ -78,7 +79,6 @@ def init_global_color(state: TrainState, config: ml_collections.ConfigDict, pool
     moment transfer from ``pools["source"]`` to ``pools["target"]`` and F's (wespe mode) to the reverse one."""
     if config.color_init == "identity":
         return state
-    from wespe.color_pool import moment_transfer
     state = with_global_color(state, "generator", *moment_transfer(pools["source"], pools["target"]))
     if "inverse_generator" in state.params:
         state = with_global_color(state, "inverse_generator", *moment_transfer(pools["target"], pools["source"]))
