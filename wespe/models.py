@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wespe import ops
+from wespe.conv import conv2d
 
 NORMS = ("instance", "batch", "none")
 INITS = ("dped", "he")
@@ -49,9 +50,7 @@ class Conv(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(x.dtype)
-        y = jax.lax.conv_general_dilated(
-            x, kernel, window_strides=(self.stride, self.stride), padding="SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = conv2d(x, kernel, self.stride)
         bias = self.bias[...].astype(x.dtype)
         if self.freeze_bias:
             bias = jax.lax.stop_gradient(bias)

@@ -25,7 +25,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from wespe import losses, ops, parallel, vgg
+from wespe import conv, losses, ops, parallel, vgg
 from wespe.color_pool import moment_transfer
 from wespe.config import validate
 from wespe.models import Discriminator, Generator
@@ -319,7 +319,15 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
                          "weights.color_distribution > 0): build them with wespe.color_pool.build_color_pools")
     if color_pools is not None:
         color_pools = {k: jnp.asarray(v, jnp.float32) for k, v in color_pools.items()}
-    step = functools.partial(_train_step, config=config, graphdefs=graphdefs, preprocessing=preprocessing)
+    # The banded kernel gradient (wespe.conv) would all-reduce once per band in a program partitioned over
+    # several devices: those use XLA's own.
+    kernel_gradient = "xla" if layout is not None and layout.mesh.size > 1 else "banded"
+
+    def step(state, vgg_weights, batch, rng, color_pools):
+        with conv.kernel_gradient(kernel_gradient):  # acts while the step is traced
+            return _train_step(state, vgg_weights, batch, rng, color_pools, config=config, graphdefs=graphdefs,
+                               preprocessing=preprocessing)
+
     if layout is None:
         jitted = jax.jit(step, donate_argnums=0)
     else:

@@ -1,0 +1,92 @@
+"""wespe.conv: the convolution whose kernel gradient is computed in bands of rows on CPU."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wespe import conv
+
+
+def _numpy_kernel_grad(x: np.ndarray, g: np.ndarray, ks: int, stride: int) -> np.ndarray:
+    """float64 reference: dk[i, j, c, d] = sum_{n,h,w} xpad[n, h*s + i, w*s + j, c] g[n, h, w, d], with TF's SAME
+    padding (total = max((out - 1) * s + k - size, 0), the smaller half on top / left)."""
+    x, g = x.astype(np.float64), g.astype(np.float64)
+    n, h, w, c = x.shape
+    out_h, out_w = math.ceil(h / stride), math.ceil(w / stride)
+    pad_h = max((out_h - 1) * stride + ks - h, 0)
+    pad_w = max((out_w - 1) * stride + ks - w, 0)
+    xp = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    dk = np.zeros((ks, ks, c, g.shape[-1]))
+    for i in range(ks):
+        for j in range(ks):
+            window = xp[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride]
+            dk[i, j] = np.einsum("nhwc,nhwd->cd", window, g)
+    return dk
+
+
+# (kernel size, stride, in, out, height, width): the generator's and discriminator's layer kinds at odd sizes.
+SHAPES = [(3, 1, 4, 5, 13, 11), (9, 1, 3, 6, 10, 12), (11, 4, 1, 4, 23, 19), (5, 2, 3, 4, 9, 8),
+          (3, 2, 2, 3, 7, 7)]
+
+
+@pytest.mark.parametrize("ks,stride,cin,cout,h,w", SHAPES)
+@pytest.mark.parametrize("band_bytes", [1, conv.BAND_BYTES])  # one row a band (ragged last band), one band
+def test_banded_kernel_grad_matches_float64_numpy(ks, stride, cin, cout, h, w, band_bytes):
+    rng = np.random.default_rng(ks * 100 + stride)
+    x = rng.standard_normal((2, h, w, cin)).astype(np.float32)
+    g = rng.standard_normal((2, math.ceil(h / stride), math.ceil(w / stride), cout)).astype(np.float32)
+    got = conv.banded_kernel_grad(jnp.asarray(x), jnp.asarray(g), (ks, ks, cin, cout), stride, band_bytes)
+    np.testing.assert_allclose(np.asarray(got), _numpy_kernel_grad(x, g, ks, stride), rtol=1e-4, atol=1e-4)
+    # XLA's own kernel gradient (what GPUs and TPUs use) agrees with the same reference.
+    xla = conv.xla_kernel_grad(jnp.asarray(x), jnp.asarray(g), (ks, ks, cin, cout), stride)
+    np.testing.assert_allclose(np.asarray(xla), _numpy_kernel_grad(x, g, ks, stride), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("ks,stride,cin,cout,h,w", SHAPES + [(9, 1, 64, 3, 8, 8)])  # last: XLA's own path
+def test_conv2d_values_and_gradients_equal_xla_convolution(ks, stride, cin, cout, h, w):
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((3, h, w, cin)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((ks, ks, cin, cout)) * 0.1, jnp.float32)
+    cotangent = jnp.asarray(rng.standard_normal((3, math.ceil(h / stride), math.ceil(w / stride), cout)),
+                            jnp.float32)
+
+    def xla(x, k):
+        return jax.lax.conv_general_dilated(x, k, (stride, stride), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    ours, ours_vjp = jax.vjp(lambda x, k: conv.conv2d(x, k, stride), x, k)
+    ref, ref_vjp = jax.vjp(xla, x, k)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))  # the forward pass is XLA's own
+    for got, want in zip(jax.jit(ours_vjp)(cotangent), ref_vjp(cotangent)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
+
+
+def test_cpu_uses_the_banded_kernel_gradient():
+    """On CPU the kernel gradient is the band loop (a while loop in the compiled program), not XLA's
+    whole-image convolution; a layer with few output channels keeps XLA's (no loop)."""
+    x = jnp.zeros((2, 16, 16, 8))
+
+    def grad_hlo(cout, ks):
+        k = jnp.zeros((ks, ks, 8, cout))
+        return jax.jit(jax.grad(lambda k: conv.conv2d(x, k).sum())).lower(k).compile().as_text()
+
+    assert "while" in grad_hlo(8, 3)
+    assert "while" not in grad_hlo(1, 9)  # 9*9*8 columns for 1 output channel: XLA's own
+    with conv.kernel_gradient("xla"):
+        assert "while" not in grad_hlo(8, 3)
+    with pytest.raises(ValueError, match="unknown kernel gradient"):
+        with conv.kernel_gradient("fast"):
+            pass
+
+
+def test_bfloat16_gradient_keeps_the_kernel_dtype():
+    x = jnp.ones((1, 6, 6, 2), jnp.bfloat16)
+    k = jnp.full((3, 3, 2, 4), 0.5, jnp.bfloat16)
+    dk = jax.jit(jax.grad(lambda k: conv.conv2d(x, k).astype(jnp.float32).sum()))(k)
+    assert dk.dtype == jnp.bfloat16
+    # the same sums as float32 (bfloat16 rounding only)
+    dk32 = jax.grad(lambda k: conv.conv2d(x.astype(jnp.float32), k).sum())(k.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(dk, np.float32), np.asarray(dk32), rtol=1e-2)
