@@ -8,6 +8,9 @@
 --mode=max_batch: the largest global batch whose step fits device memory (XLA's memory analysis, compile only),
     then --mode=train_step at that batch (on CPU give --memory_limit_gb):
     python launch/benchmark.py --mode=max_batch --config.compute_dtype=bfloat16
+--mode=torch_ratio: the step next to the PyTorch reference (../shared/reference/, its own venv), per batch size,
+    one after the other in one run, as a ratio (wespe seconds / PyTorch seconds):
+    python launch/benchmark.py --mode=torch_ratio --batch_sizes=8,30 --torch_python=torchref/bin/python
 --mode=enhance: megapixels/s of whole-image and exact tiled inference vs image size, f32 and bf16.
     python launch/benchmark.py --mode=enhance --megapixels=1,4,12,48 --dtypes=float32,bfloat16 --tile=512
 
@@ -19,12 +22,14 @@ import json
 from pathlib import Path
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from wespe import benchmarking, cli, parallel
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
 _CONFIG = cli.define_config_flag(_DEFAULT_CONFIG, "Training config file.")
-flags.DEFINE_enum("mode", "train_step", ["train_step", "scaling", "max_batch", "enhance"], "What to time.")
+flags.DEFINE_enum("mode", "train_step", ["train_step", "scaling", "max_batch", "enhance", "torch_ratio"],
+                  "What to time.")
 flags.DEFINE_list("devices", ["1", "2", "4", "8"], "scaling: device counts (the first N devices).")
 flags.DEFINE_integer("per_device_batch", 4, "scaling: batch per device (the global batch grows with N).")
 flags.DEFINE_bool("fsdp", False, "scaling: put the devices on the fsdp axis (state sharded) instead of data.")
@@ -36,9 +41,14 @@ flags.DEFINE_list("megapixels", ["0.25", "1"], "enhance: image sizes (4:3) in me
 flags.DEFINE_list("dtypes", ["float32"], "enhance: compute dtypes (float32, bfloat16).")
 flags.DEFINE_integer("tile", 256, "enhance: tile core size of the tiled path.")
 flags.DEFINE_float("memory_budget_mb", None, "enhance: per-device budget (default: wespe.enhance's).")
+flags.DEFINE_list("batch_sizes", ["8", "30"], "torch_ratio: global batch sizes.")
+flags.DEFINE_string("torch_python", None, "torch_ratio: the Python of a venv with the CPU torch wheel.")
+flags.DEFINE_string("torch_script", str(Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
+                                        / "torch_wespe_step.py"), "torch_ratio: the PyTorch reference step.")
 flags.DEFINE_integer("repeats", 5, "Timed steps (the median is reported).")
 flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.")
-flags.DEFINE_string("vgg_weights", "random", "VGG-19 weights file, or 'random'.")
+flags.DEFINE_string("vgg_weights", "random", "VGG-19 weights file, or 'random' (used when given, or when the "
+                    "config sets none: --config.vgg_weights wins otherwise).")
 flags.DEFINE_float("peak_tflops", None, "Per-device peak TFLOP/s for MFU (default: known table by device kind).")
 flags.DEFINE_string("out", None, "Write the result JSON here as well as printing it.")
 FLAGS = flags.FLAGS
@@ -55,9 +65,16 @@ def main(argv):
             repeats=FLAGS.repeats, memory_budget_mb=FLAGS.memory_budget_mb)})
         return
     config = _CONFIG.value
-    config.vgg_weights = FLAGS.vgg_weights
+    if FLAGS["vgg_weights"].present or config.vgg_weights is None:  # --config.vgg_weights=... is kept
+        config.vgg_weights = FLAGS.vgg_weights
     kwargs = dict(repeats=FLAGS.repeats, warmup=FLAGS.warmup,
                   peak_flops=FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None)
+    if FLAGS.mode == "torch_ratio":
+        rows = benchmarking.benchmark_torch_ratio(config, [int(b) for b in FLAGS.batch_sizes],
+                                                  torch_python=FLAGS.torch_python, torch_script=FLAGS.torch_script,
+                                                  **kwargs)
+        _emit({"mode": "torch_ratio", "rows": rows})
+        return
     if FLAGS.mode == "scaling":
         rows = benchmarking.benchmark_scaling(config, [int(n) for n in FLAGS.devices], FLAGS.per_device_batch,
                                               fsdp=FLAGS.fsdp, **kwargs)
@@ -73,7 +90,7 @@ def main(argv):
                "benchmark": benchmarking.benchmark_train_step(config, layout=layout, **kwargs)})
         return
     result = benchmarking.benchmark_train_step(config, **kwargs)
-    result["config"] = FLAGS.config if isinstance(FLAGS.config, str) else None
+    result["config"] = config_flags.get_config_filename(FLAGS["config"])
     _emit(result)
 
 

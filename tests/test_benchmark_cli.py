@@ -97,3 +97,42 @@ def test_largest_batch_search(monkeypatch, unit, budget, expected):
     assert expected == 64 or expected + unit in tried  # the next batch was tried and did not fit
     with pytest.raises(ValueError, match="reports no memory limit"):
         benchmarking.largest_batch(config, FakeLayout())
+
+
+FAKE_TORCH_STEP = '''
+import sys
+args = sys.argv[1:]
+assert "--tune-malloc" in args and "--layouts" in args, args
+batch = int(args[args.index("--batches") + 1])
+print("torch 0.0 (stand-in), threads 2")
+print(f"batch {batch:3d} channels_last:   {0.5 * batch:.3f} s/step     2.00 img/s  (min 1, max 2)")
+'''
+
+
+def test_torch_ratio_mode_runs_both_steps_and_divides(tmp_path):
+    """The side-by-side plumbing, with a stand-in for the PyTorch reference (torch is never a dependency): the
+    reference is run per batch size with the same settings, its line parsed, and wespe's median divided by it.
+    Also: the config file is named in the result and --config.vgg_weights is not overridden."""
+    fake = tmp_path / "torch_step.py"
+    fake.write_text(FAKE_TORCH_STEP)
+    out = tmp_path / "ratio.json"
+    proc = _run("--mode=torch_ratio", "--batch_sizes=2,4", f"--torch_python={sys.executable}",
+                f"--torch_script={fake}", f"--out={out}", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["batch_size"] for r in rows] == [2, 4] and [r["torch_step_s"] for r in rows] == [1.0, 2.0]
+    for r in rows:
+        assert r["ratio"] == round(r["wespe_step_s"] / r["torch_step_s"], 3) and r["wespe"]["finite"]
+
+    proc = _run("--mode=torch_ratio", f"--torch_python={tmp_path / 'missing'}", *TINY)
+    assert proc.returncode != 0 and "--torch_python=" in proc.stderr and "no such file" in proc.stderr
+
+    proc = _run("--config.batch_size=2", "--config.vgg_weights=no_such_weights.mat", *TINY)
+    assert proc.returncode != 0 and "no_such_weights.mat" in proc.stderr  # the config's key was used
+
+
+def test_train_step_result_names_its_config_file():
+    proc = _run("--config=experiments/dped_paired.py", "--config.batch_size=2", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result["config"].endswith("experiments/dped_paired.py")

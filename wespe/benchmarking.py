@@ -9,8 +9,10 @@ the allocator is returning memory to the OS every op (see the README's performan
 from __future__ import annotations
 
 import os
+import re
 import resource
 import statistics
+import subprocess
 import time
 
 import jax
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wespe import parallel, train
+from wespe import conv, parallel, train
 
 # Dense peak FLOP/s per device by jax device_kind and compute dtype (vendor figures, no sparsity).
 KNOWN_PEAKS = {
@@ -47,6 +49,15 @@ def _peak_memory_bytes(devices=None) -> int | None:
     return max(peaks) if peaks else None
 
 
+def _step_flops(step, state, batch, key) -> float | None:
+    """The model FLOPs of a single-device step, counted on the program with XLA's own convolution kernel
+    gradients: XLA's cost analysis counts a loop body once, so the banded kernel gradients (wespe.conv) would
+    be under-counted (same arithmetic, fewer FLOPs reported). From the lowered program: no second compile."""
+    with conv.kernel_gradient("xla"):
+        lowered = jax.jit(step.unjitted).lower(state, step.vgg_weights, batch, key, step.color_pools)
+    return _flops(lowered)
+
+
 def benchmark_train_step(config: ml_collections.ConfigDict, *, layout: parallel.Layout | None = None,
                          repeats: int = 5, warmup: int = 1, peak_flops: float | None = None) -> dict:
     """Compile and time the training step of ``config`` on random data; returns a JSON-able dict.
@@ -68,7 +79,7 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, layout: parallel.
     t0 = time.perf_counter()
     compiled = step.jitted.lower(state, step.vgg_weights, batch, key, step.color_pools).compile()
     compile_s = time.perf_counter() - t0
-    flops_per_device = _flops(compiled)
+    flops_per_device = _flops(compiled) if layout.mesh.size > 1 else _step_flops(step, state, batch, key)
     num_devices = layout.mesh.size
     flops = flops_per_device * num_devices if flops_per_device else None
 
@@ -247,4 +258,50 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
                              "seconds_median": round(median, 3), "megapixels_per_s": round(h * w / 1e6 / median, 4),
                              "peak_device_memory_bytes": _peak_memory_bytes(),
                              "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+    return rows
+
+
+# The reference script's result line: "batch  30 channels_last:   25.029 s/step ..."
+_TORCH_STEP_LINE = re.compile(r"^batch\s+(\d+)\s+(\S+):\s+([0-9.]+) s/step", re.MULTILINE)
+
+
+def torch_reference_step(python: str, script: str, batch_size: int, *, repeats: int = 5, warmup: int = 1,
+                         timeout_s: float = 3600) -> dict:
+    """Median step time of the PyTorch WESPE step (``../shared/reference/torch_wespe_step.py``: the same
+    networks and losses) at ``batch_size``, run by ``python`` (its own venv with the CPU torch wheel) in a
+    subprocess, channels_last, as many threads as this process may use, glibc malloc tuned as ours."""
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    command = [python, script, "--tune-malloc", "--no-flops", "--no-gfwd", "--batches", str(batch_size),
+               "--layouts", "channels_last", "--warmup", str(warmup), "--iters", str(repeats),
+               "--threads", str(threads)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"PyTorch reference {' '.join(command)}: {e}") from e
+    match = _TORCH_STEP_LINE.search(done.stdout)
+    if done.returncode != 0 or not match:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
+        raise RuntimeError(f"PyTorch reference {' '.join(command)} exited {done.returncode} without a step "
+                           f"time:\n{tail}")
+    header = done.stdout.strip().splitlines()[0] if done.stdout.strip() else ""
+    return {"step_s_median": float(match.group(3)), "torch": header, "threads": threads}
+
+
+def benchmark_torch_ratio(config: ml_collections.ConfigDict, batch_sizes: list[int], *, torch_python: str,
+                          torch_script: str, repeats: int = 5, warmup: int = 1, **kwargs) -> list[dict]:
+    """wespe's training step next to the PyTorch reference's, one batch size after the other in one run (same
+    machine, same moment), with ``ratio`` = wespe seconds / PyTorch seconds (below 1: wespe is faster)."""
+    for path, flag in ((torch_python, "--torch_python"), (torch_script, "--torch_script")):
+        if not path or not os.path.isfile(path):
+            raise ValueError(f"{flag}={path!r}: no such file (see ../shared/reference/README.md for the venv)")
+    rows = []
+    for batch_size in batch_sizes:
+        c = config.copy_and_resolve_references()
+        c.batch_size = batch_size
+        ours = benchmark_train_step(c, repeats=repeats, warmup=warmup, **kwargs)
+        theirs = torch_reference_step(torch_python, torch_script, batch_size, repeats=repeats, warmup=warmup)
+        rows.append({"batch_size": batch_size, "wespe_step_s": ours["step_s_median"],
+                     "torch_step_s": theirs["step_s_median"],
+                     "ratio": round(ours["step_s_median"] / theirs["step_s_median"], 3),
+                     "wespe": ours, "torch": theirs})
     return rows

@@ -15,6 +15,7 @@ alternates on two different batches; with a fresh batch every step the two are s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable
 
@@ -319,12 +320,12 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
                          "weights.color_distribution > 0): build them with wespe.color_pool.build_color_pools")
     if color_pools is not None:
         color_pools = {k: jnp.asarray(v, jnp.float32) for k, v in color_pools.items()}
-    # The banded kernel gradient (wespe.conv) would all-reduce once per band in a program partitioned over
-    # several devices: those use XLA's own.
-    kernel_gradient = "xla" if layout is not None and layout.mesh.size > 1 else "banded"
+    unbanded = layout is not None and layout.mesh.size > 1
 
     def step(state, vgg_weights, batch, rng, color_pools):
-        with conv.kernel_gradient(kernel_gradient):  # acts while the step is traced
+        # The banded kernel gradient (wespe.conv) would all-reduce once per band in a program partitioned over
+        # several devices: those use XLA's own. Acts while the step is traced.
+        with conv.kernel_gradient("xla") if unbanded else contextlib.nullcontext():
             return _train_step(state, vgg_weights, batch, rng, color_pools, config=config, graphdefs=graphdefs,
                                preprocessing=preprocessing)
 
@@ -345,6 +346,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
         return jitted(state, vgg_weights, batch, rng, color_pools)
 
     train_step.jitted = jitted  # for cost analysis / lowering in benchmarks
+    train_step.unjitted = step  # to lower variants (e.g. under conv.kernel_gradient("xla") for FLOP counts)
     train_step.vgg_weights = vgg_weights  # as placed for the step
     train_step.color_pools = color_pools
     return train_step
