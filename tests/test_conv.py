@@ -90,3 +90,26 @@ def test_bfloat16_gradient_keeps_the_kernel_dtype():
     # the same sums as float32 (bfloat16 rounding only)
     dk32 = jax.grad(lambda k: conv.conv2d(x.astype(jnp.float32), k).sum())(k.astype(jnp.float32))
     np.testing.assert_allclose(np.asarray(dk, np.float32), np.asarray(dk32), rtol=1e-2)
+
+
+def test_benchmark_counts_the_flops_of_xla_kernel_gradients():
+    """XLA's cost analysis counts a loop body once, so the step with banded kernel gradients reports fewer
+    FLOPs; the benchmark counts the same arithmetic on the XLA-gradient program (even after the banded step
+    was traced: jit's trace cache must not hand back that trace)."""
+    from wespe import benchmarking, config as configs, parallel, train
+
+    c = configs.preset("wespe_paper")
+    c.vgg_weights, c.batch_size, c.patch_size, c.content_layer = "random", 2, 32, "relu1_2"
+    c.generator.width, c.generator.num_blocks, c.discriminator.head = 8, 1, "global_pool"
+    layout = parallel.Layout(parallel.make_mesh(c.mesh))
+    state, graphdefs = train.create_train_state(c, layout)
+    weights, pre = train.load_content_network(c)
+    step = train.make_train_step(c, graphdefs, weights, pre, layout, None)
+    batch = layout.global_batch({k: np.zeros((2, 32, 32, 3), np.float32) for k in ("source", "target")})
+    args = (state, step.vgg_weights, batch, jax.random.key(0), None)
+    banded = benchmarking._flops(step.jitted.lower(*args))
+    counted = benchmarking._step_flops(step, state, batch, jax.random.key(0))
+    with conv.kernel_gradient("xla"):
+        xla = benchmarking._flops(jax.jit(lambda *a: train._train_step(
+            *a, config=c, graphdefs=graphdefs, preprocessing=pre)).lower(*args))
+    assert counted == xla != banded  # with the cached banded trace, counted would equal banded
