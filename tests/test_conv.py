@@ -46,7 +46,8 @@ def test_banded_kernel_grad_matches_float64_numpy(ks, stride, cin, cout, h, w, b
 
 
 @pytest.mark.parametrize("ks,stride,cin,cout,h,w", SHAPES + [(9, 1, 64, 3, 8, 8)])  # last: XLA's own path
-def test_conv2d_values_and_gradients_equal_xla_convolution(ks, stride, cin, cout, h, w):
+def test_conv2d_values_and_gradients_equal_xla_convolution(ks, stride, cin, cout, h, w, monkeypatch):
+    monkeypatch.setattr(conv, "MIN_BANDED_MACS", 0)  # the banded path even for these small layers
     rng = np.random.default_rng(7)
     x = jnp.asarray(rng.standard_normal((3, h, w, cin)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((ks, ks, cin, cout)) * 0.1, jnp.float32)
@@ -64,10 +65,11 @@ def test_conv2d_values_and_gradients_equal_xla_convolution(ks, stride, cin, cout
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
 
 
-def test_cpu_uses_the_banded_kernel_gradient():
+def test_cpu_uses_the_banded_kernel_gradient(monkeypatch):
     """On CPU the kernel gradient is the band loop (a while loop in the compiled program), not XLA's
     whole-image convolution; a layer with few output channels keeps XLA's (no loop)."""
     x = jnp.zeros((2, 16, 16, 8))
+    monkeypatch.setattr(conv, "MIN_BANDED_MACS", 0)
 
     def grad_hlo(cout, ks):
         k = jnp.zeros((ks, ks, 8, cout))
@@ -77,6 +79,8 @@ def test_cpu_uses_the_banded_kernel_gradient():
     assert "while" not in grad_hlo(1, 9)  # 9*9*8 columns for 1 output channel: XLA's own
     with conv.kernel_gradient("xla"):
         assert "while" not in grad_hlo(8, 3)
+    monkeypatch.setattr(conv, "MIN_BANDED_MACS", 2 * 16 * 16 * 9 * 8 * 8 + 1)  # a small layer: XLA's
+    assert "while" not in grad_hlo(8, 3)
     with pytest.raises(ValueError, match="unknown kernel gradient"):
         with conv.kernel_gradient("fast"):
             pass
@@ -92,11 +96,13 @@ def test_bfloat16_gradient_keeps_the_kernel_dtype():
     np.testing.assert_allclose(np.asarray(dk, np.float32), np.asarray(dk32), rtol=1e-2)
 
 
-def test_benchmark_counts_the_flops_of_xla_kernel_gradients():
+def test_benchmark_counts_the_flops_of_xla_kernel_gradients(monkeypatch):
     """XLA's cost analysis counts a loop body once, so the step with banded kernel gradients reports fewer
     FLOPs; the benchmark counts the same arithmetic on the XLA-gradient program (even after the banded step
     was traced: jit's trace cache must not hand back that trace)."""
     from wespe import benchmarking, config as configs, parallel, train
+
+    monkeypatch.setattr(conv, "MIN_BANDED_MACS", 0)  # the banded path even for this tiny network
 
     c = configs.preset("wespe_paper")
     c.vgg_weights, c.batch_size, c.patch_size, c.content_layer = "random", 2, 32, "relu1_2"

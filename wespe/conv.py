@@ -34,6 +34,9 @@ BAND_BYTES = 2 * 2**20
 # gradient is faster: a tall patch matrix against a few output channels is bound by memory, not arithmetic
 # (measured for the generators' 9x9 64->3 output layer).
 MAX_COLUMNS_PER_OUTPUT = 256
+# Below this many multiply-adds a kernel gradient is cheap whatever its form, and XLA's compiles faster than the
+# band loop (small test networks compile many steps).
+MIN_BANDED_MACS = 2**27
 KERNEL_GRADIENTS = ("banded", "xla")
 _KERNEL_GRADIENT = contextvars.ContextVar("wespe_conv_kernel_gradient", default="banded")
 
@@ -76,7 +79,9 @@ def _conv2d_bwd(stride, residuals, g):
     _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel, stride), x)
     (dx,) = input_vjp(g)
     kh, kw, cin, cout = kernel.shape
-    if _KERNEL_GRADIENT.get() == "xla" or kh * kw * cin > MAX_COLUMNS_PER_OUTPUT * cout:
+    macs = math.prod(g.shape) * kh * kw * cin
+    if (_KERNEL_GRADIENT.get() == "xla" or kh * kw * cin > MAX_COLUMNS_PER_OUTPUT * cout
+            or macs < MIN_BANDED_MACS):
         dk = xla_kernel_grad(x, g, kernel.shape, stride)
     else:
         dk = jax.lax.platform_dependent(  # both branches must give the same dtype
