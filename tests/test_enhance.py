@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from wespe import staged_tiling
 from wespe.enhance import choose_tile, enhance, instance_norm_indices, receptive_halo, tile_forward
-from wespe.models import Generator
+from wespe.enhance import inference_view
+from wespe.models import Generator, InstanceNorm
 
 # The module itself (``wespe.enhance`` the package attribute may be the re-exported function).
 enhance_lib = importlib.import_module("wespe.enhance")
@@ -80,12 +82,14 @@ def _cases():
     return cases
 
 
-def test_tiled_equals_whole(small):
+@pytest.mark.parametrize("tiling", ["staged", "streamed"])
+def test_tiled_equals_whole(small, tiling):
+    """Both exact methods; tile side 1 makes the staged tiler's in-place stages wait the most tile rows."""
     worst = 0.0
     for i, (h, w, tile) in enumerate(_cases()):
         x = image(h, w, seed=i)
         ref = enhance(small, x)  # fits the default budget: the plain whole-image pass
-        out = enhance(small, x, tile=tile)
+        out = enhance(small, x, tile=tile, tiling=tiling)
         assert out.shape == x.shape and out.dtype == np.float32
         err = float(np.max(np.abs(out - ref)))
         worst = max(worst, err)
@@ -95,15 +99,23 @@ def test_tiled_equals_whole(small):
 
 @pytest.fixture
 def tiled(monkeypatch):
-    """The tile cores of every tiled run enhance makes in the test (an empty list: whole-image passes only)."""
-    cores = []
+    """The tile cores of every tiled run enhance makes in the test (an empty list: whole-image passes only);
+    ``cores.methods`` says which tiler ran each."""
+    class Cores(list):
+        methods = []
 
-    class Spy(enhance_lib._Tiler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            cores.append(self.core)
+    cores = Cores()
 
-    monkeypatch.setattr(enhance_lib, "_Tiler", Spy)
+    def spy(base, method):
+        class Spy(base):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                cores.append(self.core)
+                cores.methods.append(method)
+        return Spy
+
+    monkeypatch.setattr(enhance_lib, "_Tiler", spy(enhance_lib._Tiler, "streamed"))
+    monkeypatch.setattr(staged_tiling, "StagedTiler", spy(staged_tiling.StagedTiler, "staged"))
     return cores
 
 
@@ -142,6 +154,38 @@ def test_whole_image_exactly_when_its_compiled_program_fits(small, tiled, monkey
     monkeypatch.setenv(enhance_lib.MEMORY_BUDGET_ENV, "lots")
     with pytest.raises(ValueError, match="WESPE_ENHANCE_MEMORY_MB"):
         enhance(small, x)
+
+
+def test_auto_tiling_is_staged_when_its_buffers_fit(small, tiled, monkeypatch):
+    """``tiling='auto'`` keeps the activations on the host (one pass of work) when the two buffers fit beside
+    the tiles in the budget, and falls back to the streamed tiler (recompute, no buffers) when they do not."""
+    x = image(40, 30, seed=12)
+    ref = whole(small, x)
+    buffers = staged_tiling.host_bytes(small, (1, 40, 30, 3), (10, 10))
+    assert buffers == 2 * 8 * 4 * (40 + 2 * 6) * (30 + 2 * 6)  # width 8, largest halo 6 (the output stage)
+    assert np.max(np.abs(enhance(small, x, tile=10) - ref)) <= TOL
+    monkeypatch.setattr(staged_tiling, "host_bytes", lambda *args: 10 ** 15)  # buffers far beyond any budget
+    assert np.max(np.abs(enhance(small, x, tile=10) - ref)) <= TOL
+    assert np.max(np.abs(enhance(small, x, tile=10, tiling="staged") - ref)) <= TOL  # forced: runs anyway
+    assert tiled.methods == ["staged", "streamed", "staged"]
+    with pytest.raises(ValueError, match="tiling"):
+        enhance(small, x, tile=10, tiling="fast")
+
+
+def test_staged_stages_and_statistics(small):
+    """The stage list of the module docstring, and each stage's statistics equal the whole image's norm input."""
+    assert staged_tiling.stages(small) == [("in", 0), ("mid", 0), ("next", 0), ("mid", 1), ("out", 1)]
+    g = inference_view(small)
+    x = image(19, 23, seed=13, n=2)
+    tiler = staged_tiling.StagedTiler(g, x, (6, 5), 4, jax.devices()[:1])
+    tiler.output()
+    mask = jnp.ones((2, 19, 23, 1), bool)
+    means, variances = ([jnp.asarray(s[k][:, None, None, :]) for k in range(4)] for s in (tiler.means, tiler.variances))
+    for k in range(4):
+        a = tile_forward(g, jnp.asarray(x), mask, means, variances, stop_at=k)
+        mean, var = InstanceNorm.statistics(a)
+        np.testing.assert_allclose(tiler.means[k], mean[:, 0, 0], atol=1e-5)
+        np.testing.assert_allclose(tiler.variances[k], var[:, 0, 0], rtol=1e-4, atol=1e-6)
 
 
 def test_naive_tiling_differs(small):
@@ -203,6 +247,7 @@ def test_uint8_and_batched(small, monkeypatch):
     assert np.max(np.abs(enhance(small, xb[1]) - refb[1])) <= TOL
     # A budget for one image but not three: whole images one at a time, no tiling.
     monkeypatch.setattr(enhance_lib, "_Tiler", None)
+    monkeypatch.setattr(staged_tiling, "StagedTiler", None)
     one_image_mb = enhance_lib.whole_image_bytes(small, (1, 13, 17, 3)) / 2 ** 20
     np.testing.assert_allclose(enhance(small, xb, memory_budget_mb=1.5 * one_image_mb), refb, atol=TOL)
 
@@ -235,6 +280,16 @@ def test_choose_tile():
     th, tw = choose_tile(100_000, 300, 18, 1024 * 2 ** 20, 2048)
     assert tw == 300 and th > 300 and (th + 36) * (tw + 36) * 2048 <= 1024 * 2 ** 20  # long tile, within budget
     assert choose_tile(5000, 5000, 18, 1.0, 2048) == (1, 1)  # tiny budget: still makes progress
+
+
+def test_even_tiles_and_balanced_batches():
+    assert enhance_lib.even_tiles((512, 512), 866, 1155) == (433, 385)  # 2 x 3 tiles, none mostly past the image
+    assert enhance_lib.even_tiles((512, 512), 300, 1024) == (300, 512)
+    assert enhance_lib.even_tiles((1, 7), 5, 20) == (1, 7)
+    assert staged_tiling.tiles_per_batch(6, 8, 1) == 6  # one batch, no tile computed twice
+    assert staged_tiling.tiles_per_batch(12, 8, 1) == 6  # two even batches, not 8 + 4
+    assert staged_tiling.tiles_per_batch(5, 8, 2) == 6  # a multiple of the devices
+    assert staged_tiling.tiles_per_batch(100, 1, 4) == 4  # at least one tile per device
 
 
 def test_two_devices():

@@ -21,20 +21,25 @@ The exact method
   of the whole image at the true border; wrong values only creep in from the window's cut edges, one kernel
   radius per conv, and never reach the tile's core. Tiles smaller than the halo and images smaller than a
   tile are handled the same way.
-* Streamed statistics, one pass per instance-norm layer. For norm ``k`` (in network order) every tile is run
-  up to the pre-norm activation of norm ``k`` (with the already-known whole-image statistics of norms
-  ``0..k-1``, with a halo of just the receptive field up to that conv); only the tile's own core pixels inside
-  the image are reduced on the device to per-channel (count, mean, M2), and these are combined across tiles
-  on the host in float64 with Chan et al.'s parallel-variance formula. The result is the whole image's
-  biased variance, as ``InstanceNorm.statistics`` computes it.
-* A final pass produces every output tile with all statistics known.
+* Whole-image statistics. Every instance norm needs the mean and variance of its input over the whole image
+  before anything after it can be computed. Each tile's core pixels inside the image are reduced on the device
+  to per-channel (count, mean, M2), and these are combined across tiles on the host in float64 with Chan et
+  al.'s parallel-variance formula: the whole image's biased variance, as ``InstanceNorm.statistics``.
+  Two ways to get there, both exact:
 
-Cost: ``number of instance-norm layers + 1`` passes over the image (9 for the default 4 blocks), each stats
-pass recomputing the network up to its norm. In MACs per pixel at width 64 this is about 4.6x one forward pass,
-times the halo overhead ``(tile + 2 * halo)^2 / tile^2`` (1.3x for 256-pixel tiles). One jit compilation per
-pass (all tiles share one shape; compiled functions are cached across calls for the same architecture).
-``norm='batch'`` (running averages at inference, i.e. a fixed per-pixel affine map) and ``norm='none'`` need
-no statistics: a single tiled pass.
+  - ``staged`` (default when its buffers fit the host's memory): :mod:`wespe.staged_tiling` runs the network
+    stage by stage (norm to norm) over tiles and keeps the two width-channel activations between stages in
+    host memory (512 bytes per pixel at width 64), so every conv is computed once and each stage's tiles need
+    only that stage's 1-6 px halo: about one forward pass of work plus copies.
+  - ``streamed``: nothing but tiles in memory. For norm ``k`` (in network order) every tile is run up to the
+    pre-norm activation of norm ``k`` (with the already-known statistics of norms ``0..k-1``, with a halo of
+    just the receptive field up to that conv), and a final pass produces the output: ``number of instance-norm
+    layers + 1`` passes, each recomputing the network up to its norm, about 4.6x one forward pass at width 64
+    times the halo overhead ``(tile + 2 * halo)^2 / tile^2`` (1.3x for 256-pixel tiles).
+
+One jit compilation per pass or stage (all tiles share one shape; compiled functions are cached across calls
+for the same architecture). ``norm='batch'`` (running averages at inference, i.e. a fixed per-pixel affine map)
+and ``norm='none'`` need no statistics: a single tiled pass.
 
 Memory and devices
 ------------------
@@ -62,32 +67,25 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wespe import device_memory
+from wespe import device_memory, staged_tiling
+from wespe.staged_tiling import MAX_TILES_PER_BATCH, conv_radius, even_tiles, tiles_per_batch
 from wespe.models import BASE_TAPS, InstanceNorm
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET_MB", "MEMORY_BUDGET_ENV", "choose_tile", "enhance", "inference_view",
-    "instance_norm_indices", "norm_layers", "receptive_halo", "tile_forward", "whole_image_bytes",
+    "even_tiles", "instance_norm_indices", "norm_layers", "receptive_halo", "tile_forward", "whole_image_bytes",
 ]
 
 MEMORY_BUDGET_ENV = "WESPE_ENHANCE_MEMORY_MB"
+TILINGS = ("auto", "staged", "streamed")
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
 # Live activations per pixel ~ this many width-channel float32 maps (block input, conv output, normalised map,
 # XLA temporaries / conv workspace). A rough, deliberately generous estimate.
 _ACTIVATION_FACTOR = 8
-_MAX_TILES_PER_BATCH = 4096  # bounds host-side batch assembly for tiny tiles
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Network structure
-
-
-def _radius(conv: nnx.Module) -> int:
-    """Reach of a stride-1 SAME conv: k // 2 pixels on each side (an upper bound for even kernels)."""
-    kh, kw = conv.kernel.shape[:2]
-    if getattr(conv, "stride", 1) != 1:
-        raise ValueError("tiled inference needs stride-1 convolutions")
-    return max(kh, kw) // 2
 
 
 def norm_layers(generator: nnx.Module) -> list[nnx.Module | None]:
@@ -109,15 +107,15 @@ def instance_norm_indices(generator: nnx.Module) -> list[int]:
 def receptive_halo(generator: nnx.Module, stop_at: int | None = None) -> int:
     """Pixels of context each side an output pixel needs: of the final output, or of the pre-norm activation
     of norm ``stop_at`` (index into ``norm_layers``). ``10 + 2 * num_blocks`` for the DPED generator."""
-    halo = _radius(generator.conv_in)
+    halo = conv_radius(generator.conv_in)
     for b, block in enumerate(generator.blocks):
         for j, conv in enumerate((block.conv1, block.conv2)):
-            halo += _radius(conv)
+            halo += conv_radius(conv)
             if stop_at == 2 * b + j:
                 return halo
     if stop_at is not None:
         raise ValueError(f"stop_at={stop_at} is not a norm index (the generator has {2 * len(generator.blocks)})")
-    halo += _radius(generator.conv_mid1) + _radius(generator.conv_mid2) + _radius(generator.conv_out)
+    halo += conv_radius(generator.conv_mid1) + conv_radius(generator.conv_mid2) + conv_radius(generator.conv_out)
     if getattr(generator, "global_color", "none") == "base_affine":  # the colour path's base-layer blur
         halo = max(halo, BASE_TAPS // 2)
     return halo
@@ -329,11 +327,8 @@ class _Tiler:
         self.sample = s.reshape(-1).astype(np.int32)
         self.origins = np.stack([iy.reshape(-1) * th, ix.reshape(-1) * tw], axis=1).astype(np.int32)
         ndev = len(devices)
-        # Tiles per device: what the budget allows, but no more than needed, rounded up to a power of two so
-        # that images of different sizes reuse compiled passes.
-        needed = 1 << max(0, -(-len(self.sample) // ndev) - 1).bit_length()
-        per_device = max(1, min(batch_per_device, needed, _MAX_TILES_PER_BATCH // ndev))
-        self.batch = per_device * ndev
+        self.batch = tiles_per_batch(len(self.sample), max(1, min(batch_per_device, MAX_TILES_PER_BATCH // ndev))
+                                     * ndev, ndev)
         mesh = Mesh(np.asarray(devices), ("tiles",))
         self.sharded = NamedSharding(mesh, PartitionSpec("tiles"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
@@ -378,31 +373,14 @@ class _Tiler:
 
     def statistics(self, k: int) -> None:
         """Whole-image mean / biased variance of norm ``k``'s input, per sample, into self.means / variances."""
-        width = self.means.shape[-1]
-        n_acc = np.zeros(self.n)
-        mean_acc = np.zeros((self.n, width))
-        m2_acc = np.zeros((self.n, width))
+        moments = staged_tiling.RunningMoments(self.n, self.means.shape[-1])
 
         def consume(start, count, result):
-            c, mu, m2 = (np.asarray(r, np.float64)[:count] for r in result)
-            s = self.sample[start:start + count]
-            nb = np.bincount(s, weights=c, minlength=self.n)
-            total = np.zeros((self.n, width))
-            np.add.at(total, s, c[:, None] * mu)
-            mean_b = total / np.maximum(nb, 1)[:, None]
-            m2_b = np.zeros((self.n, width))
-            np.add.at(m2_b, s, m2 + c[:, None] * np.square(mu - mean_b[s]))
-            # Chan et al.: merge the batch's (nb, mean_b, m2_b) into the running (n, mean, M2).
-            n_new = n_acc + nb
-            safe = np.maximum(n_new, 1)[:, None]
-            delta = mean_b - mean_acc
-            mean_acc[...] = mean_acc + delta * (nb[:, None] / safe)
-            m2_acc[...] = m2_acc + m2_b + np.square(delta) * (n_acc * nb)[:, None] / safe
-            n_acc[...] = n_new
+            moments.add(self.sample[start:start + count], *(np.asarray(r)[:count] for r in result))
 
         self.run(k, consume)
-        self.means[:, k] = mean_acc
-        self.variances[:, k] = m2_acc / np.maximum(n_acc, 1)[:, None]
+        self.means[:, k] = moments.mean
+        self.variances[:, k] = moments.variance
 
     def output(self) -> np.ndarray:
         th, tw = self.core
@@ -421,10 +399,11 @@ class _Tiler:
 
 def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None = None,
             memory_budget_mb: float | None = None, devices: Sequence[jax.Device] | None = None,
-            dtype: str = "float32") -> np.ndarray:
+            dtype: str = "float32", tiling: str = "auto") -> np.ndarray:
     """Run the generator on an H x W x 3 (or N x H x W x 3) image in [0, 1]; float32 output, same shape, unclipped.
 
-    uint8 (and uint16) input is scaled to [0, 1]. ``tile``: side (or (height, width)) of the tiles' cores;
+    uint8 (and uint16) input is scaled to [0, 1]. ``tile``: largest side (or (height, width)) of the tiles' cores
+    (evened out so that edge tiles do not run far past the image: :func:`even_tiles`);
     default: one whole-image pass when the image fits ``memory_budget_mb`` (MiB per device; default the
     ``WESPE_ENHANCE_MEMORY_MB`` environment variable, else what the machine has free: see the module docstring),
     else the largest tile that fits. Tiled inference
@@ -432,7 +411,13 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
     docstring. ``devices``: where tiles run (default ``jax.devices()``); batches of tiles are sharded over them.
     BatchNorm generators run on their running averages. ``dtype``: compute dtype of activations and convs
     (``bfloat16`` halves activation memory on accelerators; parameters and norm statistics stay float32).
+    ``tiling`` (when tiles are used): ``staged`` runs the network stage by stage with its activations in host
+    memory, about one forward pass of work (:mod:`wespe.staged_tiling`); ``streamed`` keeps nothing but tiles
+    and recomputes the network once per instance norm; ``auto`` (default) is ``staged`` when its buffers fit
+    the host's memory budget, else ``streamed``. Both are exact.
     """
+    if tiling not in TILINGS:
+        raise ValueError(f"enhance tiling must be one of {TILINGS}, got {tiling!r}")
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"enhance dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     images, single = _as_float_images(image)
@@ -468,9 +453,22 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
         bpp = _estimated_bytes_per_pixel(generator)
 
     halo = receptive_halo(generator)
-    core = choose_tile(h, w, halo, budget, bpp) if tile is None else _tile_shape(tile, h, w)
+    core = even_tiles(choose_tile(h, w, halo, budget, bpp) if tile is None else _tile_shape(tile, h, w), h, w)
     window_bytes = (core[0] + 2 * halo) * (core[1] + 2 * halo) * bpp
-    tiler = _Tiler(generator, images, core, max(1, int(budget // window_bytes)), devices, dtype)
+    staged = bool(stats_norms) and staged_tiling.supports(generator) and tiling != "streamed"
+    if staged:
+        buffers = staged_tiling.host_bytes(generator, images.shape, core)
+        if devices[0].platform == "cpu":  # the buffers and the tiles share the host's memory budget
+            staged = tiling == "staged" or budget - buffers >= max(window_bytes, budget / 4)
+            budget = max(budget - buffers, window_bytes) if staged else budget
+        elif tiling == "auto":
+            host = device_memory.host_available()
+            staged = host is None or buffers <= device_memory.CPU_FRACTION * host
+    batch_per_device = max(1, int(budget // window_bytes))
+    if staged:
+        out = staged_tiling.StagedTiler(generator, images, core, batch_per_device, devices, dtype).output()
+        return out[0] if single else out
+    tiler = _Tiler(generator, images, core, batch_per_device, devices, dtype)
     for k in stats_norms:
         tiler.statistics(k)
     out = tiler.output()

@@ -1,0 +1,346 @@
+"""Exact tiled inference at about the cost of one forward pass: the generator run stage by stage over tiles.
+
+:mod:`wespe.enhance`'s streamed tiler needs no memory beyond its tiles, but recomputes the network from the input
+once per instance norm (about 4.6x one pass at the defaults). This tiler instead keeps the two width-channel
+activations the network carries between norms in host memory, one full-resolution float32 array each (``H``,
+the residual stream; ``A``, the pre-norm conv output), so each conv is computed once:
+
+====================  ================================================================  ================
+stage                 computes, per tile                                                whole-image stats
+====================  ================================================================  ================
+``in``                ``H = relu(conv_in(x))``, ``A = blocks[0].conv1(H)``              norm 0
+``mid`` b             ``A = blocks[b].conv2(relu(norm1_b(A)))``                        norm 2b + 1
+``next`` b (b < B-1)  ``H = H + relu(norm2_b(A))``, ``A = blocks[b+1].conv1(H)``        norm 2b + 2
+``out``               ``H + relu(norm2_last(A))`` -> relu(mid1) -> relu(mid2) -> output   (image)
+====================  ================================================================  ================
+
+Each stage reads windows of its inputs with only its own convolutions' halo (1 px for a 3x3 conv; 5 for ``in``,
+6 for ``out``), so tiles overlap little. As in the streamed tiler, activations outside the true image are reset
+to zero before every conv (SAME padding of the whole image), and each stage's tile cores reduce the next norm's
+input to per-tile (count, mean, M2), merged on the host in float64 (Chan et al.): the whole image's statistics.
+
+Stages that rewrite the buffers they read (``mid``, ``next``) write in place, one row of tiles late: a tile
+row's results are stored only once every tile whose window overlaps it has been read (``ceil(halo / tile
+height)`` rows later), so no window ever sees a half-updated neighbour. Host memory: ``2 * width * 4`` bytes per
+pixel (512 B at width 64: 1.5 GB at 3 MP, 6.1 GB at 12 MP) plus one tile row; :func:`host_bytes` says how much,
+and :mod:`wespe.enhance` uses this tiler only when that fits the host's budget.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from wespe.models import BASE_TAPS, InstanceNorm
+
+__all__ = ["MAX_TILES_PER_BATCH", "RunningMoments", "StagedTiler", "even_tiles", "host_bytes", "stages", "supports",
+           "tiles_per_batch"]
+
+MAX_TILES_PER_BATCH = 4096  # bounds host-side batch assembly for tiny tiles
+
+
+def even_tiles(core: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    """The same number of tiles as ``core`` needs, made as even as possible: 866 rows in tiles of 512 become two
+    of 433, not 512 + 354 valid rows and 158 computed past the image."""
+    th, tw = core
+    ny, nx = -(-height // th), -(-width // tw)
+    return -(-height // ny), -(-width // nx)
+
+
+def tiles_per_batch(total: int, most: int, num_devices: int) -> int:
+    """Tiles per batch: at most ``most`` (a multiple of ``num_devices``), as few batches as that allows, and
+    the batches as even as possible (6 tiles with room for 8: one batch of 6, not 8 with 2 computed twice)."""
+    most = max(num_devices, most // num_devices * num_devices)
+    batches = -(-total // most)
+    per_batch = -(-total // batches)
+    return -(-per_batch // num_devices) * num_devices
+
+
+
+
+def conv_radius(conv: nnx.Module) -> int:
+    """Reach of a stride-1 SAME conv: k // 2 pixels on each side (an upper bound for even kernels)."""
+    kh, kw = conv.kernel.shape[:2]
+    if getattr(conv, "stride", 1) != 1:
+        raise ValueError("tiled inference needs stride-1 convolutions")
+    return max(kh, kw) // 2
+
+
+def supports(generator: nnx.Module) -> bool:
+    """Whether this tiler applies: a generator whose every block norm is an InstanceNorm (other generators need
+    no statistics and take a single tiled pass)."""
+    return len(generator.blocks) > 0 and all(
+        isinstance(n, InstanceNorm) for block in generator.blocks for n in (block.norm1, block.norm2))
+
+
+def stages(generator: nnx.Module) -> list[tuple[str, int]]:
+    """The stages in order: ``("in", 0)``, ``("mid", 0)``, ``("next", 0)``, ..., ``("mid", B-1)``, ``("out", B-1)``."""
+    num_blocks = len(generator.blocks)
+    order = [("in", 0)]
+    for b in range(num_blocks):
+        order.append(("mid", b))
+        order.append(("next", b) if b < num_blocks - 1 else ("out", b))
+    return order
+
+
+def _stage_halo(generator: nnx.Module, stage: tuple[str, int]) -> int:
+    kind, b = stage
+    if kind == "in":
+        return conv_radius(generator.conv_in) + conv_radius(generator.blocks[0].conv1)
+    if kind == "mid":
+        return conv_radius(generator.blocks[b].conv2)
+    if kind == "next":
+        return conv_radius(generator.blocks[b + 1].conv1)
+    halo = conv_radius(generator.conv_mid1) + conv_radius(generator.conv_mid2) + conv_radius(generator.conv_out)
+    if getattr(generator, "global_color", "none") == "base_affine":  # the colour path blurs the input
+        halo = max(halo, BASE_TAPS // 2)
+    return halo
+
+
+# Which buffers a stage reads and writes, and the norm slot whose statistics it applies / produces.
+_READS = {"in": ("x",), "mid": ("A",), "next": ("H", "A"), "out": ("H", "A", "x")}
+_WRITES = {"in": ("H", "A"), "mid": ("A",), "next": ("H", "A"), "out": ("y",)}
+
+
+def _applies(stage: tuple[str, int]) -> int | None:
+    kind, b = stage
+    return None if kind == "in" else 2 * b if kind == "mid" else 2 * b + 1
+
+
+def _produces(stage: tuple[str, int]) -> int | None:
+    kind, b = stage
+    return 0 if kind == "in" else 2 * b + 1 if kind == "mid" else 2 * b + 2 if kind == "next" else None
+
+
+def stage_forward(generator: nnx.Module, stage: tuple[str, int], windows: dict, mask: jax.Array, mean, var
+                  ) -> dict:
+    """One stage on windows (B, h, w, C) of its inputs (``_READS``); returns its outputs (``_WRITES``) on the same
+    windows. ``mean``, ``var``: (B, 1, 1, width) whole-image statistics of the norm the stage applies."""
+    def keep(h):
+        return jnp.where(mask, h, jnp.zeros((), h.dtype))
+
+    kind, b = stage
+    if kind == "in":
+        h = keep(jax.nn.relu(generator.conv_in(windows["x"])))
+        return {"H": h, "A": generator.blocks[0].conv1(h)}
+    block = generator.blocks[b]
+    if kind == "mid":
+        return {"A": block.conv2(keep(jax.nn.relu(block.norm1.normalize(windows["A"], mean, var))))}
+    h = keep(jax.nn.relu(block.norm2.normalize(windows["A"], mean, var)) + windows["H"])
+    if kind == "next":
+        return {"H": h, "A": generator.blocks[b + 1].conv1(h)}
+    h = keep(jax.nn.relu(generator.conv_mid1(h)))
+    h = keep(jax.nn.relu(generator.conv_mid2(h)))
+    return {"y": generator.output_map(windows["x"], h, mask)}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "stage", "halo", "core", "compute_dtype"))
+def _stage_pass(state, windows, sample_index, origins, image_hw, mean, var, *, graphdef, stage, halo, core,
+                compute_dtype):
+    """One batch of tiles through one stage: its outputs on the whole windows (float32; the host keeps the cores:
+    slicing them here would be one more copy) and, where it produces a norm's input, per-tile (count (B,),
+    mean (B, width), M2 (B, width)) over the core pixels inside the image."""
+    generator = nnx.merge(graphdef, state)
+    th, tw = core
+    _, wh, ww, _ = next(iter(windows.values())).shape
+    rows = origins[:, 0:1] - halo + jnp.arange(wh)
+    cols = origins[:, 1:2] - halo + jnp.arange(ww)
+    rows_in, cols_in = (rows >= 0) & (rows < image_hw[0]), (cols >= 0) & (cols < image_hw[1])
+    mask = rows_in[:, :, None, None] & cols_in[:, None, :, None]
+    m, v = mean[sample_index][:, None, None, :], var[sample_index][:, None, None, :]
+    outs = stage_forward(generator, stage, {k: w.astype(compute_dtype) for k, w in windows.items()}, mask, m, v)
+    outs = {k: o.astype(jnp.float32) for k, o in outs.items()}
+    if _produces(stage) is None:
+        return outs, None
+    in_core = jnp.arange(wh)[None, :] - halo, jnp.arange(ww)[None, :] - halo
+    w = (rows_in & (in_core[0] >= 0) & (in_core[0] < th))[:, :, None, None] & (
+        cols_in & (in_core[1] >= 0) & (in_core[1] < tw))[:, None, :, None]
+    t = outs["A"]
+    count = jnp.sum(w, axis=(1, 2, 3), dtype=jnp.float32)
+    mu = jnp.sum(jnp.where(w, t, 0.0), axis=(1, 2)) / jnp.maximum(count, 1.0)[:, None]
+    m2 = jnp.sum(jnp.where(w, jnp.square(t - mu[:, None, None, :]), 0.0), axis=(1, 2))
+    return outs, (count, mu, m2)
+
+
+class RunningMoments:
+    """Per-sample count, mean and M2 of a per-channel quantity, merged batch by batch in float64 (Chan et al.'s
+    parallel variance); ``variance`` is the biased one, as ``InstanceNorm.statistics``."""
+
+    def __init__(self, num_samples: int, width: int):
+        self.n = np.zeros(num_samples)
+        self.mean = np.zeros((num_samples, width))
+        self.m2 = np.zeros((num_samples, width))
+
+    def add(self, sample: np.ndarray, count, mean, m2) -> None:
+        """Merge tiles of samples ``sample`` (T,) with their own (count (T,), mean (T, C), M2 (T, C))."""
+        c, mu, m2 = (np.asarray(a, np.float64) for a in (count, mean, m2))
+        num, width = self.mean.shape
+        nb = np.bincount(sample, weights=c, minlength=num)
+        total = np.zeros((num, width))
+        np.add.at(total, sample, c[:, None] * mu)
+        mean_b = total / np.maximum(nb, 1)[:, None]
+        m2_b = np.zeros((num, width))
+        np.add.at(m2_b, sample, m2 + c[:, None] * np.square(mu - mean_b[sample]))
+        n_new = self.n + nb
+        safe = np.maximum(n_new, 1)[:, None]
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (nb[:, None] / safe)
+        self.m2 = self.m2 + m2_b + np.square(delta) * (self.n * nb)[:, None] / safe
+        self.n = n_new
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / np.maximum(self.n, 1)[:, None]
+
+
+def _padding(generator: nnx.Module) -> int:
+    return max(_stage_halo(generator, s) for s in stages(generator))
+
+
+def _grid(height: int, width: int, core: tuple[int, int]) -> tuple[int, int]:
+    return -(-height // core[0]), -(-width // core[1])
+
+
+def host_bytes(generator: nnx.Module, shape: tuple[int, ...], core: tuple[int, int]) -> int:
+    """Host memory of the two activation buffers for images of ``shape`` (N, H, W, C) and tiles ``core``."""
+    n, h, w, _ = shape
+    ny, nx = _grid(h, w, core)
+    pad = _padding(generator)
+    width = generator.conv_in.kernel.shape[-1]
+    return 2 * n * (ny * core[0] + 2 * pad) * (nx * core[1] + 2 * pad) * width * 4
+
+
+class StagedTiler:
+    """The stages of module docstring over tiles ``core`` of an (N, H, W, C) image batch, batched
+    ``batch_per_device`` tiles per device and sharded over ``devices``."""
+
+    def __init__(self, generator, images, core, batch_per_device, devices, compute_dtype="float32",
+                 progress=None):
+        if not supports(generator):
+            raise ValueError("StagedTiler needs a generator whose block norms are all InstanceNorm")
+        self.generator, self.compute_dtype, self.core = generator, compute_dtype, core
+        self.graphdef, state = nnx.split(generator)
+        self.n, self.h, self.w, self.c = images.shape
+        th, tw = core
+        self.ny, self.nx = _grid(self.h, self.w, core)
+        self.pad = pad = _padding(generator)
+        width = generator.conv_in.kernel.shape[-1]
+        # Every buffer covers the whole tile grid plus the largest halo on every side, zero outside the image.
+        spatial = (self.n, self.ny * th + 2 * pad, self.nx * tw + 2 * pad)
+        self.buffers = {"x": np.zeros(spatial + (self.c,), np.float32),
+                        "H": np.zeros(spatial + (width,), np.float32),
+                        "A": np.zeros(spatial + (width,), np.float32)}
+        self.buffers["x"][:, pad:pad + self.h, pad:pad + self.w] = images
+        s, iy, ix = np.meshgrid(np.arange(self.n), np.arange(self.ny), np.arange(self.nx), indexing="ij")
+        self.sample = s.reshape(-1).astype(np.int32)
+        self.origins = np.stack([iy.reshape(-1) * th, ix.reshape(-1) * tw], axis=1).astype(np.int32)
+        ndev = len(devices)
+        self.batch = tiles_per_batch(len(self.sample), max(1, min(batch_per_device, MAX_TILES_PER_BATCH // ndev))
+                                     * ndev, ndev)
+        mesh = Mesh(np.asarray(devices), ("tiles",))
+        self.sharded = NamedSharding(mesh, PartitionSpec("tiles"))
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.state = jax.device_put(state, self.replicated)
+        self.image_hw = jax.device_put(np.array([self.h, self.w], np.int32), self.replicated)
+        num_norms = 2 * len(generator.blocks)
+        self.means = np.zeros((num_norms, self.n, width), np.float32)
+        self.variances = np.ones((num_norms, self.n, width), np.float32)
+        self.progress = progress
+        self._window_arrays: dict = {}
+
+    def _gather(self, names: Sequence[str], halo: int, idx: np.ndarray, slot: int) -> dict:
+        """The windows of tiles ``idx``, copied into reused arrays (``slot`` 0 / 1 alternate between batches:
+        fresh arrays every batch cost a page fault per 4 KiB, ~20% of the run on small CPU machines)."""
+        th, tw = self.core
+        wh, ww = th + 2 * halo, tw + 2 * halo
+        shift = self.pad - halo
+        windows = {}
+        for position, name in enumerate(names):
+            buf = self.buffers[name]
+            size = len(idx) * wh * ww * buf.shape[-1]
+            key = (position, slot)  # one flat array per input position, reused by every stage (as a prefix)
+            if key not in self._window_arrays or self._window_arrays[key].size < size:
+                self._window_arrays[key] = np.empty(self._window_elements(len(idx), buf.shape[-1]), np.float32)
+            windows[name] = self._window_arrays[key][:size].reshape(len(idx), wh, ww, buf.shape[-1])
+            for j, (s, (y, x)) in enumerate(zip(self.sample[idx], self.origins[idx])):
+                windows[name][j] = buf[s, y + shift:y + shift + wh, x + shift:x + shift + ww]
+        return windows
+
+    def _window_elements(self, count: int, channels: int) -> int:
+        th, tw = self.core
+        largest = max(channels, self.buffers["H"].shape[-1])
+        return count * (th + 2 * self.pad) * (tw + 2 * self.pad) * largest
+
+    def _store(self, outputs: dict, halo: int, start: int, count: int, out: np.ndarray | None) -> None:
+        th, tw = self.core
+        pad = self.pad
+        for i in range(count):
+            s, (y, x) = self.sample[start + i], self.origins[start + i]
+            ye, xe = min(y + th, self.h), min(x + tw, self.w)  # only pixels inside the image are kept
+            for name, window in outputs.items():
+                core = window[i, halo:halo + ye - y, halo:halo + xe - x]
+                if name == "y":
+                    out[s, y:ye, x:xe] = core
+                else:
+                    self.buffers[name][s, pad + y:pad + ye, pad + x:pad + xe] = core
+
+    def run_stage(self, stage: tuple[str, int], out: np.ndarray | None = None) -> None:
+        """Every tile through ``stage``: its outputs into the buffers (or ``out``), its statistics into
+        ``self.means`` / ``self.variances``. Batches are assembled while the previous one computes."""
+        kind, _ = stage
+        halo = _stage_halo(self.generator, stage)
+        in_place = bool(set(_READS[kind]) & set(_WRITES[kind]))
+        lag = -(-halo // self.core[0]) if in_place else 0  # tile rows a result waits before it is stored
+        applies, produces = _applies(stage), _produces(stage)
+        k = applies if applies is not None else 0
+        mean = jax.device_put(self.means[k], self.replicated)
+        var = jax.device_put(self.variances[k], self.replicated)
+        moments = RunningMoments(self.n, self.means.shape[-1]) if produces is not None else None
+        total = len(self.sample)
+        waiting: list[tuple[int, int, dict]] = []  # consumed results not yet stored (in-place stages)
+
+        def consume(start, count, result):
+            outputs, stats = result
+            outputs = {name: np.asarray(o) for name, o in outputs.items()}
+            if moments is not None:
+                moments.add(self.sample[start:start + count], *(np.asarray(a)[:count] for a in stats))
+            waiting.append((start, count, outputs))
+
+        def store_ready(gathered_rows: int) -> None:
+            # A result of tile row r may be stored once rows up to r + lag have all been gathered.
+            while waiting and (waiting[0][0] + waiting[0][1] - 1) // self.nx + lag < gathered_rows:
+                self._store(waiting[0][2], halo, waiting[0][0], waiting[0][1], out)
+                waiting.pop(0)
+
+        pending = None
+        for start in range(0, total, self.batch):
+            idx = np.minimum(np.arange(start, start + self.batch), total - 1)  # the last batch repeats a tile
+            windows = self._gather(_READS[kind], halo, idx, slot=(start // self.batch) % 2)
+            args = jax.device_put((windows, self.sample[idx], self.origins[idx]), self.sharded)
+            result = _stage_pass(self.state, *args, self.image_hw, mean, var, graphdef=self.graphdef,
+                                 stage=stage, halo=halo, core=self.core, compute_dtype=self.compute_dtype)
+            if pending is not None:
+                consume(*pending)
+            pending = (start, min(self.batch, total - start), result)
+            store_ready(min(start + self.batch, total) // self.nx)
+            if self.progress is not None:
+                self.progress(min(self.batch, total - start))
+        if pending is not None:
+            consume(*pending)
+        store_ready(math.inf)
+        if moments is not None:
+            self.means[produces] = moments.mean
+            self.variances[produces] = moments.variance
+
+    def output(self) -> np.ndarray:
+        out = np.empty((self.n, self.h, self.w, self.c), np.float32)
+        for stage in stages(self.generator):
+            self.run_stage(stage, out)
+        return out
