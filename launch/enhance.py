@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from wespe import enhance_files, image_io, loop, pretrained
+from wespe import enhance_files, host_malloc, image_io, loop, pretrained
 
 flags.DEFINE_enum("pretrained", None, sorted(pretrained.PRETRAINED),
                   "Official DPED generator; its <phone>_orig.* files are looked up in --weights_dir.")
@@ -33,6 +33,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    host_malloc.tune()  # before JAX starts its threads: freed memory is reused, not re-faulted
     inputs = argv[1:]
     if not inputs:
         raise app.UsageError("give at least one input photo or folder")

@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from wespe import evaluation, loop, pretrained
+from wespe import evaluation, host_malloc, loop, pretrained
 
 flags.DEFINE_enum("pretrained", None, sorted(pretrained.PRETRAINED), "Official DPED generator (with --weights_dir).")
 flags.DEFINE_string("weights_dir", None, "Folder holding the official DPED checkpoints (with --pretrained).")
@@ -39,6 +39,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    host_malloc.tune()  # before JAX starts its threads: freed memory is reused, not re-faulted
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     loop.configure_logging()  # library INFO (orbax restores) only with --verbosity

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from wespe import loop, sweep
+from wespe import host_malloc, loop, sweep
 
 flags.DEFINE_string("sweep", None, "Sweep file (Python, with get_sweep()).")
 flags.DEFINE_string("output_dir", None, "Where the per-cell results, sweep.csv/md and the plots go.")
@@ -32,6 +32,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    host_malloc.tune()  # before JAX starts its threads: freed memory is reused, not re-faulted
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     loop.configure_logging()  # library INFO (orbax restores) only with --verbosity
