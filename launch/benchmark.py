@@ -11,8 +11,14 @@
 --mode=torch_ratio: the step next to the PyTorch reference (../shared/reference/, its own venv), per batch size,
     one after the other in one run, as a ratio (wespe seconds / PyTorch seconds):
     python launch/benchmark.py --mode=torch_ratio --batch_sizes=8,30 --torch_python=torchref/bin/python
---mode=enhance: megapixels/s of whole-image and exact tiled inference vs image size, f32 and bf16.
+--mode=suite: everything for a new accelerator in one JSON: the step in float32 and bfloat16 (MFU each), the largest
+    bfloat16 batch and its step, weak scaling when there are several devices, and enhance at --megapixels:
+    python launch/benchmark.py --mode=suite --config.batch_size=30 --megapixels=1,12,48 --out=gpu_suite.json
+--mode=enhance: megapixels/s of whole-image and exact tiled inference vs image size, f32 and bf16, optionally next
+    to the PyTorch reference generator's forward (its own venv) with each side's peak RSS:
     python launch/benchmark.py --mode=enhance --megapixels=1,4,12,48 --dtypes=float32,bfloat16 --tile=512
+    python launch/benchmark.py --mode=enhance --megapixels=1,3 --tile=512 --tilings=staged,streamed \
+        --torch_python=torchref/bin/python
 
 The training config is a file as in launch/train.py (default experiments/wespe_paper.py, overridable with
 --config.<key>); VGG weights default to ``random`` (same FLOPs as the real network).
@@ -24,11 +30,11 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from wespe import benchmarking, cli, parallel
+from wespe import benchmarking, cli, host_malloc, parallel
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
 _CONFIG = cli.define_config_flag(_DEFAULT_CONFIG, "Training config file.")
-flags.DEFINE_enum("mode", "train_step", ["train_step", "scaling", "max_batch", "enhance", "torch_ratio"],
+flags.DEFINE_enum("mode", "train_step", ["train_step", "scaling", "max_batch", "enhance", "torch_ratio", "suite"],
                   "What to time.")
 flags.DEFINE_list("devices", ["1", "2", "4", "8"], "scaling: device counts (the first N devices).")
 flags.DEFINE_integer("per_device_batch", 4, "scaling: batch per device (the global batch grows with N).")
@@ -40,9 +46,11 @@ flags.DEFINE_integer("num_cpu_devices", None, "CPU only: split the CPU into this
 flags.DEFINE_list("megapixels", ["0.25", "1"], "enhance: image sizes (4:3) in megapixels.")
 flags.DEFINE_list("dtypes", ["float32"], "enhance: compute dtypes (float32, bfloat16).")
 flags.DEFINE_integer("tile", 256, "enhance: tile core size of the tiled path.")
+flags.DEFINE_list("tilings", ["staged"], "enhance: exact tiling methods to time (staged, streamed).")
 flags.DEFINE_float("memory_budget_mb", None, "enhance: per-device budget (default: wespe.enhance's).")
 flags.DEFINE_list("batch_sizes", ["8", "30"], "torch_ratio: global batch sizes.")
-flags.DEFINE_string("torch_python", None, "torch_ratio: the Python of a venv with the CPU torch wheel.")
+flags.DEFINE_string("torch_python", None, "torch_ratio, enhance: the Python of a venv with the CPU torch wheel "
+                    "(enhance: also time the PyTorch reference generator's forward at each size).")
 flags.DEFINE_string("torch_script", str(Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
                                         / "torch_wespe_step.py"), "torch_ratio: the PyTorch reference step.")
 flags.DEFINE_integer("repeats", 5, "Timed steps (the median is reported).")
@@ -57,18 +65,36 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.mode == "enhance":  # as launch/enhance.py (the training modes keep the default allocator)
+        host_malloc.tune()
     parallel.initialize_distributed(num_cpu_devices=FLAGS.num_cpu_devices)
     if FLAGS.mode == "enhance":
+        unknown = [t for t in FLAGS.tilings if t not in ("staged", "streamed")]
+        if unknown:
+            raise app.UsageError(f"--tilings: unknown {unknown}; expected staged and/or streamed")
         from wespe.models import Generator
         _emit({"mode": "enhance", "rows": benchmarking.benchmark_enhance(
             Generator(), [float(m) for m in FLAGS.megapixels], dtypes=FLAGS.dtypes, tile=FLAGS.tile,
-            repeats=FLAGS.repeats, memory_budget_mb=FLAGS.memory_budget_mb)})
+            repeats=FLAGS.repeats, memory_budget_mb=FLAGS.memory_budget_mb, tilings=FLAGS.tilings,
+            torch_python=FLAGS.torch_python, torch_script=FLAGS.torch_script)})
         return
     config = _CONFIG.value
     if FLAGS["vgg_weights"].present or config.vgg_weights is None:  # --config.vgg_weights=... is kept
         config.vgg_weights = FLAGS.vgg_weights
     kwargs = dict(repeats=FLAGS.repeats, warmup=FLAGS.warmup,
                   peak_flops=FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None)
+    if FLAGS.mode == "suite":
+        if FLAGS["peak_tflops"].present:
+            raise app.UsageError("--mode=suite takes each dtype's peak from the known table; --peak_tflops is for "
+                                 "one-dtype modes")
+        _emit({"mode": "suite", "config": config_flags.get_config_filename(FLAGS["config"]),
+               **benchmarking.benchmark_suite(
+                   config, megapixels=[float(m) for m in FLAGS.megapixels], tile=FLAGS.tile,
+                   memory_limit_bytes=int(FLAGS.memory_limit_gb * 2**30) if FLAGS.memory_limit_gb else None,
+                   max_batch=FLAGS.max_batch,
+                   per_device_batch=FLAGS.per_device_batch if FLAGS["per_device_batch"].present else None,
+                   repeats=FLAGS.repeats, warmup=FLAGS.warmup, enhance_repeats=min(FLAGS.repeats, 3))})
+        return
     if FLAGS.mode == "torch_ratio":
         rows = benchmarking.benchmark_torch_ratio(config, [int(b) for b in FLAGS.batch_sizes],
                                                   torch_python=FLAGS.torch_python, torch_script=FLAGS.torch_script,

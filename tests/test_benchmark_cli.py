@@ -136,3 +136,81 @@ def test_train_step_result_names_its_config_file():
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["config"].endswith("experiments/dped_paired.py")
+
+
+FAKE_TORCH = "__version__ = '0.0-stand-in'\ndef set_num_threads(n): pass\ndef set_flush_denormal(on): pass\n"
+FAKE_REFERENCE = '''
+def bench_g_forward(h, w, channels_last, warmup=1, iters=5):
+    assert channels_last
+    return 1e-6 * h * w, [1e-6 * h * w] * iters
+'''
+
+
+def test_enhance_benchmark_tilings_and_torch_forward_side_by_side(tmp_path):
+    """In process, tiny generator: both exact tilings and the whole image per size, each tiled time over the
+    whole-image time, and the PyTorch reference forward (a stand-in module: torch is never a dependency) run
+    in a subprocess per size, its time divided into wespe's whole-image time."""
+    from flax import nnx
+
+    from wespe import benchmarking
+    from wespe.models import Generator
+    (tmp_path / "torch.py").write_text(FAKE_TORCH)
+    (tmp_path / "torch_wespe_step.py").write_text(FAKE_REFERENCE)
+    generator = Generator(width=8, num_blocks=1, rngs=nnx.Rngs(0))
+    rows = benchmarking.benchmark_enhance(generator, [0.002], tile=16, repeats=1, tilings=("staged", "streamed"),
+                                          torch_python=sys.executable,
+                                          torch_script=str(tmp_path / "torch_wespe_step.py"))
+    assert [(r["path"], r.get("tiling")) for r in rows] == [("tiled", "staged"), ("tiled", "streamed"),
+                                                            ("whole", None), ("torch", None)]
+    h, w = rows[0]["height"], rows[0]["width"]
+    assert (h, w) == (38, 52) and all(r["megapixels"] == 0.002 for r in rows)
+    whole = rows[2]["seconds_median"]
+    for r in rows[:2]:
+        assert r["tile"] == 16 and r["vs_whole"] == round(r["seconds_median"] / whole, 3)
+    torch_row = rows[3]
+    assert torch_row["seconds_median"] == round(1e-6 * h * w, 3) and torch_row["torch"] == "0.0-stand-in"
+    assert torch_row["max_rss_bytes"] > 0
+    assert rows[2]["vs_torch"] == round(whole / torch_row["seconds_median"], 3)
+    with pytest.raises(ValueError, match="--torch_python"):
+        benchmarking.benchmark_enhance(generator, [0.002], torch_python=str(tmp_path / "nope"),
+                                       torch_script=str(tmp_path / "torch_wespe_step.py"))
+
+
+def test_suite_runs_every_part_with_its_settings(monkeypatch):
+    """benchmark_suite's plan, with each measurement replaced by a recorder (each is tested for real above):
+    the step in both dtypes with each dtype's peak, the bf16 largest batch and its step when a memory limit is
+    known (skipped with the reason when not), weak scaling over 1, 2, 4, ... devices when there are several,
+    and enhance of the config's generator in both dtypes."""
+    import jax
+
+    from wespe import benchmarking
+    from wespe import config as configs
+    calls = []
+    monkeypatch.setattr(benchmarking, "benchmark_train_step", lambda c, layout=None, **kw: calls.append(
+        ("step", c.compute_dtype, c.batch_size, kw["peak_flops"])) or {"batch_size": c.batch_size})
+    monkeypatch.setattr(benchmarking, "largest_batch", lambda c, layout, **kw: calls.append(
+        ("search", c.compute_dtype, kw["memory_limit_bytes"])) or {"batch_size": 64})
+    monkeypatch.setattr(benchmarking, "benchmark_scaling", lambda c, counts, per_device, **kw: calls.append(
+        ("scaling", counts, per_device)) or [])
+    monkeypatch.setattr(benchmarking, "benchmark_enhance", lambda g, mp, **kw: calls.append(
+        ("enhance", g.width, mp, kw["dtypes"], kw["tile"])) or [])
+    config = configs.base_config()
+    config.generator.width = 8
+    config.batch_size = 12
+    peaks = {"float32": 1e12, "bfloat16": 2e12}
+    result = benchmarking.benchmark_suite(config, megapixels=[1.0, 12.0], tile=64, memory_limit_bytes=2 ** 30,
+                                          peak_flops=peaks)
+    assert calls == [("step", "float32", 12, 1e12), ("step", "bfloat16", 12, 2e12),
+                     ("search", "bfloat16", 2 ** 30), ("step", "bfloat16", 64, 2e12),
+                     ("enhance", 8, [1.0, 12.0], ("float32", "bfloat16"), 64)]
+    assert result["scaling"] == {"skipped": "one device"} and result["max_batch"]["search"]["batch_size"] == 64
+    calls.clear()
+    monkeypatch.setattr(jax, "device_count", lambda: 6)
+    result = benchmarking.benchmark_suite(config, megapixels=[1.0])  # a CPU reports no memory limit
+    assert "reports no memory limit" in result["max_batch"]["skipped"]
+    assert ("scaling", [1, 2, 4, 6], 2) in calls  # the config's batch over the devices, per device
+
+
+def test_suite_mode_flags():
+    proc = _run("--mode=suite", "--peak_tflops=1", *TINY)
+    assert proc.returncode != 0 and "--peak_tflops" in proc.stderr

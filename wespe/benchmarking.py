@@ -8,6 +8,7 @@ the allocator is returning memory to the OS every op (see the README's performan
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -222,19 +223,29 @@ def largest_batch(config: ml_collections.ConfigDict, layout: parallel.Layout, *,
 
 
 def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",), tile: int = 256,
-                      repeats: int = 3, memory_budget_mb: float | None = None) -> list[dict]:
+                      repeats: int = 3, memory_budget_mb: float | None = None, tilings=("staged",),
+                      torch_python: str | None = None, torch_script: str | None = None) -> list[dict]:
     """Megapixels/s of ``wespe.enhance`` on random 4:3 images, whole-image and tiled, per size and dtype.
 
-    All tiled runs go first, smallest image first, then the whole-image runs: peak-memory readings are
-    process-wide high-water marks, so this order keeps each reading attributable to its own run.
-    A whole-image run that would not fit the memory budget (enhance's own decision: XLA's memory analysis of the
-    whole-image program against ``memory_budget_mb`` or the machine's budget) is skipped.
+    Tiled runs use ``tile`` and each of ``tilings`` (``staged``, ``streamed``: see ``wespe.enhance``); each
+    row's ``vs_whole`` is its time over the whole-image time of the same size and dtype. All tiled runs go
+    first, smallest image first, then the whole-image runs: peak-memory readings are process-wide high-water
+    marks, so this order keeps each reading attributable to its own run. A whole-image run that would not fit
+    the memory budget (enhance's own decision: XLA's memory analysis of the whole-image program against
+    ``memory_budget_mb`` or the machine's budget) is skipped. With ``torch_python`` (a venv with the CPU torch
+    wheel) the PyTorch reference generator's forward (``torch_script``'s ``bench_g_forward``, channels_last)
+    runs at each size in a subprocess too, with its own peak RSS, and whole-image rows get ``vs_torch``.
     """
     from wespe.enhance import _budget_bytes, enhance, whole_image_bytes
 
+    if torch_python is not None:
+        for path, flag in ((torch_python, "--torch_python"), (torch_script, "--torch_script")):
+            if not path or not os.path.isfile(path):
+                raise ValueError(f"{flag}={path!r}: no such file (see ../shared/reference/README.md for the venv)")
     budget = _budget_bytes(memory_budget_mb, jax.devices()[0])
     rows = []
-    for path in ("tiled", "whole"):
+    runs = [("tiled", t) for t in tilings] + [("whole", None)]
+    for path, tiling in runs:
         for mp in sorted(megapixels):
             w = int(round((mp * 1e6 * 4 / 3) ** 0.5))
             h = int(round(mp * 1e6 / w))
@@ -245,6 +256,8 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
             image = np.random.default_rng(0).random((h, w, 3), dtype=np.float32)
             for dtype in dtypes:
                 kwargs = dict(tile=tile if path == "tiled" else None, memory_budget_mb=memory_budget_mb, dtype=dtype)
+                if tiling:
+                    kwargs["tiling"] = tiling
                 t0 = time.perf_counter()
                 enhance(generator, image, **kwargs)  # compile + warm-up
                 first = time.perf_counter() - t0
@@ -254,12 +267,67 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
                     enhance(generator, image, **kwargs)
                     times.append(time.perf_counter() - t0)
                 median = statistics.median(times)
-                rows.append({"path": path, "dtype": dtype, "megapixels": round(h * w / 1e6, 3), "height": h,
-                             "width": w, "tile": kwargs["tile"], "first_call_s": round(first, 3),
+                rows.append({"path": path, "tiling": tiling, "dtype": dtype, "megapixels": round(h * w / 1e6, 3),
+                             "height": h, "width": w, "tile": kwargs["tile"], "first_call_s": round(first, 3),
                              "seconds_median": round(median, 3), "megapixels_per_s": round(h * w / 1e6 / median, 4),
                              "peak_device_memory_bytes": _peak_memory_bytes(),
                              "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+    whole = {(r["height"], r["dtype"]): r["seconds_median"] for r in rows if r["path"] == "whole" and "dtype" in r}
+    for r in rows:
+        if "dtype" in r and (r["height"], r["dtype"]) in whole:
+            r["vs_whole"] = round(r["seconds_median"] / whole[(r["height"], r["dtype"])], 3)
+    if torch_python is not None:
+        for mp in sorted(megapixels):
+            w = int(round((mp * 1e6 * 4 / 3) ** 0.5))
+            h = int(round(mp * 1e6 / w))
+            theirs = torch_reference_forward(torch_python, torch_script, h, w, repeats=repeats)
+            rows.append({"path": "torch", "megapixels": round(h * w / 1e6, 3), "height": h, "width": w, **theirs,
+                         "megapixels_per_s": round(h * w / 1e6 / theirs["seconds_median"], 4)})
+            for r in rows:
+                if r["path"] == "whole" and r.get("dtype") == "float32" and r["height"] == h:
+                    r["vs_torch"] = round(r["seconds_median"] / theirs["seconds_median"], 3)
     return rows
+
+
+# Runs the reference script's generator forward at one size and prints one JSON line (its own process and venv).
+_TORCH_FORWARD = """
+import json, resource, sys
+sys.path.insert(0, {directory!r})
+import torch
+import torch_wespe_step as ref
+torch.set_num_threads({threads})
+torch.set_flush_denormal(True)
+median, times = ref.bench_g_forward({height}, {width}, True, warmup=1, iters={repeats})
+try:  # this process's own high-water mark (ru_maxrss would carry the parent's over the exec on Linux)
+    peak = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+except (OSError, IndexError):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"seconds_median": median, "seconds_all": times, "torch": torch.__version__,
+                  "max_rss_bytes": peak}}))
+"""
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def torch_reference_forward(python: str, script: str, height: int, width: int, *, repeats: int = 3,
+                            timeout_s: float = 3600) -> dict:
+    """Median seconds of the PyTorch reference generator's forward (inference mode, channels_last, batch 1) on
+    a ``height`` x ``width`` image, and that process's peak RSS, run by ``python`` in a subprocess."""
+    code = _TORCH_FORWARD.format(directory=os.path.dirname(os.path.abspath(script)), threads=_threads(),
+                                 height=height, width=width, repeats=repeats)
+    try:
+        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"PyTorch reference forward {height}x{width}: {e}") from e
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
+        raise RuntimeError(f"PyTorch reference forward {height}x{width} exited {done.returncode}:\n{tail}")
+    result = json.loads(lines[-1])
+    result["seconds_median"] = round(result["seconds_median"], 3)
+    return result
 
 
 # The reference script's result line: "batch  30 channels_last:   25.029 s/step ..."
@@ -271,7 +339,7 @@ def torch_reference_step(python: str, script: str, batch_size: int, *, repeats: 
     """Median step time of the PyTorch WESPE step (``../shared/reference/torch_wespe_step.py``: the same
     networks and losses) at ``batch_size``, run by ``python`` (its own venv with the CPU torch wheel) in a
     subprocess, channels_last, as many threads as this process may use, glibc malloc tuned as ours."""
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = _threads()
     command = [python, script, "--tune-malloc", "--no-flops", "--no-gfwd", "--batches", str(batch_size),
                "--layouts", "channels_last", "--warmup", str(warmup), "--iters", str(repeats),
                "--threads", str(threads)]
@@ -306,3 +374,51 @@ def benchmark_torch_ratio(config: ml_collections.ConfigDict, batch_sizes: list[i
                      "ratio": round(ours["step_s_median"] / theirs["step_s_median"], 3),
                      "wespe": ours, "torch": theirs})
     return rows
+
+
+def benchmark_suite(config: ml_collections.ConfigDict, *, megapixels: list[float], tile: int = 512,
+                    memory_limit_bytes: int | None = None, max_batch: int = 8192, per_device_batch: int | None = None,
+                    repeats: int = 5, warmup: int = 1, peak_flops: dict | None = None,
+                    enhance_repeats: int = 3) -> dict:
+    """Everything a new accelerator should be measured on, in one result (``launch/benchmark.py --mode=suite``):
+
+    * ``train_step``: the step of ``config`` at its batch size in float32 and in bfloat16 (MFU against each
+      dtype's peak: ``peak_flops[dtype]``, else the known table);
+    * ``max_batch``: the largest bfloat16 batch whose step fits the device memory (``memory_limit_bytes`` where
+      the device reports none; skipped, with the reason, on a CPU without one), and its step timed;
+    * ``scaling``: weak scaling over 1, 2, 4, ... of the devices when there are several (batch per device
+      ``per_device_batch``, default the config's batch over the devices);
+    * ``enhance``: whole-image and staged-tiled inference of the config's generator, float32 and bfloat16, at
+      ``megapixels``.
+    """
+    from wespe.train import build_networks
+
+    peak_flops = peak_flops or {}
+    result: dict = {"train_step": {}}
+    for dtype in ("float32", "bfloat16"):
+        c = config.copy_and_resolve_references()
+        c.compute_dtype = dtype
+        result["train_step"][dtype] = benchmark_train_step(c, repeats=repeats, warmup=warmup,
+                                                           peak_flops=peak_flops.get(dtype))
+    layout = parallel.Layout(parallel.make_mesh(config.mesh))
+    c = config.copy_and_resolve_references()
+    c.compute_dtype = "bfloat16"
+    if memory_limit_bytes or _device_memory_limit(list(layout.mesh.devices.flat)):
+        search = largest_batch(c, layout, memory_limit_bytes=memory_limit_bytes, max_batch=max_batch)
+        c.batch_size = search["batch_size"]
+        result["max_batch"] = {"search": search, "benchmark": benchmark_train_step(
+            c, layout=layout, repeats=repeats, warmup=warmup, peak_flops=peak_flops.get("bfloat16"))}
+    else:
+        result["max_batch"] = {"skipped": f"{jax.devices()[0].device_kind} reports no memory limit and none was given"}
+    count = jax.device_count()
+    if count > 1:
+        counts = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < count] + [count]
+        per_device = per_device_batch or max(1, config.batch_size // count)
+        result["scaling"] = benchmark_scaling(config, counts, per_device, repeats=repeats, warmup=warmup,
+                                              peak_flops=peak_flops.get("float32"))
+    else:
+        result["scaling"] = {"skipped": "one device"}
+    generator = build_networks(config)["generator"]
+    result["enhance"] = benchmark_enhance(generator, megapixels, dtypes=("float32", "bfloat16"), tile=tile,
+                                          repeats=enhance_repeats)
+    return result
