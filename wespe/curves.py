@@ -51,7 +51,7 @@ def compare(workdirs: Sequence[str | Path], *, tail_fraction: float = 0.2, prefi
             steps, values = r[key]
             means.append(float(np.mean(values[np.isin(steps, tail)])))
         scale = max(abs(means[0]), 1e-12)
-        summary[key] = {"tail_means": [round(m, 6) for m in means], "steps": [tail[0], tail[-1]],
+        summary[key] = {"tail_means": [float(f"{m:.6g}") for m in means], "steps": [tail[0], tail[-1]],
                         "max_relative_gap": round(max(abs(m - means[0]) / scale for m in means), 4),
                         "finite": all(math.isfinite(m) for m in means)}
     return summary
