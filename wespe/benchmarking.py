@@ -222,6 +222,12 @@ def largest_batch(config: ml_collections.ConfigDict, layout: parallel.Layout, *,
             "tried": {str(k): v for k, v in sorted(tried.items())}}
 
 
+def _four_three(megapixels: float) -> tuple[int, int]:
+    """(height, width) of a 4:3 landscape image of about ``megapixels``."""
+    w = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
+    return int(round(megapixels * 1e6 / w)), w
+
+
 def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",), tile: int = 256,
                       repeats: int = 3, memory_budget_mb: float | None = None, tilings=("staged",),
                       torch_python: str | None = None, torch_script: str | None = None) -> list[dict]:
@@ -247,8 +253,7 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
     runs = [("tiled", t) for t in tilings] + [("whole", None)]
     for path, tiling in runs:
         for mp in sorted(megapixels):
-            w = int(round((mp * 1e6 * 4 / 3) ** 0.5))
-            h = int(round(mp * 1e6 / w))
+            h, w = _four_three(mp)
             if path == "whole" and whole_image_bytes(generator, (1, h, w, 3)) > budget:
                 rows.append({"path": path, "megapixels": mp, "height": h, "width": w,
                              "skipped": "does not fit the memory budget"})
@@ -278,8 +283,7 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
             r["vs_whole"] = round(r["seconds_median"] / whole[(r["height"], r["dtype"])], 3)
     if torch_python is not None:
         for mp in sorted(megapixels):
-            w = int(round((mp * 1e6 * 4 / 3) ** 0.5))
-            h = int(round(mp * 1e6 / w))
+            h, w = _four_three(mp)
             theirs = torch_reference_forward(torch_python, torch_script, h, w, repeats=repeats)
             rows.append({"path": "torch", "megapixels": round(h * w / 1e6, 3), "height": h, "width": w, **theirs,
                          "megapixels_per_s": round(h * w / 1e6 / theirs["seconds_median"], 4)})

@@ -225,8 +225,7 @@ class StagedTiler:
     """The stages of module docstring over tiles ``core`` of an (N, H, W, C) image batch, batched
     ``batch_per_device`` tiles per device and sharded over ``devices``."""
 
-    def __init__(self, generator, images, core, batch_per_device, devices, compute_dtype="float32",
-                 progress=None):
+    def __init__(self, generator, images, core, batch_per_device, devices, compute_dtype="float32"):
         if not supports(generator):
             raise ValueError("StagedTiler needs a generator whose block norms are all InstanceNorm")
         self.generator, self.compute_dtype, self.core = generator, compute_dtype, core
@@ -257,7 +256,6 @@ class StagedTiler:
         num_norms = 2 * len(generator.blocks)
         self.means = np.zeros((num_norms, self.n, width), np.float32)
         self.variances = np.ones((num_norms, self.n, width), np.float32)
-        self.progress = progress
         self._window_arrays: dict = {}
 
     def _gather(self, names: Sequence[str], halo: int, idx: np.ndarray, slot: int) -> dict:
@@ -335,8 +333,6 @@ class StagedTiler:
                 consume(*pending)
             pending = (start, min(self.batch, total - start), result)
             store_ready(min(start + self.batch, total) // self.nx)
-            if self.progress is not None:
-                self.progress(min(self.batch, total - start))
         if pending is not None:
             consume(*pending)
         store_ready(math.inf)
