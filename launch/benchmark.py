@@ -131,4 +131,4 @@ def _emit(result: dict) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

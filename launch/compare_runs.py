@@ -7,7 +7,7 @@ import json
 
 from absl import app, flags
 
-from wespe import curves, errors
+from wespe import cli, curves
 
 flags.DEFINE_string("out", None, "PNG of the curves (none: summary only).")
 flags.DEFINE_float("tail_fraction", 0.2, "Summarise each loss over this last fraction of the common steps.")
@@ -18,14 +18,11 @@ def main(argv):
     workdirs = argv[1:]
     if len(workdirs) < 2:
         raise app.UsageError("give two or more training workdirs to compare")
-    try:
-        summary = curves.compare(workdirs, tail_fraction=FLAGS.tail_fraction)
-        if FLAGS.out:
-            summary["plot"] = str(curves.plot(workdirs, FLAGS.out))
-    except (OSError, ValueError) as e:  # a folder that is not a workdir, runs with nothing in common
-        errors.exit_on_user_error(errors.UserError(str(e)))
+    summary = curves.compare(workdirs, tail_fraction=FLAGS.tail_fraction)
+    if FLAGS.out:
+        summary["plot"] = str(curves.plot(workdirs, FLAGS.out))
     print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -7,14 +7,13 @@ Inputs are files and/or folders (searched recursively for jpg/jpeg/png/webp/tif/
 to --output with its file name, format and relative sub-folder, EXIF kept and orientation applied. A file that
 cannot be read, enhanced or written is reported and skipped. Exit status: 0 if at least one photo was enhanced
 (partial failures are listed in the log and the summary line, so one stray corrupt file does not fail a batch
-job over a large folder), 1 if none was (or nothing was found), 1 with a message for bad flags or weights.
+job over a large folder), 1 if none was, 2 with one "error:" line for bad flags, weights, inputs or outputs
+(nothing is written then).
 """
-
-import sys
 
 from absl import app, flags
 
-from wespe import enhance_files, host_malloc, image_io, loop, pretrained
+from wespe import cli, enhance_files, host_malloc, loop, pretrained
 
 flags.DEFINE_enum("pretrained", None, sorted(pretrained.PRETRAINED),
                   "Official DPED generator; its <phone>_orig.* files are looked up in --weights_dir.")
@@ -25,6 +24,7 @@ flags.DEFINE_integer("tile", 0, "Tile side in pixels for exact tiled inference; 
                      lower_bound=0)
 flags.DEFINE_float("memory_budget_mb", None, "Activation memory budget per device in MiB (default: the library's).")
 flags.DEFINE_bool("save_raw", False, "Also write the unclipped float32 output as <name>.npy beside each photo.")
+flags.register_validator("memory_budget_mb", lambda v: v is None or v > 0, message="--memory_budget_mb must be > 0")
 flags.mark_flag_as_required("output")
 flags.register_multi_flags_validator(
     ["pretrained", "checkpoint"], lambda f: (f["pretrained"] is None) != (f["checkpoint"] is None),
@@ -38,17 +38,14 @@ def main(argv):
     if not inputs:
         raise app.UsageError("give at least one input photo or folder")
     loop.configure_logging()  # library INFO (orbax restores) only with --verbosity
-    try:
-        image_io.check_output_dir(FLAGS.output)  # before the model loads and compiles
-        generator = enhance_files.load_enhancer(pretrained_name=FLAGS.pretrained, checkpoint=FLAGS.checkpoint,
-                                                weights_dir=FLAGS.weights_dir)
-        report = enhance_files.enhance_files(generator, inputs, FLAGS.output, tile=FLAGS.tile or None,
-                                             memory_budget_mb=FLAGS.memory_budget_mb, save_raw=FLAGS.save_raw)
-    except (ValueError, OSError) as e:  # bad weights, a missing input, clashing outputs: before any photo is done
-        sys.exit(f"error: {e}")
+    enhance_files.plan(inputs, FLAGS.output, save_raw=FLAGS.save_raw)  # inputs and outputs, before the model loads
+    generator = enhance_files.load_enhancer(pretrained_name=FLAGS.pretrained, checkpoint=FLAGS.checkpoint,
+                                            weights_dir=FLAGS.weights_dir)
+    report = enhance_files.enhance_files(generator, inputs, FLAGS.output, tile=FLAGS.tile or None,
+                                         memory_budget_mb=FLAGS.memory_budget_mb, save_raw=FLAGS.save_raw)
     print(report.summary())
     return 0 if report.enhanced else 1
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

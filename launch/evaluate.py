@@ -9,14 +9,12 @@
 checkpoint). Photos pair with references by relative path without extension. Writes results.json,
 results.csv, results.md and best_worst.png to --output_dir (see wespe/evaluation.py). A photo without a
 reference, an unreadable file or a size mismatch is listed in the results and skipped. Exit status 0 if at least
-one photo was evaluated, else 1.
+one photo was evaluated, 1 if none was, 2 with one "error:" line for bad flags, weights or folders.
 """
-
-import sys
 
 from absl import app, flags
 
-from wespe import evaluation, host_malloc, loop, pretrained
+from wespe import cli, evaluation, host_malloc, image_io, loop, pretrained
 
 flags.DEFINE_enum("pretrained", None, sorted(pretrained.PRETRAINED), "Official DPED generator (with --weights_dir).")
 flags.DEFINE_string("weights_dir", None, "Folder holding the official DPED checkpoints (with --pretrained).")
@@ -43,18 +41,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     loop.configure_logging()  # library INFO (orbax restores) only with --verbosity
-    try:
-        generator = None
-        if FLAGS.outputs is None:
-            generator, what = evaluation.load_any_generator(
-                checkpoint=FLAGS.checkpoint, pretrained_name=FLAGS.pretrained, weights_dir=FLAGS.weights_dir)
-            print(f"model: {what}")
-        result = evaluation.evaluate(
-            generator, FLAGS.source, FLAGS.reference, outputs_folder=FLAGS.outputs, tile=FLAGS.tile or None,
-            limit=FLAGS.limit, save_enhanced_to=f"{FLAGS.output_dir}/enhanced" if FLAGS.save_enhanced else None)
-        paths = evaluation.write_results(result, FLAGS.output_dir)
-    except (ValueError, OSError) as e:  # bad flags, weights or folders: before any photo is scored
-        sys.exit(f"error: {e}")
+    image_io.check_output_dir(FLAGS.output_dir)  # before the model loads and any photo is scored
+    generator = None
+    if FLAGS.outputs is None:
+        generator, what = evaluation.load_any_generator(
+            checkpoint=FLAGS.checkpoint, pretrained_name=FLAGS.pretrained, weights_dir=FLAGS.weights_dir)
+        print(f"model: {what}")
+    result = evaluation.evaluate(
+        generator, FLAGS.source, FLAGS.reference, outputs_folder=FLAGS.outputs, tile=FLAGS.tile or None,
+        limit=FLAGS.limit, save_enhanced_to=f"{FLAGS.output_dir}/enhanced" if FLAGS.save_enhanced else None)
+    paths = evaluation.write_results(result, FLAGS.output_dir)
     for s in result.skipped:
         print(f"skipped {s['name']}: {s['reason']}")
     print(result.summary())
@@ -64,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

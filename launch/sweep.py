@@ -9,15 +9,15 @@ A sweep file's get_sweep() returns the cells (see wespe/sweep.py); --source, --r
 --weights_dir, --workdir, --tile and --limit override the file's settings. Each cell's results go to
 <output_dir>/<cell>/ (as launch/evaluate.py writes them); a cell whose results.json exists is skipped, so an
 interrupted sweep resumes. Then sweep.csv, sweep.md, metric_vs_step.png (per run) and models.png (per model).
-Exit status 0 if every cell succeeded, else 1 (the others are still evaluated and tabulated).
+Exit status 0 if every cell succeeded, 1 if one failed (the others are still evaluated and tabulated), 2 with
+one "error:" line for a bad sweep file, folder or cell (before any cell runs).
 """
 
-import sys
 from pathlib import Path
 
 from absl import app, flags
 
-from wespe import host_malloc, loop, sweep
+from wespe import cli, host_malloc, image_io, loop, sweep
 
 flags.DEFINE_string("sweep", None, "Sweep file (Python, with get_sweep()).")
 flags.DEFINE_string("output_dir", None, "Where the per-cell results, sweep.csv/md and the plots go.")
@@ -37,10 +37,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     loop.configure_logging()  # library INFO (orbax restores) only with --verbosity
     overrides = {k: FLAGS[k].value for k in sweep.SWEEP_SHARED_KEYS}
-    try:
-        cells = sweep.expand_cells(sweep.load_sweep(FLAGS.sweep), overrides)
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    image_io.check_output_dir(FLAGS.output_dir)
+    cells = sweep.expand_cells(sweep.load_sweep(FLAGS.sweep), overrides)
     rows = sweep.run_sweep(cells, FLAGS.output_dir)
     print((Path(FLAGS.output_dir) / "sweep.md").read_text())
     failed = [r["cell"] for r in rows if r["status"] != "ok"]
@@ -50,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,8 +6,9 @@
 
 --config is a Python file with get_config() (default: experiments/wespe_paper.py); any key can be overridden
 with --config.<key>=<value>. Re-running with the same --workdir resumes; SIGTERM / Ctrl-C save and exit 0.
-A mistake in the input (a missing or empty folder, a bad config value, a workdir holding another run) is one
-"error: ..." line and exit status 2 (WESPE_TRACEBACK=1 or --verbosity=1 adds the traceback).
+A mistake in the input (a missing or empty folder, a bad config value, a workdir holding another run or in use
+by another process) is one "error: ..." line and exit status 2; a diverged run exits 3, a checkpoint that cannot
+be written exits 1 (WESPE_TRACEBACK=1 or --verbosity=1 adds the traceback).
 
 Multi-host (one process per host, same command on every host): under SLURM (srun), Open MPI (mpirun), a Cloud
 TPU pod or Kubernetes the processes find each other by themselves; elsewhere pass --coordinator_address,
@@ -19,7 +20,7 @@ from pathlib import Path
 import jax
 from absl import app, flags
 
-from wespe import cli, errors, loop, parallel
+from wespe import cli, loop, parallel
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
 _CONFIG = cli.define_config_flag(_DEFAULT_CONFIG, "Experiment config file.")
@@ -53,10 +54,7 @@ def main(argv):
         config.data.source = FLAGS.source
     if FLAGS.target:
         config.data.target = FLAGS.target
-    try:
-        result = loop.run_training(config, FLAGS.workdir)
-    except errors.UserError as e:  # a folder, file, flag or config value: one line, exit 2
-        errors.exit_on_user_error(e)
+    result = loop.run_training(config, FLAGS.workdir)
     if jax.process_index() != 0:
         return
     print(f"{result.status} at step {result.step}: {result.workdir}")
@@ -65,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

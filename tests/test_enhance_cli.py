@@ -212,7 +212,7 @@ def test_cli_output_that_is_a_file_fails_before_the_model_loads(tmp_path):
     # The checkpoint does not exist either: had the model been loaded first, the error would name it.
     for output in (tmp_path / "taken", tmp_path / "taken" / "sub"):
         result = run_cli("--checkpoint=no_such.npz", f"--output={output}", tmp_path)
-        assert result.returncode == 1
+        assert result.returncode == 2
         assert f"output folder {output}" in result.stderr and "no_such.npz" not in result.stderr
     assert (tmp_path / "taken").read_text() == "a file, not a folder"
 

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from wespe import conv, parallel, train
+from wespe.errors import JobFailed, UserError
 
 # Dense peak FLOP/s per device by jax device_kind and compute dtype (vendor figures, no sparsity).
 KNOWN_PEAKS = {
@@ -189,7 +190,7 @@ def largest_batch(config: ml_collections.ConfigDict, layout: parallel.Layout, *,
     devices = list(layout.mesh.devices.flat)
     limit = memory_limit_bytes or _device_memory_limit(devices)
     if not limit:
-        raise ValueError(f"{devices[0].device_kind} reports no memory limit: give one (--memory_limit_gb)")
+        raise UserError(f"{devices[0].device_kind} reports no memory limit: give one (--memory_limit_gb)")
     budget = int(limit * fraction)
     unit = layout.batch_devices
     _, graphdefs = train.abstract_train_state(config)
@@ -204,7 +205,7 @@ def largest_batch(config: ml_collections.ConfigDict, layout: parallel.Layout, *,
         return tried[batch] <= budget
 
     if not fits(unit):
-        raise ValueError(f"even batch {unit} (one per device) needs {tried[unit] / 2**30:.2f} GiB per device, "
+        raise UserError(f"even batch {unit} (one per device) needs {tried[unit] / 2**30:.2f} GiB per device, "
                          f"over the {budget / 2**30:.2f} GiB budget")
     good, bad = unit, None
     while bad is None and good * 2 <= max_batch:
@@ -247,7 +248,7 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
     if torch_python is not None:
         for path, flag in ((torch_python, "--torch_python"), (torch_script, "--torch_script")):
             if not path or not os.path.isfile(path):
-                raise ValueError(f"{flag}={path!r}: no such file (see ../shared/reference/README.md for the venv)")
+                raise UserError(f"{flag}={path!r}: no such file (see ../shared/reference/README.md for the venv)")
     budget = _budget_bytes(memory_budget_mb, jax.devices()[0])
     rows = []
     runs = [("tiled", t) for t in tilings] + [("whole", None)]
@@ -324,11 +325,11 @@ def torch_reference_forward(python: str, script: str, height: int, width: int, *
     try:
         done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise RuntimeError(f"PyTorch reference forward {height}x{width}: {e}") from e
+        raise JobFailed(f"PyTorch reference forward {height}x{width}: {e}") from e
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
-        raise RuntimeError(f"PyTorch reference forward {height}x{width} exited {done.returncode}:\n{tail}")
+        raise JobFailed(f"PyTorch reference forward {height}x{width} exited {done.returncode}:\n{tail}")
     result = json.loads(lines[-1])
     result["seconds_median"] = round(result["seconds_median"], 3)
     return result
@@ -350,11 +351,11 @@ def torch_reference_step(python: str, script: str, batch_size: int, *, repeats: 
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise RuntimeError(f"PyTorch reference {' '.join(command)}: {e}") from e
+        raise JobFailed(f"PyTorch reference {' '.join(command)}: {e}") from e
     match = _TORCH_STEP_LINE.search(done.stdout)
     if done.returncode != 0 or not match:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
-        raise RuntimeError(f"PyTorch reference {' '.join(command)} exited {done.returncode} without a step "
+        raise JobFailed(f"PyTorch reference {' '.join(command)} exited {done.returncode} without a step "
                            f"time:\n{tail}")
     header = done.stdout.strip().splitlines()[0] if done.stdout.strip() else ""
     return {"step_s_median": float(match.group(3)), "torch": header, "threads": threads}
@@ -366,7 +367,7 @@ def benchmark_torch_ratio(config: ml_collections.ConfigDict, batch_sizes: list[i
     machine, same moment), with ``ratio`` = wespe seconds / PyTorch seconds (below 1: wespe is faster)."""
     for path, flag in ((torch_python, "--torch_python"), (torch_script, "--torch_script")):
         if not path or not os.path.isfile(path):
-            raise ValueError(f"{flag}={path!r}: no such file (see ../shared/reference/README.md for the venv)")
+            raise UserError(f"{flag}={path!r}: no such file (see ../shared/reference/README.md for the venv)")
     rows = []
     for batch_size in batch_sizes:
         c = config.copy_and_resolve_references()

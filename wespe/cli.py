@@ -1,14 +1,18 @@
-"""What the command-line entry points share: the --config flag with a one-line error for a key that does not
-exist (with the closest valid one), instead of a traceback from inside ml_collections."""
+"""What the command-line entry points share: :func:`run` (absl's ``app.run`` with wespe's one-line errors and exit
+statuses, see :mod:`wespe.errors`) and the --config flag with a one-line error for a key that does not exist (with
+the closest valid one), instead of a traceback from inside ml_collections."""
 
 from __future__ import annotations
 
 import difflib
 import sys
+from pathlib import Path
 
+from absl import app, flags
 from ml_collections import config_flags
 
 from wespe import config as configs
+from wespe import errors
 
 
 def config_keys(config=None) -> list[str]:
@@ -27,6 +31,17 @@ def config_overrides(argv: list[str], flag: str = "config") -> list[str]:
     """The dotted keys of the ``--config.<key>=<value>`` (or ``--config.<key> <value>``) arguments in ``argv``."""
     prefix = f"--{flag}."
     return [arg[len(prefix):].split("=", 1)[0] for arg in argv[1:] if arg.startswith(prefix)]
+
+
+def config_file_argument(argv: list[str], flag: str = "config") -> str | None:
+    """The file given as ``--config=<file>`` or ``--config <file>`` in ``argv`` (the last one), or None."""
+    path = None
+    for i, arg in enumerate(argv[1:], 1):
+        if arg.startswith(f"--{flag}="):
+            path = arg.split("=", 1)[1]
+        elif arg == f"--{flag}" and i + 1 < len(argv):
+            path = argv[i + 1]
+    return path
 
 
 def unknown_key_message(key: str, keys: list[str], flag: str = "config") -> str:
@@ -48,6 +63,11 @@ def define_config_flag(default: str, help_text: str, flag: str = "config"):
     """``config_flags.DEFINE_config_file`` (locked config), which parses the ``--config.<key>`` overrides as it is
     defined; an override naming a key the config does not have ends the program with one ``error:`` line naming
     the key and the closest valid keys, exit status 2 (as absl's own flag errors)."""
+    path = config_file_argument(sys.argv, flag)
+    if path is not None and not Path(path).is_file() and not Path(path.rpartition(":")[0] or path).is_file():
+        print(f"error: --{flag}={path}: no such config file (a Python file with get_config(), e.g. "
+              "experiments/demo.py)", file=sys.stderr)
+        sys.exit(errors.EXIT_USER_ERROR)
     try:
         return config_flags.DEFINE_config_file(flag, default, help_text, lock_config=True)
     except (AttributeError, KeyError):
@@ -57,3 +77,27 @@ def define_config_flag(default: str, help_text: str, flag: str = "config"):
             raise
         print(f"error: {unknown_key_message(unknown[0], keys, flag)}", file=sys.stderr)
         sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, but a bad, missing or conflicting flag is one ``error: ...`` line and exit status 2
+    (absl's own parser prints "FATAL Flags parsing error" and exits 1, the status of a failed job)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {' '.join(str(e).split())} (--helpshort lists the flags)", file=sys.stderr)
+        sys.exit(errors.EXIT_USER_ERROR)
+
+
+def run(main) -> None:
+    """``app.run(main)`` for a wespe entry point: flags parsed by :func:`parse_flags`; inside ``main`` a
+    :class:`wespe.errors.UserError` or ``app.UsageError`` is one line and exit 2, a diverged run exit 3, an OS or
+    checkpoint failure one line and exit 1 (:func:`wespe.errors.cli_errors`); ``main``'s return value is the
+    exit status."""
+    def guarded(argv):
+        with errors.cli_errors():
+            try:
+                return main(argv)
+            except app.UsageError as e:  # wrong positional arguments: a user error like any other
+                raise errors.UserError(str(e)) from e
+    app.run(guarded, flags_parser=parse_flags)

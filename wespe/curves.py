@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wespe.errors import PathNotFoundError, UserError
+
 __all__ = ["compare", "plot", "read_metrics"]
 
 
@@ -21,7 +23,7 @@ def read_metrics(workdir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]
     """``{key: (steps, values)}`` of a run's ``metrics.jsonl`` (numeric keys only; a torn last line is skipped)."""
     path = Path(workdir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.jsonl (is {workdir} a training workdir?)")
+        raise PathNotFoundError(f"{path}: no metrics.jsonl (is {workdir} a training workdir?)")
     series: dict[str, dict[int, float]] = {}
     for line in path.read_text().splitlines():
         try:
@@ -68,7 +70,7 @@ def plot(workdirs: Sequence[str | Path], out: str | Path, *, labels: Sequence[st
     labels = list(labels) if labels else [Path(w).name for w in workdirs]
     keys = sorted(k for k in set.intersection(*(set(r) for r in runs)) if k.startswith(prefix))
     if not keys:
-        raise ValueError(f"the runs {list(map(str, workdirs))} share no metric starting with {prefix!r}")
+        raise UserError(f"the runs {list(map(str, workdirs))} share no metric starting with {prefix!r}")
     cols = min(3, len(keys))
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3 * rows), squeeze=False)

@@ -68,6 +68,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wespe import device_memory, staged_tiling
+from wespe.errors import UserError
 from wespe.staged_tiling import MAX_TILES_PER_BATCH, conv_radius, even_tiles, tiles_per_batch
 from wespe.models import BASE_TAPS, InstanceNorm
 
@@ -114,7 +115,7 @@ def receptive_halo(generator: nnx.Module, stop_at: int | None = None) -> int:
             if stop_at == 2 * b + j:
                 return halo
     if stop_at is not None:
-        raise ValueError(f"stop_at={stop_at} is not a norm index (the generator has {2 * len(generator.blocks)})")
+        raise UserError(f"stop_at={stop_at} is not a norm index (the generator has {2 * len(generator.blocks)})")
     halo += conv_radius(generator.conv_mid1) + conv_radius(generator.conv_mid2) + conv_radius(generator.conv_out)
     if getattr(generator, "global_color", "none") == "base_affine":  # the colour path's base-layer blur
         halo = max(halo, BASE_TAPS // 2)
@@ -210,7 +211,7 @@ def _as_float_images(image) -> tuple[np.ndarray, bool]:
     """(N, H, W, C) float32 and whether the input was a single image."""
     arr = np.asarray(image)
     if arr.ndim not in (3, 4):
-        raise ValueError(f"enhance expects an H x W x 3 or N x H x W x 3 image, got shape {arr.shape}")
+        raise UserError(f"enhance expects an H x W x 3 or N x H x W x 3 image, got shape {arr.shape}")
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
     elif arr.dtype == np.uint16:
@@ -218,14 +219,14 @@ def _as_float_images(image) -> tuple[np.ndarray, bool]:
     elif np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float32)
     else:
-        raise ValueError(f"enhance expects a float image in [0, 1] or uint8 / uint16, got dtype {arr.dtype}")
+        raise UserError(f"enhance expects a float image in [0, 1] or uint8 / uint16, got dtype {arr.dtype}")
     single = arr.ndim == 3
     if single:
         arr = arr[None]
     if 0 in arr.shape:
-        raise ValueError(f"enhance got an empty image, shape {np.shape(image)}")
+        raise UserError(f"enhance got an empty image, shape {np.shape(image)}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError("enhance got an image with NaN or infinite values")
+        raise UserError("enhance got an image with NaN or infinite values")
     return arr, single
 
 
@@ -242,14 +243,14 @@ def _budget_bytes(memory_budget_mb: float | None, device: jax.Device) -> float:
         try:
             memory_budget_mb = float(os.environ[MEMORY_BUDGET_ENV])
         except ValueError:
-            raise ValueError(f"${MEMORY_BUDGET_ENV}={os.environ[MEMORY_BUDGET_ENV]!r} is not a number of MiB") from None
+            raise UserError(f"${MEMORY_BUDGET_ENV}={os.environ[MEMORY_BUDGET_ENV]!r} is not a number of MiB") from None
     if memory_budget_mb is None:
         machine = device_memory.budget_bytes(device)
         if machine:  # None: the machine says nothing; 0 (a full cgroup) is no budget to run in either
             return float(machine)
         memory_budget_mb = DEFAULT_MEMORY_BUDGET_MB
     if not memory_budget_mb > 0:
-        raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
+        raise UserError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
     return memory_budget_mb * 2 ** 20
 
 
@@ -299,9 +300,9 @@ def _tile_shape(tile, height: int, width: int) -> tuple[int, int]:
     elif isinstance(tile, Sequence) and len(tile) == 2 and all(isinstance(t, (int, np.integer)) for t in tile):
         th, tw = (int(t) for t in tile)
     else:
-        raise ValueError(f"tile must be an int or a (height, width) pair of ints, got {tile!r}")
+        raise UserError(f"tile must be an int or a (height, width) pair of ints, got {tile!r}")
     if th < 1 or tw < 1:
-        raise ValueError(f"tile sides must be >= 1, got {tile!r}")
+        raise UserError(f"tile sides must be >= 1, got {tile!r}")
     return min(th, height), min(tw, width)
 
 
@@ -417,16 +418,16 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
     the host's memory budget, else ``streamed``. Both are exact.
     """
     if tiling not in TILINGS:
-        raise ValueError(f"enhance tiling must be one of {TILINGS}, got {tiling!r}")
+        raise UserError(f"enhance tiling must be one of {TILINGS}, got {tiling!r}")
     if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"enhance dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        raise UserError(f"enhance dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     images, single = _as_float_images(image)
     channels = generator.conv_in.kernel.shape[-2]
     if images.shape[-1] != channels:
-        raise ValueError(f"enhance expects {channels}-channel images (last axis), got shape {np.shape(image)}")
+        raise UserError(f"enhance expects {channels}-channel images (last axis), got shape {np.shape(image)}")
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
-        raise ValueError("enhance needs at least one device")
+        raise UserError("enhance needs at least one device")
     generator = inference_view(generator)
     stats_norms = instance_norm_indices(generator)
     budget = _budget_bytes(memory_budget_mb, devices[0])

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wespe import export, image_io, pretrained
+from wespe.errors import UserError
 from wespe.enhance import enhance
 from wespe.models import Generator
 from wespe.files import atomic_write
@@ -55,16 +56,16 @@ def load_enhancer(*, pretrained_name: str | None = None, checkpoint: str | os.Pa
     (both ``ValueError``) for missing or bad weights.
     """
     if (pretrained_name is None) == (checkpoint is None):
-        raise ValueError("give exactly one of --pretrained (an official DPED generator: "
+        raise UserError("give exactly one of --pretrained (an official DPED generator: "
                          f"{', '.join(sorted(pretrained.PRETRAINED))}) and --checkpoint (an exported wespe "
                          f"generator), not {'both' if pretrained_name is not None else 'neither'}")
     if pretrained_name is not None:
         if pretrained_name not in pretrained.PRETRAINED:
-            raise ValueError(f"unknown pretrained generator {pretrained_name!r}; expected one of "
+            raise UserError(f"unknown pretrained generator {pretrained_name!r}; expected one of "
                              f"{', '.join(sorted(pretrained.PRETRAINED))}")
         return pretrained.load_dped_generator(pretrained_name, weights_dir)
     if weights_dir is not None:
-        raise ValueError("--weights_dir only applies to --pretrained; --checkpoint names its file itself")
+        raise UserError("--weights_dir only applies to --pretrained; --checkpoint names its file itself")
     return export.load_generator(checkpoint)
 
 
@@ -88,9 +89,24 @@ def _check_raw_paths(pairs: Sequence[tuple[Path, Path]]) -> None:
     for source, output in pairs:
         key = raw_path(output).resolve()
         if key in taken:
-            raise ValueError(f"--save_raw: the raw output {raw_path(output)} of {source} clashes with the output "
+            raise UserError(f"--save_raw: the raw output {raw_path(output)} of {source} clashes with the output "
                              f"of {taken[key]} (same name, different extension); enhance them separately")
         taken[key] = source
+
+
+def plan(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *, save_raw: bool = False
+         ) -> list[tuple[Path, Path]]:
+    """The ``(photo, output)`` pairs :func:`enhance_files` will write, checked before any work (cheap: call it
+    before loading a model). Raises :class:`wespe.errors.UserError` for a missing input, an output folder that
+    cannot be one, clashing outputs, or no photo at all in ``inputs``."""
+    inputs = list(inputs)
+    pairs = image_io.plan_outputs(inputs, output_dir)
+    if not pairs:
+        raise UserError(f"no photo found in {', '.join(map(str, inputs))} (looked for "
+                        f"{' '.join(sorted(image_io.IMAGE_EXTENSIONS))}, in folders recursively)")
+    if save_raw:
+        _check_raw_paths(pairs)
+    return pairs
 
 
 def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
@@ -101,15 +117,8 @@ def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], out
     ``tile``, ``memory_budget_mb``, ``devices``: passed to :func:`wespe.enhance.enhance` (``tile=None``: chosen
     from the memory budget). ``progress``: show a tqdm bar (images, rate, ETA) on stderr.
     """
-    inputs = list(inputs)
-    pairs = image_io.plan_outputs(inputs, output_dir)
-    if save_raw:
-        _check_raw_paths(pairs)
+    pairs = plan(inputs, output_dir, save_raw=save_raw)
     report = EnhanceReport()
-    if not pairs:
-        logger.warning("no photos found in %s (looked for %s)", ", ".join(map(str, inputs)),
-                       " ".join(sorted(image_io.IMAGE_EXTENSIONS)))
-        return report
     with tqdm(total=len(pairs), unit="img", desc="enhancing", dynamic_ncols=True, disable=not progress) as bar:
         for source, output in pairs:
             try:

@@ -1,24 +1,50 @@
-"""The one exception type that means "what you gave is wrong", not "wespe is broken".
+"""The one exception type that means "what you gave is wrong", not "wespe is broken", and the exit statuses.
 
 Every error a user can fix by changing a flag, a folder, a file or a config value derives from
 :class:`UserError` (a ``ValueError``, so ``except ValueError`` still catches it): the data errors, config values,
 a workdir holding another run, VGG weights that are not VGG-19, a mesh that does not fit the devices, files
-that are not generators. The command-line entry points print it as one ``error: ...`` line and exit with status 2;
-set ``WESPE_TRACEBACK=1`` (or pass ``--verbosity=1``) to see the traceback as well. Anything else is a bug or an
-environment failure and keeps its traceback.
+that are not generators or photos, missing inputs (:class:`PathNotFoundError`, also a ``FileNotFoundError``).
+
+Every command-line entry point runs its work inside :func:`cli_errors`, which gives one ``error: ...`` line on
+stderr and these exit statuses (README: Exit statuses):
+
+  0  done (a preempted training run that saved its checkpoint, too)
+  1  the job ran but produced nothing usable (no photo enhanced or evaluated, a sweep cell failed), or the
+     environment failed it (disk full, an I/O error): one line naming the file
+  2  a user error: nothing was started or written; the line names the flag, file or key and what to do
+  3  training diverged (a non-finite loss); the last good checkpoint is kept
+
+Set ``WESPE_TRACEBACK=1`` (or pass ``--verbosity=1``) to see the traceback as well. Any other exception is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 TRACEBACK_ENV = "WESPE_TRACEBACK"
+EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
 
 
 class UserError(ValueError):
     """A mistake in the user's input; the message names the flag, file or key and what to do."""
+
+
+class PathNotFoundError(UserError, FileNotFoundError):
+    """An input file or folder the user named does not exist (both a UserError and a FileNotFoundError)."""
+
+
+class JobFailed(RuntimeError):
+    """The environment failed a job that was correctly asked for (a checkpoint that cannot be written or read
+    back, ...); exit status 1, one line naming the file."""
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; exit status 3."""
 
 
 def want_traceback() -> bool:
@@ -35,7 +61,30 @@ def want_traceback() -> bool:
 
 def exit_on_user_error(error: UserError) -> None:
     """Print ``error`` as one line on stderr and exit with status 2 (re-raise it when :func:`want_traceback`)."""
+    exit_with_line(str(error), EXIT_USER_ERROR, error)
+
+
+def exit_with_line(message: str, status: int, error: BaseException) -> None:
+    """Print ``error: <message>`` on stderr and exit with ``status`` (re-raise ``error`` when :func:`want_traceback`)."""
     if want_traceback():
         raise error
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+@contextlib.contextmanager
+def cli_errors():
+    """The entry points' error handling: user errors -> one line, exit 2; a diverged run -> one line, exit 3; an
+    OS-level failure (disk full, permissions, an I/O error) -> one line naming the file, exit 1. Other
+    exceptions (bugs) pass with their traceback."""
+    try:
+        yield
+    except UserError as e:
+        exit_on_user_error(e)
+    except Diverged as e:
+        exit_with_line(str(e), EXIT_DIVERGED, e)
+    except JobFailed as e:
+        exit_with_line(str(e), EXIT_FAILED, e)
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) and str(e.filename) not in str(e) else ""
+        exit_with_line(f"{where}{e.strerror or e}" if where else str(e), EXIT_FAILED, e)

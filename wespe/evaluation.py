@@ -45,6 +45,7 @@ from tqdm import tqdm
 from PIL import Image
 
 from wespe import image_io, metrics
+from wespe.errors import PathNotFoundError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def index_images(inputs: str | os.PathLike | Sequence[str | os.PathLike]
         elif item.exists():
             found = [(item, item.stem)]
         else:
-            raise FileNotFoundError(f"{item} does not exist")
+            raise PathNotFoundError(f"{item} does not exist")
         for path, key in found:
             if key in index:
                 duplicates.append({"name": key, "path": str(path),
@@ -215,11 +216,11 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
     problems with single photos are reported in the result instead.
     """
     if generator is None and outputs_folder is None:
-        raise ValueError("give a generator (model mode) or outputs_folder (already enhanced photos)")
+        raise UserError("give a generator (model mode) or outputs_folder (already enhanced photos)")
     if generator is not None and outputs_folder is not None:
-        raise ValueError("give a generator or outputs_folder, not both")
+        raise UserError("give a generator or outputs_folder, not both")
     if generator is not None and sources is None:
-        raise ValueError("model mode needs sources (the photos to enhance)")
+        raise UserError("model mode needs sources (the photos to enhance)")
     mode = "model" if generator is not None else "outputs"
     result = EvalResult(mode=mode, has_reference=reference_folder is not None)
 
@@ -438,7 +439,7 @@ def load_checkpoint_generator(workdir: str | os.PathLike, step: int | None = Non
         if step is None:
             step = ckpt.latest_step()
             if step is None:
-                raise ValueError(f"{workdir / 'checkpoints'} holds no finished checkpoint")
+                raise UserError(f"{workdir / 'checkpoints'} holds no finished checkpoint")
         config = configs.from_saved(ckpt.metadata(step)["config"])
         abstract, graphdefs = train.abstract_train_state(config)  # traced only: no initialiser runs
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -463,11 +464,14 @@ def load_any_generator(*, checkpoint=None, pretrained_name=None, weights_dir=Non
     ``(generator, description)``."""
     from wespe.enhance_files import load_enhancer
     if checkpoint is not None and (pretrained_name is not None or weights_dir is not None):
-        raise ValueError("--checkpoint names its generator itself: give it without --pretrained / --weights_dir")
+        raise UserError("--checkpoint names its generator itself: give it without --pretrained / --weights_dir")
     if checkpoint is not None:
         path = Path(checkpoint)
         if path.is_dir() and checkpoint_steps(path):
             generator, step = load_checkpoint_generator(path)
             return generator, f"{path} checkpoint step {step}"
+        if path.is_dir() and not (path / "generator.npz").exists():
+            raise UserError(f"--checkpoint={path}: the folder holds neither a finished training checkpoint "
+                            "(checkpoints/<step>) nor an exported generator (generator.npz)")
         return load_enhancer(checkpoint=path), str(path)
     return load_enhancer(pretrained_name=pretrained_name, weights_dir=weights_dir), str(pretrained_name)

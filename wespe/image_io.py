@@ -51,8 +51,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from wespe.files import atomic_write
 from PIL import Image, ImageOps, JpegImagePlugin
+
+from wespe.errors import PathNotFoundError, UserError
+from wespe.files import atomic_write
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
 WRITABLE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "BMP"})
@@ -85,7 +87,7 @@ NOT_AN_IMAGE, CORRUPT, TRUNCATED, TOO_LARGE, UNREADABLE = (
     "not an image", "corrupt", "truncated", "too large", "unreadable")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """A file that cannot be read as a photo: missing, not an image, corrupt, truncated or unsupported.
 
     ``kind`` says which (one of NOT_AN_IMAGE, CORRUPT, TRUNCATED, TOO_LARGE, UNREADABLE, or a caller's own).
@@ -96,7 +98,7 @@ class ImageReadError(ValueError):
         self.kind = kind
 
 
-class ImageWriteError(ValueError):
+class ImageWriteError(UserError):
     """A photo that cannot be written: unsupported format or a bad array."""
 
 
@@ -443,7 +445,7 @@ def _expand(inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.Path
         elif item.exists():
             add(item, Path(item.name), found_in_folder=False)  # named explicitly: taken whatever its extension
         else:
-            raise FileNotFoundError(f"input {item} does not exist")
+            raise PathNotFoundError(f"input {item} does not exist")
     return found
 
 
@@ -464,9 +466,9 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
             continue
         if not path.is_dir():
             what = "is a file" if path == output_dir else f"lies under {path}, a file"
-            raise ValueError(f"output folder {output_dir} {what}, not a folder: choose another output folder")
+            raise UserError(f"output folder {output_dir} {what}, not a folder: choose another output folder")
         if not os.access(path, os.W_OK | os.X_OK):
-            raise ValueError(f"output folder {output_dir}: {path} is not writable")
+            raise UserError(f"output folder {output_dir}: {path} is not writable")
         break
     return output_dir
 
@@ -493,8 +495,8 @@ def _check_distinct(pairs: Sequence[tuple[Path, Path]]) -> None:
     for source, target in pairs:
         key = target.resolve()
         if key == source.resolve():
-            raise ValueError(f"output {target} would overwrite its input; choose another output folder")
+            raise UserError(f"output {target} would overwrite its input; choose another output folder")
         if key in owners:
-            raise ValueError(f"inputs {owners[key]} and {source} would both be written to {target}; "
+            raise UserError(f"inputs {owners[key]} and {source} would both be written to {target}; "
                              "enhance them into separate output folders")
         owners[key] = source

@@ -77,6 +77,7 @@ from tqdm import tqdm
 
 from wespe import config as configs
 from wespe import evaluation, loop
+from wespe.errors import JobFailed, UserError
 from wespe.camera import CAMERA_RANGES, apply_camera, camera_model, draw_camera  # noqa: F401 - re-exported
 from wespe.export import load_generator
 from wespe.files import atomic_write
@@ -129,15 +130,15 @@ METRICS = ("psnr_mean", "psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy
 GRID_CROP = 192
 
 
-class MissingDependencyError(RuntimeError):
+class MissingDependencyError(UserError):
     """A package that ships some of the benchmark's photos is not installed."""
 
 
-class PresetError(ValueError):
+class PresetError(UserError):
     """A preset (``name=config_path``) that cannot be used: bad syntax, missing file, no ``get_config()``."""
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(JobFailed):
     """A training run stopped before its last step (SIGTERM / Ctrl-C); rerunning the command resumes it."""
 
 
@@ -231,7 +232,7 @@ def prepare(root: str | Path, seed: int = 0, *, split: dict | None = None, max_s
     if marker.exists():
         found = json.loads(marker.read_text())
         if found != recipe:
-            raise ValueError(f"{root} was prepared with {found}, not {recipe}: use another folder")
+            raise UserError(f"{root} was prepared with {found}, not {recipe}: use another folder")
         return _layout(root)
     clean = {name: _downscale(load_photo(name), max_side) for name in names}  # all loads first: fail early
     data = _layout(root)
@@ -443,7 +444,7 @@ def train_preset(config, workdir: str | Path) -> dict:
         raise TrainingInterrupted(f"training in {workdir} stopped at step {result.step} ({result.status}); run the "
                                   f"same command again to resume it")
     if result.step != config.num_steps:
-        raise ValueError(f"{workdir} holds a run of {result.step} steps, not the {config.num_steps} asked for: use "
+        raise UserError(f"{workdir} holds a run of {result.step} steps, not the {config.num_steps} asked for: use "
                          f"another output folder (or remove that run)")
     record = {"config": wanted, "num_steps": int(result.step), "train_minutes": minutes}
     with atomic_write(record_path) as f:
@@ -456,7 +457,7 @@ def train_preset(config, workdir: str | Path) -> dict:
 def _per_seed(result: evaluation.EvalResult, seed, steps, minutes) -> dict:
     a = result.aggregates
     if not result.rows or result.skipped:
-        raise ValueError(f"{len(result.skipped)} held-out photos could not be scored: {result.skipped}")
+        raise JobFailed(f"{len(result.skipped)} held-out photos could not be scored: {result.skipped}")
     return {"seed": seed, **{k: a[k] for k in METRICS}, "train_minutes": minutes, "steps": steps,
             "per_image": [{k: r.get(k) for k in ("name", "psnr", "ssim_rgb", "ms_ssim", "entropy")}
                           for r in result.rows]}
@@ -504,7 +505,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
     seeds = [int(s) for s in seeds]
     if not skip_training:
         if not seeds:
-            raise ValueError("give at least one seed")
+            raise UserError("give at least one seed")
         for name, path in presets.items():
             check_preset_name(name)
             load_preset_config(path)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from wespe.errors import PathNotFoundError, UserError
 from wespe.evaluation import (AGGREGATE_FIELDS, AGGREGATE_LABELS, COUNT_FIELDS, checkpoint_steps, evaluate,
                               load_any_generator, load_checkpoint_generator, markdown_table, write_results)
 
@@ -37,17 +38,20 @@ def load_sweep(path: str | os.PathLike) -> dict:
     """Import a sweep file and return ``{"cells": [...], <shared settings>}``."""
     import importlib.util
     path = Path(path)
+    if not path.is_file():
+        raise PathNotFoundError(f"--sweep={path}: no such sweep file (a Python file with get_sweep(), e.g. "
+                                "experiments/sweeps/dped_pretrained.py)")
     spec = importlib.util.spec_from_file_location(f"_wespe_sweep_{path.stem}", path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"{path}: not a Python file")
+        raise UserError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_sweep"):
-        raise ValueError(f"{path} has no get_sweep()")
+        raise UserError(f"{path} has no get_sweep()")
     sweep = module.get_sweep()
     sweep = {"cells": list(sweep)} if isinstance(sweep, (list, tuple)) else dict(sweep)
     if not sweep.get("cells"):
-        raise ValueError(f"{path}: get_sweep() returned no cells")
+        raise UserError(f"{path}: get_sweep() returned no cells")
     return sweep
 
 
@@ -63,7 +67,7 @@ def expand_cells(sweep: dict, overrides: dict | None = None) -> list[dict]:
     cells = []
     for cell in sweep["cells"]:
         if "name" not in cell:
-            raise ValueError(f"sweep cell without a name: {cell}")
+            raise UserError(f"sweep cell without a name: {cell}")
         c = {**shared, **{k: v for k, v in cell.items() if v is not None}}
         for k, v in (overrides or {}).items():  # flags beat the file's cells too
             if v is not None:
@@ -77,15 +81,15 @@ def expand_cells(sweep: dict, overrides: dict | None = None) -> list[dict]:
             if steps == "all":
                 steps = checkpoint_steps(c["workdir"])
                 if not steps:
-                    raise ValueError(f"sweep cell {c['name']}: {c['workdir']} has no checkpoints")
+                    raise UserError(f"sweep cell {c['name']}: {c['workdir']} has no checkpoints")
             for step in steps:
                 cells.append({**c, "name": f"{c['name']}_step{int(step)}", "kind": "step",
                               "model": str(c["workdir"]), "run": cell["name"], "step": int(step)})
         else:
-            raise ValueError(f"sweep cell {c['name']}: give pretrained, checkpoint or workdir (or --workdir)")
+            raise UserError(f"sweep cell {c['name']}: give pretrained, checkpoint or workdir (or --workdir)")
     names = [c["name"] for c in cells]
     if len(set(map(_cell_dirname, names))) != len(names):
-        raise ValueError(f"sweep cell names are not unique: {names}")
+        raise UserError(f"sweep cell names are not unique: {names}")
     return cells
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from wespe.errors import UserError
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 _STORAGE_DTYPES = {
@@ -77,10 +79,10 @@ def _materialise(obj):
         _, storage, offset, size, stride = obj
         flat = storage.array
         if flat is None:
-            raise ValueError("PyTorch file: a tensor's storage was never read (truncated file?)")
+            raise UserError("PyTorch file: a tensor's storage was never read (truncated file?)")
         itemsize = flat.dtype.itemsize
         if size and offset + sum((s - 1) * st for s, st in zip(size, stride)) >= flat.size:
-            raise ValueError("PyTorch file: a tensor reaches past its storage (truncated or corrupt file)")
+            raise UserError("PyTorch file: a tensor reaches past its storage (truncated or corrupt file)")
         view = np.lib.stride_tricks.as_strided(flat[offset:], shape=size,
                                                strides=tuple(st * itemsize for st in stride))
         return np.array(view)  # copy: detach from the storage buffer
@@ -94,13 +96,13 @@ def _load_zip(path: str) -> dict:
         names = zf.namelist()
         pkl = [n for n in names if n.endswith("data.pkl")]
         if not pkl:
-            raise ValueError(f"{path}: zip archive without data.pkl, not a PyTorch file")
+            raise UserError(f"{path}: zip archive without data.pkl, not a PyTorch file")
         root = pkl[0][: -len("data.pkl")]
 
         def load_storage(key, dtype, numel):
             raw = zf.read(f"{root}data/{key}")
             if len(raw) < numel * dtype.itemsize:
-                raise ValueError(f"{path}: storage {key} holds {len(raw)} bytes, expected {numel * dtype.itemsize}")
+                raise UserError(f"{path}: storage {key} holds {len(raw)} bytes, expected {numel * dtype.itemsize}")
             storage = _LazyStorage(dtype, numel)
             storage.array = np.frombuffer(raw, dtype=dtype, count=numel)
             return storage
@@ -111,7 +113,7 @@ def _load_zip(path: str) -> dict:
 def _load_legacy(path: str) -> dict:
     with open(path, "rb") as f:
         if pickle.load(f) != _LEGACY_MAGIC:
-            raise ValueError(f"{path}: not a PyTorch file (bad magic number)")
+            raise UserError(f"{path}: not a PyTorch file (bad magic number)")
         pickle.load(f)  # protocol version
         pickle.load(f)  # system info
         storages: dict[str, _LazyStorage] = {}
@@ -127,11 +129,11 @@ def _load_legacy(path: str) -> dict:
             storage = storages[str(key)]
             header = f.read(8)
             if len(header) < 8:
-                raise ValueError(f"{path}: truncated before storage {key}")
+                raise UserError(f"{path}: truncated before storage {key}")
             (numel,) = struct.unpack("<q", header)
             raw = f.read(numel * storage.dtype.itemsize)
             if len(raw) < numel * storage.dtype.itemsize:
-                raise ValueError(f"{path}: truncated inside storage {key}")
+                raise UserError(f"{path}: truncated inside storage {key}")
             storage.array = np.frombuffer(raw, dtype=storage.dtype)
         return _materialise(obj)
 
@@ -141,9 +143,9 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
         result = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, struct.error) as e:
-        raise ValueError(f"{path}: cannot read as a PyTorch state dict ({type(e).__name__}: {e})") from e
+        raise UserError(f"{path}: cannot read as a PyTorch state dict ({type(e).__name__}: {e})") from e
     if isinstance(result, dict) and "state_dict" in result and isinstance(result["state_dict"], dict):
         result = result["state_dict"]
     if not isinstance(result, dict):
-        raise ValueError(f"{path}: holds a {type(result).__name__}, not a state dict")
+        raise UserError(f"{path}: holds a {type(result).__name__}, not a state dict")
     return {k: v for k, v in result.items() if isinstance(v, np.ndarray)}

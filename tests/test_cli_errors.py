@@ -1,0 +1,163 @@
+"""Every entry point against a table of user mistakes: one ``error:`` line naming the flag or file, no traceback,
+exit status 2 (README: Exit statuses), and nothing written.
+
+The commands run as they would from a shell, but forked from one process that imported the libraries once
+(tests/cli_forkserver.py), so the whole table costs about as much as a few plain subprocesses.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ForkServer:
+    def __init__(self, tmp: Path):
+        self.tmp, self.n = tmp, 0
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+            filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_forkserver.py")], cwd=REPO, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, script: str, *args: str, env: dict | None = None) -> tuple[int, str, str]:
+        self.n += 1
+        out, err = self.tmp / f"{self.n}.out", self.tmp / f"{self.n}.err"
+        case = {"argv": [f"launch/{script}.py", *args], "env": env or {}, "cwd": str(REPO), "out": str(out),
+                "err": str(err)}
+        self.proc.stdin.write(json.dumps(case) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        assert reply, "the fork server died"
+        return json.loads(reply)["returncode"], out.read_text(), err.read_text()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    server = ForkServer(tmp_path_factory.mktemp("cli_logs"))
+    yield server.run
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def t(tmp_path_factory):
+    """A folder of things to point the commands at."""
+    root = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    for side in ("photos", "refs"):
+        (root / side).mkdir()
+        for name in ("a", "b"):
+            Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / side / f"{name}.png")
+    (root / "empty").mkdir()
+    (root / "no_images").mkdir()
+    (root / "no_images" / "notes.txt").write_text("not a photo")
+    (root / "afile").write_text("a file, not a folder")
+    (root / "garbage.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    (root / "no_get_sweep.py").write_text("CELLS = []\n")
+    (root / "no_model_cell.py").write_text("def get_sweep():\n    return {'cells': [{'name': 'x'}]}\n")
+    (root / "not_a_workdir").mkdir()
+    (root / "bare_workdir" / "checkpoints").mkdir(parents=True)
+    return root
+
+
+# (script, arguments with {t} = the inputs folder and {o} = a fresh output path, words the error line must have)
+CASES = {
+    # launch/enhance.py
+    "enhance: no input": ("enhance", ["--pretrained=dped_iphone", "--output={o}"], ["input photo or folder"]),
+    "enhance: no generator": ("enhance", ["--output={o}", "{t}/photos"], ["--pretrained", "--checkpoint"]),
+    "enhance: two generators": ("enhance", ["--pretrained=dped_iphone", "--checkpoint={t}/garbage.npz", "--output={o}",
+                                            "{t}/photos"], ["exactly one"]),
+    "enhance: no --output": ("enhance", ["--checkpoint={t}/garbage.npz", "{t}/photos"], ["--output"]),
+    "enhance: output is a file": ("enhance", ["--checkpoint={t}/garbage.npz", "--output={t}/afile", "{t}/photos"],
+                                  ["afile", "not a folder"]),
+    "enhance: missing input": ("enhance", ["--checkpoint={t}/garbage.npz", "--output={o}", "{t}/nope.jpg"],
+                               ["nope.jpg", "does not exist"]),
+    "enhance: folder without photos": ("enhance", ["--checkpoint={t}/garbage.npz", "--output={o}", "{t}/no_images"],
+                                       ["no_images", "no photo"]),
+    "enhance: missing checkpoint": ("enhance", ["--checkpoint={t}/nope.npz", "--output={o}", "{t}/photos"],
+                                    ["nope.npz", "does not exist"]),
+    "enhance: checkpoint not a generator": ("enhance", ["--checkpoint={t}/garbage.npz", "--output={o}", "{t}/photos"],
+                                            ["garbage.npz"]),
+    "enhance: pretrained without weights": ("enhance", ["--pretrained=dped_iphone", "--output={o}", "{t}/photos"],
+                                            ["weights_dir"]),
+    "enhance: missing weights_dir": ("enhance", ["--pretrained=dped_iphone", "--weights_dir={t}/nope", "--output={o}",
+                                                 "{t}/photos"], ["nope", "does not exist"]),
+    "enhance: unknown pretrained": ("enhance", ["--pretrained=dped_nokia", "--output={o}", "{t}/photos"],
+                                    ["--pretrained", "dped_iphone"]),
+    "enhance: negative tile": ("enhance", ["--checkpoint={t}/garbage.npz", "--tile=-1", "--output={o}", "{t}/photos"],
+                               ["--tile"]),
+    "enhance: zero memory budget": ("enhance", ["--checkpoint={t}/garbage.npz", "--memory_budget_mb=0",
+                                                "--output={o}", "{t}/photos"], ["memory_budget_mb"]),
+    # launch/evaluate.py
+    "evaluate: no model": ("evaluate", ["--source={t}/photos", "--output_dir={o}"], ["exactly one"]),
+    "evaluate: no --output_dir": ("evaluate", ["--checkpoint={t}/garbage.npz", "--source={t}/photos"], ["--output_dir"]),
+    "evaluate: no --source": ("evaluate", ["--checkpoint={t}/garbage.npz", "--output_dir={o}"], ["--source"]),
+    "evaluate: missing source": ("evaluate", ["--outputs={t}/photos", "--source={t}/nope", "--output_dir={o}"],
+                                 ["nope", "does not exist"]),
+    "evaluate: missing reference": ("evaluate", ["--outputs={t}/photos", "--reference={t}/nope", "--output_dir={o}"],
+                                    ["nope", "does not exist"]),
+    "evaluate: workdir without checkpoints": ("evaluate", ["--checkpoint={t}/bare_workdir", "--source={t}/photos",
+                                                           "--output_dir={o}"], ["bare_workdir", "checkpoint"]),
+    "evaluate: missing checkpoint": ("evaluate", ["--checkpoint={t}/nope", "--source={t}/photos", "--output_dir={o}"],
+                                     ["nope"]),
+    "evaluate: output_dir is a file": ("evaluate", ["--outputs={t}/photos", "--reference={t}/refs",
+                                                    "--output_dir={t}/afile"], ["afile"]),
+    "evaluate: extra argument": ("evaluate", ["--outputs={t}/photos", "--reference={t}/refs", "--output_dir={o}",
+                                              "stray"], ["unexpected", "stray"]),
+    "evaluate: zero limit": ("evaluate", ["--outputs={t}/photos", "--reference={t}/refs", "--output_dir={o}",
+                                          "--limit=0"], ["--limit"]),
+    # launch/sweep.py
+    "sweep: no --sweep": ("sweep", ["--output_dir={o}"], ["--sweep"]),
+    "sweep: missing sweep file": ("sweep", ["--sweep={t}/nope.py", "--output_dir={o}"], ["nope.py"]),
+    "sweep: no get_sweep": ("sweep", ["--sweep={t}/no_get_sweep.py", "--output_dir={o}"], ["get_sweep"]),
+    "sweep: cell without a model": ("sweep", ["--sweep={t}/no_model_cell.py", "--output_dir={o}",
+                                              "--source={t}/photos"], ["cell x", "pretrained"]),
+    "sweep: workdir without checkpoints": ("sweep", ["--sweep=experiments/sweeps/run_checkpoints.py",
+                                                     "--workdir={t}/bare_workdir", "--source={t}/photos",
+                                                     "--output_dir={o}"], ["bare_workdir", "checkpoints"]),
+    # launch/benchmark.py
+    "benchmark: unknown mode": ("benchmark", ["--mode=fastest"], ["--mode"]),
+    "benchmark: unknown tiling": ("benchmark", ["--mode=enhance", "--tilings=diagonal"], ["--tilings", "diagonal"]),
+    "benchmark: missing torch python": ("benchmark", ["--mode=torch_ratio", "--torch_python={t}/nope/python"],
+                                        ["--torch_python", "no such file"]),
+    # launch/compare_runs.py
+    "compare_runs: one run": ("compare_runs", ["{t}/not_a_workdir"], ["two or more"]),
+    "compare_runs: not workdirs": ("compare_runs", ["{t}/not_a_workdir", "{t}/empty"], ["not_a_workdir",
+                                                                                     "metrics.jsonl"]),
+    # launch/train.py (more in tests/test_cli.py and tests/test_resilience.py)
+    "train: no --workdir": ("train", ["--source={t}/photos", "--target={t}/refs"], ["--workdir"]),
+    "train: extra argument": ("train", ["--workdir={o}", "stray"], ["unexpected", "stray"]),
+    "train: missing config file": ("train", ["--config={t}/nope.py", "--workdir={o}"], ["nope.py"]),
+    "train: only --source with the demo": ("train", ["--config=experiments/demo.py", "--source={t}/photos",
+                                                     "--workdir={o}"], ["--source", "--target"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_user_mistake_is_one_line_exit_2_and_writes_nothing(cli, t, tmp_path, case):
+    script, args, words = CASES[case]
+    out = tmp_path / "out"
+    code, stdout, stderr = cli(script, *[a.format(t=t, o=out) for a in args])
+    lines = stderr.strip().splitlines()
+    assert code == 2, (case, code, stderr[-3000:])
+    assert "Traceback" not in stderr, (case, stderr[-3000:])
+    assert lines and lines[-1].startswith("error: "), (case, stderr[-3000:])
+    for word in words:
+        assert word.format(t=t) in lines[-1], (case, word, lines[-1])
+    assert not out.exists(), (case, "wrote its output although the input was wrong")
+
+
+def test_traceback_on_request(cli, t, tmp_path):
+    code, _, stderr = cli("enhance", f"--checkpoint={t}/nope.npz", f"--output={tmp_path}/o", f"{t}/photos",
+                          env={"WESPE_TRACEBACK": "1"})
+    assert code != 0 and "Traceback" in stderr and "ExportFormatError" in stderr
