@@ -147,6 +147,8 @@ def test_batches_report_and_determinism(tmp_path, mixed):
     assert report["target"]["num_good"] == 3 and report["target"]["num_bad"] == 0
     assert {Path(b["path"]).name for b in report["source"]["bad"]} == {
         "corrupt.jpg", "truncated.jpg", "text.png", "small.png"}
+    assert {Path(p).name for p in report["source"]["used"]} == GOOD  # the files used, none of the bad ones
+    assert report["target"]["used"] == [str(p) for p in data.list_images([target])]
     line = report.summary_line()
     assert line.startswith(f"data: source {len(GOOD)} usable (4 skipped: ") and "2 not an image" in line
     assert "target 3 usable, cached in memory (" in line and line == report["summary"]
@@ -239,7 +241,8 @@ def test_resume_from_state(tmp_path):
     assert data.iterator_state_from_json(text) == state
 
 
-def test_streamed_mode_survives_a_file_corrupted_after_the_scan(tmp_path, caplog):
+@pytest.mark.parametrize("damage", ["corrupted", "deleted"])
+def test_streamed_mode_survives_a_file_damaged_after_the_scan(tmp_path, caplog, damage):
     source, target, workdir = tmp_path / "s", tmp_path / "t", tmp_path / "work"
     _save(source / "a.png", np.full((40, 48, 3), 10, np.uint8))
     _save(source / "b.png", np.full((40, 48, 3), 200, np.uint8))
@@ -247,7 +250,10 @@ def test_streamed_mode_survives_a_file_corrupted_after_the_scan(tmp_path, caplog
     iterator, report = _iterator(source, target, global_batch_size=8, cache_max_bytes=0, workdir=workdir)
     twin, _ = _iterator(source, target, global_batch_size=8, cache_max_bytes=0)
     assert report["storage"] == "streamed" and "streamed from disk" in report.summary_line()
-    (source / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)  # broken after the scan
+    if damage == "deleted":  # gone between the scan and the read
+        (source / "b.png").unlink()
+    else:  # broken after the scan
+        (source / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
     with caplog.at_level(logging.WARNING, logger="wespe.data"):
         batches = _batches(iterator, 3)
     for b in batches:
@@ -256,6 +262,7 @@ def test_streamed_mode_survives_a_file_corrupted_after_the_scan(tmp_path, caplog
     bad = report["source"]["bad"]
     assert [(Path(e["path"]).name, e["kind"]) for e in bad] == [("b.png", data.RUNTIME_FAILURE)]
     assert report["source"]["num_good"] == 1 and report["runtime_failures"] == 1
+    assert [Path(p).name for p in report["source"]["used"]] == ["a.png"]
     assert json.loads((workdir / data.REPORT_FILE).read_text())["runtime_failures"] == 1
     for a, b in zip(batches, _batches(twin, 3)):  # the replacement is deterministic
         for k in a:

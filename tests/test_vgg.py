@@ -280,6 +280,23 @@ def test_cache_written_once_then_used(files, weights, tmp_path, monkeypatch):
     assert list(cache.iterdir()) == cached
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not an npz"])
+def test_corrupt_cache_is_converted_again(files, weights, tmp_path, caplog, damage):
+    """A cache file cut short (disk full, a killed copy) or overwritten is not an error: the source is converted
+    again, with a warning, and the cache rewritten."""
+    cache = tmp_path / "cache"
+    vgg.load_vgg19(files["mat"], cache_dir=cache)
+    (cached,) = cache.iterdir()
+    good = cached.read_bytes()
+    cached.write_bytes(good[: len(good) // 2] if damage == "truncated" else b"garbage")
+    with caplog.at_level("WARNING"):
+        got, origin = vgg.load_vgg19(files["mat"], cache_dir=cache)
+    assert origin == "matconvnet"
+    assert_same_weights(got, weights)
+    assert any("unreadable" in r.getMessage() and str(cached) in r.getMessage() for r in caplog.records)
+    assert cached.read_bytes() == good  # rewritten
+
+
 def test_cache_keyed_by_content_not_name(files, weights, tmp_path):
     """Replacing the file at the same path with different weights is not answered from the stale cache."""
     cache, path = tmp_path / "cache", tmp_path / "imagenet-vgg-verydeep-19.mat"

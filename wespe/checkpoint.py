@@ -26,20 +26,28 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, TypeVar
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpointer"]
+from wespe.errors import JobFailed
+
+__all__ = ["CheckpointError", "CheckpointMismatchError", "Checkpointer"]
 
 _STATE, _METADATA = "state", "metadata"
 T = TypeVar("T")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(JobFailed):
     """A checkpoint cannot be saved or restored; the message names the checkpoint directory."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """An intact checkpoint whose tree (names, shapes) is not the one asked for: every older checkpoint of the
+    same run would not match either, so this is not a reason to fall back to one."""
 
 
 def _abstract_leaf(x: Any) -> Any:
@@ -51,8 +59,34 @@ def _abstract_leaf(x: Any) -> Any:
 
 def _short(e: BaseException, limit: int = 1500) -> str:
     """The exception for a one-line message; tensorstore errors append kilobytes of JSON spec (kept in __cause__)."""
-    text = f"{type(e).__name__}: {e}"
+    text = f"{type(e).__name__}: {e}".split(". See full TensorStore details")[0]  # then kilobytes of JSON spec
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _is_orbax_read_aftermath(unraisable) -> bool:
+    """The reports of reads still in flight when an orbax restore failed: their callbacks find the event loop
+    closed, and their coroutines are finalised with the read error (one per array chunk: thousands of lines for
+    one truncated file). The restore's own error says it all."""
+    exc, obj = unraisable.exc_value, unraisable.object
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    code = getattr(obj, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename
+
+
+def _silence_orbax_read_aftermath() -> None:
+    """Installs (once, chained to the current hook) a ``sys.unraisablehook`` that drops only
+    :func:`_is_orbax_read_aftermath` reports."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_wespe_orbax_filter", False):
+        return
+
+    def hook(unraisable):
+        if not _is_orbax_read_aftermath(unraisable):
+            previous(unraisable)
+
+    hook._wespe_orbax_filter = True
+    sys.unraisablehook = hook
 
 
 def _normalise_metadata(metadata: dict) -> dict:
@@ -176,6 +210,7 @@ class Checkpointer:
         abstract = jax.tree.map(_abstract_leaf, like)
         self._check_matches_saved_tree(step, abstract)
         args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract), _METADATA: ocp.args.JsonRestore()})
+        _silence_orbax_read_aftermath()  # a failed read must be one CheckpointError, not pages of asyncio noise
         try:
             restored = self._manager.restore(step, args=args)
         except Exception as e:
@@ -237,8 +272,32 @@ class Checkpointer:
                      if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(np.shape(v))]
         if problems:
             more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-            raise CheckpointError(f"could not restore checkpoint {path}: it does not match `like` "
+            raise CheckpointMismatchError(f"could not restore checkpoint {path}: it does not match `like` "
                                   f"({len(problems)} differences):\n  " + "\n  ".join(problems[:10]) + more)
+
+    def reload(self) -> None:
+        """Re-reads the list of checkpoints from the directory (another process changed it)."""
+        self._live_manager().reload()
+
+    def set_aside(self, step: int, into: str | os.PathLike) -> str:
+        """Moves the finished checkpoint ``step`` out of the directory, to ``into/<step>`` (``into/<step>.1``, ...
+        if taken), so that it is no longer listed and its step can be saved again; returns the new path.
+
+        For a checkpoint that cannot be read back (see :func:`wespe.loop` resuming from the newest intact one):
+        it is kept for inspection rather than deleted. Local directories only; call on one process.
+        """
+        if self.read_only:
+            raise CheckpointError(f"cannot move {self.step_directory(step)}: the Checkpointer is read-only")
+        self.wait()
+        into = os.path.abspath(os.fspath(into))
+        os.makedirs(into, exist_ok=True)
+        dest, n = os.path.join(into, str(int(step))), 0
+        while os.path.exists(dest):
+            n += 1
+            dest = os.path.join(into, f"{int(step)}.{n}")
+        os.rename(self.step_directory(step), dest)
+        self._live_manager().reload()
+        return dest
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 

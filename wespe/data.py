@@ -27,6 +27,10 @@ elements are drawn close to uniformly over the files (not in exact epochs), whic
   new iterator built with the same arguments continues the stream exactly (:func:`iterator_state_to_json`,
   :func:`iterator_state_from_json` for checkpoint metadata).
 
+The report (``<workdir>/data_report.json``) names, per side, the files ``used`` (for paired data: those of the
+usable pairs) and the ``bad`` ones, each with its reason and kind; a file that fails at run time moves from the
+first list to the second.
+
 Decoding (EXIF orientation, any Pillow mode -> 8-bit RGB) is :func:`wespe.image_io.read_image`; the file types
 are :data:`wespe.image_io.IMAGE_EXTENSIONS`, found recursively by :func:`wespe.image_io.list_images`.
 """
@@ -358,7 +362,8 @@ def _derived_seed(seed: int, stream: int) -> int:
 
 def _side_report(scan: ScanResult, flag: str) -> dict:
     return {"folder": str(scan.folder), "flag": flag, "num_files": scan.num_files, "num_good": len(scan.good),
-            "num_bad": len(scan.bad), "skipped_by_kind": scan.skipped_by_kind(), "bad": list(scan.bad)}
+            "num_bad": len(scan.bad), "skipped_by_kind": scan.skipped_by_kind(), "bad": list(scan.bad),
+            "used": [str(p) for p in scan.good]}
 
 
 def _write_report(report: DataReport, workdir: Path) -> None:
@@ -451,7 +456,8 @@ def make_train_iterator(source_dir: str | os.PathLike, target_dir: str | os.Path
         source=_side_report(scans["source"], _FLAGS["source"]), target=_side_report(scans["target"], _FLAGS["target"]),
         storage="cached" if cached else "streamed", decoded_bytes=int(decoded_bytes), cache_max_bytes=cache_max_bytes,
         runtime_failures=0)
-    if paired:
+    if paired:  # only the files of usable pairs are used
+        report["source"]["used"], report["target"]["used"] = [str(a) for a, _ in entries], [str(b) for _, b in entries]
         report["pairs"] = {"num_usable": len(entries), "unusable": unusable_pairs}
         report["unmatched"] = unmatched
     fingerprint = hashlib.sha256()
@@ -471,6 +477,8 @@ def make_train_iterator(source_dir: str | os.PathLike, target_dir: str | os.Path
             s["bad"].append({"path": str(path), "reason": reason, "kind": RUNTIME_FAILURE})
             s["num_bad"] += 1
             s["num_good"] = max(0, s["num_good"] - 1)
+            if str(path) in s["used"]:
+                s["used"].remove(str(path))
             s["skipped_by_kind"][RUNTIME_FAILURE] = s["skipped_by_kind"].get(RUNTIME_FAILURE, 0) + 1
             report["runtime_failures"] += 1
             if paired:

@@ -28,12 +28,13 @@ from flax import nnx
 from tqdm import tqdm
 
 from wespe import config as configs
-from wespe import color_pool, data, heldout, parallel, train, visualize
-from wespe.checkpoint import Checkpointer
+from wespe import color_pool, data, errors, heldout, parallel, train, visualize
+from wespe.checkpoint import CheckpointError, CheckpointMismatchError, Checkpointer
 from wespe.config import RESUME_SAFE_KEYS, validate
 from wespe.errors import UserError
 from wespe.export import save_generator
 from wespe.files import atomic_write
+from wespe.workdir_lock import WorkdirLock
 
 log = logging.getLogger("wespe")
 
@@ -52,7 +53,7 @@ def configure_logging() -> None:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(errors.Diverged):
     """A loss became NaN or infinite."""
 
 
@@ -68,24 +69,29 @@ class RunResult:
     workdir: Path
 
 
+def check_folders(config: ml_collections.ConfigDict) -> None:
+    """The folder settings' mistakes that can be found without writing anything (before the workdir is made)."""
+    d = config.data
+    for key in ("source", "target", "heldout", "heldout_reference", "dped_root"):
+        if d[key]:
+            data.check_folder(d[key], f"--{key}" if key in ("source", "target") else f"--config.data.{key}")
+    if d.heldout_reference and not d.heldout:
+        raise data.DataError("--config.data.heldout_reference needs --config.data.heldout (the photos the "
+                             "references belong to)")
+    if d.builtin and bool(d.source) != bool(d.target):
+        raise data.DataError("give both --source and --target to train the built-in config on your own folders "
+                             "(only one was given)")
+    if d.builtin and d.builtin != "demo":
+        raise data.DataError(f"--config.data.builtin={d.builtin!r}: the only built-in data set is 'demo'")
+
+
 def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[str, str, str, str | None]:
     """The source, target, held-out and held-out reference folders from flags/config, the DPED layout, or the
     built-in demo. ``--source`` and ``--target`` (both) win over ``data.builtin``: the demo's recipe then trains
     on the user's folders (with their own held-out folder, if any)."""
+    check_folders(config)
     d = config.data
-    if d.heldout:
-        data.check_folder(d.heldout, "--config.data.heldout")
-    if d.heldout_reference:
-        data.check_folder(d.heldout_reference, "--config.data.heldout_reference")
-        if not d.heldout:
-            raise data.DataError("--config.data.heldout_reference needs --config.data.heldout (the photos the "
-                                 "references belong to)")
-    if d.builtin and bool(d.source) != bool(d.target):
-        raise data.DataError("give both --source and --target to train the built-in config on your own folders "
-                             "(only one was given)")
     if d.builtin and not d.source:
-        if d.builtin != "demo":
-            raise ValueError(f"config.data.builtin={d.builtin!r}: the only built-in data set is 'demo'")
         from wespe import demo
         source, target = demo.prepare(workdir / "demo_data", seed=config.seed)
         if d.heldout:
@@ -100,6 +106,55 @@ def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[s
     else:
         source, target = d.source, d.target
     return source, target, d.heldout or source, d.heldout_reference
+
+
+def _newest_with_metadata(checkpointer: Checkpointer, steps: list[int], unreadable: list) -> int | None:
+    """The first of ``steps`` (newest first) whose metadata reads back with what resuming needs; the others are
+    added to ``unreadable`` with the reason."""
+    for step in steps:
+        try:
+            meta = checkpointer.metadata(step)
+        except CheckpointError as e:
+            unreadable.append((step, str(e)))
+            continue
+        missing = [k for k in ("config", "data_state") if k not in meta]
+        if missing:
+            unreadable.append((step, f"its metadata lacks {', '.join(missing)}"))
+            continue
+        return step
+    return None
+
+
+def _check_same_config(checkpointer: Checkpointer, step: int, config, config_dict: dict, workdir: Path) -> None:
+    saved_config = json.loads(configs.from_saved(checkpointer.metadata(step)["config"]).to_json_best_effort())
+    diff = _config_diff(saved_config, config_dict)
+    if diff and not config.allow_config_change:
+        checkpointer.close()
+        raise ConfigChangedError(
+            f"{workdir} holds a run with a different config ({'; '.join(diff)}). Use a new --workdir, or pass "
+            f"--config.allow_config_change=True to resume with the new values.")
+
+
+def _set_aside_unreadable(checkpointer: Checkpointer, unreadable: list[tuple[int, str]], restored: int | None,
+                          workdir: Path, is_writer: bool) -> None:
+    """Checkpoints that cannot be read back (a truncated file, a disk that filled up, bit rot): with an intact
+    older one, they are moved to ``<workdir>/unreadable_checkpoints/`` (kept to inspect, out of the way of the
+    steps about to be saved again) and the run resumes from it; with none, a UserError says what to remove."""
+    problems = "; ".join(f"step {step}: {why}" for step, why in unreadable)
+    if restored is None:
+        checkpointer.close()
+        raise UserError(
+            f"no checkpoint in {checkpointer.directory} can be read back ({problems}). To start this run again "
+            f"from step 0, move that folder away (or use a new --workdir)")
+    moved = []
+    if is_writer:
+        moved = [checkpointer.set_aside(step, workdir / "unreadable_checkpoints") for step, _ in unreadable]
+    parallel.sync("set aside unreadable checkpoints")
+    if not is_writer:
+        checkpointer.reload()
+    for (step, why), dest in zip(unreadable, moved or [None] * len(unreadable)):
+        log.warning("checkpoint step %d cannot be read back (%s)%s; resuming from step %d, the newest intact one",
+                    step, why, f"; moved it to {dest}" if dest else "", restored)
 
 
 def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -241,6 +296,7 @@ def _inference(module):
 def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
     """Train (or resume) in ``workdir`` as ``config`` says. Returns when finished or preempted."""
     validate(config)
+    check_folders(config)  # before anything is written
     workdir = Path(workdir)
     is_writer = jax.process_index() == 0
     for path in (workdir, *workdir.parents):
@@ -249,7 +305,17 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
                 raise UserError(f"--workdir {workdir}: {path} is a file, not a folder; give a folder for the run")
             break
     workdir.mkdir(parents=True, exist_ok=True)
+    # One training process per workdir, refused before any data is scanned or anything compiled. Process 0
+    # holds it for the whole multi-host run (the workdir is shared).
+    lock = WorkdirLock(workdir).acquire() if is_writer else None
+    try:
+        return _train(config, workdir, is_writer)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) -> RunResult:
     layout = parallel.Layout(parallel.make_mesh(config.mesh))
     layout.check_batch(config.batch_size)
     log.info(parallel.describe(layout))
@@ -266,19 +332,24 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
     config_dict = json.loads(config.to_json_best_effort())
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     start = 0
-    latest = checkpointer.latest_step()
+    unreadable: list[tuple[int, str]] = []  # (step, why) of checkpoints that cannot be read back
+    candidates = checkpointer.all_steps()[::-1]  # newest first
+    latest = _newest_with_metadata(checkpointer, candidates, unreadable)
     if latest is not None:
-        saved_meta = checkpointer.metadata(latest)
-        saved_config = json.loads(configs.from_saved(saved_meta["config"]).to_json_best_effort())
-        diff = _config_diff(saved_config, config_dict)
-        if diff and not config.allow_config_change:
-            checkpointer.close()
-            raise ConfigChangedError(
-                f"{workdir} holds a run with a different config ({'; '.join(diff)}). Use a new --workdir, or pass "
-                f"--config.allow_config_change=True to resume with the new values.")
+        _check_same_config(checkpointer, latest, config, config_dict, workdir)
     state, graphdefs = train.create_train_state(config, layout)  # after the config check: building is slow
+    while latest is not None:
+        try:
+            state, meta = checkpointer.restore(latest, like=state)
+            break
+        except CheckpointMismatchError:
+            raise  # intact but another network: no older checkpoint of this run would match either
+        except CheckpointError as e:
+            unreadable.append((latest, str(e)))
+            latest = _newest_with_metadata(checkpointer, [s for s in candidates if s < latest], unreadable)
+    if unreadable:
+        _set_aside_unreadable(checkpointer, unreadable, latest, workdir, is_writer)
     if latest is not None:
-        state, meta = checkpointer.restore(latest, like=state)
         iterator.set_state(data.iterator_state_from_json(meta["data_state"]))
         start = int(state.step)
         log.info("resumed %s at step %d", workdir, start)
@@ -297,14 +368,24 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
             state = train.init_global_color(state, config, color_pools)
     step_fn = train.make_train_step(config, graphdefs, vgg_weights, preprocessing, layout,
                                     color_pools if step_pools else None)
-    sample_crops = data.fixed_eval_crops(sample_folder, config.num_sample_crops, config.patch_size, seed=config.seed)
-    target_mean = data.fixed_eval_crops(target, 16, config.patch_size, seed=config.seed + 1).reshape(-1, 3).mean(0)
+    def usable(folder: str) -> str | list[str]:
+        """A training folder as the list of its usable files (the data report already named the bad ones)."""
+        for side in ("source", "target"):
+            if Path(folder).resolve() == Path(report[side]["folder"]).resolve():
+                return report[side]["used"]
+        return folder
+
+    sample_crops = data.fixed_eval_crops(usable(sample_folder), config.num_sample_crops, config.patch_size,
+                                         seed=config.seed)
+    target_mean = data.fixed_eval_crops(report["target"]["used"], 16, config.patch_size,
+                                        seed=config.seed + 1).reshape(-1, 3).mean(0)
     # Quality in the loop: larger fixed crops of the held-out photos (and of their references, if given).
     quality_x, quality_ref = heldout.paired_crops(sample_folder, reference_folder, QUALITY_CROPS,
                                                   max(config.patch_size, QUALITY_CROP), seed=config.seed,
                                                   min_size=config.patch_size)
     try:
-        quality_target = data.fixed_eval_crops(target, QUALITY_CROPS, quality_x.shape[1], seed=config.seed + 2)
+        quality_target = data.fixed_eval_crops(report["target"]["used"], QUALITY_CROPS, quality_x.shape[1],
+                                               seed=config.seed + 2)
     except data.DataError:  # every target photo is smaller than the crops: no colour distance to log
         quality_target = None
     writers = _Writers(workdir, is_writer, start)

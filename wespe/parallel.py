@@ -235,6 +235,13 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
 
 
+def sync(name: str) -> None:
+    """Waits until every process got here (e.g. process 0 changed a shared folder the others then read)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def describe(layout: Layout) -> str:
     shape = ", ".join(f"{a}={n}" for a, n in layout.mesh.shape.items())
     return (f"mesh ({shape}) over {layout.mesh.size} {layout.mesh.devices.flat[0].platform} devices, "

@@ -214,7 +214,10 @@ def load_vgg19(source: str | os.PathLike | None, cache_dir: str | os.PathLike | 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cached = cache / f"vgg19-{_sha256(path)[:20]}.npz"
     if cached.is_file():
-        return _read_npz(str(cached))
+        try:
+            return _read_npz(str(cached))
+        except VGGWeightsError as e:  # a cache that was cut short (disk full, a killed copy): convert again
+            logging.warning("the cached VGG-19 conversion is unreadable (%s); converting %s again", e, path)
     if suffix == ".mat":
         weights, origin = _read_matconvnet(path), "matconvnet"
     else:
