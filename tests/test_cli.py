@@ -82,3 +82,30 @@ def test_train_user_error_traceback_on_request(folders):
     result = _train(folders, f"--workdir={folders}/run", f"--source={folders}/nope", f"--target={folders}/tgt",
                     env={"WESPE_TRACEBACK": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr and "DataError" in result.stderr
+
+
+@pytest.mark.parametrize("error, status, line", [
+    (lambda: __import__("wespe.errors").errors.UserError("--source=x does not exist"), 2,
+     "error: --source=x does not exist"),
+    (lambda: __import__("wespe.errors").errors.Diverged("step 7: non-finite loss/tv"), 3,
+     "error: step 7: non-finite loss/tv"),
+    (lambda: __import__("wespe.checkpoint").checkpoint.CheckpointError("could not save checkpoint c/8: disk full"), 1,
+     "error: could not save checkpoint c/8: disk full"),
+    (lambda: OSError(28, "No space left on device", "out/a.png"), 1,
+     "error: [Errno 28] No space left on device: 'out/a.png'"),
+])
+def test_cli_errors_statuses(capsys, monkeypatch, error, status, line):
+    from wespe import errors
+    monkeypatch.delenv(errors.TRACEBACK_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        with errors.cli_errors():
+            raise error()
+    assert exit_info.value.code == status
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+
+
+def test_cli_errors_lets_bugs_through():
+    from wespe import errors
+    with pytest.raises(KeyError):
+        with errors.cli_errors():
+            raise KeyError("a bug keeps its traceback")
