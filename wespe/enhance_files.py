@@ -8,7 +8,8 @@ format, EXIF (orientation 1) and ICC profile kept. With ``save_raw`` the unclipp
 as ``<stem>.npy`` beside it.
 
 A file that cannot be read, enhanced or written is logged with the reason and skipped; the others are still
-done. Problems found before any work (a missing input, two inputs that would be written to the same output, an
+done. On an accelerator the next photo is decoded and the previous one written in background threads while one
+computes (:mod:`wespe.file_pipeline`); the progress bar shows photos and megapixels per second. Problems found before any work (a missing input, two inputs that would be written to the same output, an
 output that would overwrite its input) raise instead.
 
 :func:`load_enhancer` picks the generator: an official DPED one (``pretrained=`` + ``weights_dir=``) or an
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from wespe import export, image_io, pretrained
+from wespe import export, file_pipeline, image_io, pretrained
 from wespe.errors import UserError
 from wespe.enhance import enhance
 from wespe.models import Generator
@@ -119,28 +120,53 @@ def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], out
     """
     pairs = plan(inputs, output_dir, save_raw=save_raw)
     report = EnhanceReport()
-    with tqdm(total=len(pairs), unit="img", desc="enhancing", dynamic_ncols=True, disable=not progress) as bar:
-        for source, output in pairs:
-            try:
-                image, info = image_io.read_image(source)
-                if info.format not in image_io.WRITABLE_FORMATS:
-                    raise image_io.ImageWriteError(f"{source}: format {info.format} cannot be written back; "
-                                                   f"supported: {', '.join(sorted(image_io.WRITABLE_FORMATS))}")
-                for note in info.notes:
-                    logger.info("%s: %s", source, note)
-                raw = np.asarray(enhance(generator, image, tile=tile, memory_budget_mb=memory_budget_mb,
-                                         devices=devices), np.float32)
-                image_io.write_image(output, to_uint8(raw), info)
-                if save_raw:
-                    _save_npy(raw_path(output), raw)
+
+    def read(pair: tuple[Path, Path]):
+        image, info = image_io.read_image(pair[0])
+        if info.format not in image_io.WRITABLE_FORMATS:
+            raise image_io.ImageWriteError(f"{pair[0]}: format {info.format} cannot be written back; "
+                                           f"supported: {', '.join(sorted(image_io.WRITABLE_FORMATS))}")
+        return image, info
+
+    def write(output: Path, raw: np.ndarray, info: image_io.ImageInfo) -> None:
+        image_io.write_image(output, to_uint8(raw), info)
+        if save_raw:
+            _save_npy(raw_path(output), raw)
+
+    def fail(source: Path, error: BaseException) -> None:
+        reason = str(error) if isinstance(error, (image_io.ImageReadError, image_io.ImageWriteError)) \
+            else f"{type(error).__name__}: {error}"
+        bar.clear()
+        logger.error("skipped %s", reason if reason.startswith(str(source)) else f"{source}: {reason}")
+        logger.debug("traceback for %s", source, exc_info=error)
+        report.failed.append((source, reason))
+
+    def settle(written) -> None:
+        for (source, output), error in written:
+            if error is None:
                 report.enhanced.append((source, output))
-            except Exception as e:  # noqa: BLE001 - one bad photo must not stop a folder of good ones
-                reason = str(e) if isinstance(e, (image_io.ImageReadError, image_io.ImageWriteError)) \
-                    else f"{type(e).__name__}: {e}"
-                message = reason if reason.startswith(str(source)) else f"{source}: {reason}"
-                bar.clear()
-                logger.error("skipped %s", message)
-                logger.debug("traceback for %s", source, exc_info=True)
-                report.failed.append((source, reason))
+            else:
+                fail(source, error)
+
+    rate, depth = file_pipeline.Throughput(), file_pipeline.overlap_depth()
+    # On an accelerator, the next photo is decoded and the previous one written while this one computes (wespe/file_pipeline.py).
+    with tqdm(total=len(pairs), unit="img", desc="enhancing", dynamic_ncols=True, disable=not progress) as bar, \
+            file_pipeline.BackgroundWriter(pending=depth) as writer:
+        for (source, output), loaded, error in file_pipeline.read_ahead(pairs, read, ahead=depth):
+            if error is None:
+                try:  # noqa: SIM105 - one bad photo must not stop a folder of good ones
+                    image, info = loaded
+                    for note in info.notes:
+                        logger.info("%s: %s", source, note)
+                    raw = np.asarray(enhance(generator, image, tile=tile, memory_budget_mb=memory_budget_mb,
+                                             devices=devices), np.float32)
+                    writer.submit((source, output), write, output, raw, info)
+                    bar.set_postfix({"MP/s": rate.add(*image.shape[:2])}, refresh=False)
+                except Exception as e:  # noqa: BLE001
+                    error = e
+            if error is not None:
+                fail(source, error)
+            settle(writer.finished())
             bar.update(1)
+        settle(writer.close())
     return report

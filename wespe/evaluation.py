@@ -44,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 from PIL import Image
 
-from wespe import image_io, metrics
+from wespe import file_pipeline, image_io, metrics
 from wespe.errors import PathNotFoundError, UserError
 
 logger = logging.getLogger(__name__)
@@ -234,14 +234,24 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
         items = dict(list(items.items())[:limit])
 
     best_worst = _BestWorst()
+    rate = file_pipeline.Throughput()
     with tqdm(total=len(items), unit="img", desc="evaluating", dynamic_ncols=True, leave=False,
               disable=not progress) as bar:
-        for name, path in items.items():
+        def read_input(item):  # model mode, on an accelerator: the next photo decodes while this one computes
+            name, path = item
+            needed = not result.has_reference or (name in reference_index and name not in duplicate_references)
+            return image_io.read_image(path) if generator is not None and needed else None
+
+        for (name, path), loaded, read_error in file_pipeline.read_ahead(items.items(), read_input,
+                                                                          ahead=file_pipeline.overlap_depth()):
             try:
+                if read_error is not None:
+                    raise read_error
                 row = _evaluate_one(generator, name, path, source_index, reference_index, duplicate_references,
                                     result.has_reference, tile, memory_budget_mb, save_enhanced_to,
-                                    best_worst=best_worst)
+                                    best_worst=best_worst, loaded=loaded)
                 result.rows.append(row)
+                bar.set_postfix({"MP/s": rate.add(row["height"], row["width"])}, refresh=False)
             except Exception as e:  # noqa: BLE001 - one bad photo must not stop the evaluation
                 reason = str(e) if isinstance(e, (image_io.ImageReadError, _Skip)) else f"{type(e).__name__}: {e}"
                 bar.clear()
@@ -259,7 +269,7 @@ class _Skip(ValueError):
 
 
 def _evaluate_one(generator, name, path, source_index, reference_index, duplicate_references, has_reference,
-                  tile, memory_budget_mb, save_enhanced_to, *, best_worst) -> dict:
+                  tile, memory_budget_mb, save_enhanced_to, *, best_worst, loaded=None) -> dict:
     reference = None
     if has_reference:  # before the (expensive) enhancement: a missing pair costs nothing
         if name in duplicate_references:
@@ -269,7 +279,7 @@ def _evaluate_one(generator, name, path, source_index, reference_index, duplicat
     if generator is not None:
         from wespe.enhance import enhance
         from wespe.enhance_files import to_uint8
-        source, info = image_io.read_image(path)
+        source, info = loaded if loaded is not None else image_io.read_image(path)
         enhanced = to_uint8(enhance(generator, source, tile=tile, memory_budget_mb=memory_budget_mb))
         if save_enhanced_to is not None:
             out = Path(save_enhanced_to) / (name + path.suffix)
