@@ -103,6 +103,7 @@ def tiled(monkeypatch):
     ``cores.methods`` says which tiler ran each."""
     class Cores(list):
         methods = []
+        spills = []  # the staged tiler's spilled buffers, per staged run
 
     cores = Cores()
 
@@ -112,6 +113,8 @@ def tiled(monkeypatch):
                 super().__init__(*args, **kwargs)
                 cores.append(self.core)
                 cores.methods.append(method)
+                if method == "staged":
+                    cores.spills.append(tuple(kwargs.get("spill", ())))
         return Spy
 
     monkeypatch.setattr(enhance_lib, "_Tiler", spy(enhance_lib._Tiler, "streamed"))
@@ -170,6 +173,35 @@ def test_auto_tiling_is_staged_when_its_buffers_fit(small, tiled, monkeypatch):
     assert tiled.methods == ["staged", "streamed", "staged"]
     with pytest.raises(ValueError, match="tiling"):
         enhance(small, x, tile=10, tiling="fast")
+
+
+def test_staged_buffers_spill_to_a_file_when_the_budget_cannot_hold_them(small, tiled, monkeypatch):
+    """Buffers that do not fit the budget beside the tiles go to a temporary file, A first, then H too; with no
+    room in the temporary folder either, the streamed tiler runs. The result is the same in every case."""
+    x = image(40, 30, seed=14)
+    ref = whole(small, x)
+    budget_mb = 4.0
+    budget = budget_mb * 2 ** 20
+    for buffers in (0.5 * budget, 1.2 * budget, 3 * budget):  # fits; half fits; neither half fits
+        monkeypatch.setattr(staged_tiling, "host_bytes", lambda *args, b=buffers: int(b))
+        assert np.max(np.abs(enhance(small, x, tile=10, memory_budget_mb=budget_mb) - ref)) <= TOL
+    assert tiled.methods == ["staged"] * 3 and tiled.spills == [(), ("A",), ("H", "A")]
+    monkeypatch.setattr(enhance_lib.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 0})())
+    assert np.max(np.abs(enhance(small, x, tile=10, memory_budget_mb=budget_mb) - ref)) <= TOL
+    assert tiled.methods[-1] == "streamed"
+
+
+@pytest.mark.parametrize("spill", [("A",), ("H", "A")])
+def test_spilled_buffers_give_bit_identical_results(small, spill):
+    """A file-backed buffer (pread/pwrite, sparse zeros) is the in-memory one, bit for bit: two samples, tiles
+    that do not divide the image, in-place stages with one tile row of lag."""
+    g = inference_view(small)
+    x = image(23, 29, seed=15, n=2)
+    ref = staged_tiling.StagedTiler(g, x, (7, 8), 3, jax.devices()[:1]).output()
+    out = staged_tiling.StagedTiler(g, x, (7, 8), 3, jax.devices()[:1], spill=spill).output()
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(ValueError, match="only the buffers H and A"):
+        staged_tiling.StagedTiler(g, x, (7, 8), 3, jax.devices()[:1], spill=("x",))
 
 
 def test_staged_stages_and_statistics(small):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 
 import jax
@@ -40,14 +41,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wespe.models import BASE_TAPS, InstanceNorm
 
-__all__ = ["MAX_TILES_PER_BATCH", "RunningMoments", "StagedTiler", "even_tiles", "host_bytes", "stages", "supports",
-           "tiles_per_batch"]
+__all__ = ["MAX_TILES_PER_BATCH", "RunningMoments", "StagedTiler", "even_tiles", "host_bytes", "max_halo", "stages",
+           "supports", "tiles_per_batch", "window_bytes", "window_pixel_bytes"]
 
 MAX_TILES_PER_BATCH = 4096  # bounds host-side batch assembly for tiny tiles
-# Window pixels per device per batch of the staged tiler: its convolutions are as fast at 1 Mpx as at more, and a
-# stage holds ~2 KB per window pixel (windows in and out, host copies), so bigger batches only cost memory (a
-# 3 MP photo in one batch of 12 tiles peaked at 8 GB; with this bound 3 batches of 4, pipelined).
-STAGED_BATCH_PIXELS = 2 ** 20
+# What a batch of windows costs in host memory while it runs, per window pixel and width channel: the window
+# arrays (two slots), their device copies, two batches of outputs in flight and XLA's temporaries. Measured at
+# 12 MP, width 64, both buffers spilled: peak RSS 2.54 GB with 250-px tiles, 4.65 GB with 500-px tiles, i.e.
+# ~11 KB per window pixel (the whole-image program needs 792 B per pixel: tiles pay for being in flight).
+WINDOW_BYTES_PER_PIXEL_CHANNEL = 176
+# Window pixels per device per batch of the staged tiler (and, unless a tile is given, per tile): a stage holds
+# ~6 KB per window pixel (windows in and out, XLA's temporaries, host copies), and bigger batches barely pay. On
+# 2 cores, 3 MP: 1 Mpx batches 25.8 s first call / 10.5 s warm at 7.9 GB peak, 0.25 Mpx 14.4 s / 11.9 s at 4.4 GB;
+# 12 MP: 1000-px tiles 77 s at 15.4 GB, 500-px tiles in 0.25 Mpx batches 60 s at 10.5 GB.
+STAGED_BATCH_PIXELS = 2 ** 18
 
 
 def even_tiles(core: tuple[int, int], height: int, width: int) -> tuple[int, int]:
@@ -204,28 +211,89 @@ class RunningMoments:
         return self.m2 / np.maximum(self.n, 1)[:, None]
 
 
-def _padding(generator: nnx.Module) -> int:
+def max_halo(generator: nnx.Module) -> int:
+    """The largest halo of any stage: the tiles' windows are at most this much larger than their cores."""
     return max(_stage_halo(generator, s) for s in stages(generator))
+
 
 
 def _grid(height: int, width: int, core: tuple[int, int]) -> tuple[int, int]:
     return -(-height // core[0]), -(-width // core[1])
 
 
+def window_pixel_bytes(generator: nnx.Module) -> int:
+    """Host memory per window pixel while its batch runs (:data:`WINDOW_BYTES_PER_PIXEL_CHANNEL`)."""
+    return generator.conv_in.kernel.shape[-1] * WINDOW_BYTES_PER_PIXEL_CHANNEL
+
+
+def window_bytes(generator: nnx.Module, core: tuple[int, int]) -> int:
+    """Host memory one window of tile ``core`` costs while its batch runs."""
+    pad = max_halo(generator)
+    return (core[0] + 2 * pad) * (core[1] + 2 * pad) * window_pixel_bytes(generator)
+
+
 def host_bytes(generator: nnx.Module, shape: tuple[int, ...], core: tuple[int, int]) -> int:
     """Host memory of the two activation buffers for images of ``shape`` (N, H, W, C) and tiles ``core``."""
     n, h, w, _ = shape
     ny, nx = _grid(h, w, core)
-    pad = _padding(generator)
+    pad = max_halo(generator)
     width = generator.conv_in.kernel.shape[-1]
     return 2 * n * (ny * core[0] + 2 * pad) * (nx * core[1] + 2 * pad) * width * 4
+
+
+class _ArrayBuffer:
+    """A stage buffer in host memory: (N, rows, cols, C) float32."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.array = np.zeros(shape, np.float32)
+        self.shape = shape
+
+    def read_into(self, out: np.ndarray, s: int, y: int, x: int) -> None:
+        out[...] = self.array[s, y:y + out.shape[0], x:x + out.shape[1]]
+
+    def write(self, s: int, y: int, x: int, data: np.ndarray) -> None:
+        self.array[s, y:y + data.shape[0], x:x + data.shape[1]] = data
+
+
+class _FileBuffer:
+    """A stage buffer spilled to an unlinked temporary file (row-major (N, rows, cols, C) float32), read and
+    written with pread/pwrite row by row: its pages live in the kernel's page cache, which can write them to
+    disk and drop them under memory pressure, instead of in the process (no mmap: mapped pages would count as
+    the process's resident memory). A sparse file reads as zeros, like the in-memory buffer."""
+
+    def __init__(self, shape: tuple[int, ...], directory: str | None):
+        import tempfile
+        self.shape = shape
+        self.file = tempfile.TemporaryFile(dir=directory, prefix="wespe-staged-")
+        self.fd = self.file.fileno()
+        os.ftruncate(self.fd, int(np.prod(shape)) * 4)
+        _, self.rows, self.cols, self.channels = shape
+
+    def _offset(self, s: int, y: int, x: int) -> int:
+        return ((int(s) * self.rows + int(y)) * self.cols + int(x)) * self.channels * 4  # Python ints: > 2 GiB
+
+    def read_into(self, out: np.ndarray, s: int, y: int, x: int) -> None:
+        row_bytes = out.shape[1] * self.channels * 4
+        for r in range(out.shape[0]):  # each window row is contiguous in out and in the file
+            if os.preadv(self.fd, [memoryview(out[r]).cast("B")], self._offset(s, y + r, x)) != row_bytes:
+                raise OSError(f"short read from the staged tiler's buffer file {self.file.name}")
+
+    def write(self, s: int, y: int, x: int, data: np.ndarray) -> None:
+        for r in range(data.shape[0]):
+            row = np.ascontiguousarray(data[r])
+            if os.pwritev(self.fd, [memoryview(row).cast("B")], self._offset(s, y + r, x)) != row.nbytes:
+                raise OSError(f"short write to the staged tiler's buffer file {self.file.name} (disk full?)")
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class StagedTiler:
     """The stages of module docstring over tiles ``core`` of an (N, H, W, C) image batch, batched
     ``batch_per_device`` tiles per device and sharded over ``devices``."""
 
-    def __init__(self, generator, images, core, batch_per_device, devices, compute_dtype="float32"):
+    def __init__(self, generator, images, core, batch_per_device, devices, compute_dtype="float32", *,
+                 spill: Sequence[str] = (), spill_dir: str | None = None, batch_pixels: int = STAGED_BATCH_PIXELS):
         if not supports(generator):
             raise ValueError("StagedTiler needs a generator whose block norms are all InstanceNorm")
         self.generator, self.compute_dtype, self.core = generator, compute_dtype, core
@@ -233,20 +301,25 @@ class StagedTiler:
         self.n, self.h, self.w, self.c = images.shape
         th, tw = core
         self.ny, self.nx = _grid(self.h, self.w, core)
-        self.pad = pad = _padding(generator)
+        self.pad = pad = max_halo(generator)
         width = generator.conv_in.kernel.shape[-1]
         # Every buffer covers the whole tile grid plus the largest halo on every side, zero outside the image.
         spatial = (self.n, self.ny * th + 2 * pad, self.nx * tw + 2 * pad)
-        self.buffers = {"x": np.zeros(spatial + (self.c,), np.float32),
-                        "H": np.zeros(spatial + (width,), np.float32),
-                        "A": np.zeros(spatial + (width,), np.float32)}
-        self.buffers["x"][:, pad:pad + self.h, pad:pad + self.w] = images
+        # ``spill``: the activation buffers ("H", "A") kept in a temporary file in ``spill_dir`` instead.
+        unknown = set(spill) - {"H", "A"}
+        if unknown:
+            raise ValueError(f"spill: only the buffers H and A can be spilled, got {sorted(unknown)}")
+        self.buffers = {"x": _ArrayBuffer(spatial + (self.c,))}
+        for name in ("H", "A"):
+            self.buffers[name] = (_FileBuffer(spatial + (width,), spill_dir) if name in spill
+                                  else _ArrayBuffer(spatial + (width,)))
+        self.buffers["x"].array[:, pad:pad + self.h, pad:pad + self.w] = images
         s, iy, ix = np.meshgrid(np.arange(self.n), np.arange(self.ny), np.arange(self.nx), indexing="ij")
         self.sample = s.reshape(-1).astype(np.int32)
         self.origins = np.stack([iy.reshape(-1) * th, ix.reshape(-1) * tw], axis=1).astype(np.int32)
         ndev = len(devices)
         window = (th + 2 * pad) * (tw + 2 * pad)
-        most = min(batch_per_device, MAX_TILES_PER_BATCH // ndev, max(1, STAGED_BATCH_PIXELS // window))
+        most = min(batch_per_device, MAX_TILES_PER_BATCH // ndev, max(1, batch_pixels // window))
         self.batch = tiles_per_batch(len(self.sample), max(1, most) * ndev, ndev)
         mesh = Mesh(np.asarray(devices), ("tiles",))
         self.sharded = NamedSharding(mesh, PartitionSpec("tiles"))
@@ -273,7 +346,7 @@ class StagedTiler:
                 self._window_arrays[key] = np.empty(self._window_elements(len(idx), buf.shape[-1]), np.float32)
             windows[name] = self._window_arrays[key][:size].reshape(len(idx), wh, ww, buf.shape[-1])
             for j, (s, (y, x)) in enumerate(zip(self.sample[idx], self.origins[idx])):
-                windows[name][j] = buf[s, y + shift:y + shift + wh, x + shift:x + shift + ww]
+                buf.read_into(windows[name][j], s, y + shift, x + shift)
         return windows
 
     def _window_elements(self, count: int, channels: int) -> int:
@@ -292,7 +365,7 @@ class StagedTiler:
                 if name == "y":
                     out[s, y:ye, x:xe] = core
                 else:
-                    self.buffers[name][s, pad + y:pad + ye, pad + x:pad + xe] = core
+                    self.buffers[name].write(s, pad + y, pad + x, core)
 
     def run_stage(self, stage: tuple[str, int], out: np.ndarray | None = None) -> None:
         """Every tile through ``stage``: its outputs into the buffers (or ``out``), its statistics into
@@ -342,6 +415,11 @@ class StagedTiler:
 
     def output(self) -> np.ndarray:
         out = np.empty((self.n, self.h, self.w, self.c), np.float32)
-        for stage in stages(self.generator):
-            self.run_stage(stage, out)
+        try:
+            for stage in stages(self.generator):
+                self.run_stage(stage, out)
+        finally:
+            for buf in self.buffers.values():
+                if isinstance(buf, _FileBuffer):
+                    buf.close()
         return out
