@@ -237,3 +237,21 @@ def test_cli_official_iphone_generator_matches_tensorflow(tmp_path):
     output, info = read_image(tmp_path / "chelsea_input.png")
     assert info.format == "PNG"
     np.testing.assert_array_equal(output, enhance_files.to_uint8(raw))
+
+
+@pytest.mark.skipif(not (SHARED / "reference" / "chelsea_input.png").exists(),
+                    reason=f"official DPED checkpoints and reference output not found at {SHARED}")
+def test_bfloat16_inference_accuracy_against_tensorflow():
+    """bfloat16 inference of the official iPhone model vs TensorFlow's float32 output (README: measured on CPU
+    max 7.4e-3, 58.9 dB, at most 2 levels of 8 bits), whole and tiled."""
+    from wespe import pretrained
+    generator = pretrained.load_dped_generator("dped_iphone", SHARED)
+    x, _ = read_image(SHARED / "reference" / "chelsea_input.png")
+    reference = np.load(SHARED / "reference" / "chelsea_iphone_orig_output.npy")
+    for tile in (None, 128):
+        y = np.asarray(enhance(generator, x, dtype="bfloat16", tile=tile), np.float32)
+        mse = np.mean(np.square(np.clip(y, 0, 1) - np.clip(reference, 0, 1)))
+        assert 10 * np.log10(1 / mse) > 52, tile
+        levels = np.abs(enhance_files.to_uint8(y).astype(int) - enhance_files.to_uint8(reference).astype(int))
+        assert levels.max() <= 3 and levels.mean() < 0.4, (tile, levels.max(), levels.mean())
+        assert np.abs(y - reference).max() > 1e-4  # it did compute in bfloat16
