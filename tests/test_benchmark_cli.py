@@ -15,7 +15,11 @@ TINY = ["--config.generator.width=8", "--config.generator.num_blocks=1", "--conf
 
 
 def _run(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # XLA:CPU without its expensive LLVM passes: these tests check the plumbing, not the speed (as
+    # tests/test_train_cli.py; compiles take about half as long).
+    xla_flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0",
+                                        "--xla_llvm_disable_expensive_passes=true"]))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
     return subprocess.run([sys.executable, str(ROOT / "launch" / "benchmark.py"), *args], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=600)
 
@@ -174,6 +178,14 @@ def test_enhance_benchmark_tilings_and_torch_forward_side_by_side(tmp_path):
     with pytest.raises(ValueError, match="--torch_python"):
         benchmarking.benchmark_enhance(generator, [0.002], torch_python=str(tmp_path / "nope"),
                                        torch_script=str(tmp_path / "torch_wespe_step.py"))
+    # A reference that dies at one size (PyTorch's 12 MP forward is killed for memory on a 24 GiB machine): that
+    # row says why, wespe's rows are kept.
+    (tmp_path / "torch_wespe_step.py").write_text(FAKE_REFERENCE.replace("assert channels_last",
+                                                                         "import os; os._exit(9)"))
+    rows = benchmarking.benchmark_enhance(generator, [0.002], repeats=1, torch_python=sys.executable,
+                                          torch_script=str(tmp_path / "torch_wespe_step.py"))
+    assert [r["path"] for r in rows] == ["tiled", "whole", "torch"] and "exited 9" in rows[2]["error"]
+    assert "vs_torch" not in rows[1]
 
 
 def test_suite_runs_every_part_with_its_settings(monkeypatch):

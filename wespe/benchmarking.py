@@ -285,7 +285,12 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
     if torch_python is not None:
         for mp in sorted(megapixels):
             h, w = _four_three(mp)
-            theirs = torch_reference_forward(torch_python, torch_script, h, w, repeats=repeats)
+            try:
+                theirs = torch_reference_forward(torch_python, torch_script, h, w, repeats=repeats)
+            except JobFailed as e:  # e.g. killed for memory at 12 MP: the row says so, the others are kept
+                rows.append({"path": "torch", "megapixels": round(h * w / 1e6, 3), "height": h, "width": w,
+                             "error": str(e)})
+                continue
             rows.append({"path": "torch", "megapixels": round(h * w / 1e6, 3), "height": h, "width": w, **theirs,
                          "megapixels_per_s": round(h * w / 1e6 / theirs["seconds_median"], 4)})
             for r in rows:

@@ -335,6 +335,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
     unreadable: list[tuple[int, str]] = []  # (step, why) of checkpoints that cannot be read back
     candidates = checkpointer.all_steps()[::-1]  # newest first
     latest = _newest_with_metadata(checkpointer, candidates, unreadable)
+    if latest is None and unreadable:  # none can be resumed: say so before the (slow) state is built
+        _set_aside_unreadable(checkpointer, unreadable, None, workdir, is_writer)
     if latest is not None:
         _check_same_config(checkpointer, latest, config, config_dict, workdir)
     state, graphdefs = train.create_train_state(config, layout)  # after the config check: building is slow
