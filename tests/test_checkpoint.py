@@ -257,3 +257,34 @@ def test_restore_onto_a_different_mesh(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK 2" in out.stdout
+
+
+def test_orbax_read_aftermath_filters_drop_only_orbax_failures():
+    """After a failed restore, the reads still in flight report themselves as unraisables and as asyncio's
+    "Task exception was never retrieved"; the filters drop those and nothing else."""
+    import logging
+    from types import SimpleNamespace
+
+    from wespe import checkpoint
+
+    def raised_in(filename):
+        try:
+            exec(compile("raise Exception('read failed')", filename, "exec"))
+        except Exception as e:  # noqa: BLE001
+            return e
+
+    orbax_error, other_error = raised_in("/site-packages/orbax/checkpoint/serialization.py"), raised_in("/mine.py")
+
+    def record(e):
+        return logging.LogRecord("asyncio", logging.ERROR, "", 0, "Task exception was never retrieved", None,
+                                 (type(e), e, e.__traceback__))
+
+    task_filter = checkpoint._OrbaxTaskAftermath()
+    assert not task_filter.filter(record(orbax_error)) and task_filter.filter(record(other_error))
+    assert not task_filter.filter(record(RuntimeError("Event loop is closed")))
+    closed = SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None)
+    coroutine = SimpleNamespace(exc_value=orbax_error, object=SimpleNamespace(
+        cr_code=compile("pass", "/site-packages/orbax/checkpoint/serialization.py", "exec")))
+    mine = SimpleNamespace(exc_value=other_error, object=None)
+    assert checkpoint._is_orbax_read_aftermath(closed) and checkpoint._is_orbax_read_aftermath(coroutine)
+    assert not checkpoint._is_orbax_read_aftermath(mine)

@@ -25,6 +25,7 @@ Call :meth:`Checkpointer.wait` (or :meth:`Checkpointer.close`, or leave the ``wi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any, TypeVar
@@ -74,9 +75,31 @@ def _is_orbax_read_aftermath(unraisable) -> bool:
     return code is not None and "orbax" in code.co_filename
 
 
+def _from_orbax(tb) -> bool:
+    while tb is not None:
+        if "orbax" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class _OrbaxTaskAftermath(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for the same reads, when their tasks are collected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        aftermath = exc is not None and (_from_orbax(exc.__traceback__) or (
+            isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"))
+        return not aftermath
+
+
 def _silence_orbax_read_aftermath() -> None:
     """Installs (once, chained to the current hook) a ``sys.unraisablehook`` that drops only
-    :func:`_is_orbax_read_aftermath` reports."""
+    :func:`_is_orbax_read_aftermath` reports, and a filter on the ``asyncio`` logger that drops only its reports
+    of tasks that failed inside orbax."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _OrbaxTaskAftermath) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_OrbaxTaskAftermath())
     previous = sys.unraisablehook
     if getattr(previous, "_wespe_orbax_filter", False):
         return
