@@ -100,7 +100,8 @@ CASES = {
                                                 "--output={o}", "{t}/photos"], ["memory_budget_mb"]),
     # launch/evaluate.py
     "evaluate: no model": ("evaluate", ["--source={t}/photos", "--output_dir={o}"], ["exactly one"]),
-    "evaluate: no --output_dir": ("evaluate", ["--checkpoint={t}/garbage.npz", "--source={t}/photos"], ["--output_dir"]),
+    "evaluate: no --output_dir": ("evaluate", ["--checkpoint={t}/garbage.npz", "--source={t}/photos"],
+                                  ["--output_dir"]),
     "evaluate: no --source": ("evaluate", ["--checkpoint={t}/garbage.npz", "--output_dir={o}"], ["--source"]),
     "evaluate: missing source": ("evaluate", ["--outputs={t}/photos", "--source={t}/nope", "--output_dir={o}"],
                                  ["nope", "does not exist"]),

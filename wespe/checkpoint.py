@@ -64,14 +64,17 @@ def _short(e: BaseException, limit: int = 1500) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+def _is_closed_loop_error(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
 def _is_orbax_read_aftermath(unraisable) -> bool:
     """The reports of reads still in flight when an orbax restore failed: their callbacks find the event loop
     closed, and their coroutines are finalised with the read error (one per array chunk: thousands of lines for
     one truncated file). The restore's own error says it all."""
-    exc, obj = unraisable.exc_value, unraisable.object
-    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    if _is_closed_loop_error(unraisable.exc_value):
         return True
-    code = getattr(obj, "cr_code", None)
+    code = getattr(unraisable.object, "cr_code", None)
     return code is not None and "orbax" in code.co_filename
 
 
@@ -88,9 +91,7 @@ class _OrbaxTaskAftermath(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        aftermath = exc is not None and (_from_orbax(exc.__traceback__) or (
-            isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"))
-        return not aftermath
+        return exc is None or not (_is_closed_loop_error(exc) or _from_orbax(exc.__traceback__))
 
 
 def _silence_orbax_read_aftermath() -> None:

@@ -422,12 +422,13 @@ def _staged(generator, images, tile, budget: float, devices, dtype, *, forced: b
     buffers = staged_tiling.host_bytes(generator, images.shape, core)
     spill: tuple[str, ...] = ()
     if devices[0].platform == "cpu":
+        half = buffers / 2  # H and A are the same size
         for spill in ((), ("A",), ("H", "A")):
-            if budget - buffers * (2 - len(spill)) / 2 >= max(window_bytes, budget / 4):
+            if budget - half * (2 - len(spill)) >= max(window_bytes, budget / 4):
                 break
-        if spill and shutil.disk_usage(tempfile.gettempdir()).free < 1.1 * buffers * len(spill) / 2 and not forced:
+        if spill and shutil.disk_usage(tempfile.gettempdir()).free < 1.1 * half * len(spill) and not forced:
             return None
-        budget = max(budget - buffers * (2 - len(spill)) / 2, window_bytes)
+        budget = max(budget - half * (2 - len(spill)), window_bytes)
     elif not forced:
         host = device_memory.host_available()
         if host is not None and buffers > device_memory.CPU_FRACTION * host:

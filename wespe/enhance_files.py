@@ -9,8 +9,9 @@ as ``<stem>.npy`` beside it.
 
 A file that cannot be read, enhanced or written is logged with the reason and skipped; the others are still
 done. On an accelerator the next photo is decoded and the previous one written in background threads while one
-computes (:mod:`wespe.file_pipeline`); the progress bar shows photos and megapixels per second. Problems found before any work (a missing input, two inputs that would be written to the same output, an
-output that would overwrite its input) raise instead.
+computes (:mod:`wespe.file_pipeline`); the progress bar shows photos and megapixels per second. Problems found
+before any work (a missing input, no photo at all, two inputs that would be written to the same output, an output
+that would overwrite its input) raise instead (:func:`plan`).
 
 :func:`load_enhancer` picks the generator: an official DPED one (``pretrained=`` + ``weights_dir=``) or an
 exported wespe generator (``checkpoint=``, see :mod:`wespe.export`); exactly one of the two.
@@ -149,12 +150,12 @@ def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], out
                 fail(source, error)
 
     rate, depth = file_pipeline.Throughput(), file_pipeline.overlap_depth()
-    # On an accelerator, the next photo is decoded and the previous one written while this one computes (wespe/file_pipeline.py).
+    # On an accelerator the next photo is decoded and the previous one written while this one computes.
     with tqdm(total=len(pairs), unit="img", desc="enhancing", dynamic_ncols=True, disable=not progress) as bar, \
             file_pipeline.BackgroundWriter(pending=depth) as writer:
         for (source, output), loaded, error in file_pipeline.read_ahead(pairs, read, ahead=depth):
             if error is None:
-                try:  # noqa: SIM105 - one bad photo must not stop a folder of good ones
+                try:
                     image, info = loaded
                     for note in info.notes:
                         logger.info("%s: %s", source, note)
@@ -162,7 +163,7 @@ def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], out
                                              devices=devices), np.float32)
                     writer.submit((source, output), write, output, raw, info)
                     bar.set_postfix({"MP/s": rate.add(*image.shape[:2])}, refresh=False)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:  # noqa: BLE001 - one bad photo must not stop a folder of good ones
                     error = e
             if error is not None:
                 fail(source, error)

@@ -65,7 +65,8 @@ def exit_on_user_error(error: UserError) -> None:
 
 
 def exit_with_line(message: str, status: int, error: BaseException) -> None:
-    """Print ``error: <message>`` on stderr and exit with ``status`` (re-raise ``error`` when :func:`want_traceback`)."""
+    """Print ``error: <message>`` on stderr and exit with ``status`` (re-raise ``error`` when
+    :func:`want_traceback`)."""
     if want_traceback():
         raise error
     print(f"error: {message}", file=sys.stderr)
@@ -85,6 +86,5 @@ def cli_errors():
         exit_with_line(str(e), EXIT_DIVERGED, e)
     except JobFailed as e:
         exit_with_line(str(e), EXIT_FAILED, e)
-    except OSError as e:
-        where = f"{e.filename}: " if getattr(e, "filename", None) and str(e.filename) not in str(e) else ""
-        exit_with_line(f"{where}{e.strerror or e}" if where else str(e), EXIT_FAILED, e)
+    except OSError as e:  # its text names the file when it has one ("[Errno 28] No space left ...: 'x'")
+        exit_with_line(str(e), EXIT_FAILED, e)

@@ -108,9 +108,10 @@ def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[s
     return source, target, d.heldout or source, d.heldout_reference
 
 
-def _newest_with_metadata(checkpointer: Checkpointer, steps: list[int], unreadable: list) -> int | None:
-    """The first of ``steps`` (newest first) whose metadata reads back with what resuming needs; the others are
-    added to ``unreadable`` with the reason."""
+def _newest_with_metadata(checkpointer: Checkpointer, steps: list[int], unreadable: list
+                          ) -> tuple[int | None, dict | None]:
+    """The first of ``steps`` (newest first) whose metadata reads back with what resuming needs, and that
+    metadata; the others are added to ``unreadable`` with the reason."""
     for step in steps:
         try:
             meta = checkpointer.metadata(step)
@@ -121,12 +122,13 @@ def _newest_with_metadata(checkpointer: Checkpointer, steps: list[int], unreadab
         if missing:
             unreadable.append((step, f"its metadata lacks {', '.join(missing)}"))
             continue
-        return step
-    return None
+        return step, meta
+    return None, None
 
 
-def _check_same_config(checkpointer: Checkpointer, step: int, config, config_dict: dict, workdir: Path) -> None:
-    saved_config = json.loads(configs.from_saved(checkpointer.metadata(step)["config"]).to_json_best_effort())
+def _check_same_config(checkpointer: Checkpointer, saved_meta: dict, config, config_dict: dict, workdir: Path
+                       ) -> None:
+    saved_config = json.loads(configs.from_saved(saved_meta["config"]).to_json_best_effort())
     diff = _config_diff(saved_config, config_dict)
     if diff and not config.allow_config_change:
         checkpointer.close()
@@ -334,11 +336,11 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
     start = 0
     unreadable: list[tuple[int, str]] = []  # (step, why) of checkpoints that cannot be read back
     candidates = checkpointer.all_steps()[::-1]  # newest first
-    latest = _newest_with_metadata(checkpointer, candidates, unreadable)
+    latest, saved_meta = _newest_with_metadata(checkpointer, candidates, unreadable)
     if latest is None and unreadable:  # none can be resumed: say so before the (slow) state is built
         _set_aside_unreadable(checkpointer, unreadable, None, workdir, is_writer)
     if latest is not None:
-        _check_same_config(checkpointer, latest, config, config_dict, workdir)
+        _check_same_config(checkpointer, saved_meta, config, config_dict, workdir)
     state, graphdefs = train.create_train_state(config, layout)  # after the config check: building is slow
     while latest is not None:
         try:
@@ -348,7 +350,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
             raise  # intact but another network: no older checkpoint of this run would match either
         except CheckpointError as e:
             unreadable.append((latest, str(e)))
-            latest = _newest_with_metadata(checkpointer, [s for s in candidates if s < latest], unreadable)
+            latest, _ = _newest_with_metadata(checkpointer, [s for s in candidates if s < latest], unreadable)
     if unreadable:
         _set_aside_unreadable(checkpointer, unreadable, latest, workdir, is_writer)
     if latest is not None:

@@ -246,7 +246,10 @@ class _ArrayBuffer:
 
     def __init__(self, shape: tuple[int, ...]):
         self.array = np.zeros(shape, np.float32)
-        self.shape = shape
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
 
     def read_into(self, out: np.ndarray, s: int, y: int, x: int) -> None:
         out[...] = self.array[s, y:y + out.shape[0], x:x + out.shape[1]]
