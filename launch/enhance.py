@@ -11,14 +11,14 @@ job over a large folder), 1 if none was, 2 with one "error:" line for bad flags,
 (nothing is written then).
 """
 
-from absl import app, flags
+from absl import flags
 
-from wespe import cli, enhance_files, host_malloc, loop, pretrained
+from wespe import cli, file_enhancement, generators, pretrained
 
 flags.DEFINE_enum("pretrained", None, sorted(pretrained.PRETRAINED),
                   "Official DPED generator; its <phone>_orig.* files are looked up in --weights_dir.")
 flags.DEFINE_string("weights_dir", None, "Folder holding the official DPED checkpoints (with --pretrained).")
-flags.DEFINE_string("checkpoint", None, "Exported wespe generator: a .npz file, or a folder with generator.npz.")
+flags.DEFINE_string("checkpoint", None, "Exported generator (.npz or folder with generator.npz) or training workdir.")
 flags.DEFINE_string("output", None, "Output folder (created; mirrors the input folders).")
 flags.DEFINE_integer("tile", 0, "Tile side in pixels for exact tiled inference; 0 = auto from the memory budget.",
                      lower_bound=0)
@@ -33,15 +33,11 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    host_malloc.tune()  # before JAX starts its threads: freed memory is reused, not re-faulted
-    inputs = argv[1:]
-    if not inputs:
-        raise app.UsageError("give at least one input photo or folder")
-    loop.configure_logging()  # library INFO (orbax restores) only with --verbosity
-    enhance_files.plan(inputs, FLAGS.output, save_raw=FLAGS.save_raw)  # inputs and outputs, before the model loads
-    generator = enhance_files.load_enhancer(pretrained_name=FLAGS.pretrained, checkpoint=FLAGS.checkpoint,
-                                            weights_dir=FLAGS.weights_dir)
-    report = enhance_files.enhance_files(generator, inputs, FLAGS.output, tile=FLAGS.tile or None,
+    inputs = cli.start(argv, takes_inputs=True)
+    file_enhancement.plan(inputs, FLAGS.output, save_raw=FLAGS.save_raw)  # inputs and outputs, before the model loads
+    generator, _ = generators.generator_for_flags(pretrained_name=FLAGS.pretrained, checkpoint=FLAGS.checkpoint,
+                                                  weights_dir=FLAGS.weights_dir)
+    report = file_enhancement.enhance_files(generator, inputs, FLAGS.output, tile=FLAGS.tile or None,
                                          memory_budget_mb=FLAGS.memory_budget_mb, save_raw=FLAGS.save_raw)
     print(report.summary())
     return 0 if report.enhanced else 1

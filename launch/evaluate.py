@@ -12,9 +12,9 @@ reference, an unreadable file or a size mismatch is listed in the results and sk
 one photo was evaluated, 1 if none was, 2 with one "error:" line for bad flags, weights or folders.
 """
 
-from absl import app, flags
+from absl import flags
 
-from wespe import cli, evaluation, host_malloc, image_io, loop, pretrained
+from wespe import cli, evaluation, generators, image_paths, pretrained
 
 flags.DEFINE_enum("pretrained", None, sorted(pretrained.PRETRAINED), "Official DPED generator (with --weights_dir).")
 flags.DEFINE_string("weights_dir", None, "Folder holding the official DPED checkpoints (with --pretrained).")
@@ -37,14 +37,11 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    host_malloc.tune()  # before JAX starts its threads: freed memory is reused, not re-faulted
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    loop.configure_logging()  # library INFO (orbax restores) only with --verbosity
-    image_io.check_output_dir(FLAGS.output_dir)  # before the model loads and any photo is scored
+    cli.start(argv)
+    image_paths.check_output_dir(FLAGS.output_dir)  # before the model loads and any photo is scored
     generator = None
     if FLAGS.outputs is None:
-        generator, what = evaluation.load_any_generator(
+        generator, what = generators.generator_for_flags(
             checkpoint=FLAGS.checkpoint, pretrained_name=FLAGS.pretrained, weights_dir=FLAGS.weights_dir)
         print(f"model: {what}")
     result = evaluation.evaluate(

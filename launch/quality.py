@@ -6,14 +6,15 @@
     python launch/quality.py --output_dir=runs/q --presets=mine=experiments/x.py --seeds=0 --steps=2000
 
 Writes results.json (per-seed numbers, mean and std over seeds, deltas vs the input, camera draws, split,
-licences, the command to rerun it), results.md and grid.png to --output_dir; the photos, the camera model and
-the protocol are described in wespe/quality.py. A finished training run under --output_dir/runs is reused.
+licences, the command to rerun it), results.md and grid.png to --output_dir; the photos, the split and the
+camera model are described in wespe/quality_data.py, the baselines in wespe/baselines.py and the protocol in
+wespe/quality.py. A finished training run under --output_dir/runs is reused.
 A bad flag or preset prints one "error: ..." line and exits 2 before anything is trained.
 """
 
-from absl import app, flags
+from absl import flags
 
-from wespe import cli, loop, quality
+from wespe import cli, quality
 
 _DEFAULT_PRESETS = ("wespe_plus=experiments/quality/wespe_plus.py,wespe_paper=experiments/quality/wespe_paper.py,"
                     "dped_paired=experiments/quality/dped_paired.py")
@@ -37,9 +38,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    loop.configure_logging()
+    cli.start(argv, tune_malloc=False)  # training: the default allocator (as launch/train.py)
     # A bad preset or a missing package: one line, exit 2 before anything is trained; an interrupted run 1, a
     # diverged one 3 (cli.run).
     presets = {} if FLAGS.skip_training else quality.parse_presets(FLAGS.presets)

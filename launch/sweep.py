@@ -15,29 +15,26 @@ one "error:" line for a bad sweep file, folder or cell (before any cell runs).
 
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from wespe import cli, host_malloc, image_io, loop, sweep
+from wespe import cli, image_paths, sweep
 
 flags.DEFINE_string("sweep", None, "Sweep file (Python, with get_sweep()).")
 flags.DEFINE_string("output_dir", None, "Where the per-cell results, sweep.csv/md and the plots go.")
 flags.DEFINE_string("source", None, "Photos to enhance (overrides the sweep file's).")
 flags.DEFINE_string("reference", None, "Reference photos (overrides the sweep file's).")
+flags.DEFINE_integer("tile", None, "Tile side for exact tiled inference (default: auto).", lower_bound=1)
 flags.DEFINE_string("weights_dir", None, "Folder of the official DPED checkpoints (overrides the sweep file's).")
 flags.DEFINE_string("workdir", None, "Training workdir for cells that take the shared workdir.")
-flags.DEFINE_integer("tile", None, "Tile side for exact tiled inference (default: auto).", lower_bound=1)
 flags.DEFINE_integer("limit", None, "Only the first N photos of each cell, for quick checks.", lower_bound=1)
 flags.mark_flags_as_required(["sweep", "output_dir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    host_malloc.tune()  # before JAX starts its threads: freed memory is reused, not re-faulted
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    loop.configure_logging()  # library INFO (orbax restores) only with --verbosity
+    cli.start(argv)
     overrides = {k: FLAGS[k].value for k in sweep.SWEEP_SHARED_KEYS}
-    image_io.check_output_dir(FLAGS.output_dir)
+    image_paths.check_output_dir(FLAGS.output_dir)
     cells = sweep.expand_cells(sweep.load_sweep(FLAGS.sweep), overrides)
     rows = sweep.run_sweep(cells, FLAGS.output_dir)
     print((Path(FLAGS.output_dir) / "sweep.md").read_text())

@@ -48,7 +48,7 @@ def main(argv):
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, num_cpu_devices=FLAGS.num_cpu_devices,
         cpu_collectives=FLAGS.cpu_collectives, initialization_timeout_s=FLAGS.initialization_timeout,
         heartbeat_timeout_s=FLAGS.heartbeat_timeout)
-    loop.configure_logging()
+    cli.configure_logging()
     config = _CONFIG.value
     if FLAGS.source:
         config.data.source = FLAGS.source

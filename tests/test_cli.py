@@ -24,7 +24,7 @@ def test_config_keys_and_overrides():
     ("generatr.width", "--config.generator.width?"),  # a misspelt section
     ("width", "--config.generator.width?"),  # a leaf without its section
     ("batchsize", "--config.batch_size or --config.patch_size?"),
-    ("foo", "the keys are listed at the top of wespe/config.py"),
+    ("foo", "every key is documented where base_config() in wespe/config.py sets it"),
 ])
 def test_unknown_key_message(key, suggestion):
     message = cli.unknown_key_message(key, cli.config_keys())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from wespe import config as configs
-from wespe import data, loop
+from wespe import data_scan, loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_source_and_target_override_the_builtin_data(tmp_path):
                                                        None)
     assert not (tmp_path / "w" / "demo_data").exists()  # the built-in photos were not even written
     c.data.target = None
-    with pytest.raises(data.DataError, match="both --source and --target"):
+    with pytest.raises(data_scan.DataError, match="both --source and --target"):
         loop.resolve_folders(c, tmp_path / "w")
     c.data.source = None
     source, target, heldout, reference = loop.resolve_folders(c, tmp_path / "w")

@@ -1,6 +1,5 @@
 """Exact tiled inference: tiled == whole-image for any size and tile, naive tiling differs, budgets, inputs."""
 
-import importlib
 import os
 import subprocess
 import sys
@@ -13,12 +12,12 @@ import pytest
 from flax import nnx
 
 from wespe import staged_tiling
-from wespe.enhance import choose_tile, enhance, instance_norm_indices, receptive_halo, tile_forward
-from wespe.enhance import inference_view
+from wespe import inference
+from wespe.inference import choose_tile, enhance
+from wespe.models import inference_view
+from wespe.streamed_tiling import StreamedTiler, instance_norm_indices, receptive_halo
 from wespe.models import Generator, InstanceNorm
 
-# The module itself (``wespe.enhance`` the package attribute may be the re-exported function).
-enhance_lib = importlib.import_module("wespe.enhance")
 TOL = 1e-5
 
 
@@ -117,7 +116,7 @@ def tiled(monkeypatch):
                     cores.spills.append(tuple(kwargs.get("spill", ())))
         return Spy
 
-    monkeypatch.setattr(enhance_lib, "_Tiler", spy(enhance_lib._Tiler, "streamed"))
+    monkeypatch.setattr(inference, "StreamedTiler", spy(StreamedTiler, "streamed"))
     monkeypatch.setattr(staged_tiling, "StagedTiler", spy(staged_tiling.StagedTiler, "staged"))
     return cores
 
@@ -129,9 +128,9 @@ def test_one_pass_rectangular_tiles_and_budgets(small, tiled, monkeypatch):
     np.testing.assert_allclose(ref, whole(small, x), atol=TOL)
     assert np.max(np.abs(enhance(small, x, tile=(5, 16)) - ref)) <= TOL
     # A budget too small for the whole image picks tiles itself: as an argument or from the environment.
-    half_mb = 0.5 * enhance_lib.whole_image_bytes(small, (1, 80, 60, 3)) / 2 ** 20
+    half_mb = 0.5 * inference.whole_image_bytes(small, (1, 80, 60, 3)) / 2 ** 20
     assert np.max(np.abs(enhance(small, x, memory_budget_mb=half_mb) - ref)) <= TOL
-    monkeypatch.setenv(enhance_lib.MEMORY_BUDGET_ENV, str(half_mb))
+    monkeypatch.setenv(inference.MEMORY_BUDGET_ENV, str(half_mb))
     assert np.max(np.abs(enhance(small, x) - ref)) <= TOL
     assert len(tiled) == 3 and tiled[1] == tiled[2] and tiled[1] < (80, 60)
 
@@ -139,22 +138,22 @@ def test_one_pass_rectangular_tiles_and_budgets(small, tiled, monkeypatch):
 def test_whole_image_exactly_when_its_compiled_program_fits(small, tiled, monkeypatch):
     """The whole-vs-tiled decision uses XLA's memory analysis of the whole-image program; without a budget
     argument or environment variable the budget is the machine's (wespe.device_memory)."""
-    monkeypatch.delenv(enhance_lib.MEMORY_BUDGET_ENV, raising=False)
+    monkeypatch.delenv(inference.MEMORY_BUDGET_ENV, raising=False)
     x = image(40, 30, seed=11)
     ref = whole(small, x)
-    need = enhance_lib.whole_image_bytes(small, (1, 40, 30, 3))
+    need = inference.whole_image_bytes(small, (1, 40, 30, 3))
     assert need > 2 * x.nbytes  # temporaries, input and output
     np.testing.assert_allclose(enhance(small, x, memory_budget_mb=1.01 * need / 2 ** 20), ref, atol=TOL)
     assert tiled == []
     assert np.max(np.abs(enhance(small, x, memory_budget_mb=0.99 * need / 2 ** 20) - ref)) <= TOL
     assert len(tiled) == 1
-    monkeypatch.setattr(enhance_lib.device_memory, "budget_bytes", lambda device: int(0.5 * need))
+    monkeypatch.setattr(inference.device_memory, "budget_bytes", lambda device: int(0.5 * need))
     assert np.max(np.abs(enhance(small, x) - ref)) <= TOL
     assert len(tiled) == 2
-    monkeypatch.setattr(enhance_lib.device_memory, "budget_bytes", lambda device: 10 * need)
+    monkeypatch.setattr(inference.device_memory, "budget_bytes", lambda device: 10 * need)
     enhance(small, x)
     assert len(tiled) == 2
-    monkeypatch.setenv(enhance_lib.MEMORY_BUDGET_ENV, "lots")
+    monkeypatch.setenv(inference.MEMORY_BUDGET_ENV, "lots")
     with pytest.raises(ValueError, match="WESPE_ENHANCE_MEMORY_MB"):
         enhance(small, x)
 
@@ -186,7 +185,7 @@ def test_staged_buffers_spill_to_a_file_when_the_budget_cannot_hold_them(small, 
         monkeypatch.setattr(staged_tiling, "host_bytes", lambda *args, b=buffers: int(b))
         assert np.max(np.abs(enhance(small, x, tile=10, memory_budget_mb=budget_mb) - ref)) <= TOL
     assert tiled.methods == ["staged"] * 3 and tiled.spills == [(), ("A",), ("H", "A")]
-    monkeypatch.setattr(enhance_lib.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 0})())
+    monkeypatch.setattr(inference.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 0})())
     assert np.max(np.abs(enhance(small, x, tile=10, memory_budget_mb=budget_mb) - ref)) <= TOL
     assert tiled.methods[-1] == "streamed"
 
@@ -214,7 +213,7 @@ def test_staged_stages_and_statistics(small):
     mask = jnp.ones((2, 19, 23, 1), bool)
     means, variances = ([jnp.asarray(s[k][:, None, None, :]) for k in range(4)] for s in (tiler.means, tiler.variances))
     for k in range(4):
-        a = tile_forward(g, jnp.asarray(x), mask, means, variances, stop_at=k)
+        a = g.forward(jnp.asarray(x), mask=mask, means=means, variances=variances, stop_at=k)
         mean, var = InstanceNorm.statistics(a)
         np.testing.assert_allclose(tiler.means[k], mean[:, 0, 0], atol=1e-5)
         np.testing.assert_allclose(tiler.variances[k], var[:, 0, 0], rtol=1e-4, atol=1e-6)
@@ -255,16 +254,16 @@ def test_other_norms(norm):
     assert np.max(np.abs(enhance(g, x, tile=5) - ref)) <= TOL
 
 
-def test_tile_forward_mirrors_generator(small):
+def test_windowed_forward_mirrors_generator(small):
     x = jnp.asarray(image(9, 11, seed=4))[None]
     mask = jnp.ones((1, 9, 11, 1), bool)
     norms = instance_norm_indices(small)
     means, variances = [None] * len(norms), [None] * len(norms)
     # Feed each norm the statistics of its own (whole-image) input, found by stopping there.
     for k in norms:
-        a = tile_forward(small, x, mask, means, variances, stop_at=k)
+        a = small.forward(x, mask=mask, means=means, variances=variances, stop_at=k)
         means[k], variances[k] = small.blocks[k // 2].norm1.statistics(a)
-    np.testing.assert_allclose(tile_forward(small, x, mask, means, variances), small(x), atol=TOL)
+    np.testing.assert_allclose(small.forward(x, mask=mask, means=means, variances=variances), small(x), atol=TOL)
 
 
 def test_uint8_and_batched(small, monkeypatch):
@@ -278,9 +277,9 @@ def test_uint8_and_batched(small, monkeypatch):
     assert np.max(np.abs(outb - refb)) <= TOL
     assert np.max(np.abs(enhance(small, xb[1]) - refb[1])) <= TOL
     # A budget for one image but not three: whole images one at a time, no tiling.
-    monkeypatch.setattr(enhance_lib, "_Tiler", None)
+    monkeypatch.setattr(inference, "StreamedTiler", None)
     monkeypatch.setattr(staged_tiling, "StagedTiler", None)
-    one_image_mb = enhance_lib.whole_image_bytes(small, (1, 13, 17, 3)) / 2 ** 20
+    one_image_mb = inference.whole_image_bytes(small, (1, 13, 17, 3)) / 2 ** 20
     np.testing.assert_allclose(enhance(small, xb, memory_budget_mb=1.5 * one_image_mb), refb, atol=TOL)
 
 
@@ -315,9 +314,9 @@ def test_choose_tile():
 
 
 def test_even_tiles_and_balanced_batches():
-    assert enhance_lib.even_tiles((512, 512), 866, 1155) == (433, 385)  # 2 x 3 tiles, none mostly past the image
-    assert enhance_lib.even_tiles((512, 512), 300, 1024) == (300, 512)
-    assert enhance_lib.even_tiles((1, 7), 5, 20) == (1, 7)
+    assert inference.even_tiles((512, 512), 866, 1155) == (433, 385)  # 2 x 3 tiles, none mostly past the image
+    assert inference.even_tiles((512, 512), 300, 1024) == (300, 512)
+    assert inference.even_tiles((1, 7), 5, 20) == (1, 7)
     assert staged_tiling.tiles_per_batch(6, 8, 1) == 6  # one batch, no tile computed twice
     assert staged_tiling.tiles_per_batch(12, 8, 1) == 6  # two even batches, not 8 + 4
     assert staged_tiling.tiles_per_batch(5, 8, 2) == 6  # a multiple of the devices
@@ -329,7 +328,7 @@ def test_two_devices():
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from flax import nnx
-        from wespe.enhance import enhance
+        from wespe.inference import enhance
         from wespe.models import Generator
         assert len(jax.devices()) == 2
         g = nnx.eval_shape(lambda: Generator(width=8, num_blocks=1))
@@ -352,12 +351,12 @@ def test_bfloat16_compute_close_to_float32():
     x = np.random.default_rng(0).random((29, 33, 3)).astype(np.float32)
     ref = enhance(g, x)
     for tile in (None, 12):
-        out = enhance(g, x, tile=tile, dtype="bfloat16")
+        out = enhance(g, x, tile=tile, compute_dtype="bfloat16")
         assert out.dtype == np.float32 and out.shape == x.shape
         err = np.abs(out - ref)
         assert 0 < err.max() < 0.1 and err.mean() < 1e-2, (err.max(), err.mean())  # > 0: bf16 really was used
     with pytest.raises(ValueError, match="dtype"):
-        enhance(g, x, dtype="float16")
+        enhance(g, x, compute_dtype="float16")
 
 
 @pytest.mark.parametrize("global_color", ["affine", "base_affine"])

@@ -1,4 +1,5 @@
-"""launch/enhance.py end to end (subprocesses), plus the pieces behind it: wespe.export and wespe.enhance_files.
+"""launch/enhance.py end to end (subprocesses), plus wespe.file_enhancement behind it (generator loading and the
+export format: tests/test_generators.py).
 
 The CLI runs are few on purpose (each starts JAX, ~2-5 s): one run over a folder with good and bad files, the flag
 errors, one run where nothing succeeds, and the official iPhone generator against the TensorFlow reference output
@@ -6,11 +7,9 @@ errors, one run where nothing succeeds, and the official iPhone generator agains
 """
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -19,8 +18,8 @@ import pytest
 from flax import nnx
 from PIL import Image, ImageCms
 
-from wespe import enhance_files, export
-from wespe.enhance import enhance
+from wespe import export, file_enhancement, generators, image_io
+from wespe.inference import enhance
 from wespe.image_io import read_image
 from wespe.models import Generator
 
@@ -57,94 +56,11 @@ def pattern(height, width, seed):
                     ).astype(np.uint8)
 
 
-# ------------------------------------------------------------------------------------------- wespe.export
-
-def test_export_round_trip(tmp_path):
-    x = np.random.default_rng(0).uniform(size=(1, 12, 10, 3)).astype(np.float32)
-    for norm in ("instance", "batch"):
-        g = random_generator(seed=3, norm=norm)
-        path = export.save_generator(g, tmp_path / f"{norm}.npz")
-        loaded = export.load_generator(path)
-        assert (loaded.width, loaded.num_blocks, loaded.norm) == (8, 1, norm)
-        view = (lambda m: nnx.view(m, use_running_average=True)) if norm == "batch" else (lambda m: m)
-        np.testing.assert_array_equal(np.asarray(view(loaded)(x)), np.asarray(view(g)(x)))
-    # The format is plain NumPy: metadata JSON plus named arrays.
-    with np.load(tmp_path / "instance.npz", allow_pickle=False) as npz:
-        meta = json.loads(npz[export.METADATA_KEY].tobytes())
-        assert meta["config"] == {"width": 8, "num_blocks": 1, "norm": "instance", "channels": 3, "output": "dped",
-                                  "global_color": "none"}
-        assert npz["conv_in.kernel"].shape == (9, 9, 3, 8) and "blocks.0.norm1.scale" in npz.files
-    # A directory stands for <dir>/generator.npz.
-    assert export.save_generator(g, tmp_path / "workdir") == tmp_path / "workdir" / "generator.npz"
-    assert export.load_generator(tmp_path / "workdir").norm == "batch"
-    # wespe_plus's generator: residual output and the global colour path travel with the file.
-    plus = random_generator(seed=4, output="residual", global_color="affine")
-    loaded = export.load_generator(export.save_generator(plus, tmp_path / "plus.npz"))
-    assert (loaded.output, loaded.global_color) == ("residual", "affine")
-    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(plus(x)))
-    # Files written before these keys existed load as the official generator.
-    with np.load(tmp_path / "instance.npz", allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    meta["config"] = {"width": 8, "num_blocks": 1, "norm": "instance", "channels": 3}
-    arrays[export.METADATA_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    np.savez(tmp_path / "old.npz", **arrays)
-    assert export.load_generator(tmp_path / "old.npz").output == "dped"
-
-
-def test_export_errors(tmp_path):
-    good = export.save_generator(random_generator(), tmp_path / "good.npz")
-    with pytest.raises(export.ExportFormatError, match="missing.npz does not exist"):
-        export.load_generator(tmp_path / "missing.npz")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(export.ExportFormatError, match="without an exported generator"):
-        export.load_generator(tmp_path / "empty")
-    (tmp_path / "garbage.npz").write_bytes(b"definitely not a zip archive")
-    with pytest.raises(export.ExportFormatError, match="garbage.npz.*corrupt"):
-        export.load_generator(tmp_path / "garbage.npz")
-    (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:-3000])
-    with pytest.raises(export.ExportFormatError, match="cut.npz"):
-        export.load_generator(tmp_path / "cut.npz")
-    np.savez(tmp_path / "plain.npz", w=np.zeros(3))
-    with pytest.raises(export.ExportFormatError, match="plain.npz.*__wespe_generator__"):
-        export.load_generator(tmp_path / "plain.npz")
-
-    def rewrite(name, edit):
-        with np.load(good, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        meta = json.loads(arrays[export.METADATA_KEY].tobytes())
-        edit(meta, arrays)
-        arrays[export.METADATA_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-        np.savez(tmp_path / name, **arrays)
-        return tmp_path / name
-
-    wider = rewrite("wider.npz", lambda m, a: m["config"].update(width=16))
-    with pytest.raises(export.ExportFormatError, match=r"wider.npz: variable .* has shape .* needs"):
-        export.load_generator(wider)
-    dropped = rewrite("dropped.npz", lambda m, a: a.pop("conv_out.bias"))
-    with pytest.raises(export.ExportFormatError, match="missing conv_out.bias"):
-        export.load_generator(dropped)
-    newer = rewrite("newer.npz", lambda m, a: m.update(version=99))
-    with pytest.raises(export.ExportFormatError, match="version 99"):
-        export.load_generator(newer)
-    assert zipfile.is_zipfile(good)
-
-
-def test_load_enhancer_needs_exactly_one(tmp_path):
-    with pytest.raises(ValueError, match="exactly one.*not neither"):
-        enhance_files.load_enhancer()
-    with pytest.raises(ValueError, match="exactly one.*not both"):
-        enhance_files.load_enhancer(pretrained_name="dped_iphone", checkpoint=tmp_path)
-    with pytest.raises(ValueError, match="unknown pretrained"):
-        enhance_files.load_enhancer(pretrained_name="dped_nokia")
-    with pytest.raises(ValueError, match="weights_dir only applies"):
-        enhance_files.load_enhancer(checkpoint=tmp_path, weights_dir=tmp_path)
-
-
 def test_enhance_files_refuses_clashing_raw_outputs(tmp_path):
     for ext in ("png", "jpg"):
         Image.fromarray(pattern(8, 8, 0)).save(tmp_path / f"same.{ext}")
     with pytest.raises(ValueError, match="save_raw.*clashes"):
-        enhance_files.enhance_files(None, [tmp_path], tmp_path / "out", save_raw=True, progress=False)
+        file_enhancement.enhance_files(None, [tmp_path], tmp_path / "out", save_raw=True, progress=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -187,7 +103,7 @@ def test_cli_folder_with_a_bad_file(photos):
     assert Image.open(out / "flat.png").format == "PNG" and Image.open(out / "flat.png").size == (28, 20)
     assert Image.open(out / "sub" / "small.webp").format == "WEBP"
 
-    generator = export.load_generator(root / "workdir")
+    generator = generators.load_exported_generator(root / "workdir")
     for name, source in [("portrait", "portrait.jpg"), ("flat", "flat.png"), ("sub/small", "sub/small.webp")]:
         raw = np.load(out / f"{name}.npy")
         image, _ = read_image(folder / source)
@@ -195,7 +111,7 @@ def test_cli_folder_with_a_bad_file(photos):
         np.testing.assert_allclose(raw, enhance(generator, image), atol=1e-5)  # the checkpoint was used
         if not source.endswith(".jpg"):  # lossless outputs hold exactly round(clip(y, 0, 1) * 255)
             output, _ = read_image(out / source)
-            np.testing.assert_array_equal(output, enhance_files.to_uint8(raw))
+            np.testing.assert_array_equal(output, image_io.to_uint8(raw))
 
 
 @pytest.mark.parametrize("flags", [[], ["--pretrained=dped_iphone", "--checkpoint=x.npz"]], ids=["neither", "both"])
@@ -236,7 +152,7 @@ def test_cli_official_iphone_generator_matches_tensorflow(tmp_path):
     assert np.abs(raw - reference).max() <= 1e-4
     output, info = read_image(tmp_path / "chelsea_input.png")
     assert info.format == "PNG"
-    np.testing.assert_array_equal(output, enhance_files.to_uint8(raw))
+    np.testing.assert_array_equal(output, image_io.to_uint8(raw))
 
 
 @pytest.mark.skipif(not (SHARED / "reference" / "chelsea_input.png").exists(),
@@ -244,14 +160,13 @@ def test_cli_official_iphone_generator_matches_tensorflow(tmp_path):
 def test_bfloat16_inference_accuracy_against_tensorflow():
     """bfloat16 inference of the official iPhone model vs TensorFlow's float32 output (README: measured on CPU
     max 7.4e-3, 58.9 dB, at most 2 levels of 8 bits), whole and tiled."""
-    from wespe import pretrained
-    generator = pretrained.load_dped_generator("dped_iphone", SHARED)
+    generator = generators.load_dped_generator("dped_iphone", SHARED)
     x, _ = read_image(SHARED / "reference" / "chelsea_input.png")
     reference = np.load(SHARED / "reference" / "chelsea_iphone_orig_output.npy")
     for tile in (None, 128):
-        y = np.asarray(enhance(generator, x, dtype="bfloat16", tile=tile), np.float32)
+        y = np.asarray(enhance(generator, x, compute_dtype="bfloat16", tile=tile), np.float32)
         mse = np.mean(np.square(np.clip(y, 0, 1) - np.clip(reference, 0, 1)))
         assert 10 * np.log10(1 / mse) > 52, tile
-        levels = np.abs(enhance_files.to_uint8(y).astype(int) - enhance_files.to_uint8(reference).astype(int))
+        levels = np.abs(image_io.to_uint8(y).astype(int) - image_io.to_uint8(reference).astype(int))
         assert levels.max() <= 3 and levels.mean() < 0.4, (tile, levels.max(), levels.mean())
         assert np.abs(y - reference).max() > 1e-4  # it did compute in bfloat16

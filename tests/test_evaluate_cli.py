@@ -21,10 +21,10 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from wespe import evaluation, export, image_io, loop, metrics, sweep
+import wespe
+from wespe import evaluation, export, generators, image_io, loop, metrics, sweep
 from wespe import config as configs
-from wespe.enhance import enhance
-from wespe.enhance_files import to_uint8
+from wespe.inference import enhance
 from wespe.models import Generator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,12 +84,12 @@ def run_workdir(tmp_path_factory, data):
     c.data.source, c.data.target = str(folders[0]), str(folders[1])
     workdir = root / "workdir"
     assert loop.run_training(c, workdir).status == "finished"
-    assert evaluation.checkpoint_steps(workdir) == [2, 4]
+    assert generators.checkpoint_steps(workdir) == [2, 4]
     return workdir
 
 
 def _enhanced(generator, path):
-    return to_uint8(enhance(generator, image_io.read_image(path)[0]))
+    return image_io.to_uint8(enhance(generator, image_io.read_image(path)[0]))
 
 
 def _float(images):
@@ -228,11 +228,15 @@ def test_sweep_over_run_checkpoints(data, run_workdir, tmp_path, capsys):
     assert (out / "run_step2" / "results.json").stat().st_mtime_ns == mtime
 
     # a training workdir as --checkpoint: its latest checkpoint
-    generator, what = evaluation.load_any_generator(checkpoint=run_workdir)
+    generator, what = generators.generator_for_flags(checkpoint=run_workdir)
     assert "step 4" in what
-    exported = export.load_generator(run_workdir / "generator.npz")  # written at the end of the run: step 4
+    exported = generators.load_exported_generator(run_workdir / "generator.npz")  # written at the run's end: step 4
     restored, saved = nnx.state(generator, nnx.Param), nnx.state(exported, nnx.Param)
     for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(saved), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # the library call reads the same checkpoint (a workdir is a checkpoint before it is its generator.npz)
+    library = nnx.state(wespe.load_generator(run_workdir), nnx.Param)
+    for x, y in zip(jax.tree.leaves(library), jax.tree.leaves(saved), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

@@ -1,5 +1,5 @@
 """wespe/file_pipeline.py: reads ahead and writes behind in order, bounded, with errors kept per item; and
-enhance_files through it (a photo that cannot be written is reported, the others written)."""
+file_enhancement.enhance_files through it (a photo that cannot be written is reported, the others written)."""
 
 import threading
 import time
@@ -10,7 +10,7 @@ from PIL import Image
 
 from test_enhance_cli import pattern, random_generator
 
-from wespe import enhance_files, file_pipeline
+from wespe import file_enhancement, file_pipeline
 
 
 def test_read_ahead_keeps_order_and_errors_and_reads_at_most_one_ahead():
@@ -65,7 +65,7 @@ def test_enhance_files_reports_a_photo_it_cannot_write_and_writes_the_others(tmp
     for i, name in enumerate(["a.png", "b.png", "c.png"]):
         Image.fromarray(pattern(12, 16, i)).save(folder / name)
     (out / "b.png").mkdir(parents=True)  # a folder where b's output would go: its write fails
-    report = enhance_files.enhance_files(random_generator(), [folder], out, progress=False)
+    report = file_enhancement.enhance_files(random_generator(), [folder], out, progress=False)
     assert [s.name for s, _ in report.enhanced] == ["a.png", "c.png"]
     assert [(s.name, "b.png" in reason) for s, reason in report.failed] == [("b.png", True)]
     for name in ("a.png", "c.png"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wespe import data, heldout, metrics
+from wespe import data_scan, heldout, metrics
 
 
 def test_noise_sigma_recovers_gaussian_noise():
@@ -36,7 +36,7 @@ def test_paired_crops_are_aligned_and_sized(tmp_path):
     alone, none = heldout.paired_crops(tmp_path / "photos", None, n=2, size=32, seed=0, min_size=16)
     assert alone.shape == (2, 32, 32, 3) and none is None
     _write(tmp_path / "other", "zzz", rng.integers(0, 256, (64, 64, 3), np.uint8))
-    with pytest.raises(data.DataError, match="heldout_reference.*no file name matches"):
+    with pytest.raises(data_scan.DataError, match="heldout_reference.*no file name matches"):
         heldout.paired_crops(tmp_path / "photos", tmp_path / "other", n=2, size=32, seed=0)
 
 

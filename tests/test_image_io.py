@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from wespe import image_io
+from wespe import image_io, image_paths
 from wespe.image_io import ImageInfo, ImageReadError, ImageWriteError, read_image, write_image
 
 ORIENTATION, MAKE, MODEL, DATETIME = 0x0112, 0x010F, 0x0110, 0x0132
@@ -365,12 +365,12 @@ def make_tree(root):
 def test_list_images(tmp_path):
     make_tree(tmp_path / "in")
     (tmp_path / "single.gif").write_bytes(b"x")
-    found = image_io.list_images([tmp_path / "in", tmp_path / "in" / "a.png", str(tmp_path / "single.gif")])
+    found = image_paths.list_images([tmp_path / "in", tmp_path / "in" / "a.png", str(tmp_path / "single.gif")])
     rel = [str(p.relative_to(tmp_path)).replace(os.sep, "/") for p in found]
     assert rel == ["in/a.png", "in/b.JPG", "in/sub/c.Tiff", "in/sub/deeper/d.webp", "in/sub/e.bmp", "in/sub/f.jpeg",
                    "single.gif"]
     with pytest.raises(FileNotFoundError, match="missing"):
-        image_io.list_images([tmp_path / "missing"])
+        image_paths.list_images([tmp_path / "missing"])
 
 
 def test_plan_outputs(tmp_path):
@@ -379,7 +379,7 @@ def test_plan_outputs(tmp_path):
     out = tmp_path / "in" / "enhanced"  # inside an input folder: its files are not inputs
     (out / "old.jpg").parent.mkdir()
     (out / "old.jpg").write_bytes(b"x")
-    pairs = image_io.plan_outputs([tmp_path / "in", tmp_path / "loose.png"], out)
+    pairs = image_paths.plan_outputs([tmp_path / "in", tmp_path / "loose.png"], out)
     mapping = {str(src.relative_to(tmp_path)).replace(os.sep, "/"): str(dst.relative_to(out)).replace(os.sep, "/")
                for src, dst in pairs}
     assert mapping == {"in/a.png": "a.png", "in/b.JPG": "b.JPG", "in/sub/c.Tiff": "sub/c.Tiff",
@@ -388,9 +388,9 @@ def test_plan_outputs(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "a.png").write_bytes(b"x")
     with pytest.raises(ValueError, match="same|both"):
-        image_io.plan_outputs([tmp_path / "in", tmp_path / "other"], tmp_path / "out")
+        image_paths.plan_outputs([tmp_path / "in", tmp_path / "other"], tmp_path / "out")
     with pytest.raises(ValueError, match="overwrite"):
-        image_io.plan_outputs([tmp_path / "loose.png"], tmp_path)
+        image_paths.plan_outputs([tmp_path / "loose.png"], tmp_path)
 
 
 def test_read_errors_say_their_kind(tmp_path):

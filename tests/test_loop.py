@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from wespe import config as configs
-from wespe import data, loop, train
+from wespe import data_scan, loop, train
 from wespe.checkpoint import Checkpointer
 from wespe.vgg import VGGWeightsError
 
@@ -294,13 +294,14 @@ def test_bad_inputs_fail_before_anything_compiles(folders, tmp_path, nothing_com
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bad / "tiny.png")
     missing = tmp_path / "missing"
     cases = [
-        ({"data.source": str(missing)}, data.DataError, ["--source", str(missing), "does not exist"]),
-        ({"data.target": str(missing)}, data.DataError, ["--target", str(missing), "does not exist"]),
-        ({"data.source": str(empty)}, data.DataError, ["--source", str(empty), "no image files"]),
-        ({"data.target": str(source)}, data.DataError, ["--source", "--target", "same folder"]),
-        ({"data.target": str(bad)}, data.DataError, ["--target", str(bad), "no usable image", "too small"]),
-        ({"data.source": None}, data.DataError, ["--source", "--target"]),
-        ({"data.heldout": str(missing)}, data.DataError, ["--config.data.heldout", str(missing), "does not exist"]),
+        ({"data.source": str(missing)}, data_scan.DataError, ["--source", str(missing), "does not exist"]),
+        ({"data.target": str(missing)}, data_scan.DataError, ["--target", str(missing), "does not exist"]),
+        ({"data.source": str(empty)}, data_scan.DataError, ["--source", str(empty), "no image files"]),
+        ({"data.target": str(source)}, data_scan.DataError, ["--source", "--target", "same folder"]),
+        ({"data.target": str(bad)}, data_scan.DataError, ["--target", str(bad), "no usable image", "too small"]),
+        ({"data.source": None}, data_scan.DataError, ["--source", "--target"]),
+        ({"data.heldout": str(missing)}, data_scan.DataError,
+         ["--config.data.heldout", str(missing), "does not exist"]),
         ({"vgg_weights": None}, VGGWeightsError, ["--config.vgg_weights"]),
         ({"vgg_weights": str(missing / "vgg19.mat")}, VGGWeightsError, [str(missing / "vgg19.mat"), "does not exist",
                                                                       "--config.vgg_weights"]),

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wespe.pretrained import (PRETRAINED, CheckpointFormatError, crc32c, dped_variable_map, load_dped_generator,
-                              masked_crc32c, read_tf_checkpoint)
+from wespe.generators import load_dped_generator, load_generator
+from wespe.pretrained import PRETRAINED, dped_variable_map
+from wespe.tf_checkpoint import TFCheckpointError, crc32c, masked_crc32c, read_tf_checkpoint
 
 SHARED = Path(__file__).parents[1] / ".." / "shared" / "dped_pretrained"
 needs_shared = pytest.mark.skipif(
@@ -179,34 +180,34 @@ def test_synthetic_tensor_checksum_names_variable(tmp_path):
     # Sorted order: big (14000 B), net/bias (40 B), net/ids, net/kernel, net/step; corrupt net/bias.
     raw[14000 + 3] ^= 0x10
     data.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointFormatError, match=r"checksum mismatch for variable 'net/bias'"):
+    with pytest.raises(TFCheckpointError, match=r"checksum mismatch for variable 'net/bias'"):
         read_tf_checkpoint(prefix)
 
 
 def test_synthetic_unsupported_dtype_and_compression(tmp_path):
     prefix = _synthetic_corrupt(tmp_path, dtype_enums={"net/step": 7})  # DT_STRING
-    with pytest.raises(CheckpointFormatError, match=r"'net/step' has unsupported dtype DT_STRING"):
+    with pytest.raises(TFCheckpointError, match=r"'net/step' has unsupported dtype DT_STRING"):
         read_tf_checkpoint(prefix)
     prefix = _synthetic_corrupt(tmp_path, compression=1)
-    with pytest.raises(CheckpointFormatError, match=r"snappy"):
+    with pytest.raises(TFCheckpointError, match=r"snappy"):
         read_tf_checkpoint(prefix)
 
 
 def test_missing_files_and_weights_dir_help(tmp_path):
-    with pytest.raises(CheckpointFormatError, match=r"nowhere\.index does not exist"):
+    with pytest.raises(TFCheckpointError, match=r"nowhere\.index does not exist"):
         read_tf_checkpoint(tmp_path / "nowhere")
     for kwargs in ({}, {"weights_dir": tmp_path / "no_such_dir"}, {"weights_dir": tmp_path}):
-        with pytest.raises(CheckpointFormatError) as info:
+        with pytest.raises(TFCheckpointError) as info:
             load_dped_generator("dped_iphone", **kwargs)
         message = str(info.value)
         assert "github.com/aiff22/DPED" in message and "models_orig/" in message and "--weights_dir" in message
-    with pytest.raises(CheckpointFormatError, match=r"iphone_orig\.index does not exist"):
+    with pytest.raises(TFCheckpointError, match=r"iphone_orig\.index does not exist"):
         load_dped_generator("dped_iphone", tmp_path)
-    with pytest.raises(CheckpointFormatError, match=r"dped_blackberry"):
+    with pytest.raises(TFCheckpointError, match=r"dped_blackberry"):
         load_dped_generator("dped_blackbery", tmp_path)  # a typo is not silently a path
     prefix = _synthetic_corrupt(tmp_path)
     Path(f"{prefix}.data-00000-of-00001").unlink()
-    with pytest.raises(CheckpointFormatError, match=r"ckpt\.data-00000-of-00001 does not exist"):
+    with pytest.raises(TFCheckpointError, match=r"ckpt\.data-00000-of-00001 does not exist"):
         read_tf_checkpoint(prefix)
 
 
@@ -263,14 +264,18 @@ def test_load_synthetic_dped_generator(tmp_path):
     write_bundle(tmp_path / "fake_orig", tensors, entries_per_block=7)
     _check_generator_matches(load_dped_generator(tmp_path / "fake_orig"), tensors)
     _check_generator_matches(load_dped_generator("fake_orig", weights_dir=tmp_path), tensors)
+    # wespe.load_generator tells a TensorFlow checkpoint prefix (or its .index file) from its other sources
+    for source in (tmp_path / "fake_orig", f"{tmp_path}/fake_orig.index"):
+        _check_generator_matches(load_generator(source), tensors)
+    _check_generator_matches(load_generator("fake_orig", weights_dir=tmp_path), tensors)
 
     bad = dict(tensors, **{"generator/W5": tensors["generator/W5"][..., :32]})
     write_bundle(tmp_path / "bad", bad)
-    with pytest.raises(CheckpointFormatError, match=r"generator/W5 has shape \(3, 3, 64, 32\), expected "
+    with pytest.raises(TFCheckpointError, match=r"generator/W5 has shape \(3, 3, 64, 32\), expected "
                                                     r"\(3, 3, 64, 64\)"):
         load_dped_generator(tmp_path / "bad")
     write_bundle(tmp_path / "missing", {k: v for k, v in tensors.items() if k != "generator/Variable_7"})
-    with pytest.raises(CheckpointFormatError, match=r"missing variable\(s\) generator/Variable_7"):
+    with pytest.raises(TFCheckpointError, match=r"missing variable\(s\) generator/Variable_7"):
         load_dped_generator(tmp_path / "missing")
 
 
@@ -320,7 +325,7 @@ def test_corrupt_data_byte(official_copy):
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     data.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointFormatError, match=r"checksum mismatch for variable 'generator/\w+'") as info:
+    with pytest.raises(TFCheckpointError, match=r"checksum mismatch for variable 'generator/\w+'") as info:
         read_tf_checkpoint(official_copy)
     assert str(data) in str(info.value)
 
@@ -328,7 +333,7 @@ def test_corrupt_data_byte(official_copy):
 def test_truncated_data(official_copy):
     data = Path(f"{official_copy}.data-00000-of-00001")
     data.write_bytes(data.read_bytes()[:-1000])
-    with pytest.raises(CheckpointFormatError, match=r"data file is truncated"):
+    with pytest.raises(TFCheckpointError, match=r"data file is truncated"):
         read_tf_checkpoint(official_copy)
 
 
@@ -336,24 +341,24 @@ def test_truncated_or_garbled_index(official_copy):
     index = Path(f"{official_copy}.index")
     original = index.read_bytes()
     index.write_bytes(original[:-10])
-    with pytest.raises(CheckpointFormatError, match=r"iphone_orig\.index: bad table magic"):
+    with pytest.raises(TFCheckpointError, match=r"iphone_orig\.index: bad table magic"):
         read_tf_checkpoint(official_copy)
     index.write_bytes(original[:20])
-    with pytest.raises(CheckpointFormatError, match=r"too short"):
+    with pytest.raises(TFCheckpointError, match=r"too short"):
         read_tf_checkpoint(official_copy)
     garbled = bytearray(original)
     garbled[100] ^= 0xFF  # inside the data block
     index.write_bytes(bytes(garbled))
-    with pytest.raises(CheckpointFormatError, match=r"iphone_orig\.index: checksum mismatch in the data block"):
+    with pytest.raises(TFCheckpointError, match=r"iphone_orig\.index: checksum mismatch in the data block"):
         read_tf_checkpoint(official_copy)
     index.write_bytes(b"\0" * len(original))
-    with pytest.raises(CheckpointFormatError, match=r"magic"):
+    with pytest.raises(TFCheckpointError, match=r"magic"):
         read_tf_checkpoint(official_copy)
 
 
 def test_missing_data_file(official_copy):
     Path(f"{official_copy}.data-00000-of-00001").unlink()
-    with pytest.raises(CheckpointFormatError, match=r"iphone_orig\.data-00000-of-00001 does not exist"):
+    with pytest.raises(TFCheckpointError, match=r"iphone_orig\.data-00000-of-00001 does not exist"):
         read_tf_checkpoint(official_copy)
-    with pytest.raises(CheckpointFormatError, match=r"iphone_orig\.data-00000-of-00001 does not exist.*aiff22/DPED"):
+    with pytest.raises(TFCheckpointError, match=r"iphone_orig\.data-00000-of-00001 does not exist.*aiff22/DPED"):
         load_dped_generator(official_copy)

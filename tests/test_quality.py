@@ -1,4 +1,5 @@
-"""The real-photo quality benchmark (wespe.quality, wespe.camera, launch/quality.py).
+"""The real-photo quality benchmark (wespe.quality, wespe.quality_data, wespe.baselines, wespe.camera,
+launch/quality.py).
 
 Camera model against its ranges and the demo's old inline formula; prepared folders (train photos cut in
 halves, one per training side; old folders reported); the classical baselines against independent references
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wespe import camera, demo, metrics, quality
+from wespe import baselines, camera, demo, metrics, quality, quality_data
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "quality_tiny_config.py"
@@ -42,7 +43,7 @@ def _old_degrade(image, seed):
 
 def test_demo_degrade_bit_identical_to_the_old_inline_formula():
     for seed, name in enumerate(("astronaut", "coffee", "motorcycle_left", "chelsea")):
-        photo = quality.load_photo(name)
+        photo = quality_data.load_photo(name)
         np.testing.assert_array_equal(demo.degrade(photo, seed), _old_degrade(photo, seed), err_msg=name)
 
 
@@ -58,7 +59,7 @@ def _in_ranges(params):
 
 
 def test_camera_model_deterministic_per_seed_different_per_photo_and_inside_its_ranges():
-    photo = quality.load_photo("astronaut")[:96, :128]
+    photo = quality_data.load_photo("astronaut")[:96, :128]
     a, pa = camera.camera_model(photo, np.random.default_rng([0, 0]))
     b, pb = camera.camera_model(photo, np.random.default_rng([0, 0]))
     np.testing.assert_array_equal(a, b)
@@ -81,10 +82,10 @@ def test_camera_model_deterministic_per_seed_different_per_photo_and_inside_its_
 # ---------------------------------------------------------------------------------------------------- prepare
 
 def test_prepare_layout_halves_idempotent_and_a_draw_per_photo(tmp_path):
-    data = quality.prepare(tmp_path / "d", seed=3, max_side=64)
+    data = quality_data.prepare(tmp_path / "d", seed=3, max_side=64)
     names = lambda folder: sorted(p.name for p in Path(folder).iterdir())  # noqa: E731
     load = lambda folder, name: np.asarray(Image.open(Path(folder) / f"{name}.png"))  # noqa: E731
-    train, test = quality.SPLIT["train"], quality.SPLIT["test"]
+    train, test = quality_data.SPLIT["train"], quality_data.SPLIT["test"]
     for folder in (data.source, data.target, data.paired_source, data.paired_target):
         assert names(folder) == [f"{n}.png" for n in sorted(train)], folder
     assert names(data.test_degraded) == names(data.test_clean) == [f"{n}.png" for n in sorted(test)]
@@ -99,7 +100,7 @@ def test_prepare_layout_halves_idempotent_and_a_draw_per_photo(tmp_path):
     # test photos: whole, the clean one downscaled (max_side), the degraded one its camera applied to it
     for name in test:
         clean = load(data.test_clean, name)
-        np.testing.assert_array_equal(clean, quality._downscale(quality.load_photo(name), 64))
+        np.testing.assert_array_equal(clean, quality_data._downscale(quality_data.load_photo(name), 64))
         assert max(clean.shape[:2]) == 64
         params = cameras[name]
         np.testing.assert_array_equal(load(data.test_degraded, name),
@@ -107,7 +108,7 @@ def test_prepare_layout_halves_idempotent_and_a_draw_per_photo(tmp_path):
 
     # train photos: downscaled, degraded whole, then cut at width // 2; the source half alternates left / right
     for k, name in enumerate(train):
-        clean = quality._downscale(quality.load_photo(name), 64)
+        clean = quality_data._downscale(quality_data.load_photo(name), 64)
         params = cameras[name]
         degraded = camera.apply_camera(clean, params, params["noise_seed"])
         cut = clean.shape[1] // 2
@@ -125,19 +126,19 @@ def test_prepare_layout_halves_idempotent_and_a_draw_per_photo(tmp_path):
         np.testing.assert_array_equal(load(data.paired_target, name), clean[:, source_half], err_msg=name)
 
     stamps = {p: p.stat().st_mtime_ns for p in Path(data.root).rglob("*.png")}
-    assert quality.prepare(tmp_path / "d", seed=3, max_side=64) == data  # READY: nothing rewritten
+    assert quality_data.prepare(tmp_path / "d", seed=3, max_side=64) == data  # READY: nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in Path(data.root).rglob("*.png")} == stamps
     recipe = json.loads((Path(data.root) / "READY").read_text())
-    assert recipe == saved["recipe"] and recipe["train_layout"] == quality.TRAIN_LAYOUT
+    assert recipe == saved["recipe"] and recipe["train_layout"] == quality_data.TRAIN_LAYOUT
     with pytest.raises(ValueError, match="prepared with"):
-        quality.prepare(tmp_path / "d", seed=4, max_side=64)
+        quality_data.prepare(tmp_path / "d", seed=4, max_side=64)
 
 
 def test_prepare_rejects_bad_splits_and_folders_of_the_old_layout(tmp_path):
     with pytest.raises(ValueError, match="more than one split"):
-        quality.prepare(tmp_path / "e", split={"test": ["chelsea"], "train": ["chelsea", "rocket"]})
+        quality_data.prepare(tmp_path / "e", split={"test": ["chelsea"], "train": ["chelsea", "rocket"]})
     with pytest.raises(ValueError, match="exactly the keys test and train"):  # the old whole-photo split format
-        quality.prepare(tmp_path / "e", split={"test": ["chelsea"], "source": ["coffee"], "target": ["rocket"]})
+        quality_data.prepare(tmp_path / "e", split={"test": ["chelsea"], "source": ["coffee"], "target": ["rocket"]})
     assert not (tmp_path / "e").exists()
     old = tmp_path / "old"  # a folder prepared before the train photos were cut in halves
     old.mkdir()
@@ -145,31 +146,31 @@ def test_prepare_rejects_bad_splits_and_folders_of_the_old_layout(tmp_path):
         "test": ("chelsea", "grace_hopper", "flower"), "source": ("astronaut", "coffee", "motorcycle_left"),
         "target": ("rocket", "motorcycle_right", "china")}.items()}}) + "\n")
     with pytest.raises(ValueError, match="prepared with .*use another folder"):
-        quality.prepare(old)
+        quality_data.prepare(old)
     # the same split and seed, but another layout, is also reported (the layout is part of the recipe)
     (old / "READY").write_text(json.dumps({"seed": 0, "max_side": None,
-                                           "split": {k: list(v) for k, v in quality.SPLIT.items()}}) + "\n")
+                                           "split": {k: list(v) for k, v in quality_data.SPLIT.items()}}) + "\n")
     with pytest.raises(ValueError, match="prepared with"):
-        quality.prepare(old)
+        quality_data.prepare(old)
 
 
 def test_missing_scikit_learn_is_one_clear_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)  # "import sklearn..." now raises ImportError
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    with pytest.raises(quality.MissingDependencyError, match=r'pip install -e "\.\[quality\]"'):
-        quality.load_photo("flower")
+    with pytest.raises(quality_data.MissingDependencyError, match=r'pip install -e "\.\[quality\]"'):
+        quality_data.load_photo("flower")
 
 
 # -------------------------------------------------------------------------------------------------- baselines
 
 @pytest.fixture(scope="module")
 def photo():
-    return quality._downscale(quality.load_photo("coffee"), 120).astype(np.float64) / 255.0
+    return quality_data._downscale(quality_data.load_photo("coffee"), 120).astype(np.float64) / 255.0
 
 
 def test_grey_world_equalises_channel_means(photo):
     x = photo * np.array([1.1, 1.0, 0.7])
-    y = quality.grey_world(x)
+    y = baselines.grey_world(x)
     means = y.reshape(-1, 3).mean(0)
     np.testing.assert_allclose(means, means.mean(), rtol=1e-12)
     np.testing.assert_allclose(means.mean(), x.mean(), rtol=1e-12)  # the average grey level is kept
@@ -178,22 +179,22 @@ def test_grey_world_equalises_channel_means(photo):
 def test_autocontrast_maps_luma_percentiles_to_0_and_1(photo):
     x = 0.3 + 0.4 * photo
     luma = lambda im: im @ np.array([0.299, 0.587, 0.114])  # noqa: E731
-    y = quality.autocontrast(x, clip=False)
+    y = baselines.autocontrast(x, clip=False)
     np.testing.assert_allclose(np.percentile(luma(y), [0.5, 99.5]), [0.0, 1.0], atol=1e-12)
     lo, hi = np.percentile(luma(x), [0.5, 99.5])
-    np.testing.assert_allclose(quality.autocontrast(x), np.clip((x - lo) / (hi - lo), 0, 1), atol=1e-12)
+    np.testing.assert_allclose(baselines.autocontrast(x), np.clip((x - lo) / (hi - lo), 0, 1), atol=1e-12)
     flat = np.full((8, 8, 3), 0.4)
-    np.testing.assert_array_equal(quality.autocontrast(flat), flat)
+    np.testing.assert_array_equal(baselines.autocontrast(flat), flat)
 
 
 def test_unsharp_equals_scikit_image(photo):
     from skimage.filters import unsharp_mask
     # channel_axis=2: with -1, scikit-image <= 0.26 returns garbage (scikit-image issue #7264)
     expected = unsharp_mask(photo, radius=1.5, amount=0.8, channel_axis=2)
-    np.testing.assert_allclose(quality.unsharp(photo), expected, atol=1e-12)
-    combo = quality.classical_combo(photo)
-    np.testing.assert_allclose(combo, quality.unsharp(quality.grey_world_autocontrast(photo)), atol=0)
-    u8 = quality.apply_uint8(quality.classical_combo, np.round(photo * 255).astype(np.uint8))
+    np.testing.assert_allclose(baselines.unsharp(photo), expected, atol=1e-12)
+    combo = baselines.classical_combo(photo)
+    np.testing.assert_allclose(combo, baselines.unsharp(baselines.grey_world_autocontrast(photo)), atol=0)
+    u8 = baselines.apply_uint8(baselines.classical_combo, np.round(photo * 255).astype(np.uint8))
     assert u8.dtype == np.uint8 and u8.shape == photo.shape
 
 
@@ -219,7 +220,8 @@ def test_parse_presets_and_bad_presets(tmp_path):
 
 
 def test_preset_config_overrides(tmp_path):
-    data = quality.BenchmarkData(*(str(tmp_path / k) for k in ("root", "s", "t", "td", "tc", "ps", "pt", "c.json")))
+    folders = ("root", "s", "t", "td", "tc", "ps", "pt", "c.json")
+    data = quality_data.BenchmarkData(*(str(tmp_path / k) for k in folders))
     c = quality.preset_config(TINY, data, seed=5, steps=7)
     assert (c.data.source, c.data.target, c.data.heldout) == (data.source, data.target, data.test_degraded)
     assert (c.seed, c.num_steps, c.vgg_weights, c.data.builtin, c.data.dped_root) == (5, 7, "random", None, None)
@@ -282,7 +284,7 @@ def test_run_benchmark_end_to_end(bench):
 
     assert sorted(results["camera_params"]) == sorted(SMALL_SPLIT["train"] + SMALL_SPLIT["test"])
     assert [results["halves"][n]["source"] for n in SMALL_SPLIT["train"]] == ["left", "right", "left", "right"]
-    assert results["train_layout"] == quality.TRAIN_LAYOUT
+    assert results["train_layout"] == quality_data.TRAIN_LAYOUT
     assert results["split"] == SMALL_SPLIT and set(results["photos"]) == {n for v in SMALL_SPLIT.values() for n in v}
     for folder in ("source", "target"):
         assert sorted(p.name for p in (out / "data" / folder).iterdir()) == sorted(
@@ -303,9 +305,9 @@ def test_fitted_colour_transfer_matches_float64_moments(tmp_path):
         (tmp_path / side).mkdir()
         for i in range(3):
             Image.fromarray(rng.integers(lo, hi, (40, 50, 3), np.uint8)).save(tmp_path / side / f"{i}.png")
-    data = quality.BenchmarkData(str(tmp_path), str(tmp_path / "source"), str(tmp_path / "target"), "", "", "", "",
-                                 "")
-    fitted = quality.fitted_baselines(data)
+    data = quality_data.BenchmarkData(str(tmp_path), str(tmp_path / "source"), str(tmp_path / "target"),
+                                      "", "", "", "", "")
+    fitted = baselines.fitted_baselines(data)
     load = lambda side: np.concatenate([np.asarray(Image.open(p), np.float64).reshape(-1, 3) / 255  # noqa: E731
                                         for p in sorted((tmp_path / side).iterdir())])
     mapped = fitted["moment_transfer"](load("source"))

@@ -1,24 +1,47 @@
-"""wespe: learn to translate photo quality between cameras from unpaired photos (WESPE, DPED) in JAX/Flax NNX."""
+"""wespe: learn to translate photo quality between cameras from unpaired photos (WESPE, DPED) in JAX/Flax NNX.
 
-from wespe.config import dped_code, laptop_scale, preset, wespe_paper, wespe_plus
-from wespe.enhance import enhance
-from wespe.export import load_generator, save_generator
-from wespe.image_io import list_images, read_image, write_image
-from wespe.losses import (color_distribution_loss, color_loss, content_loss, discriminator_batch,
-                          discriminator_loss, generator_adversarial_loss, texture_distribution_loss, tv_loss)
-from wespe.models import Discriminator, Generator, InstanceNorm, count_parameters
-from wespe.ops import blur, grayscale, total_variation
-from wespe.parallel import Layout, initialize_distributed, make_mesh
-from wespe.pretrained import load_dped_generator
-from wespe.train import TrainState, create_train_state, load_content_network, make_train_step
-from wespe.vgg import load_vgg19
+The calls a user makes, top to bottom of a project: a config (``wespe_plus()``, ...), ``run_training(config,
+workdir)``, ``load_generator(anything)``, ``enhance(generator, image)`` / ``enhance_files(generator, inputs,
+output_dir)``, ``evaluate(generator, sources, references)``; then the building blocks for one's own JAX program
+(networks, losses, the jitted step, sharding). Each name's module says more; the README
+(section Layout) lists which module owns what.
+"""
 
-__all__ = [
-    "Discriminator", "Generator", "InstanceNorm", "TrainState", "blur", "color_loss", "content_loss", "enhance",
-    "list_images", "load_dped_generator", "load_generator", "read_image", "save_generator", "write_image",
-    "count_parameters", "create_train_state", "discriminator_batch", "discriminator_loss", "dped_code",
-    "generator_adversarial_loss", "grayscale", "load_content_network", "load_vgg19", "make_train_step", "preset",
-    "total_variation", "tv_loss", "wespe_paper", "Layout", "initialize_distributed", "make_mesh",
-    "wespe_plus", "laptop_scale", "color_distribution_loss", "texture_distribution_loss",
-]
+import importlib
+
+# name -> the module that owns it. Loaded on first use (PEP 562), so ``import wespe`` stays cheap and a command
+# imports only what it runs (enhancing photos does not load orbax or grain).
+_OWNERS = {
+    # the user-level calls
+    "dped_code": "config", "laptop_scale": "config", "preset": "config", "wespe_paper": "config",
+    "wespe_plus": "config", "run_training": "loop", "load_generator": "generators",
+    "load_dped_generator": "generators", "load_exported_generator": "generators",
+    "load_checkpoint_generator": "generators", "save_generator": "export", "enhance": "inference",
+    "enhance_files": "file_enhancement", "evaluate": "evaluation", "write_results": "evaluation",
+    "list_images": "image_paths", "read_image": "image_io", "write_image": "image_io",
+    # building blocks
+    "Generator": "models", "Discriminator": "models", "InstanceNorm": "models", "count_parameters": "models",
+    "inference_view": "models", "color_loss": "losses", "color_distribution_loss": "losses",
+    "content_loss": "losses", "discriminator_batch": "losses", "discriminator_loss": "losses",
+    "generator_adversarial_loss": "losses", "texture_distribution_loss": "losses", "tv_loss": "losses",
+    "blur": "ops", "grayscale": "ops", "total_variation": "ops", "Layout": "parallel",
+    "initialize_distributed": "parallel", "make_mesh": "parallel", "TrainState": "train",
+    "create_train_state": "train", "load_content_network": "train", "make_train_step": "train",
+    "load_vgg19": "vgg",
+}
+__all__ = sorted(_OWNERS)
+
+
+def __getattr__(name: str):
+    if name in _OWNERS:
+        value = getattr(importlib.import_module(f"wespe.{_OWNERS[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'wespe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_OWNERS))
+
+
 __version__ = "0.1.0"

@@ -243,13 +243,13 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
     wheel) the PyTorch reference generator's forward (``torch_script``'s ``bench_g_forward``, channels_last)
     runs at each size in a subprocess too, with its own peak RSS, and whole-image rows get ``vs_torch``.
     """
-    from wespe.enhance import _budget_bytes, enhance, whole_image_bytes
+    from wespe.inference import budget_bytes, enhance, whole_image_bytes
 
     if torch_python is not None:
         for path, flag in ((torch_python, "--torch_python"), (torch_script, "--torch_script")):
             if not path or not os.path.isfile(path):
                 raise UserError(f"{flag}={path!r}: no such file (see ../shared/reference/README.md for the venv)")
-    budget = _budget_bytes(memory_budget_mb, jax.devices()[0])
+    budget = budget_bytes(memory_budget_mb, jax.devices()[0])
     rows = []
     runs = [("tiled", t) for t in tilings] + [("whole", None)]
     for path, tiling in runs:
@@ -261,7 +261,8 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
                 continue
             image = np.random.default_rng(0).random((h, w, 3), dtype=np.float32)
             for dtype in dtypes:
-                kwargs = dict(tile=tile if path == "tiled" else None, memory_budget_mb=memory_budget_mb, dtype=dtype)
+                kwargs = dict(tile=tile if path == "tiled" else None, memory_budget_mb=memory_budget_mb,
+                              compute_dtype=dtype)
                 if tiling:
                     kwargs["tiling"] = tiling
                 t0 = time.perf_counter()

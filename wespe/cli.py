@@ -5,6 +5,7 @@ the closest valid one), instead of a traceback from inside ml_collections."""
 from __future__ import annotations
 
 import difflib
+import logging
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from wespe import config as configs
-from wespe import errors
+from wespe import errors, host_malloc
 
 
 def config_keys(config=None) -> list[str]:
@@ -55,7 +56,7 @@ def unknown_key_message(key: str, keys: list[str], flag: str = "config") -> str:
     if not close:  # a leaf without its section ("width")
         close = [k for k in keys if k.rpartition(".")[2] == leaf][:2]
     hint = f"; did you mean {' or '.join(f'--{flag}.{k}' for k in close)}?" if close else \
-        "; the keys are listed at the top of wespe/config.py"
+        "; every key is documented where base_config() in wespe/config.py sets it"
     return f"--{flag}.{key}: unknown config key{hint}"
 
 
@@ -87,6 +88,36 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:
         print(f"error: {' '.join(str(e).split())} (--helpshort lists the flags)", file=sys.stderr)
         sys.exit(errors.EXIT_USER_ERROR)
+
+
+def configure_logging() -> None:
+    """wespe's own INFO messages on the console (process 0 only: the others say only warnings and errors);
+    other libraries' (orbax logs every save and restore) only WARNING+, unless ``--verbosity`` was given on the
+    command line. Call after ``parallel.initialize_distributed``."""
+    import jax
+    from absl import logging as absl_logging
+    chosen = flags.FLAGS.is_parsed() and "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present
+    if not chosen:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("wespe").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+    if not logging.getLogger().handlers:  # outside absl.app: give the messages somewhere to go
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+
+
+def start(argv: list[str], *, takes_inputs: bool = False, tune_malloc: bool = True) -> list[str]:
+    """The first steps of a single-process entry point's ``main``: glibc's allocator tuned (``tune_malloc``;
+    before JAX starts its threads: freed memory is reused, not re-faulted), no positional arguments unless the
+    command ``takes_inputs`` (then at least one), logging as :func:`configure_logging`. Returns the positional
+    arguments. (``launch/train.py`` joins the other processes first and calls :func:`configure_logging` itself.)"""
+    if tune_malloc:
+        host_malloc.tune()
+    inputs = argv[1:]
+    if takes_inputs and not inputs:
+        raise app.UsageError("give at least one input photo or folder")
+    if not takes_inputs and inputs:
+        raise app.UsageError(f"unexpected arguments: {' '.join(inputs)}")
+    configure_logging()
+    return inputs
 
 
 def run(main) -> None:

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wespe.image_io import ImageReadError, list_images, read_image
+from wespe.image_io import ImageReadError, read_image
+from wespe.image_paths import list_images
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def photo_colors(path: Path, side: int) -> np.ndarray:
@@ -49,7 +50,7 @@ def folder_colors(folder: str | os.PathLike, photos: int, side: int, seed: int) 
         try:
             colors.append(photo_colors(files[i], side))
         except ImageReadError as e:
-            log.warning("colour pool: skipping %s: %s", files[i], e)
+            logger.warning("colour pool: skipping %s: %s", files[i], e)
             continue
         if len(colors) == photos:
             break
@@ -72,8 +73,8 @@ def build_color_pools(source: str | os.PathLike, target: str | os.PathLike, *, p
              "target": folder_colors(target, photos, side, seed + 1)}
     count = min(pixels, *(len(c) for c in sides.values()))
     pools = {name: c[np.sort(rng.choice(len(c), count, replace=False))] for name, c in sides.items()}
-    log.info("colour pools: %d pixels per side from %d source / %d target pixels", count,
-             len(sides["source"]), len(sides["target"]))
+    logger.info("colour pools: %d pixels per side from %d source / %d target pixels", count,
+                len(sides["source"]), len(sides["target"]))
     return pools
 
 

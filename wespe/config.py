@@ -1,84 +1,8 @@
-"""Training configuration: the two presets of the papers and every key they share.
+"""Training configuration: the presets of the two papers and every key they share.
 
-Configs are ``ml_collections.ConfigDict``s; experiment files in ``experiments/`` start from a preset here
-and override keys. Each key, with its paper/code meaning:
-
-mode                 ``wespe`` (unpaired, cycle G/F, colour+texture adversaries) or ``dped`` (paired)
-batch_size           global batch (WESPE paper 30, DPED code 50)
-patch_size           training crop side (100 in both papers; the ``dped_fc`` head is tied to it)
-num_steps            training iterations (20k in both)
-seed                 parameter-init and data seed
-generator.width / num_blocks / norm       DPED ResNet: 64 / 4 / ``instance`` (``batch``, ``none``)
-generator.init       ``dped`` (official truncated-normal 0.01: G starts as a near-constant grey) or ``he``
-generator.output     ``dped`` (official ``tanh(.) * 0.58 + 0.5``) or ``residual`` (``colour(x) + r(x)``, last conv
-                     zero-initialised: G starts as the identity, at the input's quality)
-generator.global_color  ``none`` (papers) or ``affine``: a learned 3x3 colour matrix + offset on the input (the
-                     residual output's global path; white balance / contrast without local blotches)
-discriminator.head   ``dped_fc`` (official, needs patch_size inputs) or ``global_pool`` (any size)
-discriminator.norm   ``instance`` (official) or ``none``
-weights.content / color / texture / tv    loss weights (WESPE 1/5e-3/5e-3/10; DPED code 10/0.5/1/2000)
-weights.identity     CycleGAN's identity term |G(y)-y|_1 + |F(x)-x|_1 (wespe mode; 0 = the papers)
-weights.color_distribution  sliced Wasserstein-2 distance between the colours of blurred G(x) and blurred target
-                     photos of the batch (wespe mode; 0 = the papers): a deterministic, unpaired colour match
-weights.texture_distribution  Wasserstein-2 distance between the luma-gradient distributions of G(x) and of the
-                     target photos (wespe mode; 0 = the papers): sharper edges, quieter flat areas
-weights.residual_lowpass  mean square of the blurred residual G(x) - colour(x) (residual output; 0 = off): the
-                     convolutional path may change detail but not paint colour locally (no blotches)
-color_init           with generator.global_color: ``identity`` (default) or ``moments``: a fresh run starts the colour
-                     path at the per-channel mean/std transfer from the source to the target colours (wespe.color_pool;
-                     F gets the inverse), measured steadier and better than learning it from batches
-color_distribution_pool  with weights.color_distribution and generator.global_color: False = compare the batch's
-                     blurred G(x) with its target patches; True = fit the colour path to whole sets instead:
-                     colour(source colour pool) vs the target colour pool (wespe.color_pool; the batch term drops)
-color_pool_photos    photos per side read (shrunken whole) for the colour pools of color_init / _distribution_pool
-color_distribution_blur  compare the colours of blurred images (True: D_c's view, colour without texture) or of
-                     the images themselves (False)
-ema_warmup           TF's EMA warm-up min(decay, (1 + t) / (10 + t)) (True) or the plain decay from step 0 (False)
-tv_through_color     with generator.global_color: whether the TV term's gradient reaches the colour path (True,
-                     plain TV of G(x)) or only the residual path (False: smooth noise without flattening contrast)
-ema_decay            exponential moving average of G's weights (0 = off, the papers), used for samples, the
-                     exported generator and evaluation; warm-up min(decay, (1 + step) / (10 + step))
-adversarial_form     ``dped_softmax`` (official code: per-sample real/fake swap, 2-way softmax, minimax
-                     generator term), ``bce`` (non-saturating; the WESPE paper's -sum log D(G(x))),
-                     ``lsgan``, ``hinge``
-loss_normalization   ``sum`` (official code / WESPE formulas: adversarial terms summed over the batch,
-                     paired colour loss summed over pixels / 2*batch) or ``mean`` (all means, most ports)
-blur                 colour blur: ``dped_code`` (official 21x21 kernel, sigma ~4.34 px) or ``paper``
-                     (Gaussian of variance 3)
-content_layer        VGG-19 layer of the content loss (``relu5_4`` in both papers)
-vgg_weights          path to imagenet-vgg-verydeep-19.mat / vgg19-*.pth / .npz, or ``random`` (demo stand-in)
-vgg_preprocessing    ``auto`` (from the weights: MatConvNet -> ``dped``, torchvision and random -> ``imagenet``),
-                     ``dped`` (x*255 - mean) or ``imagenet`` (mean/std)
-vgg_cache_dir        where converted VGG weights are cached (None: $WESPE_CACHE_DIR or ~/.cache/wespe)
-optimizer.lr_generator / lr_discriminator / b1 / b2 / eps   Adam (5e-4 for all networks in both papers)
-optimizer.global_color_lr_scale   learning-rate multiplier of generator.global_color's 12 parameters (0 = frozen
-                     at their color_init)
-optimizer.global_color_b1   Adam's momentum for those parameters (0.99 averages their noisy per-batch gradient)
-optimizer.warmup_steps   linear learning-rate warm-up from 0 (0 = none, the papers): without it Adam's first steps
-                     move every weight by ~lr at once, which throws an identity-initialised G far off its input
-compute_dtype        ``float32`` (default, as the papers) or ``bfloat16``: networks compute in bf16 from float32
-                     parameters; losses, gradients and Adam stay float32 (mixed precision, for GPUs/TPUs)
-mesh.data / mesh.fsdp   device mesh (``wespe.parallel``): the batch is split over data x fsdp devices; state is
-                     replicated, or split over ``fsdp`` when it is > 1 (FSDP). -1 = all devices left over.
-                     May change between resumes (a checkpoint restores onto any mesh)
-
-data.source / target folders of photos (``--source`` / ``--target`` set them); paired by file name in ``dped``
-                     mode (``data.paired`` None = follow the mode), unpaired otherwise
-data.dped_root / dped_phone   read the DPED layout ``<root>/<phone>/training_data/{<phone>,canon}`` instead
-data.builtin         ``demo``: build source/target from photos scikit-image ships (no download)
-data.heldout         folder of source-camera photos kept out of training, for the sample grids (default: crops of
-                     the training source folder; the demo uses its held-out photo)
-data.heldout_reference  clean references of the data.heldout photos (same file names): every sample_every steps
-                     the PSNR / SSIM of G(x) and of x against them are logged (quality/*), with a warning when
-                     G(x) is worse than x. Without it, reference-free measures are logged instead
-data.flips / rot90   random flips / 90-degree rotations of patches (off: the papers do not use them)
-data.cache_max_bytes decode every image once and keep it in memory when the set fits (else stream)
-log_every            metrics.jsonl / TensorBoard scalars every N steps (the NaN check runs every step)
-sample_every         samples/step_<N>.png grids [x | G(x) | F(G(x))] on fixed crops of data.heldout (or source)
-checkpoint_every     orbax checkpoint every N steps (and at the end, and on SIGTERM / Ctrl-C)
-keep_checkpoints     how many checkpoints to keep
-num_sample_crops     rows of the sample grids
-allow_config_change  resume a workdir whose saved config differs (otherwise a clear error)
+Configs are ``ml_collections.ConfigDict``s; experiment files in ``experiments/`` start from a preset here and
+override keys (``--config.batch_size=30`` on the command line). Every key is documented where
+:func:`base_config` sets it, with its paper / official-code meaning; the presets below say only what they change.
 """
 
 from __future__ import annotations
@@ -88,52 +12,161 @@ import ml_collections
 from wespe.errors import UserError
 
 
+def _optional(field_type: type) -> ml_collections.FieldReference:
+    """A key that is None by default but typed, so ``--config.key=value`` parses as ``field_type``."""
+    return ml_collections.FieldReference(None, field_type=field_type)
+
+
 def base_config() -> ml_collections.ConfigDict:
+    """Every key, at the WESPE paper's values (:func:`wespe_paper`)."""
     c = ml_collections.ConfigDict()
+    # ``wespe`` (unpaired, cycle G/F, colour + texture adversaries) or ``dped`` (paired).
     c.mode = "wespe"
+    # Global batch (WESPE paper 30, DPED code 50).
     c.batch_size = 30
+    # Training crop side (100 in both papers; the ``dped_fc`` discriminator head is tied to it).
     c.patch_size = 100
+    # Training iterations (20k in both papers).
     c.num_steps = 20000
+    # Parameter-init and data seed.
     c.seed = 0
-    c.generator = ml_collections.ConfigDict(dict(width=64, num_blocks=4, norm="instance", init="dped",
-                                                 output="dped", global_color="none"))
-    c.discriminator = ml_collections.ConfigDict(dict(head="dped_fc", norm="instance"))
-    c.weights = ml_collections.ConfigDict(dict(content=1.0, color=5e-3, texture=5e-3, tv=10.0, identity=0.0,
-                                               color_distribution=0.0, residual_lowpass=0.0,
-                                               texture_distribution=0.0))
+
+    c.generator = ml_collections.ConfigDict()
+    # The DPED ResNet: 64 channels, 4 residual blocks, ``instance`` norm (or ``batch``, ``none``).
+    c.generator.width = 64
+    c.generator.num_blocks = 4
+    c.generator.norm = "instance"
+    # ``dped`` (official truncated-normal 0.01: G starts as a near-constant grey) or ``he``.
+    c.generator.init = "dped"
+    # ``dped`` (official ``tanh(.) * 0.58 + 0.5``) or ``residual`` (``colour(x) + r(x)``, last conv
+    # zero-initialised: G starts as the identity, at the input's quality).
+    c.generator.output = "dped"
+    # ``none`` (the papers); ``affine``: a learned 3x3 colour matrix + offset on the input (the residual output's
+    # global path: white balance / contrast without local blotches); ``base_affine``: the same map on a Gaussian
+    # base layer of the input, the detail passed through.
+    c.generator.global_color = "none"
+
+    c.discriminator = ml_collections.ConfigDict()
+    # ``dped_fc`` (official; needs patch_size inputs) or ``global_pool`` (any input size).
+    c.discriminator.head = "dped_fc"
+    # ``instance`` (official) or ``none``.
+    c.discriminator.norm = "instance"
+
+    c.weights = ml_collections.ConfigDict()
+    # Loss weights content / colour / texture / TV: WESPE 1 / 5e-3 / 5e-3 / 10 (DPED code 10 / 0.5 / 1 / 2000).
+    c.weights.content = 1.0
+    c.weights.color = 5e-3
+    c.weights.texture = 5e-3
+    c.weights.tv = 10.0
+    # CycleGAN's identity term |G(y) - y|_1 + |F(x) - x|_1 (wespe mode; 0 = the papers).
+    c.weights.identity = 0.0
+    # Sliced Wasserstein-2 distance between the colours of blurred G(x) and of the blurred target photos of the
+    # batch (wespe mode; 0 = the papers): a deterministic, unpaired colour match.
+    c.weights.color_distribution = 0.0
+    # Mean square of the blurred residual G(x) - colour(x) (residual output; 0 = off): the convolutional path may
+    # change detail but not paint colour locally (no blotches).
+    c.weights.residual_lowpass = 0.0
+    # Wasserstein-2 distance between the luma-gradient distributions of G(x) and of the target photos (wespe
+    # mode; 0 = the papers): sharper edges, quieter flat areas.
+    c.weights.texture_distribution = 0.0
+
+    # Exponential moving average of G's weights (0 = off, the papers), used for the samples, the exported
+    # generator and evaluation.
     c.ema_decay = 0.0
+    # TF's EMA warm-up min(decay, (1 + step) / (10 + step)) (True) or the plain decay from step 0 (False).
     c.ema_warmup = True
+    # With generator.global_color: whether the TV term's gradient reaches the colour path (True: plain TV of
+    # G(x)) or only the residual path (False: smooths noise without flattening contrast).
     c.tv_through_color = True
+    # Compare the colours of blurred images (True: D_c's view, colour without texture) or of the images
+    # themselves (False).
     c.color_distribution_blur = True
+    # With generator.global_color: ``identity`` or ``moments``: a fresh run starts the colour path at the
+    # per-channel mean/std transfer from the source to the target colours (wespe.color_pool; F gets the inverse),
+    # measured steadier and better than learning it from batches.
     c.color_init = "identity"
+    # With weights.color_distribution and generator.global_color: False = compare the batch's blurred G(x) with
+    # its target patches; True = fit the colour path to whole sets instead: colour(source colour pool) vs the
+    # target colour pool (wespe.color_pool; the batch term drops).
     c.color_distribution_pool = False
+    # Photos per side read (shrunken whole) for the colour pools of color_init / color_distribution_pool.
     c.color_pool_photos = 128
+    # ``dped_softmax`` (official code: per-sample real/fake swap, 2-way softmax, minimax generator term), ``bce``
+    # (non-saturating; the WESPE paper's -sum log D(G(x))), ``lsgan`` or ``hinge``.
     c.adversarial_form = "bce"
+    # ``sum`` (official code / WESPE formulas: adversarial terms summed over the batch, the paired colour loss
+    # summed over pixels / 2 * batch) or ``mean`` (all means, as most ports).
     c.loss_normalization = "sum"
+    # Colour blur: ``dped_code`` (official 21x21 kernel, sigma ~4.34 px) or ``paper`` (Gaussian of variance 3).
     c.blur = "dped_code"
+    # VGG-19 layer of the content loss (``relu5_4`` in both papers).
     c.content_layer = "relu5_4"
-    c.vgg_weights = ml_collections.FieldReference(None, field_type=str)
+    # Path to imagenet-vgg-verydeep-19.mat / vgg19-*.pth / .npz, or ``random`` (the demo's stand-in).
+    c.vgg_weights = _optional(str)
+    # ``auto`` (from the weights: MatConvNet -> ``dped``, torchvision and random -> ``imagenet``), ``dped``
+    # (x * 255 - mean) or ``imagenet`` (mean / std).
     c.vgg_preprocessing = "auto"
-    c.vgg_cache_dir = ml_collections.FieldReference(None, field_type=str)
-    c.optimizer = ml_collections.ConfigDict(dict(lr_generator=5e-4, lr_discriminator=5e-4, b1=0.9, b2=0.999,
-                                                 eps=1e-8, global_color_lr_scale=1.0,
-                                                 global_color_b1=0.9, warmup_steps=0))
-    c.data = ml_collections.ConfigDict(dict(
-        source=ml_collections.FieldReference(None, field_type=str),
-        target=ml_collections.FieldReference(None, field_type=str),
-        paired=ml_collections.FieldReference(None, field_type=bool),
-        dped_root=ml_collections.FieldReference(None, field_type=str), dped_phone="iphone",
-        builtin=ml_collections.FieldReference(None, field_type=str),
-        heldout=ml_collections.FieldReference(None, field_type=str),
-        heldout_reference=ml_collections.FieldReference(None, field_type=str),
-        flips=False, rot90=False, cache_max_bytes=2 * 1024**3))
+    # Where converted VGG weights are cached (None: $WESPE_CACHE_DIR or ~/.cache/wespe).
+    c.vgg_cache_dir = _optional(str)
+
+    c.optimizer = ml_collections.ConfigDict()
+    # Adam (5e-4 for all networks in both papers).
+    c.optimizer.lr_generator = 5e-4
+    c.optimizer.lr_discriminator = 5e-4
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    # Learning-rate multiplier of generator.global_color's 12 parameters (0 = frozen at their color_init).
+    c.optimizer.global_color_lr_scale = 1.0
+    # Adam's momentum for those parameters (0.99 averages their noisy per-batch gradient).
+    c.optimizer.global_color_b1 = 0.9
+    # Linear learning-rate warm-up from 0 (0 = none, the papers): without it Adam's first steps move every weight
+    # by ~lr at once, which throws an identity-initialised G far off its input.
+    c.optimizer.warmup_steps = 0
+
+    c.data = ml_collections.ConfigDict()
+    # Folders of photos (``--source`` / ``--target`` set them): paired by file name in ``dped`` mode, unpaired
+    # otherwise; ``paired`` None follows the mode.
+    c.data.source = _optional(str)
+    c.data.target = _optional(str)
+    c.data.paired = _optional(bool)
+    # Read the DPED layout ``<root>/<phone>/training_data/{<phone>,canon}`` instead.
+    c.data.dped_root = _optional(str)
+    c.data.dped_phone = "iphone"
+    # ``demo``: build source / target from photos scikit-image ships (no download).
+    c.data.builtin = _optional(str)
+    # Folder of source-camera photos kept out of training, for the sample grids (default: crops of the training
+    # source folder; the demo uses its held-out photo).
+    c.data.heldout = _optional(str)
+    # Clean references of the data.heldout photos (same file names): every sample_every steps the PSNR / SSIM of
+    # G(x) and of x against them are logged (quality/*), with a warning when G(x) is worse than x. Without it,
+    # reference-free measures are logged instead.
+    c.data.heldout_reference = _optional(str)
+    # Random flips / 90-degree rotations of patches (off: the papers do not use them).
+    c.data.flips = False
+    c.data.rot90 = False
+    # Decode every image once and keep it in memory when the set fits in this many bytes (else stream).
+    c.data.cache_max_bytes = 2 * 1024**3
+
+    # ``float32`` (as the papers) or ``bfloat16``: the networks compute in bf16 from float32 parameters; losses,
+    # gradients and Adam stay float32 (mixed precision, for GPUs / TPUs).
     c.compute_dtype = "float32"
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    # Device mesh (wespe.parallel): the batch is split over data x fsdp devices; the state is replicated, or split
+    # over ``fsdp`` when it is > 1 (FSDP). -1 = all devices left over. May change between resumes (a checkpoint
+    # restores onto any mesh).
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    # metrics.jsonl / TensorBoard scalars every N steps (the NaN check runs every step).
     c.log_every = 10
+    # samples/step_<N>.png grids [x | G(x) | F(G(x))] on fixed crops of data.heldout (or of the source).
     c.sample_every = 500
+    # An orbax checkpoint every N steps (and at the end, and on SIGTERM / Ctrl-C); how many are kept.
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
+    # Rows of the sample grids.
     c.num_sample_crops = 6
+    # Resume a workdir whose saved config differs (otherwise a clear error).
     c.allow_config_change = False
     return c
 
@@ -185,7 +218,6 @@ def dped_code() -> ml_collections.ConfigDict:
     c.batch_size = 50
     c.weights.update(dict(content=10.0, color=0.5, texture=1.0, tv=2000.0))
     c.adversarial_form = "dped_softmax"
-    c.loss_normalization = "sum"
     return c
 
 

@@ -28,7 +28,6 @@ and of G(input) against the clean crops, with a before/after grid.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -93,12 +92,6 @@ def prepare(root: str | Path, seed: int = 0) -> tuple[str, str]:
     return str(root / "source"), str(root / "target")
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of float images in [0, 1] (pooled over all pixels)."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-
 def heldout_crops(root: str | Path, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Aligned (degraded, clean) crops tiling the held-out photos, float32 in [0, 1]."""
     root = Path(root)
@@ -121,7 +114,8 @@ def evaluate(generator, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     x, clean = heldout_crops(workdir / "demo_data")
     gx = np.clip(np.asarray(generator(jnp.asarray(x))), 0, 1)
-    result = {"demo/psnr_input_db": round(psnr(x, clean), 3), "demo/psnr_enhanced_db": round(psnr(gx, clean), 3),
+    result = {"demo/psnr_input_db": round(float(metrics.psnr_pooled(x, clean)), 3),
+              "demo/psnr_enhanced_db": round(float(metrics.psnr_pooled(gx, clean)), 3),
               "demo/ssim_input": round(float(np.mean(metrics.ssim(x, clean))), 4),
               "demo/ssim_enhanced": round(float(np.mean(metrics.ssim(gx, clean))), 4),
               "demo/num_crops": int(len(x))}

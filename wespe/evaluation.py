@@ -3,7 +3,7 @@
 :func:`evaluate` has three input modes:
 
 * **model**: ``generator`` given; every source photo is read upright as 8-bit RGB, enhanced at full resolution
-  (:func:`wespe.enhance.enhance`, exact tiled inference when ``tile`` is set or the photo exceeds the memory
+  (:func:`wespe.inference.enhance`, exact tiled inference when ``tile`` is set or the photo exceeds the memory
   budget) and quantised like a saved photo, ``round(clip(y, 0, 1) * 255)``; the metrics are taken on that
   8-bit image, so they equal what ``--outputs`` mode gives for the photos ``launch/enhance.py`` writes.
 * **outputs**: ``generator=None`` and ``outputs_folder`` given: a folder of already enhanced photos, evaluated
@@ -44,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 from PIL import Image
 
-from wespe import file_pipeline, image_io, metrics
+from wespe import file_pipeline, image_io, image_paths, metrics
 from wespe.errors import PathNotFoundError, UserError
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def index_images(inputs: str | os.PathLike | Sequence[str | os.PathLike]
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found = [(p, p.relative_to(item).with_suffix("").as_posix()) for p in image_io.list_images([item])]
+            found = [(p, p.relative_to(item).with_suffix("").as_posix()) for p in image_paths.list_images([item])]
         elif item.exists():
             found = [(item, item.stem)]
         else:
@@ -210,7 +210,7 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
     ``generator=None``) against ``reference_folder`` (or without one). See the module docstring.
 
     ``sources``: a folder, a file, or a list of them (required in model mode; optional in outputs mode, where it
-    gives the inputs). ``tile`` / ``memory_budget_mb``: for :func:`wespe.enhance.enhance`. ``limit``: only the
+    gives the inputs). ``tile`` / ``memory_budget_mb``: for :func:`wespe.inference.enhance`. ``limit``: only the
     first N photos (sorted by name). ``save_enhanced_to``: also write the enhanced photos there (model mode).
     Raises ``ValueError`` for a bad combination of arguments, ``FileNotFoundError`` for a missing folder;
     problems with single photos are reported in the result instead.
@@ -277,10 +277,9 @@ def _evaluate_one(generator, name, path, source_index, reference_index, duplicat
         if name not in reference_index:
             raise _Skip(f"no reference image named {name}.* in the reference folder")
     if generator is not None:
-        from wespe.enhance import enhance
-        from wespe.enhance_files import to_uint8
+        from wespe.inference import enhance
         source, info = loaded if loaded is not None else image_io.read_image(path)
-        enhanced = to_uint8(enhance(generator, source, tile=tile, memory_budget_mb=memory_budget_mb))
+        enhanced = image_io.to_uint8(enhance(generator, source, tile=tile, memory_budget_mb=memory_budget_mb))
         if save_enhanced_to is not None:
             out = Path(save_enhanced_to) / (name + path.suffix)
             fmt = info.format if info.format in image_io.WRITABLE_FORMATS else None
@@ -435,53 +434,3 @@ def save_best_worst(result: EvalResult, path: str | os.PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- generators
-
-def load_checkpoint_generator(workdir: str | os.PathLike, step: int | None = None):
-    """The generator of training checkpoint ``step`` (default: the latest) of a training ``workdir``, built with
-    the config saved in that checkpoint. Returns ``(generator, step)``."""
-    import jax
-
-    from wespe import config as configs, train
-    from wespe.checkpoint import Checkpointer
-
-    workdir = Path(workdir)
-    with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
-        if step is None:
-            step = ckpt.latest_step()
-            if step is None:
-                raise UserError(f"{workdir / 'checkpoints'} holds no finished checkpoint")
-        config = configs.from_saved(ckpt.metadata(step)["config"])
-        abstract, graphdefs = train.abstract_train_state(config)  # traced only: no initialiser runs
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-        state, _ = ckpt.restore(step, like=like)
-    return train.generator_from_state(state, graphdefs), int(step)
-
-
-def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
-    """The finished checkpoint steps of a training workdir (empty if it has none)."""
-    from wespe.checkpoint import Checkpointer
-    folder = Path(workdir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    with Checkpointer(folder, read_only=True) as ckpt:
-        return ckpt.all_steps()
-
-
-def load_any_generator(*, checkpoint=None, pretrained_name=None, weights_dir=None):
-    """``checkpoint``: an exported generator (.npz, or a folder with generator.npz) or a training workdir (its
-    latest checkpoint; else its generator.npz); or ``pretrained_name`` + ``weights_dir``. Returns
-    ``(generator, description)``."""
-    from wespe.enhance_files import load_enhancer
-    if checkpoint is not None and (pretrained_name is not None or weights_dir is not None):
-        raise UserError("--checkpoint names its generator itself: give it without --pretrained / --weights_dir")
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if path.is_dir() and checkpoint_steps(path):
-            generator, step = load_checkpoint_generator(path)
-            return generator, f"{path} checkpoint step {step}"
-        if path.is_dir() and not (path / "generator.npz").exists():
-            raise UserError(f"--checkpoint={path}: the folder holds neither a finished training checkpoint "
-                            "(checkpoints/<step>) nor an exported generator (generator.npz)")
-        return load_enhancer(checkpoint=path), str(path)
-    return load_enhancer(pretrained_name=pretrained_name, weights_dir=weights_dir), str(pretrained_name)

@@ -20,12 +20,13 @@ Format (version 1), an uncompressed NumPy ``.npz`` archive (``np.load(path, allo
   ``conv_out.kernel``. Kernels are HWIO, as in :mod:`wespe.models`.
 
 A *directory* may stand for the file: :func:`save_generator` given a path without the ``.npz`` suffix writes
-``<dir>/generator.npz``, and :func:`load_generator` given a directory reads ``<dir>/generator.npz`` (a training
-work directory can carry its exported generator there).
+``<dir>/generator.npz``, and :func:`wespe.generators.load_exported_generator` given a directory reads
+``<dir>/generator.npz`` (a training work directory carries its exported generator there).
 
-:func:`load_generator` rebuilds ``Generator(**config)`` and fills every variable; a missing or unreadable file,
-a file that is not an exported generator, a newer format version, missing or unexpected variables, and shape
-mismatches each raise :class:`ExportFormatError` naming the file (and the variable).
+:func:`wespe.generators.load_exported_generator` rebuilds ``Generator(**config)`` and fills every variable; a
+missing or unreadable file, a file that is not an exported generator, a newer format version, missing or
+unexpected variables, and shape mismatches each raise :class:`ExportFormatError` naming the file (and the
+variable).
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ import os
 import zipfile
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -49,13 +48,16 @@ FORMAT_NAME = "wespe-generator"
 FORMAT_VERSION = 1
 METADATA_KEY = "__wespe_generator__"
 DEFAULT_FILENAME = "generator.npz"
+# The Generator(...) keywords a file's config may hold (files of version 1 written before "output" and
+# "global_color" existed lack them: the defaults rebuild those generators).
+CONFIG_KEYS = ("width", "num_blocks", "norm", "channels", "output", "global_color")
 
 
 class ExportFormatError(UserError):
     """An exported generator file that is missing, unreadable, corrupt or does not fit the generator it describes."""
 
 
-def _variables(generator: Generator) -> dict[str, nnx.Variable]:
+def generator_variables(generator: Generator) -> dict[str, nnx.Variable]:
     """Every array-valued NNX variable of the generator by dotted path (the model's own Variable objects)."""
     found = {}
     for path, node in nnx.iter_graph(generator):
@@ -85,7 +87,7 @@ def save_generator(generator: Generator, path: str | os.PathLike) -> Path:
     """
     target = export_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    variables = _variables(generator)
+    variables = generator_variables(generator)
     arrays = {name: np.asarray(var[...]) for name, var in variables.items()}
     metadata = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "config": generator_config(generator),
@@ -98,7 +100,9 @@ def save_generator(generator: Generator, path: str | os.PathLike) -> Path:
     return target
 
 
-def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+def read_export(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The metadata and arrays of an exported generator file, checked as far as the file alone allows (format
+    name, version, a config object); :func:`wespe.generators.load_exported_generator` builds the generator."""
     if not path.exists():
         raise ExportFormatError(f"exported generator {path} does not exist")
     if not path.is_file():
@@ -128,45 +132,3 @@ def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     if not isinstance(metadata.get("config"), dict):
         raise ExportFormatError(f"{path}: metadata has no generator 'config' object")
     return metadata, arrays
-
-
-def load_generator(path: str | os.PathLike) -> Generator:
-    """Rebuild the generator stored by :func:`save_generator` at ``path`` (a ``.npz`` file, or a directory
-    holding ``generator.npz``)."""
-    path = Path(path)
-    file = path / DEFAULT_FILENAME if path.is_dir() else path
-    if path.is_dir() and not file.exists():
-        raise ExportFormatError(f"{path} is a directory without an exported generator ({DEFAULT_FILENAME}) in it")
-    metadata, arrays = _read(file)
-    config = metadata["config"]
-    allowed = {"width", "num_blocks", "norm", "channels", "output", "global_color"}  # the last two: optional
-    unknown = sorted(set(config) - allowed)
-    if unknown:
-        raise ExportFormatError(f"{file}: unknown generator config key(s) {', '.join(unknown)}")
-    try:
-        # Abstract construction: no random initialisation to run (its first eager use compiles for seconds).
-        generator = nnx.eval_shape(lambda: Generator(**config, rngs=nnx.Rngs(0)))
-    except (TypeError, ValueError) as e:
-        raise ExportFormatError(f"{file}: invalid generator config {config}: {e}") from e
-    variables = _variables(generator)
-    missing = sorted(set(variables) - set(arrays))
-    unexpected = sorted(set(arrays) - set(variables))
-    if missing or unexpected:
-        details = "; ".join(part for part in (
-            f"missing {', '.join(missing)}" if missing else "",
-            f"unexpected {', '.join(unexpected)}" if unexpected else "") if part)
-        raise ExportFormatError(f"{file}: variables do not match a Generator with config {config} ({details})")
-    for name, var in variables.items():
-        value, expected = arrays[name], var.get_value()  # expected: a jax.ShapeDtypeStruct
-        if value.shape != tuple(expected.shape):
-            raise ExportFormatError(f"{file}: variable {name} has shape {value.shape}, but a Generator with config "
-                                    f"{config} needs {tuple(expected.shape)}")
-        if not np.issubdtype(value.dtype, np.floating):
-            raise ExportFormatError(f"{file}: variable {name} has dtype {value.dtype}, expected a float array")
-        var.set_value(jnp.asarray(value, dtype=expected.dtype))
-    unfilled = [".".join(map(str, path)) for path, node in nnx.iter_graph(generator)
-                if isinstance(node, nnx.Variable) and isinstance(node.get_value(), jax.ShapeDtypeStruct)]
-    if unfilled:  # e.g. RNG state, which this format does not store
-        raise ExportFormatError(f"{file}: the generator has variables this format does not store: "
-                                f"{', '.join(unfilled)}")
-    return generator

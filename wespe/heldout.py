@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import signal
 
-from wespe import data, evaluation, losses, metrics
+from wespe import data_scan, evaluation, losses, metrics
 from wespe.image_io import ImageReadError, read_image
 from wespe.ops import GRAYSCALE_WEIGHTS
 
@@ -59,16 +59,17 @@ def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike 
     are the centre of each, then seeded random positions in turn.
     Returns float32 arrays in [0, 1]; the second is None without ``reference_folder``.
     """
-    folder = data.check_folder(folder, "--config.data.heldout")
+    folder = data_scan.check_folder(folder, "--config.data.heldout")
     photos = evaluation.index_images(folder)[0]  # pairing as launch/evaluate.py pairs
     references = None
     if reference_folder is not None:
-        reference_folder = data.check_folder(reference_folder, "--config.data.heldout_reference")
+        reference_folder = data_scan.check_folder(reference_folder, "--config.data.heldout_reference")
         references = evaluation.index_images(reference_folder)[0]
         names = sorted(set(photos) & set(references))
         if not names:
-            raise data.DataError(f"--config.data.heldout_reference={reference_folder}: no file name matches a photo "
-                                 f"in --config.data.heldout={folder} (pairs by relative path without extension)")
+            raise data_scan.DataError(f"--config.data.heldout_reference={reference_folder}: no file name matches a "
+                                      f"photo in --config.data.heldout={folder} (pairs by relative path without "
+                                      "extension)")
     else:
         names = sorted(photos)
     pairs = []
@@ -86,8 +87,8 @@ def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike 
             continue
         pairs.append((x, ref))
     if not pairs:
-        raise data.DataError(f"--config.data.heldout={folder}: no readable photo of at least {min_size} px a side"
-                             + (" with a same-size reference" if references is not None else ""))
+        raise data_scan.DataError(f"--config.data.heldout={folder}: no readable photo of at least {min_size} px a "
+                                  "side" + (" with a same-size reference" if references is not None else ""))
     size = min([size] + [min(x.shape[:2]) for x, _ in pairs])
     xs, refs = [], []
     for k in range(n):

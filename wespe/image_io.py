@@ -37,9 +37,9 @@ libjpeg/Pillow), chroma subsampling and progressive mode; WebP lossless vs lossy
 
 Unreadable input (missing, not an image, corrupt, truncated, too large for Pillow's decompression-bomb limit)
 raises :class:`ImageReadError`, a ``ValueError`` whose message names the file and the reason.
+:func:`upright_size` gives a photo's upright size from its header alone (for scanning many files quickly).
 
-:func:`list_images` expands files and folders into the photos to process; :func:`plan_outputs` maps them to
-output paths that mirror the input folders.
+Which files the inputs name and where outputs go: :mod:`wespe.image_paths`.
 """
 
 from __future__ import annotations
@@ -47,13 +47,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from wespe.errors import PathNotFoundError, UserError
+from wespe.errors import UserError
 from wespe.files import atomic_write
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
@@ -151,6 +151,24 @@ def read_image(path: str | os.PathLike, *, draft_side: int | None = None) -> tup
         raise
     except Exception as e:  # Pillow reports corrupt data as OSError, SyntaxError, ValueError, struct.error, ...
         raise pillow_error(path, e, "cannot decode image") from e
+
+
+def upright_size(path: str | os.PathLike) -> tuple[int, int]:
+    """The photo's upright (width, height), like :attr:`ImageInfo.size`, from the header alone (no pixel decode):
+    EXIF orientations 5-8 swap the stored sides. A PNG's EXIF after its pixel data is not seen (reading it would
+    decode the image), so :func:`read_image` can still rotate such a file. Raises :class:`ImageReadError`."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            try:
+                # The base-class getexif: PNG's own one decodes the whole image to look for a late eXIf chunk.
+                orientation = int(Image.Image.getexif(im).get(_ORIENTATION, 1) or 1)
+            except Exception:  # noqa: BLE001 - a malformed EXIF block leaves the size as stored
+                orientation = 1
+    except Exception as e:  # Pillow reports bad headers with many exception types
+        raise pillow_error(path, e, "cannot read image header") from e
+    return (height, width) if orientation in _ROTATING_ORIENTATIONS else (width, height)
 
 
 def pillow_error(path: Path, e: BaseException, doing: str) -> ImageReadError:
@@ -340,6 +358,11 @@ def _webp_lossless(path: Path) -> bool | None:
 
 # ------------------------------------------------------------------------------------------------- writing
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float pixels (a generator's output, unclipped) to 8 bits: ``round(clip(y, 0, 1) * 255)``."""
+    return np.round(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def format_for_path(path: str | os.PathLike) -> str:
     """The Pillow format name for a file name's extension (JPEG, PNG, WEBP, TIFF, BMP)."""
     suffix = Path(path).suffix.lower()
@@ -411,92 +434,3 @@ def _exif_for_output(exif: bytes | None, width: int, height: int) -> bytes | Non
     except Exception:
         pass
     return exif
-
-
-# -------------------------------------------------------------------------------------------------- listing
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _expand(inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
-            ) -> list[tuple[Path, Path]]:
-    """(image path, path relative to its output folder) for each input, deduplicated by resolved path."""
-    excluded = [Path(p).resolve() for p in exclude]
-    seen: set[Path] = set()
-    found: list[tuple[Path, Path]] = []
-
-    def add(path: Path, relative: Path, *, found_in_folder: bool) -> None:
-        key = path.resolve()
-        if key in seen or (found_in_folder and any(key.is_relative_to(e) for e in excluded)):
-            return
-        seen.add(key)
-        found.append((path, relative))
-
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            for folder, dirs, files in os.walk(item):
-                dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
-                for name in sorted(files):
-                    if not _is_hidden(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                        path = Path(folder) / name
-                        add(path, path.relative_to(item), found_in_folder=True)
-        elif item.exists():
-            add(item, Path(item.name), found_in_folder=False)  # named explicitly: taken whatever its extension
-        else:
-            raise PathNotFoundError(f"input {item} does not exist")
-    return found
-
-
-def list_images(inputs: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:
-    """The photos named by ``inputs``: files as given (any extension), folders searched recursively for
-    .jpg/.jpeg/.png/.webp/.tif/.tiff/.bmp (any case; hidden files and folders skipped). Sorted, each file once
-    (by resolved path); files found in folders under ``exclude`` are left out. A missing input raises
-    ``FileNotFoundError``."""
-    return sorted((path for path, _ in _expand(inputs, exclude)), key=str)
-
-
-def check_output_dir(output_dir: str | os.PathLike) -> Path:
-    """Raise ``ValueError`` if ``output_dir`` cannot become a folder to write into: it, or a folder above it, is
-    an existing file, or the nearest existing folder is not writable. Cheap: call it before loading models."""
-    output_dir = Path(output_dir)
-    for path in (output_dir, *output_dir.parents):
-        if not path.exists():
-            continue
-        if not path.is_dir():
-            what = "is a file" if path == output_dir else f"lies under {path}, a file"
-            raise UserError(f"output folder {output_dir} {what}, not a folder: choose another output folder")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise UserError(f"output folder {output_dir}: {path} is not writable")
-        break
-    return output_dir
-
-
-def plan_outputs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike
-                 ) -> list[tuple[Path, Path]]:
-    """``(input, output)`` pairs: a file named directly goes to ``output_dir/<name>``, a file found in a folder
-    to ``output_dir/<its path relative to that folder>``. Files found under ``output_dir`` while searching an
-    input folder are skipped (a rerun does not enhance earlier outputs).
-
-    Raises ``ValueError`` before any work if ``output_dir`` cannot be a folder (:func:`check_output_dir`), two
-    inputs would be written to the same output, or an output would overwrite its input; ``FileNotFoundError``
-    for a missing input.
-    """
-    output_dir = check_output_dir(output_dir)
-    pairs = sorted(((path, output_dir / relative) for path, relative in _expand(inputs, exclude=[output_dir])),
-                   key=lambda pair: str(pair[0]))
-    _check_distinct(pairs)
-    return pairs
-
-
-def _check_distinct(pairs: Sequence[tuple[Path, Path]]) -> None:
-    owners: dict[Path, Path] = {}
-    for source, target in pairs:
-        key = target.resolve()
-        if key == source.resolve():
-            raise UserError(f"output {target} would overwrite its input; choose another output folder")
-        if key in owners:
-            raise UserError(f"inputs {owners[key]} and {source} would both be written to {target}; "
-                             "enhance them into separate output folders")
-        owners[key] = source

@@ -28,29 +28,16 @@ from flax import nnx
 from tqdm import tqdm
 
 from wespe import config as configs
-from wespe import color_pool, data, errors, heldout, parallel, train, visualize
+from wespe import color_pool, data, data_scan, errors, heldout, parallel, train, visualize
 from wespe.checkpoint import CheckpointError, CheckpointMismatchError, Checkpointer
 from wespe.config import RESUME_SAFE_KEYS, validate
 from wespe.errors import UserError
 from wespe.export import save_generator
 from wespe.files import atomic_write
+from wespe.models import inference_view
 from wespe.workdir_lock import WorkdirLock
 
-log = logging.getLogger("wespe")
-
-
-def configure_logging() -> None:
-    """wespe's own INFO messages on the console (process 0 only: the others say only warnings and errors);
-    other libraries' (orbax logs every save and restore) only WARNING+, unless ``--verbosity`` was given on the
-    command line. Call after ``parallel.initialize_distributed``."""
-    from absl import flags as absl_flags
-    from absl import logging as absl_logging
-    chosen = absl_flags.FLAGS.is_parsed() and "verbosity" in absl_flags.FLAGS and absl_flags.FLAGS["verbosity"].present
-    if not chosen:
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
-    if not logging.getLogger().handlers:  # outside absl.app: give the messages somewhere to go
-        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(errors.Diverged):
@@ -74,15 +61,15 @@ def check_folders(config: ml_collections.ConfigDict) -> None:
     d = config.data
     for key in ("source", "target", "heldout", "heldout_reference", "dped_root"):
         if d[key]:
-            data.check_folder(d[key], f"--{key}" if key in ("source", "target") else f"--config.data.{key}")
+            data_scan.check_folder(d[key], f"--{key}" if key in ("source", "target") else f"--config.data.{key}")
     if d.heldout_reference and not d.heldout:
-        raise data.DataError("--config.data.heldout_reference needs --config.data.heldout (the photos the "
-                             "references belong to)")
+        raise data_scan.DataError("--config.data.heldout_reference needs --config.data.heldout (the photos the "
+                                  "references belong to)")
     if d.builtin and bool(d.source) != bool(d.target):
-        raise data.DataError("give both --source and --target to train the built-in config on your own folders "
-                             "(only one was given)")
+        raise data_scan.DataError("give both --source and --target to train the built-in config on your own "
+                                  "folders (only one was given)")
     if d.builtin and d.builtin != "demo":
-        raise data.DataError(f"--config.data.builtin={d.builtin!r}: the only built-in data set is 'demo'")
+        raise data_scan.DataError(f"--config.data.builtin={d.builtin!r}: the only built-in data set is 'demo'")
 
 
 def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[str, str, str, str | None]:
@@ -99,10 +86,10 @@ def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[s
         return source, target, str(workdir / "demo_data" / "heldout" / "degraded"), str(
             workdir / "demo_data" / "heldout" / "clean")
     if d.dped_root:
-        source, target = (str(p) for p in data.dped_folders(d.dped_root, d.dped_phone))
+        source, target = (str(p) for p in data_scan.dped_folders(d.dped_root, d.dped_phone))
     elif not d.source or not d.target:
-        raise data.DataError("both --source and --target folders are needed (or --config.data.dped_root, or "
-                             "--config=experiments/demo.py for the built-in demo)")
+        raise data_scan.DataError("both --source and --target folders are needed (or --config.data.dped_root, "
+                                  "or --config=experiments/demo.py for the built-in demo)")
     else:
         source, target = d.source, d.target
     return source, target, d.heldout or source, d.heldout_reference
@@ -155,8 +142,8 @@ def _set_aside_unreadable(checkpointer: Checkpointer, unreadable: list[tuple[int
     if not is_writer:
         checkpointer.reload()
     for (step, why), dest in zip(unreadable, moved or [None] * len(unreadable)):
-        log.warning("checkpoint step %d cannot be read back (%s)%s; resuming from step %d, the newest intact one",
-                    step, why, f"; moved it to {dest}" if dest else "", restored)
+        logger.warning("checkpoint step %d cannot be read back (%s)%s; resuming from step %d, the newest intact one",
+                       step, why, f"; moved it to {dest}" if dest else "", restored)
 
 
 def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -222,7 +209,7 @@ def rewind_metrics(path: Path, step: int) -> int:
     if dropped:
         with atomic_write(path) as f:
             f.write("".join(kept).encode())
-        log.info("metrics.jsonl: dropped %d line(s) logged after step %d by the interrupted run", dropped, step)
+        logger.info("metrics.jsonl: dropped %d line(s) logged after step %d by the interrupted run", dropped, step)
     return dropped
 
 
@@ -278,21 +265,15 @@ def _host_generators(state: train.TrainState, graphdefs: dict) -> dict:
 
 
 def _sample(generators: dict, crops: np.ndarray) -> list[np.ndarray]:
-    enhanced = np.asarray(_inference(generators["generator"])(jnp.asarray(crops)))
+    enhanced = np.asarray(inference_view(generators["generator"])(jnp.asarray(crops)))
     columns = [crops, enhanced]
     if "inverse_generator" in generators:
-        columns.append(np.asarray(_inference(generators["inverse_generator"])(jnp.asarray(enhanced))))
+        columns.append(np.asarray(inference_view(generators["inverse_generator"])(jnp.asarray(enhanced))))
     return columns
 
 
 QUALITY_CROP = 128  # side of the held-out crops scored in the loop (at least the patch size)
 QUALITY_CROPS = 8
-
-
-def _inference(module):
-    if any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(module)):
-        module = nnx.view(module, use_running_average=True)
-    return module
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
@@ -320,7 +301,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunR
 def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) -> RunResult:
     layout = parallel.Layout(parallel.make_mesh(config.mesh))
     layout.check_batch(config.batch_size)
-    log.info(parallel.describe(layout))
+    logger.info(parallel.describe(layout))
     source, target, sample_folder, reference_folder = resolve_folders(config, workdir)
     paired = config.mode == "dped" if config.data.paired is None else bool(config.data.paired)
     iterator, report = data.make_train_iterator(
@@ -328,7 +309,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
         seed=config.seed, flips=config.data.flips, rot90=config.data.rot90,
         process_index=jax.process_index(), process_count=jax.process_count(),
         cache_max_bytes=config.data.cache_max_bytes, workdir=workdir if is_writer else None)
-    log.info(report.summary_line())
+    logger.info(report.summary_line())
     vgg_weights, preprocessing = train.load_content_network(config)
 
     config_dict = json.loads(config.to_json_best_effort())
@@ -356,10 +337,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
     if latest is not None:
         iterator.set_state(data.iterator_state_from_json(meta["data_state"]))
         start = int(state.step)
-        log.info("resumed %s at step %d", workdir, start)
+        logger.info("resumed %s at step %d", workdir, start)
         if meta.get("data_fingerprint") not in (None, report["fingerprint"]):
-            log.warning("the usable files in the data folders changed since step %d was saved: the data stream "
-                        "resumes at the same position of a different file list (not bit-identical)", start)
+            logger.warning("the usable files in the data folders changed since step %d was saved: the data stream "
+                           "resumes at the same position of a different file list (not bit-identical)", start)
     if is_writer:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
 
@@ -390,7 +371,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
     try:
         quality_target = data.fixed_eval_crops(report["target"]["used"], QUALITY_CROPS, quality_x.shape[1],
                                                seed=config.seed + 2)
-    except data.DataError:  # every target photo is smaller than the crops: no colour distance to log
+    except data_scan.DataError:  # every target photo is smaller than the crops: no colour distance to log
         quality_target = None
     writers = _Writers(workdir, is_writer, start)
     base_key = jax.random.key(config.seed)
@@ -408,20 +389,20 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
         columns = _sample(generators, sample_crops)
         path = writers.grid(step, visualize.image_grid(columns))
         for warning in visualize.collapse_warnings(columns[0], columns[1], target_mean):
-            log.warning("step %d: %s", step, warning)
+            logger.warning("step %d: %s", step, warning)
         if path is not None:
-            log.info("samples: %s", path)
+            logger.info("samples: %s", path)
         if not measure:
             return {}
-        enhanced = np.asarray(_inference(generators["generator"])(jnp.asarray(quality_x)))
+        enhanced = np.asarray(inference_view(generators["generator"])(jnp.asarray(quality_x)))
         quality = heldout.quality_metrics(quality_x, enhanced, quality_ref, quality_target)
         warning = heldout.regression_warning(quality)
         if warning:
-            log.warning("step %d: %s", step, warning)
+            logger.warning("step %d: %s", step, warning)
         elif "quality/psnr_enhanced" in quality:
-            log.info("step %d: held-out PSNR %.2f dB (input %.2f), SSIM %.4f (input %.4f)", step,
-                     quality["quality/psnr_enhanced"], quality["quality/psnr_input"],
-                     quality["quality/ssim_enhanced"], quality["quality/ssim_input"])
+            logger.info("step %d: held-out PSNR %.2f dB (input %.2f), SSIM %.4f (input %.4f)", step,
+                        quality["quality/psnr_enhanced"], quality["quality/psnr_input"],
+                        quality["quality/ssim_enhanced"], quality["quality/ssim_input"])
         return quality
 
     status, host = "finished", {}
@@ -450,8 +431,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
                 if quality or step % config.log_every == 0 or step == config.num_steps:
                     writers.scalars(step, {**host, **quality})
                 if parallel.any_process(stop.signal is not None):  # all processes save together
-                    log.warning("%s received: saving a checkpoint at step %d and exiting",
-                                stop.signal or "a stop signal on another process", step)
+                    logger.warning("%s received: saving a checkpoint at step %d and exiting",
+                                   stop.signal or "a stop signal on another process", step)
                     save(step)
                     status = "preempted"
                     break
@@ -465,7 +446,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
                 final_generator = _host_generators(state, graphdefs)["generator"]
                 if is_writer:
                     path = save_generator(final_generator, workdir / "generator.npz")
-                    log.info("exported the generator to %s (wespe.load_generator)", path)
+                    logger.info("exported the generator to %s (wespe.load_generator)", path)
     finally:
         bar.close()
         checkpointer.wait()

@@ -7,6 +7,7 @@ truncated-normal(0.01) kernels and 0.01 biases.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -207,12 +208,42 @@ class Generator(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4:
             raise ValueError(f"Generator expects NHWC images, got shape {x.shape}")
-        h = jax.nn.relu(self.conv_in(x))
-        for block in self.blocks:
-            h = block(h)
-        h = jax.nn.relu(self.conv_mid1(h))
-        h = jax.nn.relu(self.conv_mid2(h))
-        return self.output_map(x, h)
+        return self.forward(x)
+
+    def forward(self, x: jax.Array, *, mask: jax.Array | None = None, means: Sequence[jax.Array | None] = (),
+                variances: Sequence[jax.Array | None] = (), stop_at: int | None = None) -> jax.Array:
+        """The network; with the keywords, on a window of a larger image (exact tiled inference).
+
+        ``mask`` (N, h, w, 1) bool, True inside the true image: activations outside it are reset to zero before
+        every conv, so convs see the whole image's SAME zero padding. ``means[k]``, ``variances[k]``:
+        (N, 1, 1, width) whole-image statistics for norm slot ``k`` (block ``k // 2``, norm ``k % 2 + 1``) when
+        it is an InstanceNorm (BatchNorm must be on running averages). ``stop_at=k`` returns the pre-norm
+        activation of norm ``k`` (its conv's output) instead of the image. Without keywords this is exactly
+        the plain call (the same operations in the same order).
+        """
+        def keep(h):
+            return h if mask is None else jnp.where(mask, h, jnp.zeros((), h.dtype))
+
+        def norm(module, h, k):
+            if module is None:
+                return h
+            if means and isinstance(module, InstanceNorm):
+                return module.normalize(h, means[k], variances[k])
+            return module(h)
+
+        h = keep(jax.nn.relu(self.conv_in(x)))
+        for b, block in enumerate(self.blocks):
+            t = block.conv1(h)
+            if stop_at == 2 * b:
+                return t
+            t = keep(jax.nn.relu(norm(block.norm1, t, 2 * b)))
+            t = block.conv2(t)
+            if stop_at == 2 * b + 1:
+                return t
+            h = keep(jax.nn.relu(norm(block.norm2, t, 2 * b + 1)) + h)
+        h = keep(jax.nn.relu(self.conv_mid1(h)))
+        h = keep(jax.nn.relu(self.conv_mid2(h)))
+        return self.output_map(x, h, mask)
 
 
 # (features, kernel size, stride, instance norm after the activation) of the official DPED discriminator.
@@ -267,6 +298,13 @@ class Discriminator(nnx.Module):
         h = h.reshape(h.shape[0], -1) if self.head == "dped_fc" else jnp.mean(h, axis=(1, 2))
         h = _leaky_relu(self.fc(h))
         return self.out(h).astype(jnp.float32)
+
+
+def inference_view(module: nnx.Module) -> nnx.Module:
+    """``module`` as used for inference: its BatchNorm layers on their running averages (a no-op otherwise)."""
+    if any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(module)):
+        return nnx.view(module, only=nnx.BatchNorm, use_running_average=True)
+    return module
 
 
 def count_parameters(module: nnx.Module) -> int:

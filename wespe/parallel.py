@@ -27,7 +27,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from wespe.errors import UserError
 
-log = logging.getLogger("wespe")
+logger = logging.getLogger(__name__)
 
 AXES = ("data", "fsdp")
 BATCH_AXES = AXES  # the batch dimension is split over both axes
@@ -112,8 +112,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                "local_devices": jax.local_device_count(), "devices": jax.device_count(),
                "platform": jax.devices()[0].platform}
     if summary["process_index"] == 0:
-        log.info("processes: %(process_count)d (%(how)s), devices: %(devices)d %(platform)s "
-                 "(%(local_devices)d per process)", summary)
+        logger.info("processes: %(process_count)d (%(how)s), devices: %(devices)d %(platform)s "
+                    "(%(local_devices)d per process)", summary)
     return summary
 
 

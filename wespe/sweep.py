@@ -26,8 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from wespe.errors import PathNotFoundError, UserError
-from wespe.evaluation import (AGGREGATE_FIELDS, AGGREGATE_LABELS, COUNT_FIELDS, checkpoint_steps, evaluate,
-                              load_any_generator, load_checkpoint_generator, markdown_table, write_results)
+from wespe.evaluation import AGGREGATE_FIELDS, AGGREGATE_LABELS, COUNT_FIELDS, evaluate, markdown_table, write_results
+from wespe.generators import checkpoint_steps, generator_for_flags, load_checkpoint_generator
 
 logger = logging.getLogger(__name__)
 SWEEP_SHARED_KEYS = ("source", "reference", "weights_dir", "workdir", "tile", "limit")
@@ -95,9 +95,9 @@ def expand_cells(sweep: dict, overrides: dict | None = None) -> list[dict]:
 
 def _cell_generator(cell: dict):
     if cell["kind"] == "pretrained":
-        return load_any_generator(pretrained_name=cell["pretrained"], weights_dir=cell.get("weights_dir"))[0]
+        return generator_for_flags(pretrained_name=cell["pretrained"], weights_dir=cell.get("weights_dir"))[0]
     if cell["kind"] == "checkpoint":
-        return load_any_generator(checkpoint=cell["checkpoint"])[0]
+        return generator_for_flags(checkpoint=cell["checkpoint"])[0]
     return load_checkpoint_generator(cell["workdir"], cell["step"])[0]
 
 

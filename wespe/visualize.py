@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+from wespe.image_io import to_uint8
+from wespe.ops import GRAYSCALE_WEIGHTS
 
 
 def image_grid(columns: list[np.ndarray], gap: int = 2) -> np.ndarray:
@@ -27,7 +26,7 @@ def save_png(image: np.ndarray, path) -> None:
 
 
 def _gray(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, np.float64) @ np.array([0.2989, 0.5870, 0.1140])
+    return np.asarray(x, np.float64) @ np.array(GRAYSCALE_WEIGHTS)
 
 
 def collapse_warnings(source: np.ndarray, enhanced: np.ndarray, target_mean_rgb: np.ndarray | None,

@@ -27,7 +27,7 @@ from pathlib import Path
 from wespe.errors import UserError
 
 LOCK_FILE = "train.lock"
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class WorkdirBusyError(UserError):
@@ -115,7 +115,7 @@ class WorkdirLock:
                 f"--workdir {self.workdir} is in use by another training process: {_describe(holder)}. This "
                 f"filesystem has no file locks, so wespe cannot tell whether it is still running: if it is not, "
                 f"delete {self.path} and start again")
-        log.info("taking over the lock of %s from %s, which is no longer running", self.workdir, _describe(holder))
+        logger.info("taking over the lock of %s from %s, which is no longer running", self.workdir, _describe(holder))
 
     def release(self) -> None:
         """Drops the lock (the file stays: it says who last trained here)."""

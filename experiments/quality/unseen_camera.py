@@ -11,7 +11,7 @@ motorcycle_left and china are cut into the training halves. Results in experimen
 
 from absl import app, flags
 
-from wespe import camera, loop, quality
+from wespe import camera, cli, quality
 
 UNSEEN_RANGES = {"blur_sigma": (0.5, 1.0), "contrast": (0.8, 0.9), "brightness": (0.03, 0.08),
                  "gain_r": (0.80, 0.90), "gain_b": (1.10, 1.20), "noise_sigma": (0.01, 0.02),
@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    loop.configure_logging()
+    cli.configure_logging()
     camera.CAMERA_RANGES.update(UNSEEN_RANGES)  # draw_camera reads the module's ranges; recorded in results.json
     results = quality.run_benchmark(FLAGS.output_dir, PRESETS, seeds=[int(s) for s in FLAGS.seeds],
                                     split=UNSEEN_SPLIT, data_seed=FLAGS.data_seed)

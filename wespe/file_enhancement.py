@@ -1,8 +1,8 @@
 """Enhance photo files with a generator: read, run, write in the same format; a bad file is reported, not fatal.
 
 :func:`enhance_files` is the loop behind ``launch/enhance.py``: every photo named by the inputs (files, or
-folders searched recursively, see :func:`wespe.image_io.plan_outputs`) is read upright as 8-bit RGB
-(:func:`wespe.image_io.read_image`), enhanced at full size by :func:`wespe.enhance.enhance`, converted with
+folders searched recursively, see :func:`wespe.image_paths.plan_outputs`) is read upright as 8-bit RGB
+(:func:`wespe.image_io.read_image`), enhanced at full size by :func:`wespe.inference.enhance`, converted with
 ``round(clip(y, 0, 1) * 255)`` and written under the output folder with the same relative path, file name and
 format, EXIF (orientation 1) and ICC profile kept. With ``save_raw`` the unclipped float32 output is also saved
 as ``<stem>.npy`` beside it.
@@ -13,8 +13,7 @@ computes (:mod:`wespe.file_pipeline`); the progress bar shows photos and megapix
 before any work (a missing input, no photo at all, two inputs that would be written to the same output, an output
 that would overwrite its input) raise instead (:func:`plan`).
 
-:func:`load_enhancer` picks the generator: an official DPED one (``pretrained=`` + ``weights_dir=``) or an
-exported wespe generator (``checkpoint=``, see :mod:`wespe.export`); exactly one of the two.
+The generator comes from :mod:`wespe.generators` (``launch/enhance.py``: :func:`wespe.generators.generator_for_flags`).
 """
 
 from __future__ import annotations
@@ -28,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from wespe import export, file_pipeline, image_io, pretrained
+from wespe import file_pipeline, image_io, image_paths
 from wespe.errors import UserError
-from wespe.enhance import enhance
+from wespe.inference import enhance
 from wespe.models import Generator
 from wespe.files import atomic_write
 
@@ -46,34 +45,6 @@ class EnhanceReport:
 
     def summary(self) -> str:
         return f"{len(self.enhanced)} enhanced, {len(self.failed)} failed"
-
-
-def load_enhancer(*, pretrained_name: str | None = None, checkpoint: str | os.PathLike | None = None,
-                  weights_dir: str | os.PathLike | None = None) -> Generator:
-    """The generator to enhance with: ``pretrained_name`` (dped_iphone, dped_blackberry, dped_sony; its files in
-    ``weights_dir``) or ``checkpoint`` (an exported generator ``.npz``, or a folder holding ``generator.npz``).
-
-    Raises ``ValueError`` unless exactly one of the two is given, or if ``weights_dir`` comes with
-    ``checkpoint``; :class:`wespe.pretrained.CheckpointFormatError` / :class:`wespe.export.ExportFormatError`
-    (both ``ValueError``) for missing or bad weights.
-    """
-    if (pretrained_name is None) == (checkpoint is None):
-        raise UserError("give exactly one of --pretrained (an official DPED generator: "
-                         f"{', '.join(sorted(pretrained.PRETRAINED))}) and --checkpoint (an exported wespe "
-                         f"generator), not {'both' if pretrained_name is not None else 'neither'}")
-    if pretrained_name is not None:
-        if pretrained_name not in pretrained.PRETRAINED:
-            raise UserError(f"unknown pretrained generator {pretrained_name!r}; expected one of "
-                             f"{', '.join(sorted(pretrained.PRETRAINED))}")
-        return pretrained.load_dped_generator(pretrained_name, weights_dir)
-    if weights_dir is not None:
-        raise UserError("--weights_dir only applies to --pretrained; --checkpoint names its file itself")
-    return export.load_generator(checkpoint)
-
-
-def to_uint8(output: np.ndarray) -> np.ndarray:
-    """Generator output (float, unclipped) to 8-bit pixels: ``round(clip(y, 0, 1) * 255)``."""
-    return np.round(np.clip(np.asarray(output, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def raw_path(output: Path) -> Path:
@@ -102,7 +73,7 @@ def plan(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *, 
     before loading a model). Raises :class:`wespe.errors.UserError` for a missing input, an output folder that
     cannot be one, clashing outputs, or no photo at all in ``inputs``."""
     inputs = list(inputs)
-    pairs = image_io.plan_outputs(inputs, output_dir)
+    pairs = image_paths.plan_outputs(inputs, output_dir)
     if not pairs:
         raise UserError(f"no photo found in {', '.join(map(str, inputs))} (looked for "
                         f"{' '.join(sorted(image_io.IMAGE_EXTENSIONS))}, in folders recursively)")
@@ -116,7 +87,7 @@ def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], out
                   save_raw: bool = False, progress: bool = True) -> EnhanceReport:
     """Enhance every photo named by ``inputs`` into ``output_dir`` (see the module docstring); returns the report.
 
-    ``tile``, ``memory_budget_mb``, ``devices``: passed to :func:`wespe.enhance.enhance` (``tile=None``: chosen
+    ``tile``, ``memory_budget_mb``, ``devices``: passed to :func:`wespe.inference.enhance` (``tile=None``: chosen
     from the memory budget). ``progress``: show a tqdm bar (images, rate, ETA) on stderr.
     """
     pairs = plan(inputs, output_dir, save_raw=save_raw)
@@ -130,7 +101,7 @@ def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], out
         return image, info
 
     def write(output: Path, raw: np.ndarray, info: image_io.ImageInfo) -> None:
-        image_io.write_image(output, to_uint8(raw), info)
+        image_io.write_image(output, image_io.to_uint8(raw), info)
         if save_raw:
             _save_npy(raw_path(output), raw)
 

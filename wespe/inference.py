@@ -63,23 +63,20 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wespe import device_memory, staged_tiling
 from wespe.errors import UserError
-from wespe.staged_tiling import MAX_TILES_PER_BATCH, conv_radius, even_tiles, tiles_per_batch
-from wespe.models import BASE_TAPS, InstanceNorm
+from wespe.models import inference_view
+from wespe.staged_tiling import even_tiles
+from wespe.streamed_tiling import StreamedTiler, instance_norm_indices, receptive_halo
 
-__all__ = [
-    "DEFAULT_MEMORY_BUDGET_MB", "MEMORY_BUDGET_ENV", "choose_tile", "enhance", "inference_view",
-    "even_tiles", "instance_norm_indices", "norm_layers", "receptive_halo", "tile_forward", "whole_image_bytes",
-]
+__all__ = ["DEFAULT_MEMORY_BUDGET_MB", "MEMORY_BUDGET_ENV", "TILINGS", "choose_tile", "enhance", "whole_image_bytes"]
 
 MEMORY_BUDGET_ENV = "WESPE_ENHANCE_MEMORY_MB"
 TILINGS = ("auto", "staged", "streamed")
@@ -90,121 +87,12 @@ _ACTIVATION_FACTOR = 8
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Network structure
-
-
-def norm_layers(generator: nnx.Module) -> list[nnx.Module | None]:
-    """The generator's norm slots in network order: block 0 norm1, norm2, block 1 norm1, ... (None: no norm)."""
-    return [norm for block in generator.blocks for norm in (block.norm1, block.norm2)]
-
-
-def instance_norm_indices(generator: nnx.Module) -> list[int]:
-    """Indices (into ``norm_layers``) of the norms that need whole-image statistics (InstanceNorm)."""
-    indices = []
-    for k, norm in enumerate(norm_layers(generator)):
-        if isinstance(norm, InstanceNorm):
-            indices.append(k)
-        elif norm is not None and not isinstance(norm, nnx.BatchNorm):
-            raise TypeError(f"tiled inference does not know the norm layer {type(norm).__name__}")
-    return indices
-
-
-def receptive_halo(generator: nnx.Module, stop_at: int | None = None) -> int:
-    """Pixels of context each side an output pixel needs: of the final output, or of the pre-norm activation
-    of norm ``stop_at`` (index into ``norm_layers``). ``10 + 2 * num_blocks`` for the DPED generator."""
-    halo = conv_radius(generator.conv_in)
-    for b, block in enumerate(generator.blocks):
-        for j, conv in enumerate((block.conv1, block.conv2)):
-            halo += conv_radius(conv)
-            if stop_at == 2 * b + j:
-                return halo
-    if stop_at is not None:
-        raise UserError(f"stop_at={stop_at} is not a norm index (the generator has {2 * len(generator.blocks)})")
-    halo += conv_radius(generator.conv_mid1) + conv_radius(generator.conv_mid2) + conv_radius(generator.conv_out)
-    if getattr(generator, "global_color", "none") == "base_affine":  # the colour path's base-layer blur
-        halo = max(halo, BASE_TAPS // 2)
-    return halo
-
-
-def inference_view(generator: nnx.Module) -> nnx.Module:
-    """The generator as used for inference: BatchNorm layers on their running averages (a no-op otherwise)."""
-    if any(isinstance(n, nnx.BatchNorm) for n in norm_layers(generator)):
-        return nnx.view(generator, only=nnx.BatchNorm, use_running_average=True)
-    return generator
-
-
-def tile_forward(generator: nnx.Module, x: jax.Array, mask: jax.Array, means: Sequence[jax.Array | None],
-                 variances: Sequence[jax.Array | None], stop_at: int | None = None) -> jax.Array:
-    """``Generator.__call__`` on a window of the image, with given instance-norm statistics.
-
-    ``x``: (B, h, w, C) window, zero outside the true image; ``mask``: (B, h, w, 1) bool, True inside the image.
-    Activations outside the image are reset to zero before every conv, so convs see the whole image's SAME zero
-    padding. ``means[k]``, ``variances[k]``: (B, 1, 1, width) statistics for InstanceNorm slot ``k`` of
-    ``norm_layers`` (ignored for other norms; BatchNorm must be on running averages). ``stop_at=k`` returns the
-    pre-norm activation of norm ``k`` (the conv output) instead of the image.
-    """
-    def keep(h):
-        return jnp.where(mask, h, jnp.zeros((), h.dtype))
-
-    def norm(module, h, k):
-        if module is None:
-            return h
-        if isinstance(module, InstanceNorm):
-            return module.normalize(h, means[k], variances[k])
-        return module(h)  # BatchNorm on running averages: a per-pixel affine map
-
-    h = keep(jax.nn.relu(generator.conv_in(x)))
-    for b, block in enumerate(generator.blocks):
-        t = block.conv1(h)
-        if stop_at == 2 * b:
-            return t
-        t = keep(jax.nn.relu(norm(block.norm1, t, 2 * b)))
-        t = block.conv2(t)
-        if stop_at == 2 * b + 1:
-            return t
-        t = jax.nn.relu(norm(block.norm2, t, 2 * b + 1))
-        h = keep(t + h)
-    h = keep(jax.nn.relu(generator.conv_mid1(h)))
-    h = keep(jax.nn.relu(generator.conv_mid2(h)))
-    return generator.output_map(x, h, mask)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Jitted passes (cached by jax on the static graphdef, pass, halo and tile shape)
+# The whole-image pass (cached by jax on the static graphdef and compute dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _whole_image(graphdef, state, x, compute_dtype="float32"):
     return nnx.merge(graphdef, state)(x.astype(compute_dtype)).astype(jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "stop_at", "halo", "core", "compute_dtype"))
-def _tile_pass(state, windows, sample_index, origins, image_hw, means, variances, *, graphdef, stop_at, halo,
-               core, compute_dtype="float32"):
-    """One batch of tiles. ``origins``: (B, 2) top-left image coordinates of each tile's core; ``means`` /
-    ``variances``: (N, K, width) per-sample statistics of every norm slot. Returns the cores' outputs
-    (B, th, tw, C), or for a stats pass per-tile (count (B,), mean (B, width), M2 (B, width)) over the core
-    pixels inside the image."""
-    generator = nnx.merge(graphdef, state)
-    th, tw = core
-    _, wh, ww, _ = windows.shape
-    rows = origins[:, 0:1] - halo + jnp.arange(wh)
-    cols = origins[:, 1:2] - halo + jnp.arange(ww)
-    rows_in = (rows >= 0) & (rows < image_hw[0])
-    cols_in = (cols >= 0) & (cols < image_hw[1])
-    mask = rows_in[:, :, None, None] & cols_in[:, None, :, None]
-    m, v = means[sample_index], variances[sample_index]
-    num_norms = means.shape[1]
-    out = tile_forward(generator, windows.astype(compute_dtype), mask, [m[:, k, None, None, :] for k in range(num_norms)],
-                       [v[:, k, None, None, :] for k in range(num_norms)], stop_at)
-    out = out[:, halo:halo + th, halo:halo + tw].astype(jnp.float32)
-    if stop_at is None:
-        return out
-    w = mask[:, halo:halo + th, halo:halo + tw].astype(jnp.float32)
-    count = jnp.sum(w, axis=(1, 2, 3))
-    mean = jnp.sum(out * w, axis=(1, 2)) / jnp.maximum(count, 1.0)[:, None]
-    m2 = jnp.sum(jnp.square(out - mean[:, None, None, :]) * w, axis=(1, 2))
-    return count, mean, m2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,7 +129,7 @@ def _estimated_bytes_per_pixel(generator: nnx.Module) -> int:
     return 4 * (max(width, channels) * _ACTIVATION_FACTOR + 2 * channels)
 
 
-def _budget_bytes(memory_budget_mb: float | None, device: jax.Device) -> float:
+def budget_bytes(memory_budget_mb: float | None, device: jax.Device) -> float:
     """The per-device budget (module docstring: argument, environment, machine, constant)."""
     if memory_budget_mb is None and os.environ.get(MEMORY_BUDGET_ENV):
         try:
@@ -258,13 +146,13 @@ def _budget_bytes(memory_budget_mb: float | None, device: jax.Device) -> float:
     return memory_budget_mb * 2 ** 20
 
 
-def _compile_whole_image(generator: nnx.Module, graphdef, state, shape: tuple[int, ...], dtype: str,
+def _compile_whole_image(generator: nnx.Module, graphdef, state, shape: tuple[int, ...], compute_dtype: str,
                          device: jax.Device):
     """The whole-image program for ``shape`` (N, H, W, C), compiled for ``device``, and the bytes it needs beyond
     the parameters: XLA's memory analysis (temporaries + output + input), or a generous per-pixel estimate
     where the backend gives none."""
     x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=jax.sharding.SingleDeviceSharding(device))
-    compiled = _whole_image.lower(graphdef, state, x, dtype).compile()
+    compiled = _whole_image.lower(graphdef, state, x, compute_dtype).compile()
     try:
         m = compiled.memory_analysis()
     except Exception:  # noqa: BLE001 - backends without an analysis raise their own error types
@@ -274,14 +162,15 @@ def _compile_whole_image(generator: nnx.Module, graphdef, state, shape: tuple[in
     return compiled, int(m.temp_size_in_bytes + m.output_size_in_bytes + math.prod(shape) * 4)
 
 
-def whole_image_bytes(generator: nnx.Module, shape: tuple[int, ...], dtype: str = "float32",
+def whole_image_bytes(generator: nnx.Module, shape: tuple[int, ...], compute_dtype: str = "float32",
                       device: jax.Device | None = None) -> int:
     """Bytes one whole-image pass over images of ``shape`` (N, H, W, C) needs on ``device`` beyond the
     generator's parameters (see :func:`_compile_whole_image`). :func:`enhance` compares this with its budget."""
     device = device or jax.devices()[0]
     generator = inference_view(generator)
     graphdef, state = nnx.split(generator)
-    return _compile_whole_image(generator, graphdef, jax.device_put(state, device), tuple(shape), dtype, device)[1]
+    state = jax.device_put(state, device)
+    return _compile_whole_image(generator, graphdef, state, tuple(shape), compute_dtype, device)[1]
 
 
 def choose_tile(height: int, width: int, halo: int, budget_bytes: float, bytes_per_pixel: int) -> tuple[int, int]:
@@ -311,98 +200,10 @@ def _tile_shape(tile, height: int, width: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The tiled driver
+# The tiled drivers
 
 
-class _Tiler:
-    """Tiles of an (N, H, W, C) image batch, batched and sharded over devices."""
-
-    def __init__(self, generator, images, core, batch_per_device, devices, compute_dtype="float32"):
-        self.generator = generator
-        self.compute_dtype = compute_dtype
-        self.graphdef, state = nnx.split(generator)
-        self.n, self.h, self.w, self.c = images.shape
-        self.core = core
-        th, tw = core
-        self.max_halo = receptive_halo(generator)
-        ny, nx = -(-self.h // th), -(-self.w // tw)
-        hp = self.max_halo
-        self.padded = np.pad(images, ((0, 0), (hp, hp + ny * th - self.h), (hp, hp + nx * tw - self.w), (0, 0)))
-        s, iy, ix = np.meshgrid(np.arange(self.n), np.arange(ny), np.arange(nx), indexing="ij")
-        self.sample = s.reshape(-1).astype(np.int32)
-        self.origins = np.stack([iy.reshape(-1) * th, ix.reshape(-1) * tw], axis=1).astype(np.int32)
-        ndev = len(devices)
-        self.batch = tiles_per_batch(len(self.sample), max(1, min(batch_per_device, MAX_TILES_PER_BATCH // ndev))
-                                     * ndev, ndev)
-        mesh = Mesh(np.asarray(devices), ("tiles",))
-        self.sharded = NamedSharding(mesh, PartitionSpec("tiles"))
-        self.replicated = NamedSharding(mesh, PartitionSpec())
-        self.state = jax.device_put(state, self.replicated)
-        self.image_hw = jax.device_put(np.array([self.h, self.w], np.int32), self.replicated)
-        width = generator.conv_in.kernel.shape[-1]
-        num_norms = len(norm_layers(generator))
-        self.means = np.zeros((self.n, num_norms, width), np.float32)
-        self.variances = np.ones((self.n, num_norms, width), np.float32)
-
-    def _batches(self, halo: int) -> Iterator[tuple[int, int, tuple]]:
-        th, tw = self.core
-        wh, ww = th + 2 * halo, tw + 2 * halo
-        windows_view = np.lib.stride_tricks.sliding_window_view(self.padded, (wh, ww), axis=(1, 2))
-        shift = self.max_halo - halo
-        total = len(self.sample)
-        for start in range(0, total, self.batch):
-            idx = np.arange(start, start + self.batch)
-            idx = np.minimum(idx, total - 1)  # pad the last batch with repeats of the last tile (ignored)
-            s, o = self.sample[idx], self.origins[idx]
-            windows = windows_view[s, o[:, 0] + shift, o[:, 1] + shift]  # (B, C, wh, ww)
-            windows = np.ascontiguousarray(np.moveaxis(windows, 1, -1))
-            args = tuple(jax.device_put(a, self.sharded) for a in (windows, s, o))
-            yield start, min(self.batch, total - start), args
-
-    def run(self, stop_at: int | None, consume) -> None:
-        """Run every tile through one pass; ``consume(start, count, result)`` gets host arrays, one batch behind
-        the device so that batch assembly overlaps device compute."""
-        halo = receptive_halo(self.generator, stop_at)
-        means = jax.device_put(self.means, self.replicated)
-        variances = jax.device_put(self.variances, self.replicated)
-        pending = None
-        for start, count, (windows, s, o) in self._batches(halo):
-            result = _tile_pass(self.state, windows, s, o, self.image_hw, means, variances,
-                                graphdef=self.graphdef, stop_at=stop_at, halo=halo, core=self.core,
-                                compute_dtype=self.compute_dtype)
-            if pending is not None:
-                consume(*pending)
-            pending = (start, count, result)
-        if pending is not None:
-            consume(*pending)
-
-    def statistics(self, k: int) -> None:
-        """Whole-image mean / biased variance of norm ``k``'s input, per sample, into self.means / variances."""
-        moments = staged_tiling.RunningMoments(self.n, self.means.shape[-1])
-
-        def consume(start, count, result):
-            moments.add(self.sample[start:start + count], *(np.asarray(r)[:count] for r in result))
-
-        self.run(k, consume)
-        self.means[:, k] = moments.mean
-        self.variances[:, k] = moments.variance
-
-    def output(self) -> np.ndarray:
-        th, tw = self.core
-        out = np.empty((self.n, self.h, self.w, self.c), np.float32)
-
-        def consume(start, count, result):
-            result = np.asarray(result)
-            for i in range(count):
-                s, (y, x) = self.sample[start + i], self.origins[start + i]
-                ye, xe = min(y + th, self.h), min(x + tw, self.w)
-                out[s, y:ye, x:xe] = result[i, :ye - y, :xe - x]
-
-        self.run(None, consume)
-        return out
-
-
-def _staged(generator, images, tile, budget: float, devices, dtype, *, forced: bool
+def _staged(generator, images, tile, budget: float, devices, compute_dtype, *, forced: bool
             ) -> np.ndarray | None:
     """The staged tiler's output, or None where the streamed tiler should run instead (``forced``: never).
 
@@ -434,12 +235,13 @@ def _staged(generator, images, tile, budget: float, devices, dtype, *, forced: b
         if host is not None and buffers > device_memory.CPU_FRACTION * host:
             return None
     batch_per_device = max(1, int(budget // window_bytes))
-    return staged_tiling.StagedTiler(generator, images, core, batch_per_device, devices, dtype, spill=spill).output()
+    tiler = staged_tiling.StagedTiler(generator, images, core, batch_per_device, devices, compute_dtype, spill=spill)
+    return tiler.output()
 
 
 def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None = None,
             memory_budget_mb: float | None = None, devices: Sequence[jax.Device] | None = None,
-            dtype: str = "float32", tiling: str = "auto") -> np.ndarray:
+            compute_dtype: str = "float32", tiling: str = "auto") -> np.ndarray:
     """Run the generator on an H x W x 3 (or N x H x W x 3) image in [0, 1]; float32 output, same shape, unclipped.
 
     uint8 (and uint16) input is scaled to [0, 1]. ``tile``: largest side (or (height, width)) of the tiles' cores
@@ -449,7 +251,7 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
     else the largest tile that fits. Tiled inference
     is exact (equal to the whole-image pass up to float32 rounding) for any image and tile size; see the module
     docstring. ``devices``: where tiles run (default ``jax.devices()``); batches of tiles are sharded over them.
-    BatchNorm generators run on their running averages. ``dtype``: compute dtype of activations and convs
+    BatchNorm generators run on their running averages. ``compute_dtype``: dtype of activations and convs
     (``bfloat16`` halves activation memory on accelerators; parameters and norm statistics stay float32).
     ``tiling`` (when tiles are used): ``staged`` runs the network stage by stage with its activations in host
     memory, about one forward pass of work (:mod:`wespe.staged_tiling`); ``streamed`` keeps nothing but tiles
@@ -459,8 +261,8 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
     """
     if tiling not in TILINGS:
         raise UserError(f"enhance tiling must be one of {TILINGS}, got {tiling!r}")
-    if dtype not in ("float32", "bfloat16"):
-        raise UserError(f"enhance dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    if compute_dtype not in ("float32", "bfloat16"):
+        raise UserError(f"enhance compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}")
     images, single = _as_float_images(image)
     channels = generator.conv_in.kernel.shape[-2]
     if images.shape[-1] != channels:
@@ -470,13 +272,13 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
         raise UserError("enhance needs at least one device")
     generator = inference_view(generator)
     stats_norms = instance_norm_indices(generator)
-    budget = _budget_bytes(memory_budget_mb, devices[0])
+    budget = budget_bytes(memory_budget_mb, devices[0])
     n, h, w, c = images.shape
 
     if tile is None:
         graphdef, state = nnx.split(generator)
         state = jax.device_put(state, devices[0])
-        compiled, one_image = _compile_whole_image(generator, graphdef, state, (1, h, w, c), dtype, devices[0])
+        compiled, one_image = _compile_whole_image(generator, graphdef, state, (1, h, w, c), compute_dtype, devices[0])
         bpp = one_image / (h * w)
         if one_image <= budget:
             # Whole images, as many per call as fit: the plain generator call, no tiling needed.
@@ -487,7 +289,7 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
                 if batch.shape[0] == 1:
                     outputs.append(np.asarray(compiled(state, batch)))
                 else:
-                    outputs.append(np.asarray(_whole_image(graphdef, state, batch, dtype)))
+                    outputs.append(np.asarray(_whole_image(graphdef, state, batch, compute_dtype)))
             out = np.concatenate(outputs)
             return out[0] if single else out
     else:
@@ -495,14 +297,14 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
 
     staged = bool(stats_norms) and staged_tiling.supports(generator) and tiling != "streamed"
     if staged:
-        out = _staged(generator, images, tile, budget, devices, dtype, forced=tiling == "staged")
+        out = _staged(generator, images, tile, budget, devices, compute_dtype, forced=tiling == "staged")
         if out is not None:
             return out[0] if single else out
     halo = receptive_halo(generator)
     core = even_tiles(choose_tile(h, w, halo, budget, bpp) if tile is None else _tile_shape(tile, h, w), h, w)
     window_bytes = (core[0] + 2 * halo) * (core[1] + 2 * halo) * bpp
     batch_per_device = max(1, int(budget // window_bytes))
-    tiler = _Tiler(generator, images, core, batch_per_device, devices, dtype)
+    tiler = StreamedTiler(generator, images, core, batch_per_device, devices, compute_dtype)
     for k in stats_norms:
         tiler.statistics(k)
     out = tiler.output()

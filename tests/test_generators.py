@@ -1,0 +1,120 @@
+"""wespe.generators (a generator from anything) and the export format it reads (wespe.export), in process.
+
+Training checkpoints as a source are covered with a real run's workdir in tests/test_evaluate_cli.py, official DPED
+checkpoints with synthetic and official bundles in tests/test_pretrained.py.
+"""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import wespe
+from wespe import export, generators
+
+from test_enhance_cli import random_generator
+
+X = np.random.default_rng(0).uniform(size=(1, 12, 10, 3)).astype(np.float32)
+
+
+def test_export_round_trip(tmp_path):
+    for norm in ("instance", "batch"):
+        g = random_generator(seed=3, norm=norm)
+        path = export.save_generator(g, tmp_path / f"{norm}.npz")
+        loaded = generators.load_exported_generator(path)
+        assert (loaded.width, loaded.num_blocks, loaded.norm) == (8, 1, norm)
+        view = (lambda m: nnx.view(m, use_running_average=True)) if norm == "batch" else (lambda m: m)
+        np.testing.assert_array_equal(np.asarray(view(loaded)(X)), np.asarray(view(g)(X)))
+    # The format is plain NumPy: metadata JSON plus named arrays.
+    with np.load(tmp_path / "instance.npz", allow_pickle=False) as npz:
+        meta = json.loads(npz[export.METADATA_KEY].tobytes())
+        assert meta["config"] == {"width": 8, "num_blocks": 1, "norm": "instance", "channels": 3, "output": "dped",
+                                  "global_color": "none"}
+        assert npz["conv_in.kernel"].shape == (9, 9, 3, 8) and "blocks.0.norm1.scale" in npz.files
+    # A directory stands for <dir>/generator.npz.
+    assert export.save_generator(g, tmp_path / "workdir") == tmp_path / "workdir" / "generator.npz"
+    assert generators.load_exported_generator(tmp_path / "workdir").norm == "batch"
+    # wespe_plus's generator: residual output and the global colour path travel with the file.
+    plus = random_generator(seed=4, output="residual", global_color="affine")
+    loaded = generators.load_exported_generator(export.save_generator(plus, tmp_path / "plus.npz"))
+    assert (loaded.output, loaded.global_color) == ("residual", "affine")
+    np.testing.assert_array_equal(np.asarray(loaded(X)), np.asarray(plus(X)))
+    # Files written before these keys existed load as the official generator.
+    with np.load(tmp_path / "instance.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta["config"] = {"width": 8, "num_blocks": 1, "norm": "instance", "channels": 3}
+    arrays[export.METADATA_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert generators.load_exported_generator(tmp_path / "old.npz").output == "dped"
+
+
+def test_export_errors(tmp_path):
+    good = export.save_generator(random_generator(), tmp_path / "good.npz")
+    with pytest.raises(export.ExportFormatError, match="missing.npz does not exist"):
+        generators.load_exported_generator(tmp_path / "missing.npz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(export.ExportFormatError, match="without an exported generator"):
+        generators.load_exported_generator(tmp_path / "empty")
+    (tmp_path / "garbage.npz").write_bytes(b"definitely not a zip archive")
+    with pytest.raises(export.ExportFormatError, match="garbage.npz.*corrupt"):
+        generators.load_exported_generator(tmp_path / "garbage.npz")
+    (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:-3000])
+    with pytest.raises(export.ExportFormatError, match="cut.npz"):
+        generators.load_exported_generator(tmp_path / "cut.npz")
+    np.savez(tmp_path / "plain.npz", w=np.zeros(3))
+    with pytest.raises(export.ExportFormatError, match="plain.npz.*__wespe_generator__"):
+        generators.load_exported_generator(tmp_path / "plain.npz")
+
+    def rewrite(name, edit):
+        with np.load(good, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(arrays[export.METADATA_KEY].tobytes())
+        edit(meta, arrays)
+        arrays[export.METADATA_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        np.savez(tmp_path / name, **arrays)
+        return tmp_path / name
+
+    wider = rewrite("wider.npz", lambda m, a: m["config"].update(width=16))
+    with pytest.raises(export.ExportFormatError, match=r"wider.npz: variable .* has shape .* needs"):
+        generators.load_exported_generator(wider)
+    dropped = rewrite("dropped.npz", lambda m, a: a.pop("conv_out.bias"))
+    with pytest.raises(export.ExportFormatError, match="missing conv_out.bias"):
+        generators.load_exported_generator(dropped)
+    newer = rewrite("newer.npz", lambda m, a: m.update(version=99))
+    with pytest.raises(export.ExportFormatError, match="version 99"):
+        generators.load_exported_generator(newer)
+    assert zipfile.is_zipfile(good)
+
+
+def test_generator_for_flags_needs_exactly_one(tmp_path):
+    with pytest.raises(ValueError, match="exactly one.*not neither"):
+        generators.generator_for_flags()
+    with pytest.raises(ValueError, match="exactly one.*not both"):
+        generators.generator_for_flags(pretrained_name="dped_iphone", checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="unknown pretrained"):
+        generators.generator_for_flags(pretrained_name="dped_nokia")
+    with pytest.raises(ValueError, match="names its generator itself"):
+        generators.generator_for_flags(checkpoint=tmp_path, weights_dir=tmp_path)
+
+
+def test_load_generator_tells_sources_apart(tmp_path):
+    """``wespe.load_generator`` on a file, on a folder holding generator.npz, and its errors for what holds none."""
+    g = random_generator(seed=5)
+    file = export.save_generator(g, tmp_path / "g.npz")
+    export.save_generator(g, tmp_path / "run")
+    for source in (file, str(file), tmp_path / "run"):
+        np.testing.assert_array_equal(np.asarray(wespe.load_generator(source)(X)), np.asarray(g(X)))
+    assert generators.generator_for_flags(checkpoint=tmp_path / "run")[1] == str(tmp_path / "run")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(wespe.errors.UserError, match="empty: the folder holds neither a finished training checkpoint"):
+        wespe.load_generator(tmp_path / "empty")
+    with pytest.raises(wespe.errors.UserError, match="nowhere: no such file or folder, and not one of the official"):
+        wespe.load_generator(tmp_path / "nowhere")
+    with pytest.raises(export.ExportFormatError, match="nowhere.npz does not exist"):
+        wespe.load_generator(tmp_path / "nowhere.npz")
+    with pytest.raises(wespe.errors.UserError, match="names its generator itself.*without --weights_dir"):
+        wespe.load_generator(file, weights_dir=tmp_path)
+    with pytest.raises(wespe.errors.UserError, match="iphone_orig.index does not exist"):
+        wespe.load_generator("dped_iphone", weights_dir=tmp_path)

@@ -1,0 +1,93 @@
+"""The quality benchmark's baselines: classical enhancements (pure NumPy) and colour transfers fitted to the
+training sets (no network), each a function of a float RGB image in [0, 1].
+
+Their outputs show what a trained network has to beat: :data:`BASELINES` are fixed recipes, and
+:func:`fitted_baselines` fits wespe_plus's colour path alone, so the gap to a trained preset is what training adds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wespe.quality_data import BenchmarkData
+
+# ITU-R BT.601 luma weights to 3 digits, for autocontrast's percentiles. Not wespe.ops.GRAYSCALE_WEIGHTS: that is
+# tf.image.rgb_to_grayscale's 4-digit rounding (0.2989, ...) the losses follow; these keep the baselines' recorded
+# results reproducible.
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def grey_world(x: np.ndarray) -> np.ndarray:
+    """Grey-world white balance of a float RGB image: scale each channel so its mean equals the mean of the three
+    channel means (a neutral average colour). Not clipped: the caller decides (values may exceed 1)."""
+    x = np.asarray(x, np.float64)
+    means = x.reshape(-1, 3).mean(0)
+    return x * (means.mean() / np.maximum(means, 1e-8))
+
+
+def autocontrast(x: np.ndarray, low: float = 0.5, high: float = 99.5, clip: bool = True) -> np.ndarray:
+    """Luma percentile stretch: the ``low`` / ``high`` percentiles of the BT.601 luma map to 0 / 1, by one affine
+    map applied to all three channels (so the colour balance is kept). A flat image is returned as is."""
+    x = np.asarray(x, np.float64)
+    lo, hi = np.percentile(x @ _LUMA, [low, high])
+    if hi - lo < 1e-8:
+        return np.clip(x, 0, 1) if clip else x
+    y = (x - lo) / (hi - lo)
+    return np.clip(y, 0, 1) if clip else y
+
+
+def grey_world_autocontrast(x: np.ndarray) -> np.ndarray:
+    """Grey-world white balance, then the luma 0.5% / 99.5% percentile stretch; float RGB in [0, 1] -> [0, 1]."""
+    return autocontrast(grey_world(x))
+
+
+def unsharp(x: np.ndarray, sigma: float = 1.5, amount: float = 0.8) -> np.ndarray:
+    """Unsharp mask ``x + amount * (x - gaussian(x, sigma))`` per channel, clipped to [0, 1]: the formula of
+    ``skimage.filters.unsharp_mask(x, radius=sigma, amount=amount, channel_axis=2)`` (a Gaussian truncated at 4
+    sigma, border mode ``reflect``)."""
+    import scipy.ndimage
+    x = np.asarray(x, np.float64)
+    blurred = np.stack([scipy.ndimage.gaussian_filter(x[..., c], sigma, mode="reflect") for c in range(3)], -1)
+    return np.clip(x + amount * (x - blurred), 0, 1)
+
+
+def classical_combo(x: np.ndarray) -> np.ndarray:
+    """:func:`grey_world_autocontrast` followed by :func:`unsharp`."""
+    return unsharp(grey_world_autocontrast(x))
+
+
+BASELINES = {"grey_world_autocontrast": grey_world_autocontrast, "unsharp": unsharp,
+             "classical_combo": classical_combo}
+
+
+def fitted_baselines(data: BenchmarkData) -> dict:
+    """Colour transfers fitted to the unpaired training sets, no network: the per-channel mean/std transfer of
+    :func:`wespe.color_pool.moment_transfer` from the source set's colours to the target set's (the pools
+    wespe_plus builds), applied to every pixel (``moment_transfer``) or, as wespe_plus's colour path does, to a
+    Gaussian base layer with the detail passed through (``moment_transfer_base``: exactly wespe_plus's
+    generator before its first training step). They show what the trained networks add to the colour fit."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from wespe import color_pool
+    from wespe.models import Generator
+
+    pools = color_pool.build_color_pools(data.source, data.target)
+    matrix, bias = color_pool.moment_transfer(pools["source"], pools["target"])
+    colour_path = Generator(width=1, num_blocks=0, output="residual", global_color="base_affine", rngs=nnx.Rngs(0))
+    colour_path.color_matrix[...], colour_path.color_bias[...] = jnp.asarray(matrix), jnp.asarray(bias)
+
+    def moment_transfer(x):
+        return np.asarray(x, np.float64) @ matrix.T.astype(np.float64) + bias
+
+    def moment_transfer_base(x):
+        return np.asarray(colour_path.color(jnp.asarray(x, jnp.float32)[None]))[0]
+
+    return {"moment_transfer": moment_transfer, "moment_transfer_base": moment_transfer_base}
+
+
+def apply_uint8(method, image: np.ndarray) -> np.ndarray:
+    """A float-in-[0, 1] method applied to a uint8 RGB photo; the result quantised as ``round(clip(y) * 255)``."""
+    y = method(np.asarray(image, np.float64) / 255.0)
+    return np.round(np.clip(y, 0, 1) * 255).astype(np.uint8)
+
