@@ -1,0 +1,112 @@
+"""wespe.evaluation in process, on small photos written here: pairing by name, the pooled aggregates against a
+float64 NumPy version, skipped photos, and the files written. (The command line and real generators:
+tests/test_evaluate_cli.py.)"""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wespe import evaluation
+
+
+def _png(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """references/{a,b,sub/c}.png, outputs/ = references plus deterministic noise (one with the wrong size, one
+    without a reference), as uint8."""
+    rng = np.random.default_rng(0)
+    refs, outs = {}, {}
+    for name, (h, w) in {"a": (40, 48), "b": (36, 30), "sub/c": (50, 50)}.items():
+        ref = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        out = np.clip(ref.astype(int) + rng.integers(-20, 21, ref.shape), 0, 255).astype(np.uint8)
+        refs[name], outs[name] = ref, out
+        _png(tmp_path / "references" / f"{name}.png", ref)
+        _png(tmp_path / "outputs" / f"{name}.png", out)
+    _png(tmp_path / "outputs" / "wrong_size.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    _png(tmp_path / "references" / "wrong_size.png", rng.integers(0, 256, (21, 20, 3), dtype=np.uint8))
+    _png(tmp_path / "outputs" / "orphan.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    return tmp_path, refs, outs
+
+
+def test_index_images_keys_by_relative_path_and_reports_duplicates(tmp_path):
+    _png(tmp_path / "f" / "x.png", np.zeros((4, 4, 3), np.uint8))
+    _png(tmp_path / "f" / "d" / "y.jpg", np.zeros((4, 4, 3), np.uint8))
+    _png(tmp_path / "f" / "d" / "y.png", np.zeros((4, 4, 3), np.uint8))
+    index, duplicates = evaluation.index_images(tmp_path / "f")
+    assert list(index) == ["d/y", "x"]
+    assert [d["name"] for d in duplicates] == ["d/y"] and "same name without extension" in duplicates[0]["reason"]
+    assert list(evaluation.index_images([tmp_path / "f" / "x.png"])[0]) == ["x"]
+    with pytest.raises(FileNotFoundError, match="nope does not exist"):
+        evaluation.index_images(tmp_path / "nope")
+
+
+def test_outputs_mode_scores_against_numpy_and_skips_what_it_cannot_pair(photos):
+    root, refs, outs = photos
+    result = evaluation.evaluate(None, reference_folder=root / "references", outputs_folder=root / "outputs",
+                                 progress=False)
+    rows = {r["name"]: r for r in result.rows}
+    assert sorted(rows) == ["a", "b", "sub/c"]
+    skipped = {s["name"]: s["reason"] for s in result.skipped}
+    assert "size mismatch" in skipped["wrong_size"] and "no reference image" in skipped["orphan"]
+    squared, pixels = 0.0, 0
+    for name in rows:
+        diff = outs[name].astype(np.float64) / 255 - refs[name].astype(np.float64) / 255
+        mse = np.mean(diff ** 2)
+        assert rows[name]["mse"] == pytest.approx(mse, rel=1e-12)
+        assert rows[name]["psnr"] == pytest.approx(10 * math.log10(1 / mse), abs=1e-3)
+        squared, pixels = squared + mse * diff.shape[0] * diff.shape[1], pixels + diff.shape[0] * diff.shape[1]
+    a = result.aggregates
+    assert a["mse_pooled"] == pytest.approx(squared / pixels, rel=1e-12)
+    assert a["psnr_pooled"] == pytest.approx(10 * math.log10(pixels / squared), rel=1e-12)
+    assert a["psnr_mean"] == pytest.approx(np.mean([rows[n]["psnr"] for n in rows]))
+    assert (a["num_evaluated"], a["num_skipped"], a["num_ms_ssim"]) == (3, 2, 3)
+    assert result.summary().startswith("3 evaluated, 2 skipped: PSNR")
+
+
+def test_identical_photos_and_aggregate_edge_cases(photos):
+    root, _, _ = photos
+    result = evaluation.evaluate(None, reference_folder=root / "references", outputs_folder=root / "references",
+                                 progress=False)
+    assert result.aggregates["psnr_pooled"] == math.inf and result.aggregates["ssim_rgb_mean"] == pytest.approx(1)
+    empty = evaluation.aggregate([], num_skipped=4)
+    assert empty["psnr_pooled"] is None and empty["psnr_mean"] is None and empty["num_skipped"] == 4
+
+
+def test_no_reference_mode_ranks_by_entropy(photos):
+    root, _, _ = photos
+    result = evaluation.evaluate(None, outputs_folder=root / "outputs", progress=False)
+    assert not result.has_reference and result.ranking_metric == "entropy"
+    assert len(result.rows) == 5 and all(r["psnr"] is None and r["entropy"] > 0 for r in result.rows)
+
+
+def test_write_results_files_agree(photos, tmp_path):
+    root, _, _ = photos
+    result = evaluation.evaluate(None, reference_folder=root / "references", outputs_folder=root / "outputs",
+                                 progress=False)
+    paths = evaluation.write_results(result, tmp_path / "ev")
+    saved = json.loads(paths["json"].read_text())
+    assert saved["aggregates"] == pytest.approx(result.aggregates)
+    assert [s["name"] for s in saved["skipped"]] == [s["name"] for s in result.skipped]
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows if r["status"] == "ok"] == ["a", "b", "sub/c"]
+    assert float(rows[0]["psnr"]) == pytest.approx(result.rows[0]["psnr"], abs=1e-4)
+    assert "psnr" in paths["md"].read_text().lower()
+    assert Image.open(paths["png"]).size[0] > 0
+
+
+def test_argument_errors(photos):
+    root, _, _ = photos
+    with pytest.raises(ValueError, match="give a generator"):
+        evaluation.evaluate(None, root / "outputs")  # neither a generator nor an outputs folder
+    with pytest.raises(FileNotFoundError, match="nope"):
+        evaluation.evaluate(None, reference_folder=root / "nope", outputs_folder=root / "outputs", progress=False)
