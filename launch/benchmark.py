@@ -25,12 +25,22 @@ The training config is a file as in launch/train.py (default experiments/wespe_p
 """
 
 import json
+import sys
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from wespe import host_malloc
 
-from wespe import benchmarking, cli, host_malloc, parallel
+# The training modes run as launch/train.py does (malloc: one arena, huge pages; a PyTorch reference inherits the
+# setting), --mode=enhance as launch/enhance.py (host_malloc.tune, below).
+_MODE = next((arg.split("=", 1)[1] for arg in sys.argv if arg.startswith("--mode=")),
+             sys.argv[sys.argv.index("--mode") + 1] if "--mode" in sys.argv[:-1] else None)
+if _MODE != "enhance":
+    host_malloc.tune_for_training()
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from wespe import benchmarking, cli, parallel  # noqa: E402
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
 _CONFIG = cli.define_config_flag(_DEFAULT_CONFIG, "Training config file.")

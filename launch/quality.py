@@ -12,9 +12,13 @@ wespe/quality.py. A finished training run under --output_dir/runs is reused.
 A bad flag or preset prints one "error: ..." line and exits 2 before anything is trained.
 """
 
-from absl import flags
+from wespe import host_malloc
 
-from wespe import cli, quality
+host_malloc.tune_for_training()  # it trains: malloc as launch/train.py (one arena, huge pages)
+
+from absl import flags  # noqa: E402
+
+from wespe import cli, quality  # noqa: E402
 
 _DEFAULT_PRESETS = ("wespe_plus=experiments/quality/wespe_plus.py,wespe_paper=experiments/quality/wespe_paper.py,"
                     "dped_paired=experiments/quality/dped_paired.py")

@@ -17,10 +17,14 @@ TPU pod or Kubernetes the processes find each other by themselves; elsewhere pas
 
 from pathlib import Path
 
-import jax
-from absl import app, flags
+from wespe import host_malloc
 
-from wespe import cli, loop, parallel
+host_malloc.tune_for_training()  # first (glibc reads it at start-up): activations in 2 MiB pages, one arena
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from wespe import cli, loop, parallel  # noqa: E402
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
 _CONFIG = cli.define_config_flag(_DEFAULT_CONFIG, "Experiment config file.")
