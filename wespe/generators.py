@@ -154,8 +154,9 @@ def _load(source: str | os.PathLike, weights_dir: str | os.PathLike | None, what
                         f"locates the official DPED generators {', '.join(sorted(pretrained.PRETRAINED))})")
     path = Path(source)
     if path.is_dir():
-        if checkpoint_steps(path):
-            generator, step = load_checkpoint_generator(path)
+        steps = checkpoint_steps(path)
+        if steps:
+            generator, step = load_checkpoint_generator(path, steps[-1])
             return generator, f"{path} checkpoint step {step}"
         if not (path / export.DEFAULT_FILENAME).exists():
             raise UserError(f"{what}={path}: the folder holds neither a finished training checkpoint "

@@ -105,7 +105,9 @@ def _apply_norm(norm: nnx.Module | None, x: jax.Array) -> jax.Array:
 
 
 class ResidualBlock(nnx.Module):
-    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm -> ReLU, then + block input (after the ReLU, as DPED)."""
+    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm -> ReLU, then + block input (after the ReLU, as DPED).
+
+    Its layers only: :meth:`Generator.forward` applies them (one forward for whole images and tiled windows)."""
 
     def __init__(self, width: int, norm: str, *, init: str = "dped", rngs: nnx.Rngs):
         normed = norm != "none"
@@ -113,11 +115,6 @@ class ResidualBlock(nnx.Module):
         self.norm1 = make_norm(norm, width, rngs=rngs)
         self.conv2 = Conv(width, width, 3, freeze_bias=normed, init=init, rngs=rngs)
         self.norm2 = make_norm(norm, width, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = jax.nn.relu(_apply_norm(self.norm1, self.conv1(x)))
-        h = jax.nn.relu(_apply_norm(self.norm2, self.conv2(h)))
-        return h + x
 
 
 class Generator(nnx.Module):

@@ -1,6 +1,6 @@
 """Exact tiled inference at about the cost of one forward pass: the generator run stage by stage over tiles.
 
-:mod:`wespe.inference`'s streamed tiler needs no memory beyond its tiles, but recomputes the network from the input
+:mod:`wespe.streamed_tiling` needs no memory beyond its tiles, but recomputes the network from the input
 once per instance norm (about 4.6x one pass at the defaults). This tiler instead keeps the two width-channel
 activations the network carries between norms in host memory, one full-resolution float32 array each (``H``,
 the residual stream; ``A``, the pre-norm conv output), so each conv is computed once:
