@@ -119,3 +119,53 @@ def test_benchmark_counts_the_flops_of_xla_kernel_gradients(monkeypatch):
         xla = benchmarking._flops(jax.jit(lambda *a: train._train_step(
             *a, config=c, graphdefs=graphdefs, preprocessing=pre)).lower(*args))
     assert counted == xla != banded  # with the cached banded trace, counted would equal banded
+
+
+def _convolutions_in_ynn_fusions(hlo: str) -> int:
+    """How many convolutions of a compiled program's text sit inside YNNPACK fusions."""
+    bodies, name = {}, None
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            name = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+            bodies[name] = []
+        elif name is not None:
+            bodies[name].append(line)
+    called = [line.split("calls=%")[1].split(",")[0].split()[0] for body in bodies.values() for line in body
+              if "ynn_fusion" in line.split("=")[0] and "calls=%" in line]
+    return sum("convolution(" in line for c in called for line in bodies.get(c, []))
+
+
+def test_training_step_compiles_convolutions_outside_ynnpack_on_cpu():
+    """The CPU training step keeps YNNPACK for dots only (conv.TRAIN_STEP_CPU_OPTIONS); an XLA that does not
+    know an option gets none (checked on a tiny program), and other platforms never get them."""
+    from wespe import config as configs, parallel, train
+
+    options = conv.train_step_compiler_options("cpu")
+    assert options == conv.TRAIN_STEP_CPU_OPTIONS
+    assert conv.train_step_compiler_options("gpu") == {} == conv.train_step_compiler_options("tpu")
+    x, k = jnp.ones((2, 24, 24, 64)), jnp.ones((3, 3, 64, 64))
+    default = jax.jit(conv.conv2d).lower(x, k).compile().as_text()
+    tuned = jax.jit(conv.conv2d, compiler_options=options).lower(x, k).compile().as_text()
+    if "ynn_fusion" not in default:
+        pytest.skip("this XLA:CPU does not hand convolutions to YNNPACK by default")
+    assert _convolutions_in_ynn_fusions(default) >= 1 and _convolutions_in_ynn_fusions(tuned) == 0
+
+    c = configs.preset("wespe_paper")
+    c.vgg_weights, c.batch_size, c.patch_size, c.content_layer = "random", 2, 32, "relu1_2"
+    c.generator.width, c.generator.num_blocks, c.discriminator.head = 32, 1, "global_pool"
+    layout = parallel.Layout(parallel.make_mesh(c.mesh))
+    state, graphdefs = train.create_train_state(c, layout)
+    weights, pre = train.load_content_network(c)
+    step = train.make_train_step(c, graphdefs, weights, pre, layout, None)
+    batch = layout.global_batch({k: np.zeros((2, 32, 32, 3), np.float32) for k in ("source", "target")})
+    hlo = step.jitted.lower(state, step.vgg_weights, batch, jax.random.key(0), None).compile().as_text()
+    assert "convolution(" in hlo and _convolutions_in_ynn_fusions(hlo) == 0
+
+
+def test_an_xla_without_the_options_compiles_with_its_defaults(monkeypatch):
+    monkeypatch.setattr(conv, "TRAIN_STEP_CPU_OPTIONS", {"xla_cpu_no_such_option_for_wespe_tests": "1"})
+    conv.train_step_compiler_options.cache_clear()
+    try:
+        assert conv.train_step_compiler_options("cpu") == {}
+    finally:
+        conv.train_step_compiler_options.cache_clear()

@@ -25,6 +25,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # Bytes of one band's patch matrix: small enough to stay in a core's L2/L3 while it is multiplied (measured:
@@ -38,6 +39,13 @@ MAX_COLUMNS_PER_OUTPUT = 256
 # band loop (small test networks compile many steps).
 MIN_BANDED_MACS = 2**27
 KERNEL_GRADIENTS = ("banded", "xla")
+# XLA:CPU options for the training step. By default XLA:CPU hands f32 convolutions to YNNPACK, which ran the
+# generators' 3x3 64->64 layers (most of the step's FLOPs) at 90-110 GFLOP/s on the 2-core AVX2 test machine,
+# while XLA's Eigen convolution runs them at ~160 (oneDNN in PyTorch: ~195); Eigen is ~3x slower only on the
+# few layers with 3 output channels (the generators' 9x9 output layer, some input gradients). Keeping YNNPACK
+# for dots only measured 4-5% faster over the whole batch-8 step, in two alternating rounds
+# (``launch/benchmark.py``). Results equal YNNPACK's up to float summation order.
+TRAIN_STEP_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 _KERNEL_GRADIENT = contextvars.ContextVar("wespe_conv_kernel_gradient", default="banded")
 
 
@@ -53,6 +61,22 @@ def kernel_gradient(mode: str):
         yield
     finally:
         _KERNEL_GRADIENT.reset(token)
+
+
+@functools.cache
+def train_step_compiler_options(platform: str) -> dict:
+    """``jax.jit`` compiler options for a training step compiled for ``platform``: :data:`TRAIN_STEP_CPU_OPTIONS`
+    on CPU where this XLA knows them (an XLA that does not rejects them: checked once on a tiny program and
+    logged), none elsewhere."""
+    if platform != "cpu":
+        return {}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=TRAIN_STEP_CPU_OPTIONS).lower(jnp.zeros((), jnp.float32)).compile()
+    except jax.errors.JaxRuntimeError as error:
+        logging.warning("this XLA does not take the training step's CPU options %s (%s); compiling with its "
+                        "defaults", TRAIN_STEP_CPU_OPTIONS, str(error).splitlines()[0])
+        return {}
+    return dict(TRAIN_STEP_CPU_OPTIONS)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:

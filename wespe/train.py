@@ -329,8 +329,10 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
             return _train_step(state, vgg_weights, batch, rng, color_pools, config=config, graphdefs=graphdefs,
                                preprocessing=preprocessing)
 
+    platform = (jax.default_backend() if layout is None else layout.mesh.devices.flat[0].platform)
+    options = conv.train_step_compiler_options(platform)
     if layout is None:
-        jitted = jax.jit(step, donate_argnums=0)
+        jitted = jax.jit(step, donate_argnums=0, compiler_options=options)
     else:
         state_shardings = layout.state_shardings(abstract_train_state(config)[0])
         vgg_shardings = layout.state_shardings(vgg_weights)
@@ -340,7 +342,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
         jitted = jax.jit(step, donate_argnums=0,
                          in_shardings=(state_shardings, vgg_shardings, layout.batch, layout.replicated,
                                        layout.replicated),
-                         out_shardings=(state_shardings, layout.replicated))
+                         out_shardings=(state_shardings, layout.replicated), compiler_options=options)
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
         return jitted(state, vgg_weights, batch, rng, color_pools)
