@@ -96,22 +96,30 @@ def test_bfloat16_gradient_keeps_the_kernel_dtype():
     np.testing.assert_allclose(np.asarray(dk, np.float32), np.asarray(dk32), rtol=1e-2)
 
 
-def test_benchmark_counts_the_flops_of_xla_kernel_gradients(monkeypatch):
-    """XLA's cost analysis counts a loop body once, so the step with banded kernel gradients reports fewer
-    FLOPs; the benchmark counts the same arithmetic on the XLA-gradient program (even after the banded step
-    was traced: jit's trace cache must not hand back that trace)."""
-    from wespe import benchmarking, config as configs, parallel, train
-
-    monkeypatch.setattr(conv, "MIN_BANDED_MACS", 0)  # the banded path even for this tiny network
+def _tiny_train_step(width: int):
+    """A small single-device WESPE step on zero batches: (config, graphdefs, preprocessing, state, step, batch)."""
+    from wespe import config as configs, parallel, train
 
     c = configs.preset("wespe_paper")
     c.vgg_weights, c.batch_size, c.patch_size, c.content_layer = "random", 2, 32, "relu1_2"
-    c.generator.width, c.generator.num_blocks, c.discriminator.head = 8, 1, "global_pool"
+    c.generator.width, c.generator.num_blocks, c.discriminator.head = width, 1, "global_pool"
     layout = parallel.Layout(parallel.make_mesh(c.mesh))
     state, graphdefs = train.create_train_state(c, layout)
     weights, pre = train.load_content_network(c)
     step = train.make_train_step(c, graphdefs, weights, pre, layout, None)
     batch = layout.global_batch({k: np.zeros((2, 32, 32, 3), np.float32) for k in ("source", "target")})
+    return c, graphdefs, pre, state, step, batch
+
+
+def test_benchmark_counts_the_flops_of_xla_kernel_gradients(monkeypatch):
+    """XLA's cost analysis counts a loop body once, so the step with banded kernel gradients reports fewer
+    FLOPs; the benchmark counts the same arithmetic on the XLA-gradient program (even after the banded step
+    was traced: jit's trace cache must not hand back that trace)."""
+    from wespe import benchmarking, train
+
+    monkeypatch.setattr(conv, "MIN_BANDED_MACS", 0)  # the banded path even for this tiny network
+
+    c, graphdefs, pre, state, step, batch = _tiny_train_step(width=8)
     args = (state, step.vgg_weights, batch, jax.random.key(0), None)
     banded = benchmarking._flops(step.jitted.lower(*args))
     counted = benchmarking._step_flops(step, state, batch, jax.random.key(0))
@@ -136,10 +144,8 @@ def _convolutions_in_ynn_fusions(hlo: str) -> int:
 
 
 def test_training_step_compiles_convolutions_outside_ynnpack_on_cpu():
-    """The CPU training step keeps YNNPACK for dots only (conv.TRAIN_STEP_CPU_OPTIONS); an XLA that does not
-    know an option gets none (checked on a tiny program), and other platforms never get them."""
-    from wespe import config as configs, parallel, train
-
+    """The CPU training step keeps YNNPACK for dots only (conv.TRAIN_STEP_CPU_OPTIONS); other platforms never
+    get the options."""
     options = conv.train_step_compiler_options("cpu")
     assert options == conv.TRAIN_STEP_CPU_OPTIONS
     assert conv.train_step_compiler_options("gpu") == {} == conv.train_step_compiler_options("tpu")
@@ -150,19 +156,13 @@ def test_training_step_compiles_convolutions_outside_ynnpack_on_cpu():
         pytest.skip("this XLA:CPU does not hand convolutions to YNNPACK by default")
     assert _convolutions_in_ynn_fusions(default) >= 1 and _convolutions_in_ynn_fusions(tuned) == 0
 
-    c = configs.preset("wespe_paper")
-    c.vgg_weights, c.batch_size, c.patch_size, c.content_layer = "random", 2, 32, "relu1_2"
-    c.generator.width, c.generator.num_blocks, c.discriminator.head = 32, 1, "global_pool"
-    layout = parallel.Layout(parallel.make_mesh(c.mesh))
-    state, graphdefs = train.create_train_state(c, layout)
-    weights, pre = train.load_content_network(c)
-    step = train.make_train_step(c, graphdefs, weights, pre, layout, None)
-    batch = layout.global_batch({k: np.zeros((2, 32, 32, 3), np.float32) for k in ("source", "target")})
+    _, _, _, state, step, batch = _tiny_train_step(width=32)  # over 16 channels: YNNPACK would take its convs
     hlo = step.jitted.lower(state, step.vgg_weights, batch, jax.random.key(0), None).compile().as_text()
     assert "convolution(" in hlo and _convolutions_in_ynn_fusions(hlo) == 0
 
 
 def test_an_xla_without_the_options_compiles_with_its_defaults(monkeypatch):
+    """An option this XLA does not know (checked once on a tiny program) leaves the step on XLA's defaults."""
     monkeypatch.setattr(conv, "TRAIN_STEP_CPU_OPTIONS", {"xla_cpu_no_such_option_for_wespe_tests": "1"})
     conv.train_step_compiler_options.cache_clear()
     try:

@@ -71,7 +71,8 @@ def train_step_compiler_options(platform: str) -> dict:
     if platform != "cpu":
         return {}
     try:
-        jax.jit(lambda x: x + 1, compiler_options=TRAIN_STEP_CPU_OPTIONS).lower(jnp.zeros((), jnp.float32)).compile()
+        probe = jax.jit(lambda x: x + 1, compiler_options=TRAIN_STEP_CPU_OPTIONS)
+        probe.lower(jnp.zeros((), jnp.float32)).compile()
     except jax.errors.JaxRuntimeError as error:
         logging.warning("this XLA does not take the training step's CPU options %s (%s); compiling with its "
                         "defaults", TRAIN_STEP_CPU_OPTIONS, str(error).splitlines()[0])
