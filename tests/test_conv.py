@@ -30,9 +30,12 @@ def _numpy_kernel_grad(x: np.ndarray, g: np.ndarray, ks: int, stride: int) -> np
 # (kernel size, stride, in, out, height, width): the generator's and discriminator's layer kinds at odd sizes.
 SHAPES = [(3, 1, 4, 5, 13, 11), (9, 1, 3, 6, 10, 12), (11, 4, 1, 4, 23, 19), (5, 2, 3, 4, 9, 8),
           (3, 2, 2, 3, 7, 7)]
+# Stride-1 layers whose forward (>= 8 outputs) or input gradient (>= 8 inputs) runs one row taller on CPU
+# (conv.EIGEN_MIN_OUTPUT_CHANNELS), one with an even kernel (SAME pads one more at the bottom / right).
+WIDE_SHAPES = [(3, 1, 8, 9, 9, 7), (4, 1, 9, 8, 10, 9), (9, 1, 12, 3, 10, 12), (9, 1, 3, 10, 8, 11)]
 
 
-@pytest.mark.parametrize("ks,stride,cin,cout,h,w", SHAPES)
+@pytest.mark.parametrize("ks,stride,cin,cout,h,w", SHAPES + WIDE_SHAPES[:2])
 @pytest.mark.parametrize("band_bytes", [1, conv.BAND_BYTES])  # one row a band (ragged last band), one band
 def test_banded_kernel_grad_matches_float64_numpy(ks, stride, cin, cout, h, w, band_bytes):
     rng = np.random.default_rng(ks * 100 + stride)
@@ -45,7 +48,7 @@ def test_banded_kernel_grad_matches_float64_numpy(ks, stride, cin, cout, h, w, b
     np.testing.assert_allclose(np.asarray(xla), _numpy_kernel_grad(x, g, ks, stride), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("ks,stride,cin,cout,h,w", SHAPES + [(9, 1, 64, 3, 8, 8)])  # last: XLA's own path
+@pytest.mark.parametrize("ks,stride,cin,cout,h,w", SHAPES + WIDE_SHAPES + [(9, 1, 64, 3, 8, 8), (3, 2, 96, 1, 9, 9)])
 def test_conv2d_values_and_gradients_equal_xla_convolution(ks, stride, cin, cout, h, w, monkeypatch):
     monkeypatch.setattr(conv, "MIN_BANDED_MACS", 0)  # the banded path even for these small layers
     rng = np.random.default_rng(7)
@@ -60,14 +63,25 @@ def test_conv2d_values_and_gradients_equal_xla_convolution(ks, stride, cin, cout
 
     ours, ours_vjp = jax.vjp(lambda x, k: conv.conv2d(x, k, stride), x, k)
     ref, ref_vjp = jax.vjp(xla, x, k)
-    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))  # the forward pass is XLA's own
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=2e-5, atol=2e-5)
     for got, want in zip(jax.jit(ours_vjp)(cotangent), ref_vjp(cotangent)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("batch,ks,cin,cout,h,w", [(2, 9, 64, 3, 10, 12), (19, 4, 40, 1, 9, 7), (3, 3, 5, 2, 6, 6)])
+def test_few_output_kernel_grad_matches_float64_numpy(batch, ks, cin, cout, h, w):
+    """The transposed kernel gradient, chunked over images and input channels (ragged last chunks), even
+    kernels (SAME pads one more at the bottom / right) included."""
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, h, w, cin)).astype(np.float32)
+    g = rng.standard_normal((batch, h, w, cout)).astype(np.float32)
+    got = jax.jit(conv.few_output_kernel_grad, static_argnums=2)(jnp.asarray(x), jnp.asarray(g), (ks, ks, cin, cout))
+    np.testing.assert_allclose(np.asarray(got), _numpy_kernel_grad(x, g, ks, 1), rtol=1e-4, atol=1e-4)
+
+
 def test_cpu_uses_the_banded_kernel_gradient(monkeypatch):
     """On CPU the kernel gradient is the band loop (a while loop in the compiled program), not XLA's
-    whole-image convolution; a layer with few output channels keeps XLA's (no loop)."""
+    whole-image convolution; a layer with few output channels takes the transposed one (no loop)."""
     x = jnp.zeros((2, 16, 16, 8))
     monkeypatch.setattr(conv, "MIN_BANDED_MACS", 0)
 
@@ -76,7 +90,7 @@ def test_cpu_uses_the_banded_kernel_gradient(monkeypatch):
         return jax.jit(jax.grad(lambda k: conv.conv2d(x, k).sum())).lower(k).compile().as_text()
 
     assert "while" in grad_hlo(8, 3)
-    assert "while" not in grad_hlo(1, 9)  # 9*9*8 columns for 1 output channel: XLA's own
+    assert "while" not in grad_hlo(1, 9)  # 9*9*8 columns for 1 output channel: few_output_kernel_grad
     with conv.kernel_gradient("xla"):
         assert "while" not in grad_hlo(8, 3)
     monkeypatch.setattr(conv, "MIN_BANDED_MACS", 2 * 16 * 16 * 9 * 8 * 8 + 1)  # a small layer: XLA's
@@ -129,8 +143,9 @@ def test_benchmark_counts_the_flops_of_xla_kernel_gradients(monkeypatch):
     assert counted == xla != banded  # with the cached banded trace, counted would equal banded
 
 
-def _convolutions_in_ynn_fusions(hlo: str) -> int:
-    """How many convolutions of a compiled program's text sit inside YNNPACK fusions."""
+def _convolution_outputs(hlo: str) -> tuple[list[int], list[int]]:
+    """The output feature counts of a compiled program's stride-1 convolutions: (inside YNNPACK fusions,
+    all)."""
     bodies, name = {}, None
     for line in hlo.splitlines():
         if line and not line.startswith(" ") and line.rstrip().endswith("{"):
@@ -138,27 +153,46 @@ def _convolutions_in_ynn_fusions(hlo: str) -> int:
             bodies[name] = []
         elif name is not None:
             bodies[name].append(line)
-    called = [line.split("calls=%")[1].split(",")[0].split()[0] for body in bodies.values() for line in body
-              if "ynn_fusion" in line.split("=")[0] and "calls=%" in line]
-    return sum("convolution(" in line for c in called for line in bodies.get(c, []))
+
+    def features(line):  # "= f32[2,32,32,3]{3,2,1,0} convolution(...), ..., dim_labels=b01f_01io->b01f"
+        dims = line.split("=", 1)[1].split("[", 1)[1].split("]", 1)[0].split(",")
+        return int(dims[line.split("dim_labels=", 1)[1].split("->", 1)[1].index("f")])
+
+    called = {line.split("calls=%")[1].split(",")[0].split()[0] for body in bodies.values() for line in body
+              if "ynn_fusion" in line.split("=")[0] and "calls=%" in line}
+    convs = {c: [features(line) for line in body if " convolution(" in line and "stride=" not in line]
+             for c, body in bodies.items()}
+    return ([f for c in called for f in convs.get(c, [])], [f for fs in convs.values() for f in fs])
 
 
-def test_training_step_compiles_convolutions_outside_ynnpack_on_cpu():
-    """The CPU training step keeps YNNPACK for dots only (conv.TRAIN_STEP_CPU_OPTIONS); other platforms never
-    get the options."""
+def test_each_cpu_convolution_runs_on_the_library_faster_for_its_shape(monkeypatch):
+    """With the training step's options, YNNPACK takes the stride-1 convolutions with few outputs (conv2d keeps
+    the others on Eigen: conv.EIGEN_MIN_OUTPUT_CHANNELS), forward and backward; other platforms get no options."""
     options = conv.train_step_compiler_options("cpu")
     assert options == conv.TRAIN_STEP_CPU_OPTIONS
     assert conv.train_step_compiler_options("gpu") == {} == conv.train_step_compiler_options("tpu")
-    x, k = jnp.ones((2, 24, 24, 64)), jnp.ones((3, 3, 64, 64))
-    default = jax.jit(conv.conv2d).lower(x, k).compile().as_text()
-    tuned = jax.jit(conv.conv2d, compiler_options=options).lower(x, k).compile().as_text()
-    if "ynn_fusion" not in default:
-        pytest.skip("this XLA:CPU does not hand convolutions to YNNPACK by default")
-    assert _convolutions_in_ynn_fusions(default) >= 1 and _convolutions_in_ynn_fusions(tuned) == 0
+
+    def compiled(f, *args):
+        return jax.jit(f, compiler_options=options).lower(*args).compile().as_text()
+
+    x, wide, narrow = jnp.ones((2, 24, 24, 64)), jnp.ones((3, 3, 64, 64)), jnp.ones((9, 9, 64, 3))
+    plain = compiled(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                               dimension_numbers=("NHWC", "HWIO", "NHWC")), x, wide)
+    if not _convolution_outputs(plain)[0]:
+        pytest.skip("this XLA:CPU does not hand convolutions to YNNPACK")
+    monkeypatch.setattr(conv, "MIN_BANDED_MACS", 0)  # these small layers' kernel gradients as a real layer's
+    loss = lambda x, k: (conv.conv2d(x, k) ** 2).sum()  # noqa: E731  (squared: the forward is needed)
+    ynn, every = _convolution_outputs(compiled(jax.grad(loss, argnums=(0, 1)), x, wide))
+    assert ynn == [] and every == [64, 64]  # forward and input gradient on Eigen (the kernel gradient: dots)
+    ynn, every = _convolution_outputs(compiled(jax.grad(loss, argnums=(0, 1)), x, narrow))
+    # forward (3 outputs) on YNNPACK; input gradient (64) and the kernel gradient's 4 chunks (16 each) on Eigen
+    assert ynn == [3] and sorted(every) == [3] + [16] * 4 + [64]
 
     _, _, _, state, step, batch = _tiny_train_step(width=32)  # over 16 channels: YNNPACK would take its convs
     hlo = step.jitted.lower(state, step.vgg_weights, batch, jax.random.key(0), None).compile().as_text()
-    assert "convolution(" in hlo and _convolutions_in_ynn_fusions(hlo) == 0
+    ynn, every = _convolution_outputs(hlo)
+    assert 3 in ynn and all(f < conv.EIGEN_MIN_OUTPUT_CHANNELS for f in ynn)
+    assert sum(f >= conv.EIGEN_MIN_OUTPUT_CHANNELS for f in every) >= 10
 
 
 def test_an_xla_without_the_options_compiles_with_its_defaults(monkeypatch):

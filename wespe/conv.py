@@ -1,15 +1,19 @@
-"""2-D convolution (NHWC / HWIO, SAME padding) whose kernel gradient is fast on XLA:CPU.
+"""2-D convolution (NHWC / HWIO, SAME padding) that is fast on XLA:CPU.
 
 XLA:CPU computes a convolution's kernel gradient as one convolution whose window is the whole image (the
 batch and pixels are the contraction), and Eigen runs that shape at 5-7 GFLOP/s on the 2-core test machine:
 ~1 s for one 3x3 64->64 layer at batch 8 of 100x100, 10x its forward pass. That alone made the WESPE step
 ~2.4x slower than PyTorch's (``launch/benchmark.py --mode=torch_ratio``). The same gradient written as a loop
 over bands of output rows, each band an im2col patch matrix small enough to stay in cache times the output
-gradient (``dk = patches^T @ g``), runs at the forward's speed (80 GFLOP/s; 12x faster for that layer).
+gradient (``dk = patches^T @ g``), runs at the forward's speed (80 GFLOP/s; 12x faster for that layer). A
+layer with few output channels (the generators' 9x9 64->3 output layer) instead gets XLA's kernel-gradient
+convolution with the batch and the output channels swapped (few_output_kernel_grad; 4x faster than XLA's).
 
-Only the kernel gradient changes, and only on CPU (``jax.lax.platform_dependent``): GPUs and TPUs keep XLA's
-own (cuDNN / the TPU convolution emitter). The forward pass and the input gradient are XLA's everywhere.
-Results equal XLA's up to float summation order (tested against a float64 NumPy convolution).
+On CPU each stride-1 convolution (forward and input gradient) also picks the faster of XLA:CPU's two
+convolution libraries for its shape (EIGEN_MIN_OUTPUT_CHANNELS). All of it is CPU only
+(``jax.lax.platform_dependent``): GPUs and TPUs keep XLA's own convolutions and gradients (cuDNN / the TPU
+convolution emitter). Results equal XLA's up to float summation order (tested against XLA and a float64 NumPy
+convolution).
 
 The band loop sums over the batch inside each iteration, so a program partitioned over several devices would
 all-reduce once per band (and with many forced CPU devices on few cores the rendezvous can time out): code that
@@ -31,21 +35,29 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # Bytes of one band's patch matrix: small enough to stay in a core's L2/L3 while it is multiplied (measured:
 # 2-4 MiB bands run 3-4x faster than one whole-image patch matrix, 16 MiB bands 2x slower than 2 MiB).
 BAND_BYTES = 2 * 2**20
-# Above this many patch columns (kernel height x width x input channels) per output channel XLA's own kernel
-# gradient is faster: a tall patch matrix against a few output channels is bound by memory, not arithmetic
-# (measured for the generators' 9x9 64->3 output layer).
+# Above this many patch columns (kernel height x width x input channels) per output channel the band loop is
+# slow: a tall patch matrix against a few output channels is bound by memory, not arithmetic. Such a layer (the
+# generators' 9x9 64->3 output layer) takes the transposed kernel gradient instead (few_output_kernel_grad).
 MAX_COLUMNS_PER_OUTPUT = 256
+# YNNPACK leaves a convolution whose input and output features are both at most this many to Eigen.
+YNN_MIN_FEATURES = 17
 # Below this many multiply-adds a kernel gradient is cheap whatever its form, and XLA's compiles faster than the
 # band loop (small test networks compile many steps).
 MIN_BANDED_MACS = 2**27
 KERNEL_GRADIENTS = ("banded", "xla")
-# XLA:CPU options for the training step. By default XLA:CPU hands f32 convolutions to YNNPACK, which ran the
-# generators' 3x3 64->64 layers (most of the step's FLOPs) at 90-110 GFLOP/s on the 2-core AVX2 test machine,
-# while XLA's Eigen convolution runs them at ~160 (oneDNN in PyTorch: ~195); Eigen is ~3x slower only on the
-# few layers with 3 output channels (the generators' 9x9 output layer, some input gradients). Keeping YNNPACK
-# for dots only measured 4-5% faster over the whole batch-8 step, in two alternating rounds
-# (``launch/benchmark.py``). Results equal YNNPACK's up to float summation order.
-TRAIN_STEP_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# XLA:CPU hands f32 convolutions and dots to YNNPACK by default. On the 2-core AVX2 test machine YNNPACK ran the
+# generators' 3x3 64->64 layers (most of the step's FLOPs) at 90-110 GFLOP/s, XLA's Eigen convolution at ~160
+# (oneDNN in PyTorch: ~195), but Eigen is ~3x slower than YNNPACK on convolutions with few output channels (the
+# generators' 9x9 64->3 output layer, the input gradient of their 9x9 3->64 input layer). XLA picks one library
+# for all convolutions of a program, so each convolution chooses here: YNNPACK takes a convolution only if its
+# output is no larger than its input (``IsConvolutionOpSupportedByYnn``), and a stride-1 convolution with at
+# least EIGEN_MIN_OUTPUT_CHANNELS outputs is computed with one extra output row (sliced off), which keeps it on
+# Eigen. Results equal XLA's plain convolution up to float summation order.
+EIGEN_MIN_OUTPUT_CHANNELS = 8
+# ``jax.jit`` compiler options of the CPU training step: YNNPACK for dots and (the few-channel) convolutions only,
+# not for elementwise or reduction fusions (those measured no faster and compile slower).
+TRAIN_STEP_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
 _KERNEL_GRADIENT = contextvars.ContextVar("wespe_conv_kernel_gradient", default="banded")
 
 
@@ -90,27 +102,65 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME", dimension_numbers=_DIMENSIONS)
 
 
+def _cpu_stride1_conv(x: jax.Array, kernel: jax.Array, pads) -> jax.Array:
+    """A stride-1 convolution with explicit ``pads`` ((top, bottom), (left, right)) that picks its library on
+    CPU: one with at least EIGEN_MIN_OUTPUT_CHANNELS outputs gets one extra output row, which keeps it on Eigen."""
+    if kernel.shape[3] < EIGEN_MIN_OUTPUT_CHANNELS:
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMENSIONS)
+    (top, bottom), cols = pads
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((top, bottom + 1), cols),
+                                        dimension_numbers=_DIMENSIONS)[:, :-1]
+
+
+def _forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    if stride != 1:  # strided layers are few and small (the discriminators'): XLA's choice
+        return _xla_conv(x, kernel, stride)
+    pads = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], (1, 1), "SAME")
+    return jax.lax.platform_dependent(x, kernel, cpu=lambda x_, k_: _cpu_stride1_conv(x_, k_, pads),
+                                      default=lambda x_, k_: _xla_conv(x_, k_, 1))
+
+
+def _input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], stride: int) -> jax.Array:
+    """The input gradient of :func:`conv2d`. On CPU, for stride 1, the convolution of ``g`` with the kernel
+    rotated by 180 degrees (input and output channels swapped), so that it picks its library as the forward
+    does; XLA's transpose otherwise (a strided one is lhs-dilated, which YNNPACK never takes)."""
+    def xla_transpose(g_, k_):
+        _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, k_, stride), jnp.zeros(x_shape, g_.dtype))
+        return input_vjp(g_)[0]
+
+    if stride != 1:
+        return xla_transpose(g, kernel)
+    kh, kw = kernel.shape[:2]
+    (top, bottom), (left, right) = jax.lax.padtype_to_pads(x_shape[1:3], (kh, kw), (1, 1), "SAME")
+    pads = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
+
+    def rotated(g_, k_):
+        return _cpu_stride1_conv(g_, jnp.flip(k_, (0, 1)).transpose(0, 1, 3, 2), pads)
+
+    return jax.lax.platform_dependent(g, kernel, cpu=rotated, default=xla_transpose)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv2d(x, kernel, stride):
-    return _xla_conv(x, kernel, stride)
+    return _forward(x, kernel, stride)
 
 
 def _conv2d_fwd(x, kernel, stride):
-    return _xla_conv(x, kernel, stride), (x, kernel)
+    return _forward(x, kernel, stride), (x, kernel)
 
 
 def _conv2d_bwd(stride, residuals, g):
     x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel, stride), x)
-    (dx,) = input_vjp(g)
+    dx = _input_grad(g, kernel, x.shape, stride)
     kh, kw, cin, cout = kernel.shape
     macs = math.prod(g.shape) * kh * kw * cin
-    if (_KERNEL_GRADIENT.get() == "xla" or kh * kw * cin > MAX_COLUMNS_PER_OUTPUT * cout
-            or macs < MIN_BANDED_MACS):
+    few_outputs = kh * kw * cin > MAX_COLUMNS_PER_OUTPUT * cout
+    if _KERNEL_GRADIENT.get() == "xla" or macs < MIN_BANDED_MACS or (few_outputs and stride != 1):
         dk = xla_kernel_grad(x, g, kernel.shape, stride)
     else:
+        cpu_grad = few_output_kernel_grad if few_outputs else functools.partial(banded_kernel_grad, stride=stride)
         dk = jax.lax.platform_dependent(  # both branches must give the same dtype
-            x, g, cpu=lambda x_, g_: banded_kernel_grad(x_, g_, kernel.shape, stride).astype(x.dtype),
+            x, g, cpu=lambda x_, g_: cpu_grad(x_, g_, kernel.shape).astype(x.dtype),
             default=lambda x_, g_: xla_kernel_grad(x_, g_, kernel.shape, stride).astype(x.dtype))
     return dx, dk.astype(kernel.dtype)
 
@@ -152,3 +202,29 @@ def banded_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]
 
     acc, _ = jax.lax.scan(band, jnp.zeros((columns, cout), jnp.float32), jnp.arange(bands))
     return acc.reshape(kh, kw, cin, cout)
+
+
+def few_output_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
+    """The kernel gradient of a stride-1 :func:`conv2d` with few output channels, as XLA's kernel-gradient
+    convolution with the roles of the batch and the output channels swapped.
+
+    XLA's own is a convolution over the whole image with the batch as input features and the few output
+    channels as output features, which Eigen runs at ~18 GFLOP/s (138 ms for the generators' 9x9 64->3 layer at
+    batch 8 of 100x100 on the 2-core test machine). Here the output channels are the batch and the input
+    channels the output features: ``dk[i, j, c, d] = sum_{n, u, v} gpad[d, i' + u, j' + v, n] x[u, v, n, c]``
+    with ``i' = kh - 1 - i``, 35 ms. It is split into chunks of fewer than YNN_MIN_FEATURES images and input
+    channels, summed over the image chunks: YNNPACK would take the whole one and runs it 6x slower than Eigen.
+    """
+    kh, kw, cin, cout = kernel_shape
+    n, h, w, _ = x.shape
+    (top, _), (left, _) = jax.lax.padtype_to_pads((h, w), (kh, kw), (1, 1), "SAME")
+    pads = ((kh - 1 - top, top), (kw - 1 - left, left))
+    gt, xt = g.transpose(3, 1, 2, 0), x.transpose(1, 2, 0, 3)  # [d, h, w, n] images, [h, w, n, c] kernels
+    chunk = YNN_MIN_FEATURES - 1
+
+    def part(a, b):
+        return jax.lax.conv_general_dilated(gt[..., a:a + chunk], xt[:, :, a:a + chunk, b:b + chunk], (1, 1), pads,
+                                            dimension_numbers=_DIMENSIONS)
+
+    out = jnp.concatenate([sum(part(a, b) for a in range(0, n, chunk)) for b in range(0, cin, chunk)], axis=-1)
+    return jnp.flip(out, (1, 2)).transpose(1, 2, 3, 0)  # [d, i', j', c] -> [i, j, c, d]
