@@ -55,7 +55,7 @@ KERNEL_GRADIENTS = ("banded", "xla")
 # Eigen. Results equal XLA's plain convolution up to float summation order.
 EIGEN_MIN_OUTPUT_CHANNELS = 8
 # ``jax.jit`` compiler options of the CPU training step: YNNPACK for dots and (the few-channel) convolutions only,
-# not for elementwise or reduction fusions (those measured no faster and compile slower).
+# not for elementwise or reduction fusions (those measured no faster over the whole step).
 TRAIN_STEP_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                           "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
 _KERNEL_GRADIENT = contextvars.ContextVar("wespe_conv_kernel_gradient", default="banded")
