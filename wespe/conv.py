@@ -120,6 +120,14 @@ def _forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
                                       default=lambda x_, k_: _xla_conv(x_, k_, 1))
 
 
+def _transposed_pads(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]):
+    """The pads of a stride-1 SAME convolution's transpose: the output gradient, padded so, convolved with the
+    kernel rotated by 180 degrees gives the input gradient (and correlated with x, the kernel gradient)."""
+    kh, kw = kernel_shape[:2]
+    (top, bottom), (left, right) = jax.lax.padtype_to_pads(x_shape[1:3], (kh, kw), (1, 1), "SAME")
+    return (kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)
+
+
 def _input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], stride: int) -> jax.Array:
     """The input gradient of :func:`conv2d`. On CPU, for stride 1, the convolution of ``g`` with the kernel
     rotated by 180 degrees (input and output channels swapped), so that it picks its library as the forward
@@ -130,9 +138,7 @@ def _input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], strid
 
     if stride != 1:
         return xla_transpose(g, kernel)
-    kh, kw = kernel.shape[:2]
-    (top, bottom), (left, right) = jax.lax.padtype_to_pads(x_shape[1:3], (kh, kw), (1, 1), "SAME")
-    pads = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
+    pads = _transposed_pads(x_shape, kernel.shape)
 
     def rotated(g_, k_):
         return _cpu_stride1_conv(g_, jnp.flip(k_, (0, 1)).transpose(0, 1, 3, 2), pads)
@@ -215,10 +221,8 @@ def few_output_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, 
     with ``i' = kh - 1 - i``, 35 ms. It is split into chunks of fewer than YNN_MIN_FEATURES images and input
     channels, summed over the image chunks: YNNPACK would take the whole one and runs it 6x slower than Eigen.
     """
-    kh, kw, cin, cout = kernel_shape
-    n, h, w, _ = x.shape
-    (top, _), (left, _) = jax.lax.padtype_to_pads((h, w), (kh, kw), (1, 1), "SAME")
-    pads = ((kh - 1 - top, top), (kw - 1 - left, left))
+    n, cin = x.shape[0], x.shape[3]
+    pads = _transposed_pads(x.shape, kernel_shape)
     gt, xt = g.transpose(3, 1, 2, 0), x.transpose(1, 2, 0, 3)  # [d, h, w, n] images, [h, w, n, c] kernels
     chunk = YNN_MIN_FEATURES - 1
 
