@@ -5,10 +5,14 @@
 
 Inputs are files and/or folders (searched recursively for jpg/jpeg/png/webp/tif/tiff/bmp). Each photo is written
 to --output with its file name, format and relative sub-folder, EXIF kept and orientation applied. A file that
-cannot be read, enhanced or written is reported and skipped. Exit status: 0 if at least one photo was enhanced
-(partial failures are listed in the log and the summary line, so one stray corrupt file does not fail a batch
-job over a large folder), 1 if none was, 2 with one "error:" line for bad flags, weights, inputs or outputs
-(nothing is written then).
+cannot be read, enhanced or written is reported and skipped. A photo whose output file (or .npy with --save_raw)
+is already in --output is skipped with a line naming it, so the same command resumes an interrupted run;
+--overwrite replaces such files instead. --output may lie inside an input folder (it is left out of the inputs)
+but may not be an input folder, nor hold one.
+
+Exit status: 0 if at least one photo was enhanced or already had its output (partial failures are listed in the
+log and the summary line, so one stray corrupt file does not fail a batch job over a large folder), 1 if none
+was, 2 with one "error:" line for bad flags, weights, inputs or outputs (nothing is written then).
 """
 
 from absl import flags
@@ -24,6 +28,9 @@ flags.DEFINE_integer("tile", 0, "Tile side in pixels for exact tiled inference; 
                      lower_bound=0)
 flags.DEFINE_float("memory_budget_mb", None, "Activation memory budget per device in MiB (default: the library's).")
 flags.DEFINE_bool("save_raw", False, "Also write the unclipped float32 output as <name>.npy beside each photo.")
+flags.DEFINE_bool("overwrite", False, "Replace output files already in --output. Without it a photo whose output "
+                  "(or .npy with --save_raw) exists is skipped and named, so rerunning the same command resumes an "
+                  "interrupted folder run.")
 flags.register_validator("memory_budget_mb", lambda v: v is None or v > 0, message="--memory_budget_mb must be > 0")
 flags.mark_flag_as_required("output")
 flags.register_multi_flags_validator(
@@ -38,9 +45,10 @@ def main(argv):
     generator, _ = generators.generator_for_flags(pretrained_name=FLAGS.pretrained, checkpoint=FLAGS.checkpoint,
                                                   weights_dir=FLAGS.weights_dir)
     report = file_enhancement.enhance_files(generator, inputs, FLAGS.output, tile=FLAGS.tile or None,
-                                         memory_budget_mb=FLAGS.memory_budget_mb, save_raw=FLAGS.save_raw)
+                                            memory_budget_mb=FLAGS.memory_budget_mb, save_raw=FLAGS.save_raw,
+                                            overwrite=FLAGS.overwrite)
     print(report.summary())
-    return 0 if report.enhanced else 1
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

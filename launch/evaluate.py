@@ -8,8 +8,11 @@
 --checkpoint: an exported generator (.npz, or a folder with generator.npz) or a training workdir (its latest
 checkpoint). Photos pair with references by relative path without extension. Writes results.json,
 results.csv, results.md and best_worst.png to --output_dir (see wespe/evaluation.py). A photo without a
-reference, an unreadable file or a size mismatch is listed in the results and skipped. Exit status 0 if at least
-one photo was evaluated, 1 if none was, 2 with one "error:" line for bad flags, weights or folders.
+reference, an unreadable file or a size mismatch is listed in the results and skipped. --output_dir may lie
+inside --source, --reference or --outputs: what is under it (best_worst.png, enhanced/) is never taken for a
+photo to score, so a rerun scores the same photos; it may not be one of those folders, nor hold one. Exit
+status 0 if at least one photo was evaluated, 1 if none was, 2 with one "error:" line for bad flags, weights or
+folders (before the model loads).
 """
 
 from absl import flags
@@ -38,7 +41,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     cli.start(argv)
-    image_paths.check_output_dir(FLAGS.output_dir)  # before the model loads and any photo is scored
+    # Before the model loads and any photo is scored.
+    image_paths.check_output_dir(FLAGS.output_dir)
+    evaluation.check_inputs({"--source": FLAGS.source, "--reference": FLAGS.reference, "--outputs": FLAGS.outputs},
+                            FLAGS.output_dir)
     generator = None
     if FLAGS.outputs is None:
         generator, what = generators.generator_for_flags(
@@ -46,7 +52,8 @@ def main(argv):
         print(f"model: {what}")
     result = evaluation.evaluate(
         generator, FLAGS.source, FLAGS.reference, outputs_folder=FLAGS.outputs, tile=FLAGS.tile or None,
-        limit=FLAGS.limit, save_enhanced_to=f"{FLAGS.output_dir}/enhanced" if FLAGS.save_enhanced else None)
+        limit=FLAGS.limit, save_enhanced_to=f"{FLAGS.output_dir}/enhanced" if FLAGS.save_enhanced else None,
+        exclude=[FLAGS.output_dir])
     paths = evaluation.write_results(result, FLAGS.output_dir)
     for s in result.skipped:
         print(f"skipped {s['name']}: {s['reason']}")

@@ -9,8 +9,11 @@ A sweep file's get_sweep() returns the cells (see wespe/sweep.py); --source, --r
 --weights_dir, --workdir, --tile and --limit override the file's settings. Each cell's results go to
 <output_dir>/<cell>/ (as launch/evaluate.py writes them); a cell whose results.json exists is skipped, so an
 interrupted sweep resumes. Then sweep.csv, sweep.md, metric_vs_step.png (per run) and models.png (per model).
-Exit status 0 if every cell succeeded, 1 if one failed (the others are still evaluated and tabulated), 2 with
-one "error:" line for a bad sweep file, folder or cell (before any cell runs).
+--output_dir may lie inside --source or --reference (what is under it is never scored as a photo), but may not
+be one of them nor hold one. Exit status 0 if every cell succeeded, 1 if one failed (the others are still
+evaluated and tabulated), 2 with one "error:" line for a bad sweep file, folder or cell, before any model loads:
+a missing --source, --reference, weights_dir, checkpoint or workdir (or step in it), a bad tile or limit
+(wespe.sweep.check_cells).
 """
 
 from pathlib import Path

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,18 @@ def test_folder_errors(tmp_path, mixed):
         _iterator(mixed, target, global_batch_size=3, process_count=2)
     with pytest.raises(data_scan.DataError, match="does not exist"):
         data_scan.scan_folder(tmp_path / "nope", patch_size=PATCH)
+
+
+def test_a_symlink_loop_is_skipped_and_reported(tmp_path):
+    """``a.jpg -> b.jpg -> a.jpg`` among the photos: both in the report's bad files as "symlink loop", the rest
+    trained on (before: RuntimeError from Path.resolve() while listing)."""
+    source, target = _folder(tmp_path / "s", 3), _folder(tmp_path / "t", 3, seed=1)
+    os.symlink("a.jpg", source / "sub" / "b.jpg")
+    os.symlink("b.jpg", source / "sub" / "a.jpg")
+    iterator, report = _iterator(source, target)
+    assert {Path(b["path"]).name: b["reason"] for b in report["source"]["bad"]} == {
+        "a.jpg": "symlink loop", "b.jpg": "symlink loop"}
+    assert report["source"]["num_good"] == 3 and next(iterator)
 
 
 # ------------------------------------------------------------------------------------------------- batches

@@ -1,9 +1,10 @@
 """launch/enhance.py end to end (subprocesses), plus wespe.file_enhancement behind it (generator loading and the
 export format: tests/test_generators.py).
 
-The CLI runs are few on purpose (each starts JAX, ~2-5 s): one run over a folder with good and bad files, the flag
-errors, one run where nothing succeeds, and the official iPhone generator against the TensorFlow reference output
-(needs ``../shared/dped_pretrained`` next to the repository; skipped without it).
+The CLI runs are few on purpose (each starts JAX, ~2-5 s): one run over a folder with good and bad files (then the
+same command again, which skips what is done, and with --overwrite), the flag errors, one run where nothing
+succeeds, and the official iPhone generator against the TensorFlow reference output (needs
+``../shared/dped_pretrained`` next to the repository; skipped without it).
 """
 
 import importlib.util
@@ -112,6 +113,20 @@ def test_cli_folder_with_a_bad_file(photos):
         if not source.endswith(".jpg"):  # lossless outputs hold exactly round(clip(y, 0, 1) * 255)
             output, _ = read_image(out / source)
             np.testing.assert_array_equal(output, image_io.to_uint8(raw))
+
+    # The same command again resumes: nothing is replaced, each photo already done is named, status 0 (every good
+    # photo has its output); --overwrite replaces them.
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = run_cli(f"--checkpoint={root / 'workdir'}", f"--output={out}", "--save_raw", folder)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines()[-1] == "0 enhanced, 3 skipped (output exists), 1 failed"
+    for name in ("portrait.jpg", "flat.png", "sub/small.webp"):
+        assert f"skipped {folder / name}: {out / name} exists" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == mtimes
+    replaced = run_cli(f"--checkpoint={root / 'workdir'}", f"--output={out}", "--save_raw", "--overwrite", folder)
+    assert replaced.returncode == 0, replaced.stderr
+    assert replaced.stdout.strip().splitlines()[-1] == "3 enhanced, 1 failed"
+    assert (out / "flat.png").stat().st_mtime_ns != mtimes[out / "flat.png"]
 
 
 @pytest.mark.parametrize("flags", [[], ["--pretrained=dped_iphone", "--checkpoint=x.npz"]], ids=["neither", "both"])

@@ -201,6 +201,28 @@ def test_no_reference_mode(data, tmp_path):
     assert limited.rows[0]["entropy"] == result.rows[0]["entropy"]
 
 
+def test_cli_results_inside_the_photo_folder_are_not_scored(data, tmp_path):
+    """--output_dir inside --source holding an earlier run's best_worst.png and enhanced/: only the six photos
+    are scored (and enhanced/ does not nest); --output_dir equal to --source is refused before the model loads."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in NAMES:
+        (photos / f"{name}.png").write_bytes((data["source"] / f"{name}.png").read_bytes())
+    (photos / "ev" / "enhanced").mkdir(parents=True)
+    (photos / "ev" / "best_worst.png").write_bytes((data["source"] / "00.png").read_bytes())
+    (photos / "ev" / "enhanced" / "00.png").write_bytes((data["source"] / "00.png").read_bytes())
+    proc = _run("evaluate.py", f"--checkpoint={data['checkpoint']}", f"--source={photos}",
+                f"--output_dir={photos / 'ev'}", "--save_enhanced")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((photos / "ev" / "results.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == NAMES and not saved["skipped"]
+    assert sorted(p.name for p in (photos / "ev" / "enhanced").iterdir()) == [f"{n}.png" for n in NAMES]
+
+    proc = _run("evaluate.py", "--checkpoint=no_such.npz", f"--source={photos}", f"--output_dir={photos}")
+    assert proc.returncode == 2 and "no_such" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --output_dir={photos} is the --source folder")
+
+
 # ---------------------------------------------------------------------------------------------------- sweeps
 
 def test_sweep_over_run_checkpoints(data, run_workdir, tmp_path, capsys):

@@ -5,12 +5,16 @@ tests/test_evaluate_cli.py.)"""
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from wespe import evaluation
+from wespe.errors import UserError
+
+from test_enhance_cli import random_generator
 
 
 def _png(path, image):
@@ -110,3 +114,43 @@ def test_argument_errors(photos):
         evaluation.evaluate(None, root / "outputs")  # neither a generator nor an outputs folder
     with pytest.raises(FileNotFoundError, match="nope"):
         evaluation.evaluate(None, reference_folder=root / "nope", outputs_folder=root / "outputs", progress=False)
+
+
+def test_a_results_folder_inside_the_photos_is_not_scored_on_a_rerun(photos):
+    """``--source=photos --output_dir=photos/ev --save_enhanced``, twice: the second run scores the same five
+    photos, not also the first run's best_worst.png and enhanced/ (which changed the aggregates and nested
+    enhanced/ev/enhanced/... folders)."""
+    root, _, _ = photos
+    sources, results = root / "outputs", root / "outputs" / "ev"
+    generator = random_generator(seed=0)
+    runs = []
+    for _ in range(2):
+        result = evaluation.evaluate(generator, sources, save_enhanced_to=results / "enhanced", exclude=[results],
+                                     progress=False)
+        evaluation.write_results(result, results)
+        runs.append(result)
+    assert [r["name"] for r in runs[1].rows] == ["a", "b", "orphan", "sub/c", "wrong_size"]
+    assert runs[1].rows == runs[0].rows and runs[1].aggregates == runs[0].aggregates
+    assert (results / "best_worst.png").is_file() and not (results / "enhanced" / "ev").exists()
+
+
+def test_check_inputs_before_a_model_loads(photos):
+    root, _, _ = photos
+    evaluation.check_inputs({"--source": root / "outputs", "--reference": None}, root / "outputs" / "ev")
+    with pytest.raises(FileNotFoundError, match="--reference=.*nope does not exist"):
+        evaluation.check_inputs({"--source": root / "outputs", "--reference": root / "nope"})
+    with pytest.raises(UserError, match="--output_dir=.* is the --reference folder"):
+        evaluation.check_inputs({"--source": root / "outputs", "--reference": root / "references"},
+                                root / "references")
+    with pytest.raises(UserError, match="--output_dir=.* holds the --outputs folder"):
+        evaluation.check_inputs({"--outputs": [root / "outputs"]}, root)
+
+
+def test_a_symlink_loop_is_skipped_with_its_reason(photos):
+    root, _, _ = photos
+    os.symlink("x.png", root / "outputs" / "y.png")
+    os.symlink("y.png", root / "outputs" / "x.png")
+    result = evaluation.evaluate(None, outputs_folder=root / "outputs", progress=False)  # no reference: all read
+    assert [r["name"] for r in result.rows] == ["a", "b", "orphan", "sub/c", "wrong_size"]
+    reasons = {s["name"]: s["reason"] for s in result.skipped}
+    assert reasons["x"].endswith("x.png: symlink loop") and reasons["y"].endswith("y.png: symlink loop")

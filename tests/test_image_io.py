@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from wespe import image_io, image_paths
+from wespe.errors import UserError
 from wespe.image_io import ImageInfo, ImageReadError, ImageWriteError, read_image, write_image
 
 ORIENTATION, MAKE, MODEL, DATETIME = 0x0112, 0x010F, 0x0110, 0x0132
@@ -391,6 +392,42 @@ def test_plan_outputs(tmp_path):
         image_paths.plan_outputs([tmp_path / "in", tmp_path / "other"], tmp_path / "out")
     with pytest.raises(ValueError, match="overwrite"):
         image_paths.plan_outputs([tmp_path / "loose.png"], tmp_path)
+
+
+def symlink_loop(folder):
+    """``a.jpg -> b.jpg -> a.jpg`` inside ``folder`` (``Path.resolve`` raises on either)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.symlink("a.jpg", folder / "b.jpg")
+    os.symlink("b.jpg", folder / "a.jpg")
+
+
+def test_a_symlink_loop_is_listed_and_read_as_one(tmp_path):
+    """Listed like any file (not a RuntimeError from resolve() that stops the listing), so the reader reports it
+    as a bad file and the others go on; its reason says what it is."""
+    make_tree(tmp_path / "in")
+    symlink_loop(tmp_path / "in" / "sub")
+    found = [p.relative_to(tmp_path / "in").as_posix() for p in image_paths.list_images([tmp_path / "in"])]
+    assert {"sub/a.jpg", "sub/b.jpg", "a.png"} <= set(found)
+    pairs = image_paths.plan_outputs([tmp_path / "in"], tmp_path / "out")
+    assert {"sub/a.jpg", "sub/b.jpg"} <= {o.relative_to(tmp_path / "out").as_posix() for _, o in pairs}
+    for read in (read_image, image_io.upright_size):
+        with pytest.raises(ImageReadError, match="sub/a.jpg: symlink loop") as e:
+            read(tmp_path / "in" / "sub" / "a.jpg")
+        assert e.value.kind == image_io.UNREADABLE
+
+
+def test_output_folder_that_is_or_holds_an_input_folder_is_refused(tmp_path):
+    """Written into, an input folder would have its photos replaced; above one, the whole input would be left out
+    with the output folder (found nothing); both are refused, naming both. Inside one is fine (test above)."""
+    make_tree(tmp_path / "in")
+    for output, relation in ((tmp_path / "in", "is"), (tmp_path, "holds")):
+        with pytest.raises(UserError, match=f"--output={output} {relation} the input folder {tmp_path / 'in'}: "):
+            image_paths.plan_outputs([tmp_path / "in"], output)
+    with pytest.raises(UserError, match="--output_dir=.* is the --source folder"):
+        image_paths.check_output_apart(tmp_path / "in" / "sub" / "..", {"--source": [tmp_path / "in"]},
+                                       "--output_dir")
+    image_paths.check_output_apart(tmp_path / "in", {"--source": [tmp_path / "in" / "a.png", None]}, "--output")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
 def test_read_errors_say_their_kind(tmp_path):

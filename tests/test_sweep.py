@@ -9,6 +9,7 @@ inputs', computed here in float64 NumPy) and the official output at its init (a 
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +143,12 @@ def test_run_sweep_scores_every_cell_keeps_going_and_resumes(photos, tmp_path):
     cells = sweep.expand_cells({"source": photos["source"], "reference": photos["reference"], "cells": [
         {"name": "identity", "checkpoint": photos["identity"]},
         {"name": "official/init", "checkpoint": photos["official"]},
-        {"name": "missing", "checkpoint": str(tmp_path / "nope.npz")},
+        {"name": "corrupt", "checkpoint": str(tmp_path / "corrupt.npz")},
     ]})
+    (tmp_path / "corrupt.npz").write_bytes(b"not a zip archive")  # there (the checks pass), but fails to load
     out = tmp_path / "out"
     said = []
-    identity, official, missing = sweep.run_sweep(cells, out, progress=False, echo=said.append)
+    identity, official, corrupt = sweep.run_sweep(cells, out, progress=False, echo=said.append)
 
     mse = photos["mse"]
     assert identity["status"] == "ok" and identity["error"] is None
@@ -157,16 +159,16 @@ def test_run_sweep_scores_every_cell_keeps_going_and_resumes(photos, tmp_path):
     assert identity["psnr_mean"] == pytest.approx(expected_mean, abs=1e-3)  # per image in float32
     assert identity["entropy_mean"] == pytest.approx(identity["input_entropy_mean"], abs=1e-6)  # G(x) = x
     assert official["status"] == "ok" and official["psnr_pooled"] < identity["psnr_pooled"] - 3
-    assert missing["status"] == "error" and "nope.npz" in missing["error"]
-    assert any(m.startswith("cell missing failed: ") for m in said)
+    assert corrupt["status"] == "error" and "corrupt.npz" in corrupt["error"]
+    assert any(m.startswith("cell corrupt failed: ") for m in said)
 
     assert (out / "identity" / "results.json").is_file()
     assert (out / "official_init" / "results.json").is_file()  # the cell's name made a folder name
-    assert not (out / "missing" / "results.json").exists()
+    assert not (out / "corrupt" / "results.json").exists()
     with open(out / "sweep.csv") as f:
         table = list(csv.DictReader(f))
     assert [(r["cell"], r["status"]) for r in table] == [("identity", "ok"), ("official/init", "ok"),
-                                                         ("missing", "error")]
+                                                         ("corrupt", "error")]
     assert float(table[0]["psnr_pooled"]) == pytest.approx(identity["psnr_pooled"])
     assert (out / "models.png").is_file() and not (out / "metric_vs_step.png").exists()  # no checkpoint steps
 
@@ -179,6 +181,58 @@ def test_run_sweep_scores_every_cell_keeps_going_and_resumes(photos, tmp_path):
     assert again[0]["psnr_pooled"] == 123.0 and again[1] == official
     assert said[0] == f"skipped identity: {out / 'identity' / 'results.json'} exists"
     assert again[2]["status"] == "error"  # a failed cell is tried again
+
+
+def test_run_sweep_checks_every_cell_before_any_model_loads(photos, tmp_path, monkeypatch):
+    """A missing --source used to load every model, fail every cell and exit 1; now each mistake below is one
+    UserError naming the cell and the setting (launch/sweep.py: one error line, exit 2), with nothing loaded or
+    written."""
+    def no_model(cell):
+        raise AssertionError(f"a model was loaded for {cell['name']}")
+    monkeypatch.setattr(sweep, "_cell_generator", no_model)
+    (tmp_path / "bare_workdir").mkdir()
+    good = {"name": "c", "checkpoint": photos["identity"]}
+    out = tmp_path / "out"
+    cases = [
+        ({"source": None}, good, r"sweep cell c: no source photos: give --source"),
+        ({"source": str(tmp_path / "nope")}, good, r"sweep cell c: source=.*nope does not exist"),
+        ({"reference": str(tmp_path / "nope")}, good, r"sweep cell c: reference=.*nope does not exist"),
+        ({}, {"name": "p", "pretrained": "dped_iphone", "weights_dir": str(tmp_path / "no_weights")},
+         r"sweep cell p: weights_dir .*no_weights does not exist"),
+        ({}, {"name": "p", "pretrained": "dped_iphone"}, r"sweep cell p: .*no weights_dir was given"),
+        ({}, {"name": "k", "checkpoint": str(tmp_path / "nope.npz")}, r"sweep cell k: checkpoint=.*nope.npz: no such"),
+        ({}, {"name": "r", "workdir": str(tmp_path / "no_run"), "steps": [5]},
+         r"sweep cell r_step5: workdir=.*no_run does not exist"),
+        ({}, {"name": "r", "workdir": str(tmp_path / "bare_workdir"), "steps": [5]},
+         r"sweep cell r_step5: workdir=.*bare_workdir has no checkpoint at step 5 \(it has none\)"),
+        ({"limit": 0}, good, r"sweep cell c: limit=0: expected a whole number >= 1"),
+        ({"tile": "64"}, good, r"sweep cell c: tile='64': expected a whole number >= 1"),
+    ]
+    for settings, cell, message in cases:
+        spec = {"source": photos["source"], "reference": photos["reference"], **settings,
+                "cells": [good] if cell is good else [good, cell]}  # a bad model after a good cell
+        cells = sweep.expand_cells(spec)
+        with pytest.raises(UserError, match=message):
+            sweep.run_sweep(cells, out, progress=False)
+    assert not out.exists()
+
+
+def test_run_sweep_output_folder_inside_the_photos(photos, tmp_path):
+    """A cell added to a sweep whose output folder lies inside --source: the earlier cells' best_worst.png are not
+    scored as photos (before: one more row, skipped for having no reference); the output folder may not be the
+    source folder itself."""
+    source = Path(shutil.copytree(photos["source"], tmp_path / "source"))
+    out = source / "sweep"
+    identity = {"name": "identity", "checkpoint": photos["identity"]}
+    official = {"name": "official", "checkpoint": photos["official"]}
+    for cells in ([identity], [identity, official]):
+        rows = sweep.run_sweep(sweep.expand_cells({"source": str(source), "reference": photos["reference"],
+                                                   "cells": cells}), out, progress=False)
+    assert (out / "identity" / "best_worst.png").is_file()
+    assert [(r["cell"], r["num_evaluated"], r["num_skipped"]) for r in rows] == [("identity", 3, 0),
+                                                                                  ("official", 3, 0)]
+    with pytest.raises(UserError, match="--output_dir=.* is the source folder"):
+        sweep.run_sweep(sweep.expand_cells({"source": str(source), "cells": [official]}), source, progress=False)
 
 
 # ----------------------------------------------------------------------------------------- tables and plots

@@ -15,6 +15,10 @@ Pairing is by relative path without extension: ``out/a/0.png`` pairs with ``ref/
 layout as is: ``test_data/patches/<phone>/<n>.jpg`` against ``test_data/patches/canon/<n>.jpg``. A photo without
 a reference, a file that cannot be read, two files with the same name but different extensions, and an output
 whose size differs from its reference are listed in :attr:`EvalResult.skipped` with the reason, never fatal.
+Photos under the ``exclude`` folders (where the results go) and under ``save_enhanced_to`` are never inputs, so a
+results folder inside the photo folders does not have its ``best_worst.png`` and enhanced photos scored on a
+rerun (the mechanism of :mod:`wespe.image_paths`; :func:`check_inputs` refuses a results folder that *is* an
+input folder or holds one).
 
 Metrics (:mod:`wespe.metrics`, on images scaled to [0, 1]): PSNR per image (``inf`` for identical images) and
 the DPED convention (PSNR of the MSE pooled over every pixel of the set; pixel-weighted, so it is
@@ -110,11 +114,11 @@ class EvalResult:
 
 # -------------------------------------------------------------------------------------------- pairing by name
 
-def index_images(inputs: str | os.PathLike | Sequence[str | os.PathLike]
-                 ) -> tuple[dict[str, Path], list[dict]]:
+def index_images(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 exclude: Sequence[str | os.PathLike] = ()) -> tuple[dict[str, Path], list[dict]]:
     """``{key: path}`` for the photos named by ``inputs`` (a folder, a file, or a list of both). The key is the
     path relative to its folder without extension (a file named directly: its stem). Duplicate keys are
-    returned as skipped entries."""
+    returned as skipped entries. Photos found under an ``exclude`` folder are left out."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     index: dict[str, Path] = {}
@@ -122,7 +126,8 @@ def index_images(inputs: str | os.PathLike | Sequence[str | os.PathLike]
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found = [(p, p.relative_to(item).with_suffix("").as_posix()) for p in image_paths.list_images([item])]
+            found = [(p, p.relative_to(item).with_suffix("").as_posix())
+                     for p in image_paths.list_images([item], exclude=exclude)]
         elif item.exists():
             found = [(item, item.stem)]
         else:
@@ -134,6 +139,25 @@ def index_images(inputs: str | os.PathLike | Sequence[str | os.PathLike]
             else:
                 index[key] = path
     return dict(sorted(index.items())), duplicates
+
+
+def _as_list(inputs) -> list:
+    return [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs or [])
+
+
+def check_inputs(inputs: dict[str, str | os.PathLike | Sequence[str | os.PathLike] | None],
+                 output_dir: str | os.PathLike | None = None, output_flag: str = "--output_dir") -> None:
+    """Cheap checks of :func:`evaluate`'s inputs before a model loads: each of ``inputs`` (``{flag: a path or a
+    list of them, or None}``, e.g. ``{"--source": ..., "--reference": ...}``) exists, and ``output_dir`` (named
+    ``output_flag``) is not one of their folders nor holds one (:func:`wespe.image_paths.check_output_apart`).
+    Raises :class:`wespe.errors.UserError` naming the flag."""
+    for flag, paths in inputs.items():
+        for path in _as_list(paths):
+            if not os.path.exists(path):
+                raise PathNotFoundError(f"{flag}={path} does not exist")
+    if output_dir is not None:
+        image_paths.check_output_apart(output_dir, {flag: _as_list(paths) for flag, paths in inputs.items()},
+                                       output_flag)
 
 
 # ------------------------------------------------------------------------------------------------- evaluate
@@ -205,13 +229,15 @@ def _best_worst_names(scores: dict[str, float]) -> list[str]:
 
 def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=None, tile: int | None = None,
              memory_budget_mb: float | None = None, limit: int | None = None, save_enhanced_to=None,
-             progress: bool = True) -> EvalResult:
+             exclude: Sequence[str | os.PathLike] = (), progress: bool = True) -> EvalResult:
     """Score a generator (``generator``, on ``sources``) or a folder of enhanced photos (``outputs_folder``,
     ``generator=None``) against ``reference_folder`` (or without one). See the module docstring.
 
     ``sources``: a folder, a file, or a list of them (required in model mode; optional in outputs mode, where it
     gives the inputs). ``tile`` / ``memory_budget_mb``: for :func:`wespe.inference.enhance`. ``limit``: only the
     first N photos (sorted by name). ``save_enhanced_to``: also write the enhanced photos there (model mode).
+    ``exclude``: folders whose photos are never inputs (give the results folder: a rerun then does not score its
+    own ``best_worst.png``); ``save_enhanced_to`` is always excluded.
     Raises ``ValueError`` for a bad combination of arguments, ``FileNotFoundError`` for a missing folder;
     problems with single photos are reported in the result instead.
     """
@@ -224,11 +250,13 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
     mode = "model" if generator is not None else "outputs"
     result = EvalResult(mode=mode, has_reference=reference_folder is not None)
 
-    source_index, dup = index_images(sources) if sources is not None else ({}, [])
+    exclude = [*exclude, *([save_enhanced_to] if save_enhanced_to is not None else [])]
+    source_index, dup = index_images(sources, exclude=exclude) if sources is not None else ({}, [])
     result.skipped += dup
-    items, dup = (source_index, []) if mode == "model" else index_images(outputs_folder)
+    items, dup = (source_index, []) if mode == "model" else index_images(outputs_folder, exclude=exclude)
     result.skipped += dup
-    reference_index, dup = index_images(reference_folder) if reference_folder is not None else ({}, [])
+    reference_index, dup = (index_images(reference_folder, exclude=exclude) if reference_folder is not None
+                            else ({}, []))
     duplicate_references = {d["name"]: d for d in dup}
     if limit is not None:
         items = dict(list(items.items())[:limit])

@@ -7,11 +7,15 @@ folders searched recursively, see :func:`wespe.image_paths.plan_outputs`) is rea
 format, EXIF (orientation 1) and ICC profile kept. With ``save_raw`` the unclipped float32 output is also saved
 as ``<stem>.npy`` beside it.
 
+Nothing already in the output folder is replaced unless ``overwrite``: a photo one of whose output files (the
+photo, or its ``.npy`` with ``save_raw``) exists is skipped with a line naming that file, so running the same
+command again resumes an interrupted folder run.
+
 A file that cannot be read, enhanced or written is logged with the reason and skipped; the others are still
 done. On an accelerator the next photo is decoded and the previous one written in background threads while one
 computes (:mod:`wespe.file_pipeline`); the progress bar shows photos and megapixels per second. Problems found
 before any work (a missing input, no photo at all, two inputs that would be written to the same output, an output
-that would overwrite its input) raise instead (:func:`plan`).
+that would overwrite its input, an output folder that is an input folder) raise instead (:func:`plan`).
 
 The generator comes from :mod:`wespe.generators` (``launch/enhance.py``: :func:`wespe.generators.generator_for_flags`).
 """
@@ -38,13 +42,21 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class EnhanceReport:
-    """Outcome of :func:`enhance_files`: ``enhanced`` holds (input, output) pairs, ``failed`` (input, reason)."""
+    """Outcome of :func:`enhance_files`: ``enhanced`` holds (input, output) pairs, ``skipped`` (input, the output
+    file already there) the photos left alone, ``failed`` (input, reason)."""
 
     enhanced: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
     failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
-        return f"{len(self.enhanced)} enhanced, {len(self.failed)} failed"
+        skipped = f"{len(self.skipped)} skipped (output exists), " if self.skipped else ""
+        return f"{len(self.enhanced)} enhanced, {skipped}{len(self.failed)} failed"
+
+    @property
+    def ok(self) -> bool:
+        """Some photo has its output: enhanced now, or already there (a resumed run over a finished folder)."""
+        return bool(self.enhanced or self.skipped)
 
 
 def raw_path(output: Path) -> Path:
@@ -58,20 +70,33 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _check_raw_paths(pairs: Sequence[tuple[Path, Path]]) -> None:
-    taken = {output.resolve(): source for source, output in pairs}
+    taken = {image_paths.resolved(output): source for source, output in pairs}
     for source, output in pairs:
-        key = raw_path(output).resolve()
+        key = image_paths.resolved(raw_path(output))
         if key in taken:
             raise UserError(f"--save_raw: the raw output {raw_path(output)} of {source} clashes with the output "
                              f"of {taken[key]} (same name, different extension); enhance them separately")
         taken[key] = source
 
 
+def output_files(output: Path, *, save_raw: bool) -> list[Path]:
+    """Every file :func:`enhance_files` writes for the photo whose output is ``output``."""
+    return [output, raw_path(output)] if save_raw else [output]
+
+
+def existing_output(output: Path, *, save_raw: bool) -> Path | None:
+    """The first of the photo's output files already there, or None. A file or a link (even a broken one)
+    counts; a folder in the way does not: it is no earlier output, and writing there fails and is reported."""
+    return next((path for path in output_files(output, save_raw=save_raw)
+                 if os.path.isfile(path) or os.path.islink(path)), None)
+
+
 def plan(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *, save_raw: bool = False
          ) -> list[tuple[Path, Path]]:
     """The ``(photo, output)`` pairs :func:`enhance_files` will write, checked before any work (cheap: call it
     before loading a model). Raises :class:`wespe.errors.UserError` for a missing input, an output folder that
-    cannot be one, clashing outputs, or no photo at all in ``inputs``."""
+    cannot be one or that is an input folder (or holds one), clashing outputs, or no photo at all in
+    ``inputs``."""
     inputs = list(inputs)
     pairs = image_paths.plan_outputs(inputs, output_dir)
     if not pairs:
@@ -84,14 +109,16 @@ def plan(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *, 
 
 def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
                   tile: int | None = None, memory_budget_mb: float | None = None, devices: Sequence | None = None,
-                  save_raw: bool = False, progress: bool = True) -> EnhanceReport:
+                  save_raw: bool = False, overwrite: bool = False, progress: bool = True) -> EnhanceReport:
     """Enhance every photo named by ``inputs`` into ``output_dir`` (see the module docstring); returns the report.
 
     ``tile``, ``memory_budget_mb``, ``devices``: passed to :func:`wespe.inference.enhance` (``tile=None``: chosen
-    from the memory budget). ``progress``: show a tqdm bar (images, rate, ETA) on stderr.
+    from the memory budget). ``overwrite``: replace output files already there (else their photos are skipped).
+    ``progress``: show a tqdm bar (images, rate, ETA) on stderr.
     """
-    pairs = plan(inputs, output_dir, save_raw=save_raw)
     report = EnhanceReport()
+    pairs = _skip_existing(plan(inputs, output_dir, save_raw=save_raw), report, save_raw=save_raw,
+                           overwrite=overwrite)
 
     def read(pair: tuple[Path, Path]):
         image, info = image_io.read_image(pair[0])
@@ -142,3 +169,20 @@ def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], out
             bar.update(1)
         settle(writer.close())
     return report
+
+
+def _skip_existing(pairs: Sequence[tuple[Path, Path]], report: EnhanceReport, *, save_raw: bool, overwrite: bool
+                   ) -> list[tuple[Path, Path]]:
+    """The pairs to enhance: without ``overwrite``, those none of whose output files exists; each other photo is
+    recorded in ``report.skipped`` and named in one line."""
+    if overwrite:
+        return list(pairs)
+    pending = []
+    for source, output in pairs:
+        existing = existing_output(output, save_raw=save_raw)
+        if existing is None:
+            pending.append((source, output))
+        else:
+            logger.warning("skipped %s: %s exists (--overwrite replaces it)", source, existing)
+            report.skipped.append((source, existing))
+    return pending

@@ -45,6 +45,7 @@ Which files the inputs name and where outputs go: :mod:`wespe.image_paths`.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import struct
 from collections.abc import Sequence
@@ -131,7 +132,7 @@ def read_image(path: str | os.PathLike, *, draft_side: int | None = None) -> tup
     12 MP photo): the array and ``info.size`` are then the reduced ones. Other formats decode in full."""
     path = Path(path)
     if not path.exists():
-        raise ImageReadError(f"{path}: no such file", UNREADABLE)
+        raise missing_file_error(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: not a file", UNREADABLE)
     try:
@@ -171,6 +172,17 @@ def upright_size(path: str | os.PathLike) -> tuple[int, int]:
     return (height, width) if orientation in _ROTATING_ORIENTATIONS else (width, height)
 
 
+def missing_file_error(path: Path) -> ImageReadError:
+    """The ImageReadError for a listed file that does not open as a file: a symlink loop (``a.jpg -> b.jpg ->
+    a.jpg``, which ``exists()`` reports as missing) is named as such, anything else is "no such file"."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return ImageReadError(f"{path}: symlink loop", UNREADABLE)
+    return ImageReadError(f"{path}: no such file", UNREADABLE)
+
+
 def pillow_error(path: Path, e: BaseException, doing: str) -> ImageReadError:
     """The ImageReadError (message naming ``path``, and its kind) for an exception Pillow raised while ``doing``."""
     if isinstance(e, Image.DecompressionBombError):
@@ -178,7 +190,7 @@ def pillow_error(path: Path, e: BaseException, doing: str) -> ImageReadError:
     if isinstance(e, Image.UnidentifiedImageError):
         return ImageReadError(f"{path}: not an image file (Pillow cannot identify it)", NOT_AN_IMAGE)
     if isinstance(e, FileNotFoundError) or not path.exists():
-        return ImageReadError(f"{path}: no such file", UNREADABLE)
+        return missing_file_error(path)
     if isinstance(e, PermissionError):
         return ImageReadError(f"{path}: cannot open: {e}", UNREADABLE)
     reason = str(e) or type(e).__name__

@@ -4,13 +4,20 @@
 Folders are searched recursively for :data:`wespe.image_io.IMAGE_EXTENSIONS` (any case; hidden files and folders
 skipped); a file named explicitly is taken whatever its extension. Outputs keep the path relative to the folder
 they were found in, and every clash (two inputs to one output, an output overwriting its input, an output folder
-that is a file) is an error before any work.
+that is a file, or that is an input folder or holds one) is an error before any work.
+
+An output folder inside an input folder is fine: whatever lies under it is left out when that input folder is
+searched (``exclude``), so a rerun does not take its own earlier outputs (enhanced photos, ``best_worst.png``)
+for inputs. ``launch/enhance.py``, ``launch/evaluate.py`` and ``launch/sweep.py`` all rely on this.
+
+A file that cannot be resolved (a symlink loop: ``a.jpg -> b.jpg -> a.jpg``) is listed like any other, so that
+reading it reports it as a bad file (:func:`wespe.image_io.read_image` says "symlink loop") and the others go on.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from wespe.errors import PathNotFoundError, UserError
@@ -21,15 +28,24 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def resolved(path: str | os.PathLike) -> Path:
+    """``Path(path).resolve()``, except that a symlink loop (which ``resolve`` raises on: ``RuntimeError`` before
+    Python 3.13) gives the absolute path as it is: such a file is still listed, and reported when it is read."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
+
+
 def _expand(inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
             ) -> list[tuple[Path, Path]]:
     """(image path, path relative to its output folder) for each input, deduplicated by resolved path."""
-    excluded = [Path(p).resolve() for p in exclude]
+    excluded = [resolved(p) for p in exclude]
     seen: set[Path] = set()
     found: list[tuple[Path, Path]] = []
 
     def add(path: Path, relative: Path, *, found_in_folder: bool) -> None:
-        key = path.resolve()
+        key = resolved(path)
         if key in seen or (found_in_folder and any(key.is_relative_to(e) for e in excluded)):
             return
         seen.add(key)
@@ -75,17 +91,49 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
     return output_dir
 
 
-def plan_outputs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike
-                 ) -> list[tuple[Path, Path]]:
+def check_output_apart(output_dir: str | os.PathLike, inputs: Mapping[str, Iterable[str | os.PathLike | None]],
+                       output_flag: str) -> None:
+    """Raise :class:`UserError` if the output folder is one of the input folders, or holds one. Writing into an
+    input folder mixes the outputs with the photos (replacing those of the same name, and a rerun would read
+    them back as inputs); and everything under the output folder is left out of the inputs (``exclude``), so an
+    input folder inside it would yield no photo at all. An output folder *inside* an input folder is fine.
+
+    ``inputs``: ``{what: paths}``, ``what`` naming them in the message ("input", "--source"); files and missing
+    paths are ignored (only a folder is searched). ``output_flag``: how the message names ``output_dir``."""
+    output = resolved(output_dir)
+    for what, paths in inputs.items():
+        for path in paths:
+            if path is None or not Path(path).is_dir():
+                continue
+            folder = resolved(path)
+            if folder == output:
+                relation, problem = "is", ("the outputs would land among the photos read (and replace those of "
+                                           "the same name)")
+            elif folder.is_relative_to(output):
+                relation, problem = "holds", ("everything under the output folder is left out of the inputs (so "
+                                              "that a rerun does not read its own outputs), which would leave no "
+                                              "photo to read")
+            else:
+                continue
+            raise UserError(f"{output_flag}={output_dir} {relation} the {what} folder {path}: {problem}; choose an "
+                            f"output folder outside the inputs (a sub-folder of {path} is fine: it is left out of "
+                            "the inputs)")
+
+
+def plan_outputs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
+                 output_flag: str = "--output") -> list[tuple[Path, Path]]:
     """``(input, output)`` pairs: a file named directly goes to ``output_dir/<name>``, a file found in a folder
     to ``output_dir/<its path relative to that folder>``. Files found under ``output_dir`` while searching an
     input folder are skipped (a rerun does not enhance earlier outputs).
 
-    Raises ``ValueError`` before any work if ``output_dir`` cannot be a folder (:func:`check_output_dir`), two
-    inputs would be written to the same output, or an output would overwrite its input; ``FileNotFoundError``
-    for a missing input.
+    Raises ``ValueError`` before any work if ``output_dir`` cannot be a folder (:func:`check_output_dir`), is an
+    input folder or holds one (:func:`check_output_apart`; ``output_flag`` names it), two inputs would be
+    written to the same output, or an output would overwrite its input; ``FileNotFoundError`` for a missing
+    input.
     """
+    inputs = list(inputs)
     output_dir = check_output_dir(output_dir)
+    check_output_apart(output_dir, {"input": inputs}, output_flag)
     pairs = sorted(((path, output_dir / relative) for path, relative in _expand(inputs, exclude=[output_dir])),
                    key=lambda pair: str(pair[0]))
     _check_distinct(pairs)
@@ -95,8 +143,8 @@ def plan_outputs(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathL
 def _check_distinct(pairs: Sequence[tuple[Path, Path]]) -> None:
     owners: dict[Path, Path] = {}
     for source, target in pairs:
-        key = target.resolve()
-        if key == source.resolve():
+        key = resolved(target)
+        if key == resolved(source):
             raise UserError(f"output {target} would overwrite its input; choose another output folder")
         if key in owners:
             raise UserError(f"inputs {owners[key]} and {source} would both be written to {target}; "

@@ -8,11 +8,15 @@ cell per checkpoint step, named <name>_step<N>). A cell may override the shared 
 pretrained/checkpoint/workdir takes the shared "workdir".
 
 Each cell is one :func:`wespe.evaluation.evaluate` run written to its own folder; finished cells are read back,
-not recomputed. ``launch/sweep.py`` is the command line.
+not recomputed. Before any model loads, :func:`check_cells` checks what every cell still to run needs (its
+folders and model files, ``tile`` and ``limit``), so a mistake there is one error, not one failure per cell. The
+output folder may lie inside the source or reference folder: what is under it is never scored as a photo.
+``launch/sweep.py`` is the command line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -25,8 +29,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from wespe import pretrained
+from wespe.data_scan import check_folder
 from wespe.errors import PathNotFoundError, UserError
-from wespe.evaluation import AGGREGATE_FIELDS, AGGREGATE_LABELS, COUNT_FIELDS, evaluate, markdown_table, write_results
+from wespe.evaluation import (AGGREGATE_FIELDS, AGGREGATE_LABELS, COUNT_FIELDS, check_inputs, evaluate,
+                              markdown_table, write_results)
 from wespe.generators import checkpoint_steps, generator_for_flags, load_checkpoint_generator
 
 logger = logging.getLogger(__name__)
@@ -93,6 +100,69 @@ def expand_cells(sweep: dict, overrides: dict | None = None) -> list[dict]:
     return cells
 
 
+def _cell_dir(output_dir: Path, cell: dict) -> Path:
+    return output_dir / _cell_dirname(cell["name"])
+
+
+def _is_finished(output_dir: Path, cell: dict) -> bool:
+    return (_cell_dir(output_dir, cell) / "results.json").exists()
+
+
+@contextlib.contextmanager
+def _naming_cell(cell: dict):
+    """A user error raised inside, with the cell's name put first (same type: a missing path stays one)."""
+    try:
+        yield
+    except UserError as e:
+        raise type(e)(f"sweep cell {cell['name']}: {e}") from e
+
+
+def _check_model(cell: dict, steps_of: dict) -> None:
+    if cell["kind"] == "pretrained":
+        if cell["pretrained"] not in pretrained.PRETRAINED:
+            raise UserError(f"unknown pretrained generator {cell['pretrained']!r}; expected one of "
+                            f"{', '.join(sorted(pretrained.PRETRAINED))}")
+        pretrained.checkpoint_prefix(cell["pretrained"], cell.get("weights_dir"))  # weights_dir and its files
+    elif cell["kind"] == "checkpoint":
+        path = str(cell["checkpoint"])
+        if not (os.path.exists(path) or os.path.isfile(f"{path}.index")):  # a file, a folder or a TF prefix
+            raise PathNotFoundError(f"checkpoint={path}: no such file or folder")
+    else:
+        workdir = str(check_folder(cell["workdir"], "workdir"))
+        if workdir not in steps_of:
+            steps_of[workdir] = checkpoint_steps(workdir)
+        if cell["step"] not in steps_of[workdir]:
+            raise UserError(f"workdir={workdir} has no checkpoint at step {cell['step']} (it has "
+                            f"{', '.join(map(str, steps_of[workdir])) or 'none'})")
+
+
+def _check_setting(cell: dict, key: str) -> None:
+    value = cell.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"{key}={value!r}: expected a whole number >= 1 (or none)")
+
+
+def check_cells(cells: Sequence[dict], output_dir: str | os.PathLike) -> None:
+    """What every cell still to run (no ``results.json`` yet) needs, checked before any model loads: its source
+    photos (given, and there) and reference (there, if given), not the output folder nor inside it
+    (:func:`wespe.evaluation.check_inputs`); its model's files (an official generator's in ``weights_dir``, a
+    checkpoint file, a workdir holding the step); ``tile`` and ``limit`` whole numbers >= 1. Raises
+    :class:`wespe.errors.UserError` naming the cell and the setting; a finished cell is read back, so it needs
+    none of these."""
+    output_dir = Path(output_dir)
+    steps_of: dict[str, list[int]] = {}
+    for cell in cells:
+        if _is_finished(output_dir, cell):
+            continue
+        with _naming_cell(cell):
+            if cell.get("source") is None:
+                raise UserError("no source photos: give --source (or \"source\" in the sweep file)")
+            check_inputs({"source": cell["source"], "reference": cell.get("reference")}, output_dir)
+            _check_model(cell, steps_of)
+            for key in ("tile", "limit"):
+                _check_setting(cell, key)
+
+
 def _cell_generator(cell: dict):
     if cell["kind"] == "pretrained":
         return generator_for_flags(pretrained_name=cell["pretrained"], weights_dir=cell.get("weights_dir"))[0]
@@ -104,13 +174,15 @@ def _cell_generator(cell: dict):
 def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress: bool = True,
               echo=print) -> list[dict]:
     """Evaluate every cell into ``output_dir/<cell>/`` (a cell whose results.json exists is not recomputed),
-    then write sweep.csv, sweep.md and the plots. Returns one row per cell (``status`` ok or error)."""
+    then write sweep.csv, sweep.md and the plots. Returns one row per cell (``status`` ok or error). Raises
+    :class:`wespe.errors.UserError` before any model loads for what :func:`check_cells` finds."""
     output_dir = Path(output_dir)
+    check_cells(cells, output_dir)
     rows = []
     with tqdm(total=len(cells), unit="cell", desc="sweep", dynamic_ncols=True, disable=not progress) as bar:
         say = bar.write if progress else echo  # messages go above the bar when there is one
         for cell in cells:
-            out = output_dir / _cell_dirname(cell["name"])
+            out = _cell_dir(output_dir, cell)
             row = dict.fromkeys(SWEEP_FIELDS)
             row.update(cell=cell["name"], kind=cell["kind"], model=cell["model"], run=cell["run"], step=cell["step"])
             try:
@@ -119,7 +191,8 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
                     saved = json.loads((out / "results.json").read_text())
                 else:
                     result = evaluate(_cell_generator(cell), cell.get("source"), cell.get("reference"),
-                                      tile=cell.get("tile"), limit=cell.get("limit"), progress=progress)
+                                      tile=cell.get("tile"), limit=cell.get("limit"), exclude=[output_dir],
+                                      progress=progress)
                     write_results(result, out)
                     saved = result.to_json()
                 row.update({k: saved["aggregates"].get(k) for k in AGGREGATE_FIELDS + COUNT_FIELDS},
