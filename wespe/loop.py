@@ -72,13 +72,19 @@ def check_folders(config: ml_collections.ConfigDict) -> None:
         raise data_scan.DataError(f"--config.data.builtin={d.builtin!r}: the only built-in data set is 'demo'")
 
 
+def trains_on_builtin_demo(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run trains on the built-in demo photos: ``data.builtin='demo'`` without ``--source`` and
+    ``--target`` (given both, the demo's recipe trains on those folders instead)."""
+    return config.data.builtin == "demo" and not config.data.source
+
+
 def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[str, str, str, str | None]:
     """The source, target, held-out and held-out reference folders from flags/config, the DPED layout, or the
     built-in demo. ``--source`` and ``--target`` (both) win over ``data.builtin``: the demo's recipe then trains
     on the user's folders (with their own held-out folder, if any)."""
     check_folders(config)
     d = config.data
-    if d.builtin and not d.source:
+    if trains_on_builtin_demo(config):
         from wespe import demo
         source, target = demo.prepare(workdir / "demo_data", seed=config.seed)
         if d.heldout:
@@ -452,7 +458,22 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
         checkpointer.wait()
         checkpointer.close()
         writers.close()
-    if status == "finished" and config.data.builtin == "demo" and is_writer:
-        from wespe import demo
-        host.update(demo.evaluate(final_generator, workdir))
+    if status == "finished" and is_writer:
+        host.update(_demo_report(config, final_generator, workdir))
     return RunResult(status, step, host, workdir)
+
+
+def _demo_report(config: ml_collections.ConfigDict, generator, workdir: Path) -> dict:
+    """The built-in demo's end-of-run report (demo_result.json, demo_grid.png: its held-out cat against the clean
+    original), and its numbers. Only the built-in photos have that cat: the demo config trained on the user's
+    folders ends as every other config does, its held-out quality logged as quality/* while it trained."""
+    if config.data.builtin != "demo":
+        return {}
+    if not trains_on_builtin_demo(config):
+        logger.info("no demo_result.json / demo_grid.png: that report is on the built-in demo's held-out photo; "
+                    "trained on --source/--target, held-out quality is in metrics.jsonl as quality/* (crops of "
+                    "--config.data.heldout, else of the source folder; PSNR / SSIM with "
+                    "--config.data.heldout_reference)")
+        return {}
+    from wespe import demo
+    return demo.evaluate(generator, workdir)
