@@ -45,6 +45,24 @@ def max_abs_diff(a, b) -> float:
     return max(diffs, default=0.0)
 
 
+def moments_rel_diff(opt_1, opt_n) -> float:
+    """The largest difference of Adam's first and second moments (i.e. of the gradients and their squares), per
+    network relative to that network's largest moment: a normwise error, the form in which float reordering
+    bounds are stated (an element-wise relative error is unbounded where a gradient is near zero)."""
+    import jax
+    worst = 0.0
+    for group in opt_1:
+        adam_1, adam_n = opt_1[group][0], opt_n[group][0]
+        for moment in ("mu", "nu"):
+            for name in getattr(adam_1, moment):
+                a = [np.asarray(x, np.float64) for x in jax.tree.leaves(getattr(adam_1, moment)[name])]
+                b = [np.asarray(x, np.float64) for x in jax.tree.leaves(getattr(adam_n, moment)[name])]
+                scale = max(float(np.abs(x).max(initial=0)) for x in a)
+                diff = max(float(np.abs(x - y).max(initial=0)) for x, y in zip(a, b))
+                worst = max(worst, diff / scale if scale > 0 else diff)
+    return worst
+
+
 def run_steps(config, layout, batches):
     import jax
     from wespe import train
@@ -100,7 +118,8 @@ def cmd_step(args) -> dict:
             "params_diff": exact, "params_diff_zero_gradient": noise, "zero_gradient_count": n_noise,
             "zero_gradient_by_network": by_network,
             "num_params": sum(int(np.size(x)) for x in jax.tree.leaves(state_1.params)),
-            "opt_state_diff": max_abs_diff(state_1.opt_state, state_n.opt_state),
+            "opt_state_rel_diff": moments_rel_diff(state_1.opt_state, state_n.opt_state),
+            "reduction_terms": config.batch_size * config.patch_size ** 2,
             "batch_stats_diff": max_abs_diff(state_1.batch_stats, state_n.batch_stats),
             "batch_stats_leaves": len(jax.tree.leaves(state_1.batch_stats)),
             "lr": max(config.optimizer.lr_generator, config.optimizer.lr_discriminator),

@@ -107,9 +107,17 @@ def test_sharded_step_equals_single_device_step(case):
         assert r["sharded_leaves"] > 10, "FSDP did not split any large leaf"
     else:
         assert r["sharded_leaves"] == 0
-    # Every loss, accuracy and gradient norm; the optimiser moments (i.e. the gradients of all networks).
-    assert r["metric_rel_diff"] < 1e-5, (r["metrics_single"], r["metrics_sharded"])
-    assert r["opt_state_diff"] < 1e-5
+    # Every loss, accuracy and gradient norm; the optimiser moments (i.e. the gradients of all networks), normwise
+    # per network. The sharded program sums the same terms in another order (per-shard partial sums, then an
+    # all-reduce; and XLA may pick other convolution kernels for it). Reordering a float32 sum of n terms changes it
+    # by about sqrt(n) * u relative to the sum of magnitudes (u = 2**-24 the unit roundoff; n * u is the worst
+    # case); the largest reductions are the kernel gradients and batch statistics over batch * patch**2 terms. A
+    # factor 8 covers the layers the error passes through: measured 1.9e-6 to 7.9e-6 on an AVX-512 CPU, bound 4.3e-5.
+    # A real difference (statistics of one device's rows, a gradient not summed over devices) is at the
+    # scale of the values themselves.
+    bound = 8 * np.sqrt(r["reduction_terms"]) * 2.0 ** -24
+    assert r["metric_rel_diff"] < bound, (r["metrics_single"], r["metrics_sharded"])
+    assert r["opt_state_rel_diff"] < bound
     # Parameters: identical updates wherever the gradient is not float noise (see the worker).
     assert r["params_diff"] < 1e-6
     assert r["zero_gradient_count"] < 0.05 * r["num_params"]
