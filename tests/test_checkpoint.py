@@ -1,5 +1,8 @@
 """Training checkpoints: exact round trips, keep-N, async saves, crashed saves, corrupt files, other shardings."""
 
+import errno
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,7 +15,7 @@ import pytest
 
 from wespe import config as configs
 from wespe import train
-from wespe.checkpoint import CheckpointError, Checkpointer
+from wespe.checkpoint import CHECKSUMS_FILE, CheckpointError, Checkpointer
 
 # orbax reports failures of reads still in flight after a restore failed through sys.unraisablehook; none may occur.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
@@ -170,14 +173,19 @@ def test_unfinished_save_is_ignored_and_cleaned_up(tmp_path, state_shapes):
     assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
 
 
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksummed", "older_wespe"])
 @pytest.mark.parametrize("damage", ["missing_array_files", "corrupt_array_files", "missing_metadata"])
-def test_damaged_checkpoint_raises_naming_the_directory(tmp_path, damage):
+def test_damaged_checkpoint_raises_naming_the_directory(tmp_path, damage, checksums):
+    """With checksums the first damaged file is named before orbax reads anything; without (a checkpoint written
+    before they existed) orbax's own read error is the reason, cut to one readable line."""
     # A one-array state: with many arrays, orbax 0.12.8 fails on the first bad read while the other reads are
     # still in flight, and those later print "Event loop is closed" tracebacks (harmless, but noisy in tests).
     state = {"w": jnp.arange(24.0).reshape(4, 6)}
     with Checkpointer(tmp_path, async_save=False) as ckpt:
         ckpt.save(1, state, METADATA)
     step_dir = tmp_path / "1"
+    if not checksums:
+        (step_dir / CHECKSUMS_FILE).unlink()
     if damage == "missing_array_files":
         for p in sorted((step_dir / "state").rglob("*")):
             if p.is_file() and p.name not in ("_METADATA", "_sharding", "commit_success.txt"):
@@ -188,15 +196,110 @@ def test_damaged_checkpoint_raises_naming_the_directory(tmp_path, damage):
                 p.write_bytes(b"\x00garbage" * 3)
     else:
         (step_dir / "metadata" / "metadata").unlink()
+    reason = {"missing_array_files": "missing file state/", "corrupt_array_files": "checksum mismatch in state/",
+              "missing_metadata": "missing file metadata/metadata"}[damage] if checksums else ""
     with Checkpointer(tmp_path) as ckpt:
         if damage == "missing_metadata":
-            with pytest.raises(CheckpointError, match=f"could not read the metadata of checkpoint {step_dir}"):
+            with pytest.raises(CheckpointError,
+                               match=f"could not read the metadata of checkpoint {step_dir}: {reason}"):
                 ckpt.metadata()
         assert ckpt.latest_step() == 1  # the directory looks finished: damage shows only on reading
-        with pytest.raises(CheckpointError, match=f"could not restore checkpoint {step_dir}") as info:
+        with pytest.raises(CheckpointError, match=f"could not restore checkpoint {step_dir}: {reason}") as info:
             ckpt.restore(like=state)
-    assert isinstance(info.value, RuntimeError) and info.value.__cause__ is not None
+    assert isinstance(info.value, RuntimeError)
+    assert (info.value.__cause__ is not None) != checksums  # orbax's error, when it is the one that found it
     assert len(str(info.value)) < 2000  # tensorstore's kilobytes of JSON spec are cut (kept in __cause__)
+
+
+def flip_bytes(path, count=4):
+    """Bit rot: ``count`` bytes in the middle of ``path`` inverted, its size unchanged."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, middle + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def largest_array_file(step_dir):
+    """The biggest OCDBT data file of a checkpoint (``state/ocdbt.process_<i>/d/<hash>``): raw array chunks."""
+    return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+               key=lambda p: p.stat().st_size)
+
+
+def test_flipped_bytes_in_array_data_are_named_not_restored(tmp_path):
+    """A few bytes flipped inside an array's data read back as other numbers, without any error from orbax;
+    the checksums written at save time catch it and name the file."""
+    weights = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)  # incompressible: stored raw
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, {"w": jnp.asarray(weights)}, {"a": 1})
+    damaged = largest_array_file(tmp_path / "1")
+    flip_bytes(damaged)
+    name = damaged.relative_to(tmp_path / "1")
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.metadata(1) == {"a": 1}  # only the metadata's own files are checked for it
+        with pytest.raises(CheckpointError, match=f"could not restore checkpoint {tmp_path / '1'}: checksum "
+                                                  f"mismatch in {name}$"):
+            ckpt.restore(like={"w": jnp.zeros_like(weights)})
+
+
+def test_checksums_cover_every_item_file_and_are_written_before_the_rename(tmp_path, monkeypatch):
+    from wespe import checkpoint
+    written_in = []
+    real = checkpoint._write_checksums
+    monkeypatch.setattr(checkpoint, "_write_checksums", lambda folder: (written_in.append(folder.name),
+                                                                       real(folder)))
+    with Checkpointer(tmp_path) as ckpt:  # asynchronous: written by orbax's background thread
+        ckpt.save(3, {"w": jnp.arange(1000.0), "b": jnp.ones(3)}, METADATA)
+    assert written_in == ["3.orbax-checkpoint-tmp"]  # so a checkpoint is never final without them
+    step_dir = tmp_path / "3"
+    sums = json.loads((step_dir / CHECKSUMS_FILE).read_text())["sha256"]
+    files = {str(p.relative_to(step_dir)) for p in step_dir.rglob("*") if p.is_file() and p.parent != step_dir}
+    assert set(sums) == files and "metadata/metadata" in files
+    assert any(f.startswith("state/ocdbt.process_0/d/") for f in files)
+
+
+def test_checkpoint_written_before_checksums_restores_with_a_note(tmp_path, caplog):
+    state = {"w": jnp.arange(6.0)}
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, {"a": 1})
+    (tmp_path / "1" / CHECKSUMS_FILE).unlink()  # as an older wespe wrote it
+    with caplog.at_level(logging.INFO, logger="wespe.checkpoint"), Checkpointer(tmp_path) as ckpt:
+        assert ckpt.metadata() == {"a": 1}
+        restored, _ = ckpt.restore(like=state)
+    np.testing.assert_array_equal(np.asarray(restored["w"]), np.arange(6.0))
+    notes = [r.getMessage() for r in caplog.records if CHECKSUMS_FILE in r.getMessage()]
+    assert notes == [f"checkpoint {tmp_path / '1'} has no {CHECKSUMS_FILE} (written by an older wespe): reading it "
+                     "unverified"]  # once per checkpoint
+
+
+def test_failed_background_save_is_raised_once_naming_its_own_step(tmp_path, monkeypatch):
+    """A save that fails in the background (the disk filled up) surfaces at the next save, named as itself
+    (not as the step being saved then), once; the earlier checkpoints stay."""
+    from wespe import checkpoint
+    real = checkpoint._write_checksums
+
+    def disk_full_at_step_2(folder):
+        if folder.name.startswith("2."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / CHECKSUMS_FILE))
+        real(folder)
+
+    monkeypatch.setattr(checkpoint, "_write_checksums", disk_full_at_step_2)
+    state = {"w": jnp.arange(6.0)}
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(1, state, {})
+    ckpt.save(2, state, {})
+    with pytest.raises(CheckpointError, match=f"^could not save checkpoint {tmp_path / '2'}: OSError: .*No space "
+                                              "left on device"):
+        ckpt.save(3, state, {})
+    assert ckpt.all_steps() == [1]
+    ckpt.wait()  # said once: not again
+    ckpt.close()
+    assert (tmp_path / "2.orbax-checkpoint-tmp").is_dir()  # never renamed into place
+    monkeypatch.undo()  # space freed
+    with Checkpointer(tmp_path) as again:  # the next run: removes the partial save, resumes from step 1
+        assert again.all_steps() == [1]
+        again.save(2, state, {})
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
 
 
 def test_state_that_does_not_match_raises_before_reading(tmp_path, state_shapes):
@@ -259,6 +362,58 @@ def test_restore_onto_a_different_mesh(tmp_path):
     assert "OK 2" in out.stdout
 
 
+TWO_PROCESS_SCRIPT = textwrap.dedent("""
+    import sys
+    import jax, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from wespe import parallel
+    port, index, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    parallel.initialize_distributed(f"127.0.0.1:{port}", 2, index, num_cpu_devices=1, cpu_collectives="gloo",
+                                    initialization_timeout_s=60, heartbeat_timeout_s=15)
+    from wespe.checkpoint import Checkpointer
+    full = np.random.default_rng(0).standard_normal((8, 512)).astype(np.float32)
+    w = jax.make_array_from_callback(full.shape, NamedSharding(jax.make_mesh((2,), ("x",)), P("x")),
+                                     lambda where: full[where])
+    with Checkpointer(path) as ckpt:
+        ckpt.save(1, {"w": w}, {"ok": True})  # each process writes its half
+        restored, _ = ckpt.restore(like={"w": w})  # every process checks every checksum
+    np.testing.assert_array_equal(np.asarray(restored["w"].addressable_shards[0].data), full[4 * index:4 * index + 4])
+    print("OK", index)
+""")
+
+
+def test_checksums_of_a_two_process_save_cover_both_processes_shards(tmp_path):
+    """Two processes (one CPU device each, gloo), each writing the half of an array it holds: process 0 writes
+    checksums.json once both have written, so it lists the other process's files too."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "two.py"
+    script.write_text(TWO_PROCESS_SCRIPT)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(tmp_path / "ckpt")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0 and f"OK {i}" in out, err[-3000:]
+    step_dir = tmp_path / "ckpt" / "1"
+    sums = json.loads((step_dir / CHECKSUMS_FILE).read_text())["sha256"]
+    assert {name.split("/")[1] for name in sums if name.startswith("state/ocdbt.process_") and "/d/" in name} == {
+        "ocdbt.process_0", "ocdbt.process_1"}
+    other = max((step_dir / "state" / "ocdbt.process_1" / "d").iterdir(), key=lambda p: p.stat().st_size)
+    flip_bytes(other)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
+        with pytest.raises(CheckpointError, match=f"checksum mismatch in state/ocdbt.process_1/d/{other.name}$"):
+            ckpt.restore(like={"w": jax.ShapeDtypeStruct((8, 512), jnp.float32, sharding=device)})
+
+
 def test_orbax_read_aftermath_filters_drop_only_orbax_failures():
     """After a failed restore, the reads still in flight report themselves as unraisables and as asyncio's
     "Task exception was never retrieved"; the filters drop those and nothing else."""
@@ -286,5 +441,16 @@ def test_orbax_read_aftermath_filters_drop_only_orbax_failures():
     coroutine = SimpleNamespace(exc_value=orbax_error, object=SimpleNamespace(
         cr_code=compile("pass", "/site-packages/orbax/checkpoint/serialization.py", "exec")))
     mine = SimpleNamespace(exc_value=other_error, object=None)
-    assert checkpoint._is_orbax_read_aftermath(closed) and checkpoint._is_orbax_read_aftermath(coroutine)
-    assert not checkpoint._is_orbax_read_aftermath(mine)
+    assert checkpoint._is_orbax_aftermath(closed) and checkpoint._is_orbax_aftermath(coroutine)
+    assert not checkpoint._is_orbax_aftermath(mine)
+    # orbax's own ERROR logs with the traceback of a failure that a CheckpointError reports anyway
+    failure_logs = checkpoint._OrbaxFailureLogs()
+
+    def absl_record(pathname, level, error):
+        return logging.LogRecord("absl", level, pathname, 1, "Save Finalize thread failed.", None,
+                                 (type(error), error, error.__traceback__) if error else None)
+
+    orbax_file = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
+    assert not failure_logs.filter(absl_record(orbax_file, logging.ERROR, orbax_error))
+    assert failure_logs.filter(absl_record(orbax_file, logging.WARNING, None))  # e.g. "directory is read only"
+    assert failure_logs.filter(absl_record("/mine.py", logging.ERROR, other_error))

@@ -1,19 +1,27 @@
 """wespe.generators (a generator from anything) and the export format it reads (wespe.export), in process.
 
-Training checkpoints as a source are covered with a real run's workdir in tests/test_evaluate_cli.py, official DPED
-checkpoints with synthetic and official bundles in tests/test_pretrained.py.
+Training checkpoints as a source are covered with a real run's workdir in tests/test_evaluate_cli.py (here: a
+workdir whose newest checkpoint is damaged), official DPED checkpoints with synthetic and official bundles in
+tests/test_pretrained.py.
 """
 
 import json
+import logging
 import zipfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 import wespe
-from wespe import export, generators
+from wespe import config as configs
+from wespe import export, generators, sweep, train
+from wespe.checkpoint import CheckpointError, Checkpointer
 
+from test_checkpoint import flip_bytes, largest_array_file
 from test_enhance_cli import random_generator
 
 X = np.random.default_rng(0).uniform(size=(1, 12, 10, 3)).astype(np.float32)
@@ -118,3 +126,65 @@ def test_load_generator_tells_sources_apart(tmp_path):
         wespe.load_generator(file, weights_dir=tmp_path)
     with pytest.raises(wespe.errors.UserError, match="iphone_orig.index does not exist"):
         wespe.load_generator("dped_iphone", weights_dir=tmp_path)
+
+
+@pytest.fixture
+def run_with_damaged_newest(tmp_path):
+    """A training workdir (tiny config, random weights) with checkpoints 1 and 2, a few bytes of step 2's array
+    data flipped (bit rot)."""
+    config = configs.wespe_paper()
+    config.vgg_weights, config.content_layer, config.batch_size, config.patch_size = "random", "relu1_2", 2, 16
+    config.generator.width, config.generator.num_blocks, config.discriminator.head = 4, 1, "global_pool"
+    abstract, _ = train.abstract_train_state(config)
+    rng = np.random.default_rng(0)
+    metadata = {"config": json.loads(config.to_json_best_effort())}
+    with Checkpointer(tmp_path / "run" / "checkpoints") as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape).astype(s.dtype)),
+                                         abstract), metadata)
+    flip_bytes(largest_array_file(tmp_path / "run" / "checkpoints" / "2"))
+    return tmp_path / "run"
+
+
+def listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_workdir_with_a_damaged_newest_checkpoint_gives_the_previous_one(run_with_damaged_newest, caplog):
+    """enhance/evaluate --checkpoint=<workdir> and wespe.load_generator: the newest intact checkpoint, a warning
+    naming the damaged one and why; nothing moved (reading a workdir never changes it)."""
+    workdir = run_with_damaged_newest
+    before = listing(workdir)
+    with caplog.at_level(logging.WARNING, logger="wespe.generators"):
+        generator, description = generators.generator_for_flags(checkpoint=workdir)
+    assert description == f"{workdir} checkpoint step 1"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "wespe.generators"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"checkpoint step 2 of {workdir} cannot be read back ("
+                                                         f"could not restore checkpoint {workdir}/checkpoints/2: "
+                                                         "checksum mismatch in state/"), warnings
+    assert warnings[0].endswith("using step 1, the newest intact one")
+    step1, _ = generators.load_checkpoint_generator(workdir, 1)
+    np.testing.assert_array_equal(np.asarray(generator(X)), np.asarray(step1(X)))
+    with pytest.raises(CheckpointError, match="checkpoint .*/2: checksum mismatch in state/"):
+        generators.load_checkpoint_generator(workdir, 2)  # a step asked for by number: that one or an error
+    assert listing(workdir) == before
+
+
+def test_workdir_with_no_intact_checkpoint_is_one_error(run_with_damaged_newest):
+    workdir = run_with_damaged_newest
+    flip_bytes(largest_array_file(workdir / "checkpoints" / "1"))
+    with pytest.raises(CheckpointError, match=rf"^no checkpoint in {workdir}/checkpoints can be read back \(step 2: "
+                                              r".*checksum mismatch .*; step 1: .*checksum mismatch in state/.*\)$"):
+        wespe.load_generator(workdir)
+
+
+def test_sweep_over_checkpoints_gives_a_damaged_one_a_row_with_its_reason(run_with_damaged_newest, tmp_path):
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (24, 20, 3), np.uint8)).save(tmp_path / "photos" /
+                                                                                         "a.png")
+    cells = sweep.expand_cells({"cells": [{"name": "run", "steps": "all"}]},
+                               {"workdir": str(run_with_damaged_newest), "source": str(tmp_path / "photos")})
+    rows = sweep.run_sweep(cells, tmp_path / "sweep", progress=False, echo=lambda *_: None)
+    assert [(r["step"], r["status"]) for r in rows] == [(1, "ok"), (2, "error")]
+    assert "checksum mismatch in state/" in rows[1]["error"], rows[1]["error"]
+    assert "checksum mismatch in state/" in (tmp_path / "sweep" / "sweep.csv").read_text()

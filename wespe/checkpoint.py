@@ -3,8 +3,11 @@
 This is the only module of the project that imports orbax. A checkpoint directory holds one sub-directory per
 saved step::
 
-    <directory>/<step>/state/      the TrainState arrays (orbax StandardSave: step, params, batch_stats, opt_state)
-    <directory>/<step>/metadata/   a JSON document (config, data iterator state, RNG key data, wall-clock info, ...)
+    <directory>/<step>/state/          the TrainState arrays (orbax StandardSave: step, params, batch_stats,
+                                       opt_state)
+    <directory>/<step>/metadata/       a JSON document (config, data iterator state, RNG key data, wall-clock
+                                       info, ...)
+    <directory>/<step>/checksums.json  the SHA-256 of every file in those two, written last (see below)
 
 Saves are atomic: orbax writes ``<directory>/<step>.orbax-checkpoint-tmp`` and renames it to ``<step>`` only
 once every process has finished writing (on object stores, which have no atomic rename, it writes
@@ -13,17 +16,26 @@ once every process has finished writing (on object stores, which have no atomic 
 :class:`Checkpointer` opens the directory (a ``read_only`` one leaves them alone). Only the newest ``keep``
 checkpoints are kept.
 
+Bytes damaged after a save (bit rot, a bad disk, a copy gone wrong) would otherwise restore silently as other
+numbers: just before the rename, once every process has written its shards, process 0 records the SHA-256 of
+every file of the checkpoint in ``checksums.json``; :meth:`Checkpointer.restore` (and
+:meth:`Checkpointer.metadata`, for the metadata's files) checks them first and raises :class:`CheckpointError`
+naming the first file that differs. Checkpoints written before checksums existed restore unverified (logged).
+
 Every process calls :meth:`Checkpointer.save` and :meth:`Checkpointer.restore` (orbax coordinates multi-host
 writes; each process writes the shards it owns). :meth:`Checkpointer.restore` restores onto the shapes, dtypes
 and shardings of a ``like`` tree, so a checkpoint written on one device mesh can be read onto another.
 
 With ``async_save=True`` (the default), :meth:`Checkpointer.save` returns once the arrays are copied to host
 memory and writes them in a background thread; the caller may then donate or delete the device arrays.
-Call :meth:`Checkpointer.wait` (or :meth:`Checkpointer.close`, or leave the ``with`` block) before exiting.
+Call :meth:`Checkpointer.wait` (or :meth:`Checkpointer.close`, or leave the ``with`` block) before exiting. A
+background save that failed (a full disk) is raised once, by the next :meth:`Checkpointer.wait`,
+:meth:`Checkpointer.save` or :meth:`Checkpointer.restore`, as a :class:`CheckpointError` naming its own step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,12 +46,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from wespe import errors
 from wespe.errors import JobFailed
 
-__all__ = ["CheckpointError", "CheckpointMismatchError", "Checkpointer"]
+__all__ = ["CHECKSUMS_FILE", "CheckpointError", "CheckpointMismatchError", "Checkpointer"]
 
 _STATE, _METADATA = "state", "metadata"
+CHECKSUMS_FILE = "checksums.json"
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(JobFailed):
@@ -68,10 +83,10 @@ def _is_closed_loop_error(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
 
-def _is_orbax_read_aftermath(unraisable) -> bool:
-    """The reports of reads still in flight when an orbax restore failed: their callbacks find the event loop
-    closed, and their coroutines are finalised with the read error (one per array chunk: thousands of lines for
-    one truncated file). The restore's own error says it all."""
+def _is_orbax_aftermath(unraisable) -> bool:
+    """The reports of reads or writes still in flight when an orbax restore or save failed: their callbacks find
+    the event loop closed, and their coroutines are finalised with the I/O error (one per array chunk: thousands
+    of lines for one truncated file or one full disk). The CheckpointError raised for the failure says it all."""
     if _is_closed_loop_error(unraisable.exc_value):
         return True
     code = getattr(unraisable.object, "cr_code", None)
@@ -87,30 +102,94 @@ def _from_orbax(tb) -> bool:
 
 
 class _OrbaxTaskAftermath(logging.Filter):
-    """asyncio's "Task exception was never retrieved" for the same reads, when their tasks are collected."""
+    """asyncio's "Task exception was never retrieved" for the same reads and writes, when their tasks are
+    collected."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return exc is None or not (_is_closed_loop_error(exc) or _from_orbax(exc.__traceback__))
 
 
-def _silence_orbax_read_aftermath() -> None:
+class _OrbaxFailureLogs(logging.Filter):
+    """orbax logs a failed background save with its traceback at every level it passes through (three or four
+    times, each with kilobytes of tensorstore spec); the CheckpointError raised for it says it once (and keeps
+    the exception as its ``__cause__``). Kept with ``WESPE_TRACEBACK=1`` or ``--verbosity=1``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+        return not (from_orbax and record.levelno >= logging.ERROR and record.exc_info) or errors.want_traceback()
+
+
+def _silence_orbax_aftermath() -> None:
     """Installs (once, chained to the current hook) a ``sys.unraisablehook`` that drops only
-    :func:`_is_orbax_read_aftermath` reports, and a filter on the ``asyncio`` logger that drops only its reports
-    of tasks that failed inside orbax."""
-    asyncio_log = logging.getLogger("asyncio")
-    if not any(isinstance(f, _OrbaxTaskAftermath) for f in asyncio_log.filters):
-        asyncio_log.addFilter(_OrbaxTaskAftermath())
+    :func:`_is_orbax_aftermath` reports, a filter on the ``asyncio`` logger that drops only its reports of tasks
+    that failed inside orbax, and one on absl's logger that drops orbax's tracebacks of the failures it raises
+    (:class:`_OrbaxFailureLogs`)."""
+    for name, kind in (("asyncio", _OrbaxTaskAftermath), ("absl", _OrbaxFailureLogs)):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in log.filters):
+            log.addFilter(kind())
     previous = sys.unraisablehook
     if getattr(previous, "_wespe_orbax_filter", False):
         return
 
     def hook(unraisable):
-        if not _is_orbax_read_aftermath(unraisable):
+        if not _is_orbax_aftermath(unraisable):
             previous(unraisable)
 
     hook._wespe_orbax_filter = True
     sys.unraisablehook = hook
+
+
+def _file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files_under(folder) -> list:
+    """Every file below ``folder`` (an epath.Path: its ``rglob`` refuses object stores)."""
+    files = []
+    for p in folder.iterdir():
+        files += _files_under(p) if p.is_dir() else [p]
+    return files
+
+
+def _item_files(step_dir) -> list:
+    """The files of a checkpoint's items (``state/``, ``metadata/``), sorted. orbax's own files at the top
+    (``_CHECKPOINT_METADATA``, ``commit_success.txt``) are rewritten after the checksums, so they are left out."""
+    return sorted(f for item in step_dir.iterdir() if item.is_dir() for f in _files_under(item))
+
+
+def _write_checksums(step_dir) -> None:
+    """``step_dir/checksums.json``: the SHA-256 of every item file (call once every process's files are written)."""
+    sums = {str(p.relative_to(step_dir)): _file_sha256(p) for p in _item_files(step_dir)}
+    (step_dir / CHECKSUMS_FILE).write_text(json.dumps({"sha256": sums}, indent=1) + "\n")
+
+
+def _checksum_problem(step_dir, under: str = "") -> str | None:
+    """Why the files of checkpoint ``step_dir`` (those under the item ``under``; all by default) differ from
+    their checksums, or ``None`` when they match or there are none (a checkpoint written by an older wespe)."""
+    manifest = step_dir / CHECKSUMS_FILE
+    if not manifest.exists():
+        return None
+    try:
+        sums = json.loads(manifest.read_text()).get("sha256")
+    except (ValueError, UnicodeDecodeError, AttributeError):  # not JSON, not UTF-8, not a JSON object
+        sums = None
+    if not isinstance(sums, dict):
+        return f"its {CHECKSUMS_FILE} is damaged"
+    for name, expected in sums.items():
+        if under and not name.startswith(under + "/"):
+            continue
+        path = step_dir / name
+        if not path.exists():
+            return f"missing file {name}"
+        if _file_sha256(path) != expected:
+            return f"checksum mismatch in {name}"
+    return None
 
 
 def _normalise_metadata(metadata: dict) -> dict:
@@ -146,7 +225,10 @@ class Checkpointer:
         self.keep, self.async_save, self.read_only = keep, async_save, read_only
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep,
-            enable_async_checkpointing=async_save,
+            # Always orbax's async path: its hook between "every process has written" and the rename is where
+            # checksums.json is written. A synchronous save is an async one waited for (see save()).
+            enable_async_checkpointing=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._write_checksums_of_save),
             # A writer removes what crashed saves left behind (``<step>.orbax-checkpoint-tmp``) when it opens
             # the directory; a reader must not, as the writer may be in the middle of a save. (Read-only options
             # are spelled out in full: orbax warns about each one it has to override.)
@@ -159,7 +241,10 @@ class Checkpointer:
         handlers = {_STATE: ocp.StandardCheckpointHandler(), _METADATA: ocp.JsonCheckpointHandler()}
         self._manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
         self.directory = self._manager.directory  # an epath.Path
-        self._pending_step: int | None = None  # the step of an async save that may still be running
+        self._saving: int | None = None  # the step of the last save not yet waited for (it may still be running)
+        self._save_failed = False  # a save's failure was raised (orbax raises it again on every later wait)
+        self._unverified_reported: set[int] = set()
+        _silence_orbax_aftermath()  # a failed read or write must be one CheckpointError, not pages of asyncio noise
 
     # -- queries -----------------------------------------------------------------------------------------------
 
@@ -178,11 +263,8 @@ class Checkpointer:
         if self.read_only:
             manager.reload()  # a reader sees checkpoints that the writer finished since it opened the directory
         steps = set(manager.all_steps())
-        if self._pending_step is not None:
-            if self._manager.is_saving_in_progress():
-                steps.discard(self._pending_step)
-            else:
-                self._pending_step = None
+        if self._saving is not None and manager.is_saving_in_progress():
+            steps.discard(self._saving)
         return sorted(steps)
 
     def step_directory(self, step: int) -> str:
@@ -194,28 +276,39 @@ class Checkpointer:
     def save(self, step: int, state: Any, metadata: dict) -> None:
         """Saves ``state`` (a pytree of arrays, normally a TrainState) and JSON ``metadata`` as ``step``.
 
-        Call on every process. Raises :class:`CheckpointError` if ``step`` is already saved (or being saved)
-        and :class:`TypeError` if ``metadata`` is not JSON-serialisable (both before anything is written).
-        When saving asynchronously, first waits for the previous save to finish (saves never overlap; its
-        error, if any, surfaces here), then returns once the arrays are copied to host memory.
+        Call on every process. Raises :class:`CheckpointError` if ``step`` is already saved and
+        :class:`TypeError` if ``metadata`` is not JSON-serialisable (both before anything is written).
+        First waits for the previous save to finish (saves never overlap): if that one failed, its
+        :class:`CheckpointError`, naming its step, is raised here. When saving asynchronously, returns once the
+        arrays are copied to host memory; otherwise once the checkpoint is complete.
         """
         step = int(step)
         metadata = _normalise_metadata(metadata)
         if self.read_only:
             raise CheckpointError(f"cannot save {self.step_directory(step)}: the Checkpointer is read-only")
+        self.wait()
         if step in self._live_manager().all_steps():
-            being = " (its save is still running)" if step not in self.all_steps() else ""
-            raise CheckpointError(f"checkpoint {self.step_directory(step)} already exists{being}")
+            raise CheckpointError(f"checkpoint {self.step_directory(step)} already exists")
         args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _METADATA: ocp.args.JsonSave(metadata)})
+        self._saving = step  # before orbax starts: its background thread writes this step's checksums
         try:
             # force: the caller decides when to save (orbax would otherwise skip steps <= its latest step).
             saved = self._manager.save(step, args=args, force=True)
         except Exception as e:
+            self._saving = None
             raise CheckpointError(f"could not save checkpoint {self.step_directory(step)}: {_short(e)}") from e
         if not saved:  # should not happen with force=True
+            self._saving = None
             raise CheckpointError(f"orbax declined to save checkpoint {self.step_directory(step)}")
-        if self.async_save:
-            self._pending_step = step
+        if not self.async_save:
+            self.wait()
+
+    def _write_checksums_of_save(self) -> None:
+        """orbax's post-finalisation callback: on process 0, after every process has written its files (and
+        the per-process OCDBT databases are merged), before the temporary directory is renamed into place."""
+        final = self.directory / str(self._saving)
+        writing = final.parent / (final.name + ocp.path.atomicity.TMP_DIR_SUFFIX)
+        _write_checksums(writing if writing.exists() else final)  # object stores write in place
 
     def restore(self, step: int | None = None, *, like: T) -> tuple[T, dict]:
         """Restores checkpoint ``step`` (default: the latest) as ``(state, metadata)``.
@@ -226,15 +319,16 @@ class Checkpointer:
         restored with the sharding they were saved with, which only works on the same topology.
 
         Raises :class:`CheckpointError`, naming the directory, when there is no such checkpoint or it cannot be
-        read (missing or corrupt files, or a tree that does not match ``like``).
+        read (missing, corrupt or changed files: the reason names the first file whose checksum differs), and
+        :class:`CheckpointMismatchError` for a tree that does not match ``like``.
         """
         self.wait()  # a pending async save must finish first (it may be the step asked for)
         step = self._resolve_step(step)
         path = self.step_directory(step)
         abstract = jax.tree.map(_abstract_leaf, like)
+        self._verify(step, "could not restore checkpoint")  # first: a damaged tree file must not read as a mismatch
         self._check_matches_saved_tree(step, abstract)
         args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract), _METADATA: ocp.args.JsonRestore()})
-        _silence_orbax_read_aftermath()  # a failed read must be one CheckpointError, not pages of asyncio noise
         try:
             restored = self._manager.restore(step, args=args)
         except Exception as e:
@@ -253,6 +347,7 @@ class Checkpointer:
         """
         step = self._resolve_step(step)
         path = self.step_directory(step)
+        self._verify(step, "could not read the metadata of checkpoint", under=_METADATA)
         try:
             metadata = self._manager.restore(step, args=ocp.args.Composite(**{_METADATA: ocp.args.JsonRestore()}))
             metadata = metadata[_METADATA]
@@ -274,6 +369,20 @@ class Checkpointer:
         if step not in steps:
             raise CheckpointError(f"no finished checkpoint {self.step_directory(step)} (available steps: {steps})")
         return step
+
+    def _verify(self, step: int, failure: str, under: str = "") -> None:
+        """Raises ``CheckpointError("<failure> <dir>: checksum mismatch in <file>")`` when a file of checkpoint
+        ``step`` (under the item ``under``; all by default) is not what was saved."""
+        step_dir = self.directory / str(step)
+        if not (step_dir / CHECKSUMS_FILE).exists():
+            if step not in self._unverified_reported:
+                self._unverified_reported.add(step)
+                logger.info("checkpoint %s has no %s (written by an older wespe): reading it unverified", step_dir,
+                            CHECKSUMS_FILE)
+            return
+        problem = _checksum_problem(step_dir, under)
+        if problem:
+            raise CheckpointError(f"{failure} {step_dir}: {problem}")
 
     def _check_matches_saved_tree(self, step: int, abstract: Any) -> None:
         """Compares ``like`` with the saved tree's names and shapes before any array is read.
@@ -326,11 +435,19 @@ class Checkpointer:
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def wait(self) -> None:
-        """Blocks until any async save has finished (and old checkpoints are deleted); re-raises its error."""
+        """Blocks until the last save has finished (and old checkpoints are deleted). If it failed, raises
+        ``CheckpointError("could not save checkpoint <its directory>: ...")``, once."""
+        step = self._saving
         try:
             self._live_manager().wait_until_finished()
         except Exception as e:
-            raise CheckpointError(f"an asynchronous save in {self.directory} failed: {_short(e)}") from e
+            self._saving = None
+            if step is None and self._save_failed:
+                return  # orbax raises the failure already raised on every later wait: it was said once
+            self._save_failed = True
+            where = self.step_directory(step) if step is not None else f"in {self.directory}"
+            raise CheckpointError(f"could not save checkpoint {where}: {_short(e)}") from e
+        self._saving = None
 
     def close(self) -> None:
         """Waits for pending saves and releases orbax's resources; idempotent."""
@@ -338,8 +455,12 @@ class Checkpointer:
             try:
                 self.wait()
             finally:
-                self._manager.close()
-                self._manager = None
+                manager, self._manager = self._manager, None
+                try:
+                    manager.close()
+                except Exception:
+                    if not self._save_failed:  # else: orbax raising that failure once more
+                        raise
 
     def _live_manager(self) -> ocp.CheckpointManager:
         if self._manager is None:

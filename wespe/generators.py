@@ -8,7 +8,8 @@
 :func:`load_exported_generator`             a file written by :func:`wespe.export.save_generator` (``.npz``), or
                                             a folder holding ``generator.npz``
 :func:`load_checkpoint_generator`           G of a training checkpoint of a workdir (its moving average when the
-                                            run keeps one), built with the config saved in that checkpoint
+                                            run keeps one), built with the config saved in that checkpoint; by
+                                            default the newest one that reads back intact
 :func:`generator_for_flags`                 what the command lines' ``--pretrained`` / ``--checkpoint`` /
                                             ``--weights_dir`` name, with a description to print
 ==========================================  ====================================================================
@@ -22,6 +23,7 @@ module turns each into a :class:`wespe.models.Generator`. Every loader builds th
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -38,6 +40,8 @@ from wespe.tf_checkpoint import TFCheckpointError, read_tf_checkpoint
 
 __all__ = ["checkpoint_steps", "generator_for_flags", "load_checkpoint_generator", "load_dped_generator",
            "load_exported_generator", "load_generator"]
+
+logger = logging.getLogger(__name__)
 
 
 def load_dped_generator(name_or_prefix: str | os.PathLike,
@@ -121,23 +125,53 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
 
 
 def load_checkpoint_generator(workdir: str | os.PathLike, step: int | None = None) -> tuple[Generator, int]:
-    """G of training checkpoint ``step`` (default: the newest finished one) of ``workdir``, built with the config
-    saved in that checkpoint (its moving average when the run keeps one). Returns ``(generator, step)``."""
-    from wespe import config as configs, train
-    from wespe.checkpoint import Checkpointer
+    """G of training checkpoint ``step`` of ``workdir``, built with the config saved in that checkpoint (its
+    moving average when the run keeps one). Returns ``(generator, step)``.
+
+    ``step`` given: that checkpoint, or a :class:`wespe.checkpoint.CheckpointError` naming why it cannot be read.
+    By default: the newest finished checkpoint that reads back intact; a damaged newer one (a file that differs
+    from its checksum, a truncated file) is skipped with a warning naming it and why. Only read: nothing is
+    moved (a training run resuming there sets damaged checkpoints aside itself)."""
+    from wespe.checkpoint import CheckpointError, CheckpointMismatchError, Checkpointer
 
     workdir = Path(workdir)
     with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
-        if step is None:
-            step = ckpt.latest_step()
-            if step is None:
-                raise UserError(f"{workdir / 'checkpoints'} holds no finished checkpoint")
-        config = configs.from_saved(ckpt.metadata(step)["config"])
-        abstract, graphdefs = train.abstract_train_state(config)  # traced only: no initialiser runs
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-        state, _ = ckpt.restore(step, like=like)
-    return train.generator_from_state(state, graphdefs), int(step)
+        if step is not None:
+            return _checkpoint_generator(ckpt, int(step)), int(step)
+        steps = ckpt.all_steps()[::-1]  # newest first
+        if not steps:
+            raise UserError(f"{workdir / 'checkpoints'} holds no finished checkpoint")
+        damaged = []
+        for candidate in steps:
+            try:
+                generator = _checkpoint_generator(ckpt, candidate)
+            except CheckpointMismatchError:
+                raise  # intact, but not the network this wespe builds: the older ones would not match either
+            except CheckpointError as e:
+                damaged.append((candidate, str(e)))
+                continue
+            for bad, why in damaged:
+                logger.warning("checkpoint step %d of %s cannot be read back (%s); using step %d, the newest "
+                               "intact one", bad, workdir, why, candidate)
+            return generator, candidate
+    raise CheckpointError(f"no checkpoint in {workdir / 'checkpoints'} can be read back ("
+                          + "; ".join(f"step {bad}: {why}" for bad, why in damaged) + ")")
+
+
+def _checkpoint_generator(ckpt, step: int) -> Generator:
+    """G of checkpoint ``step`` of the read-only :class:`wespe.checkpoint.Checkpointer` ``ckpt``."""
+    from wespe import config as configs, train
+    from wespe.checkpoint import CheckpointError
+
+    metadata = ckpt.metadata(step)
+    if "config" not in metadata:
+        raise CheckpointError(f"could not read checkpoint {ckpt.step_directory(step)}: its metadata has no config")
+    config = configs.from_saved(metadata["config"])
+    abstract, graphdefs = train.abstract_train_state(config)  # traced only: no initialiser runs
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+    state, _ = ckpt.restore(step, like=like)
+    return train.generator_from_state(state, graphdefs)
 
 
 def _is_tf_prefix(source: str) -> bool:
@@ -154,9 +188,8 @@ def _load(source: str | os.PathLike, weights_dir: str | os.PathLike | None, what
                         f"locates the official DPED generators {', '.join(sorted(pretrained.PRETRAINED))})")
     path = Path(source)
     if path.is_dir():
-        steps = checkpoint_steps(path)
-        if steps:
-            generator, step = load_checkpoint_generator(path, steps[-1])
+        if checkpoint_steps(path):
+            generator, step = load_checkpoint_generator(path)  # the newest intact one
             return generator, f"{path} checkpoint step {step}"
         if not (path / export.DEFAULT_FILENAME).exists():
             raise UserError(f"{what}={path}: the folder holds neither a finished training checkpoint "
@@ -175,8 +208,9 @@ def load_generator(source: str | os.PathLike, *, weights_dir: str | os.PathLike 
     * ``dped_iphone``, ``dped_blackberry``, ``dped_sony``: the official DPED generators, whose files are in
       ``weights_dir`` (with ``weights_dir``, any name is taken as a checkpoint in it; see
       :func:`load_dped_generator`);
-    * a training workdir: G of its newest finished checkpoint (:func:`load_checkpoint_generator`; for another
-      step call that directly); a folder without checkpoints: its exported ``generator.npz``;
+    * a training workdir: G of its newest finished checkpoint that reads back intact
+      (:func:`load_checkpoint_generator`; for another step call that directly); a folder without checkpoints:
+      its exported ``generator.npz``;
     * a ``.npz`` file: an exported generator (:func:`load_exported_generator`);
     * a TensorFlow checkpoint prefix (``<prefix>.index`` exists): a DPED-architecture generator in it.
     """

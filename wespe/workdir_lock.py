@@ -74,11 +74,13 @@ class WorkdirLock:
         self.workdir = Path(workdir)
         self.path = self.workdir / LOCK_FILE
         self._fd: int | None = None
+        self._created_file = False
 
     def acquire(self) -> WorkdirLock:
         """Takes the lock or raises :class:`WorkdirBusyError` (naming the holder and what to do)."""
         if self._fd is not None:
             return self
+        existed = self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides who may read it
         try:
             try:
@@ -102,7 +104,7 @@ class WorkdirLock:
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
+        self._fd, self._created_file = fd, not existed
         return self
 
     def _check_holder(self, holder: dict, have_flock: bool) -> None:
@@ -117,10 +119,13 @@ class WorkdirLock:
                 f"delete {self.path} and start again")
         logger.info("taking over the lock of %s from %s, which is no longer running", self.workdir, _describe(holder))
 
-    def release(self) -> None:
-        """Drops the lock (the file stays: it says who last trained here)."""
+    def release(self, *, remove_if_created: bool = False) -> None:
+        """Drops the lock. The file stays (it says who last trained here), unless ``remove_if_created`` and
+        :meth:`acquire` created it: a run that ended before doing anything leaves the workdir as it found it."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            if remove_if_created and self._created_file:
+                self.path.unlink(missing_ok=True)  # while still held: no other process can have taken it since
             os.close(fd)  # closing drops the flock
 
     def __enter__(self) -> WorkdirLock:
