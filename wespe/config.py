@@ -7,6 +7,10 @@ override keys (``--config.batch_size=30`` on the command line). Every key is doc
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Callable
+
 import ml_collections
 
 from wespe.errors import UserError
@@ -239,48 +243,128 @@ def preset(name: str) -> ml_collections.ConfigDict:
 
 
 class ConfigError(UserError):
-    """A config value the run cannot use (the message names the key)."""
+    """A config value the run cannot use. When one key is to blame, ``key`` (dotted), ``value`` and ``requirement``
+    ("must be > 0") say which, so a command line can name the ``--config.<key>=<value>`` the user typed."""
+
+    def __init__(self, message: str, key: str | None = None, value=None, requirement: str | None = None):
+        super().__init__(message)
+        self.key, self.value, self.requirement = key, value, requirement
+
+    @classmethod
+    def for_key(cls, key: str, value, requirement: str) -> "ConfigError":
+        return cls(f"config.{key}={value!r}: {requirement}", key, value, requirement)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric key may take: finite numbers for which ``test`` holds; ``meaning`` says which."""
+    test: Callable[[float], bool]
+    meaning: str
+
+    def requirement(self, value) -> str | None:
+        """None when ``value`` is allowed, else what it must be ("must be > 0")."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number {self.meaning}"
+        if not math.isfinite(value):
+            return f"must be finite and {self.meaning}"
+        return None if self.test(value) else f"must be {self.meaning}"
+
+
+POSITIVE = Range(lambda v: v > 0, "> 0")
+NON_NEGATIVE = Range(lambda v: v >= 0, ">= 0")
+AT_LEAST_ONE = Range(lambda v: v >= 1, ">= 1")
+DECAY = Range(lambda v: 0 <= v < 1, "in [0, 1)")
+MESH_AXIS = Range(lambda v: v == -1 or v >= 1, ">= 1, or -1 for the devices left over")
+
+# Every numeric key of base_config() and the range its meaning allows (tests/test_config.py checks that no numeric
+# key is missing). NaN and inf fail every range: one would only surface as a diverged run or a destroyed G.
+NUMERIC_RANGES: dict[str, Range] = {
+    "batch_size": AT_LEAST_ONE,
+    "patch_size": AT_LEAST_ONE,
+    "num_steps": AT_LEAST_ONE,
+    "seed": Range(lambda v: v >= 0, ">= 0 (a data-pipeline seed)"),
+    "generator.width": AT_LEAST_ONE,
+    "generator.num_blocks": NON_NEGATIVE,
+    # Loss weights: a negative weight maximises its loss.
+    **{f"weights.{term}": Range(lambda v: v >= 0, ">= 0 (0 turns the term off)")
+       for term in ("content", "color", "texture", "tv", "identity", "color_distribution", "residual_lowpass",
+                    "texture_distribution")},
+    "ema_decay": Range(lambda v: 0 <= v < 1, "in [0, 1) (0 = no EMA)"),
+    "color_pool_photos": AT_LEAST_ONE,
+    # Adam: a learning rate <= 0 stands still or climbs the loss; a beta of 1 never forgets its first gradient.
+    "optimizer.lr_generator": POSITIVE,
+    "optimizer.lr_discriminator": POSITIVE,
+    "optimizer.b1": DECAY,
+    "optimizer.b2": DECAY,
+    "optimizer.eps": POSITIVE,
+    "optimizer.global_color_lr_scale": Range(lambda v: v >= 0, ">= 0 (0 freezes the colour path)"),
+    "optimizer.global_color_b1": DECAY,
+    "optimizer.warmup_steps": Range(lambda v: v >= 0, ">= 0 (0 = no warm-up)"),
+    "data.cache_max_bytes": Range(lambda v: v >= 0, ">= 0 (0 = always stream)"),
+    "mesh.data": MESH_AXIS,
+    "mesh.fsdp": MESH_AXIS,
+    "log_every": AT_LEAST_ONE,
+    "sample_every": AT_LEAST_ONE,
+    "checkpoint_every": AT_LEAST_ONE,
+    "keep_checkpoints": AT_LEAST_ONE,
+    "num_sample_crops": AT_LEAST_ONE,
+}
+
+
+def get_key(config: ml_collections.ConfigDict, key: str):
+    """The value of the dotted ``key`` ("optimizer.lr_generator")."""
+    for part in key.split("."):
+        config = config[part]
+    return config
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Fail early, naming the key, on values the step would only reject after compiling."""
+    """Fail early, naming the key, on values the step would only reject after compiling, and on numbers outside
+    the range their meaning allows (:data:`NUMERIC_RANGES`), which the step would take without complaint."""
+    _check_choices(config)
+    _check_ranges(config)
+    _check_combinations(config)
+
+
+def _check_choices(config: ml_collections.ConfigDict) -> None:
     from wespe.losses import ADVERSARIAL_FORMS, NORMALIZATIONS
     from wespe.models import DISCRIMINATOR_HEADS, GLOBAL_COLORS, INITS, NORMS, OUTPUTS
     from wespe.ops import BLUR_MODES
     from wespe.vgg import LAYERS, PREPROCESSING
 
-    checks = [("mode", config.mode, ("wespe", "dped")),
-              ("generator.norm", config.generator.norm, NORMS),
-              ("generator.init", config.generator.init, INITS),
-              ("generator.output", config.generator.output, OUTPUTS),
-              ("generator.global_color", config.generator.global_color, GLOBAL_COLORS),
-              ("discriminator.head", config.discriminator.head, DISCRIMINATOR_HEADS),
-              ("discriminator.norm", config.discriminator.norm, ("instance", "none")),
-              ("adversarial_form", config.adversarial_form, ADVERSARIAL_FORMS),
-              ("loss_normalization", config.loss_normalization, NORMALIZATIONS),
-              ("blur", config.blur, BLUR_MODES),
-              ("content_layer", config.content_layer, LAYERS),
-              ("vgg_preprocessing", config.vgg_preprocessing, ("auto",) + PREPROCESSING),
-              ("compute_dtype", config.compute_dtype, ("float32", "bfloat16")),
-              ("color_init", config.color_init, ("identity", "moments"))]
-    for key, value, allowed in checks:
+    choices = {"mode": ("wespe", "dped"),
+               "generator.norm": NORMS,
+               "generator.init": INITS,
+               "generator.output": OUTPUTS,
+               "generator.global_color": GLOBAL_COLORS,
+               "discriminator.head": DISCRIMINATOR_HEADS,
+               "discriminator.norm": ("instance", "none"),
+               "adversarial_form": ADVERSARIAL_FORMS,
+               "loss_normalization": NORMALIZATIONS,
+               "blur": BLUR_MODES,
+               "content_layer": LAYERS,
+               "vgg_preprocessing": ("auto",) + PREPROCESSING,
+               "compute_dtype": ("float32", "bfloat16"),
+               "color_init": ("identity", "moments")}
+    for key, allowed in choices.items():
+        value = get_key(config, key)
         if value not in allowed:
-            raise ConfigError(f"config.{key}={value!r} is not one of {tuple(allowed)}")
+            raise ConfigError.for_key(key, value, f"must be one of {tuple(allowed)}")
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+    for key, allowed in NUMERIC_RANGES.items():
+        value = get_key(config, key)
+        requirement = allowed.requirement(value)
+        if requirement is not None:
+            raise ConfigError.for_key(key, value, requirement)
+
+
+def _check_combinations(config: ml_collections.ConfigDict) -> None:
     if config.generator.global_color != "none" and config.generator.output != "residual":
         raise ConfigError("config.generator.global_color needs config.generator.output='residual'")
-    if float(config.optimizer.global_color_lr_scale) < 0:
-        raise ConfigError(f"config.optimizer.global_color_lr_scale must be >= 0 (0 freezes the colour path), got "
-                         f"{config.optimizer.global_color_lr_scale}")
-    if int(config.color_pool_photos) < 1:
-        raise ConfigError(f"config.color_pool_photos must be >= 1, got {config.color_pool_photos}")
     for key, value, off in (("color_init", config.color_init, "identity"),
                             ("color_distribution_pool", config.color_distribution_pool, False)):
         if value != off and config.generator.global_color == "none":
             raise ConfigError(f"config.{key}={value!r} sets the global colour path: it needs "
-                             "config.generator.global_color='affine'")
-    if not 0.0 <= float(config.ema_decay) < 1.0:
-        raise ConfigError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
-    for key in ("batch_size", "patch_size", "num_steps", "log_every", "sample_every", "checkpoint_every",
-                "keep_checkpoints"):
-        if int(config[key]) < 1:
-            raise ConfigError(f"config.{key} must be >= 1, got {config[key]}")
+                              "config.generator.global_color='affine'")

@@ -21,8 +21,12 @@ and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
 
 TRACEBACK_ENV = "WESPE_TRACEBACK"
 EXIT_FAILED = 1
@@ -45,6 +49,46 @@ class JobFailed(RuntimeError):
 
 class Diverged(RuntimeError):
     """Training produced a non-finite loss; exit status 3."""
+
+
+def call_python_file(path: str | os.PathLike, function: str, flag: str, *, what: str, example: str,
+                     args: Sequence = ()):
+    """``function(*args)`` of the user's Python file ``path`` (``--config``'s ``get_config``, ``--sweep``'s
+    ``get_sweep``), imported from its path as a fresh module. Whatever goes wrong in the user's file is a
+    :class:`UserError` naming ``flag``, the file and, where there is one, the line: no such file, not a Python
+    file, a syntax error, an exception while importing it or inside ``function``, no ``function``."""
+    path = Path(path)
+    named = f"{flag}={path}"
+    if not path.is_file():
+        raise PathNotFoundError(f"{named}: no such {what} file (a Python file with {function}(), e.g. {example})")
+    spec = importlib.util.spec_from_file_location(f"_wespe_{what}_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"{named}: not a Python file (a {what} file is Python with {function}(), e.g. {example})")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        where = "" if Path(e.filename or "").resolve() == path.resolve() else f" in {e.filename}"
+        raise UserError(f"{named}: syntax error{where} at line {e.lineno}: {e.msg}") from e
+    except Exception as e:  # noqa: BLE001 - whatever the user's file raises is the user's to fix
+        raise UserError(f"{named}: importing it raised {_one_line(e)}{_line_in(path, e)}") from e
+    if not callable(getattr(module, function, None)):
+        raise UserError(f"{named} has no {function}() (a {what} file defines it, e.g. {example})")
+    try:
+        return getattr(module, function)(*args)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{named}: {function}() raised {_one_line(e)}{_line_in(path, e)}") from e
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _line_in(path: Path, error: BaseException) -> str:
+    """`` (at line N)``: the innermost line of ``path`` in ``error``'s traceback (empty when it has none)."""
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+             if Path(frame.filename).resolve() == path.resolve()]
+    return f" (at line {lines[-1]})" if lines else ""
 
 
 def want_traceback() -> bool:

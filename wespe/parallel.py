@@ -111,7 +111,7 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                "process_index": jax.process_index(), "process_count": jax.process_count(),
                "local_devices": jax.local_device_count(), "devices": jax.device_count(),
                "platform": jax.devices()[0].platform}
-    if summary["process_index"] == 0:
+    if summary["process_index"] == 0 and summary["process_count"] > 1:  # one process: the loop's mesh line says it
         logger.info("processes: %(process_count)d (%(how)s), devices: %(devices)d %(platform)s "
                     "(%(local_devices)d per process)", summary)
     return summary

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from wespe import pretrained
 from wespe.data_scan import check_folder
-from wespe.errors import PathNotFoundError, UserError
+from wespe.errors import PathNotFoundError, UserError, call_python_file
 from wespe.evaluation import (AGGREGATE_FIELDS, AGGREGATE_LABELS, COUNT_FIELDS, check_inputs, evaluate,
                               markdown_table, write_results)
 from wespe.generators import checkpoint_steps, generator_for_flags, load_checkpoint_generator
@@ -42,20 +42,13 @@ SWEEP_FIELDS = ("cell", "kind", "model", "run", "step", "status") + AGGREGATE_FI
 
 
 def load_sweep(path: str | os.PathLike) -> dict:
-    """Import a sweep file and return ``{"cells": [...], <shared settings>}``."""
-    import importlib.util
-    path = Path(path)
-    if not path.is_file():
-        raise PathNotFoundError(f"--sweep={path}: no such sweep file (a Python file with get_sweep(), e.g. "
-                                "experiments/sweeps/dped_pretrained.py)")
-    spec = importlib.util.spec_from_file_location(f"_wespe_sweep_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise UserError(f"{path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise UserError(f"{path} has no get_sweep()")
-    sweep = module.get_sweep()
+    """Import a sweep file and return ``{"cells": [...], <shared settings>}``; a file that is missing, does not
+    import or has no working ``get_sweep()`` is one :class:`UserError` naming it (and the line)."""
+    sweep = call_python_file(path, "get_sweep", "--sweep", what="sweep",
+                             example="experiments/sweeps/dped_pretrained.py")
+    if not isinstance(sweep, (list, tuple, dict)):
+        raise UserError(f"--sweep={path}: get_sweep() returned a {type(sweep).__name__}, not a list of cells or a "
+                        "dict with \"cells\"")
     sweep = {"cells": list(sweep)} if isinstance(sweep, (list, tuple)) else dict(sweep)
     if not sweep.get("cells"):
         raise UserError(f"{path}: get_sweep() returned no cells")
