@@ -206,7 +206,7 @@ def test_parse_presets_and_bad_presets(tmp_path):
     for text, match in [("a", "not name=config_path"), ("=x.py", "not name"), ("a=x.py,a=y.py", "twice")]:
         with pytest.raises(quality.PresetError, match=match):
             quality.parse_presets(text)
-    with pytest.raises(quality.PresetError, match="no config file"):
+    with pytest.raises(quality.PresetError, match="no such config file"):
         quality.load_preset_config(tmp_path / "missing.py")
     (tmp_path / "empty.py").write_text("x = 1\n")
     with pytest.raises(quality.PresetError, match="no get_config"):
@@ -214,8 +214,35 @@ def test_parse_presets_and_bad_presets(tmp_path):
     for name, match in [("unsharp", "another method"), ("../x", "letters")]:
         with pytest.raises(quality.PresetError, match=match):
             quality.run_benchmark(tmp_path / "out", {name: str(TINY)}, [0])
-    with pytest.raises(quality.PresetError, match="no config file"):  # before any data is prepared
+    with pytest.raises(quality.PresetError, match="no such config file"):  # before any data is prepared
         quality.run_benchmark(tmp_path / "out", {"a": str(tmp_path / "missing.py")}, [0])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, seeds, steps, message", [
+    ("def get_config():\n    raise RuntimeError('gone')\n", [0], None,
+     "--presets=p={f}: get_config() raised RuntimeError: gone (at line 2)"),
+    ("def get_config()\n    return 1\n", [0], None, "--presets=p={f}: syntax error at line 1"),
+    ("import no_such_module_here\n", [0], None,
+     "--presets=p={f}: importing it raised ModuleNotFoundError: No module named 'no_such_module_here' (at line 1)"),
+    ("def get_config():\n    return {}\n", [0], None,
+     "--presets=p={f}: get_config() returned a dict, not an ml_collections.ConfigDict"),
+    ("from wespe.config import wespe_paper\n\n\ndef get_config():\n    c = wespe_paper()\n"
+     "    c.optimizer.lr_generator = 0.0\n    return c\n", [0], None,
+     "--presets=p={f}: config.optimizer.lr_generator=0.0: must be > 0"),
+    (TINY.read_text(), [0, -2], None, "--seeds: -2 must be >= 0"),
+    (TINY.read_text(), [0], 0, "--steps=0: must be >= 1"),
+], ids=["raises", "syntax error", "import fails", "not a ConfigDict", "value out of range", "negative seed",
+        "zero steps"])
+def test_every_preset_is_checked_with_its_overrides_before_any_work(tmp_path, text, seeds, steps, message):
+    """A preset file that raises, does not parse or import, returns no ConfigDict, or holds (or is given by the
+    benchmark's --seeds / --steps) a value out of range: one PresetError naming the preset as typed in --presets
+    (and the key), before any photo is prepared; the good presets before it do not change that."""
+    preset = tmp_path / "preset.py"
+    preset.write_text(text)
+    with pytest.raises(quality.PresetError) as raised:
+        quality.run_benchmark(tmp_path / "out", {"tiny": str(TINY), "p": str(preset)}, seeds, steps, progress=False)
+    assert message.format(f=preset) in str(raised.value) and "\n" not in str(raised.value)
     assert not (tmp_path / "out").exists()
 
 
@@ -331,5 +358,5 @@ def test_cli_bad_preset_path_is_one_line_and_exit_2(tmp_path):
                           timeout=120)
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert proc.returncode == 2, proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: --presets: ") and "nope.py" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: --presets=a={tmp_path / 'nope.py'}: "), lines
     assert not (tmp_path / "out").exists()

@@ -120,6 +120,23 @@ class _OrbaxFailureLogs(logging.Filter):
         return not (from_orbax and record.levelno >= logging.ERROR and record.exc_info) or errors.want_traceback()
 
 
+class _OrbaxReadOnlyNotice(logging.Filter):
+    """orbax warns "Given directory is read only=<dir>" whenever a CheckpointManager is opened read-only, which
+    is what :class:`Checkpointer` asks for with ``read_only=True``: a notice about our own choice, printed before
+    anything else the command says (before the one ``error:`` line of a workdir without checkpoints, too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (f"{os.sep}orbax{os.sep}" in record.pathname and record.levelno == logging.WARNING
+                    and isinstance(record.msg, str) and record.msg.startswith("Given directory is read only"))
+
+
+def _drop_orbax_read_only_notice() -> None:
+    """Installs (once) :class:`_OrbaxReadOnlyNotice` on absl's logger, which orbax logs through."""
+    log = logging.getLogger("absl")
+    if not any(isinstance(f, _OrbaxReadOnlyNotice) for f in log.filters):
+        log.addFilter(_OrbaxReadOnlyNotice())
+
+
 def _silence_orbax_aftermath() -> None:
     """Installs (once, chained to the current hook) a ``sys.unraisablehook`` that drops only
     :func:`_is_orbax_aftermath` reports, a filter on the ``asyncio`` logger that drops only its reports of tasks
@@ -239,6 +256,8 @@ class Checkpointer:
         )
         # Handlers given up front (not just item names) so that item_metadata() can read the saved tree.
         handlers = {_STATE: ocp.StandardCheckpointHandler(), _METADATA: ocp.JsonCheckpointHandler()}
+        if read_only:
+            _drop_orbax_read_only_notice()
         self._manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
         self.directory = self._manager.directory  # an epath.Path
         self._saving: int | None = None  # the step of the last save not yet waited for (it may still be running)

@@ -344,7 +344,6 @@ def _leave_new_workdir_as_found(workdir: Path, lock: WorkdirLock, created: list[
 def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) -> RunResult:
     layout = parallel.Layout(parallel.make_mesh(config.mesh))
     layout.check_batch(config.batch_size)
-    logger.info(parallel.describe(layout))
     source, target, sample_folder, reference_folder = resolve_folders(config, workdir)
     paired = config.mode == "dped" if config.data.paired is None else bool(config.data.paired)
     iterator, report = data.make_train_iterator(
@@ -352,6 +351,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
         seed=config.seed, flips=config.data.flips, rot90=config.data.rot90,
         process_index=jax.process_index(), process_count=jax.process_count(),
         cache_max_bytes=config.data.cache_max_bytes, workdir=workdir if is_writer else None)
+    logger.info(parallel.describe(layout))  # after the data scan: a user error there is the only line printed
     logger.info(report.summary_line())
     vgg_weights, preprocessing = train.load_content_network(config)
 

@@ -25,7 +25,6 @@ input, camera draws, halves, split, licences, the command to rerun), ``results.m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -34,6 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -41,17 +41,18 @@ from tqdm import tqdm
 from wespe import config as configs
 from wespe import evaluation, loop
 from wespe.baselines import BASELINES, apply_uint8, fitted_baselines
-from wespe.errors import JobFailed, UserError
+from wespe.errors import JobFailed, UserError, call_python_file
 from wespe.generators import load_exported_generator
 from wespe.files import atomic_write
-from wespe.quality_data import PHOTOS, TRAIN_LAYOUT, BenchmarkData, prepare, write_png
+from wespe.quality_data import PHOTOS, TRAIN_LAYOUT, BenchmarkData, _layout, prepare, write_png
 
 METRICS = ("psnr_mean", "psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy_mean")
 GRID_CROP = 192
 
 
 class PresetError(UserError):
-    """A preset (``name=config_path``) that cannot be used: bad syntax, missing file, no ``get_config()``."""
+    """A preset (``name=config_path``) that cannot be used: bad syntax, missing file, a file that does not import
+    or has no working ``get_config()``, a config value out of range (:func:`check_preset`)."""
 
 
 class TrainingInterrupted(JobFailed):
@@ -84,24 +85,50 @@ def check_preset_name(name: str) -> None:
         raise PresetError(f"--presets: {name!r} is the name of another method; choose another")
 
 
-def load_preset_config(path: str | Path):
-    """``get_config()`` of the experiment file ``path`` (imported from its path; a fresh config each call)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PresetError(f"--presets: no config file {path}")
-    spec = importlib.util.spec_from_file_location(f"_wespe_quality_preset_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
+def _flag(name: str | None, path: str | Path) -> str:
+    """``--presets=<name>``: with ``=<path>`` after it, how a preset is named in an error (as typed)."""
+    return f"--presets={Path(path).stem if name is None else name}"
+
+
+def load_preset_config(path: str | Path, name: str | None = None):
+    """``get_config()`` of the experiment file ``path`` (imported from its path; a fresh config each call).
+    Whatever is wrong with the file (missing, a syntax error, an exception while importing it or in
+    ``get_config()``, no ``get_config()``, not a ConfigDict returned) is a :class:`PresetError` naming
+    ``--presets=<name>=<path>`` (``name`` defaults to the file's stem) and, where there is one, the line."""
     try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - any error in a user's file is reported as a preset error
-        raise PresetError(f"--presets: {path} cannot be imported: {type(e).__name__}: {e}") from e
-    if not callable(getattr(module, "get_config", None)):
-        raise PresetError(f"--presets: {path} has no get_config()")
-    return module.get_config()
+        config = call_python_file(path, "get_config", _flag(name, path), what="config",
+                                  example="experiments/quality/wespe_plus.py")
+    except UserError as e:
+        raise PresetError(str(e)) from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise PresetError(f"{_flag(name, path)}={path}: get_config() returned a {type(config).__name__}, not an "
+                          "ml_collections.ConfigDict (start from a preset in wespe/config.py)")
+    return config
+
+
+def check_preset(name: str, path: str | Path, data_root: str | Path, seeds: Sequence[int], steps: int | None = None,
+                 vgg_weights: str = "random") -> None:
+    """Everything about preset ``name`` that can be checked before any photo is prepared: its name, its file
+    (:func:`load_preset_config`) and its config for every seed, with this benchmark's overrides applied
+    (:func:`preset_config` on the folders :func:`prepare` will write under ``data_root``), against
+    :func:`wespe.config.validate`. A bad value is a :class:`PresetError` naming the preset file and the key
+    (``--presets=a=x.py: config.weights.tv=-1.0: must be >= 0``), or ``--seeds`` / ``--steps`` when it is theirs."""
+    check_preset_name(name)
+    layout = _layout(Path(data_root))
+    for seed in seeds:
+        config = preset_config(path, layout, seed, steps, vgg_weights, name=name)
+        try:
+            configs.validate(config)
+        except configs.ConfigError as e:
+            if e.key == "seed":
+                raise PresetError(f"--seeds: {seed} {e.requirement}") from e
+            if e.key == "num_steps" and steps is not None:
+                raise PresetError(f"--steps={steps}: {e.requirement}") from e
+            raise PresetError(f"{_flag(name, path)}={path}: {e}") from e
 
 
 def preset_config(path: str | Path, data: BenchmarkData, seed: int, steps: int | None = None,
-                  vgg_weights: str = "random"):
+                  vgg_weights: str = "random", *, name: str | None = None):
     """The config of one benchmark run: the preset's ``get_config()`` with
 
     * ``data.builtin`` and ``data.dped_root`` None, ``data.source`` / ``target`` = the prepared folders (a
@@ -110,8 +137,10 @@ def preset_config(path: str | Path, data: BenchmarkData, seed: int, steps: int |
       has that key;
     * ``seed``, ``num_steps = steps`` (when given) and ``vgg_weights`` (``random`` by default: nothing to
       download; pass the real weights for paper-faithful content losses).
+
+    ``name``: the preset's name in ``--presets``, for errors (:func:`load_preset_config`).
     """
-    config = load_preset_config(path)
+    config = load_preset_config(path, name)
     d = config.data
     d.builtin = None
     d.dped_root = None
@@ -211,8 +240,9 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
     """Prepare the photos, score ``input`` and the classical baselines, train and score every preset for every
     seed (unless ``skip_training``), and write results.json, results.md and grid.png into ``out_dir``.
 
-    ``presets``: name -> experiment config file; every file is loaded (and a bad one raises
-    :class:`PresetError`) before any photo is prepared or network trained. ``steps``: training steps of every
+    ``presets``: name -> experiment config file; every one is loaded and its config, with this benchmark's
+    overrides, validated for every seed (:func:`check_preset`: a bad one raises :class:`PresetError`) before any
+    photo is prepared or network trained. ``steps``: training steps of every
     run (None: each config's own ``num_steps``). ``split``: see :func:`prepare` (not a flag of launch/quality.py:
     the recorded command reruns a custom split only with the same ``data`` folder). Returns the content of
     results.json.
@@ -223,8 +253,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
         if not seeds:
             raise UserError("give at least one seed")
         for name, path in presets.items():
-            check_preset_name(name)
-            load_preset_config(path)
+            check_preset(name, path, out_dir / "data", seeds, steps, vgg_weights)
     else:
         presets = {}
     data = prepare(out_dir / "data", data_seed, split=split, max_side=max_side)
@@ -257,7 +286,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
             for seed in seeds:
                 bar.set_postfix_str(f"{name} seed {seed}")
                 workdir = out_dir / "runs" / name / f"seed_{seed}"
-                record = train_preset(preset_config(path, data, seed, steps, vgg_weights), workdir)
+                record = train_preset(preset_config(path, data, seed, steps, vgg_weights, name=name), workdir)
                 enhanced = out_dir / "methods" / name / f"seed_{seed}"
                 result = evaluation.evaluate(load_exported_generator(workdir), data.test_degraded, data.test_clean,
                                              save_enhanced_to=enhanced, progress=False)
