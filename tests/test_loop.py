@@ -302,6 +302,7 @@ def test_bad_inputs_fail_before_anything_compiles(folders, tmp_path, nothing_com
         ({"data.source": None}, data_scan.DataError, ["--source", "--target"]),
         ({"data.heldout": str(missing)}, data_scan.DataError,
          ["--config.data.heldout", str(missing), "does not exist"]),
+        ({"data.dped_root": str(tmp_path)}, data_scan.DataError, ["--source", "--config.data.dped_root", "not both"]),
         ({"vgg_weights": None}, VGGWeightsError, ["--config.vgg_weights"]),
         ({"vgg_weights": str(missing / "vgg19.mat")}, VGGWeightsError, [str(missing / "vgg19.mat"), "does not exist",
                                                                       "--config.vgg_weights"]),

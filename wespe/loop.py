@@ -63,6 +63,9 @@ def check_folders(config: ml_collections.ConfigDict) -> None:
     for key in ("source", "target", "heldout", "heldout_reference", "dped_root"):
         if d[key]:
             data_scan.check_folder(d[key], f"--{key}" if key in ("source", "target") else f"--config.data.{key}")
+    if d.dped_root and (d.source or d.target):  # one would be silently ignored
+        raise data_scan.DataError("give either --source/--target or --config.data.dped_root (the DPED layout), "
+                                  "not both")
     if d.heldout_reference and not d.heldout:
         raise data_scan.DataError("--config.data.heldout_reference needs --config.data.heldout (the photos the "
                                   "references belong to)")
