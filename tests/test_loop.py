@@ -55,11 +55,7 @@ def tiny_config(folders, **overrides):
     c.num_sample_crops = 2
     c.data.source, c.data.target = str(folders[0]), str(folders[1])
     for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        configs.set_key(c, key, value)
     return c
 
 

@@ -243,11 +243,7 @@ def tiny_config(source, target, **changes):
     config.generator.width, config.generator.num_blocks, config.discriminator.head = 4, 1, "global_pool"
     config.data.source, config.data.target = str(source), str(target)
     for key, value in changes.items():
-        node = config
-        *parents, last = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[last] = value
+        configs.set_key(config, key, value)
     return config
 
 

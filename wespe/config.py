@@ -318,6 +318,12 @@ def get_key(config: ml_collections.ConfigDict, key: str):
     return config
 
 
+def set_key(config: ml_collections.ConfigDict, key: str, value) -> None:
+    """Sets the dotted ``key`` ("optimizer.lr_generator") of ``config`` to ``value``."""
+    parent, _, leaf = key.rpartition(".")
+    (get_key(config, parent) if parent else config)[leaf] = value
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Fail early, naming the key, on values the step would only reject after compiling, and on numbers outside
     the range their meaning allows (:data:`NUMERIC_RANGES`), which the step would take without complaint."""
