@@ -24,15 +24,23 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "sharding_worker.py"
 
 
-def _env():
+# XLA:CPU without its expensive passes: a third less compile time (a sharded-step worker 57 -> 38 s). For tests
+# whose comparisons are within programs compiled alike (restores, two processes vs one); the sharded-step test
+# keeps the flags training uses, as it checks how they reorder the sums.
+CHEAP_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _env(cheap_compile: bool = False):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
+    if cheap_compile:
+        env["XLA_FLAGS"] = CHEAP_COMPILE
     return env
 
 
-def _worker(*args, timeout=600):
-    proc = subprocess.run([sys.executable, str(WORKER), *args], capture_output=True, text=True, env=_env(),
-                          timeout=timeout, cwd=ROOT)
+def _worker(*args, timeout=600, cheap_compile=False):
+    proc = subprocess.run([sys.executable, str(WORKER), *args], capture_output=True, text=True,
+                          env=_env(cheap_compile), timeout=timeout, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return json.loads(lines[-1][len("RESULT "):])
@@ -128,7 +136,7 @@ def test_sharded_step_equals_single_device_step(case):
 
 @pytest.mark.slow
 def test_checkpoint_restores_onto_a_different_device_count(tmp_path):
-    r = _worker("--devices=8", "restore", f"--workdir={tmp_path}")
+    r = _worker("--devices=8", "restore", f"--workdir={tmp_path}", cheap_compile=True)
     assert [(c["from"], c["to"]) for c in r["cases"]] == [
         ("1 device", "8 devices FSDP"), ("8 devices", "4 devices FSDP"), ("4 devices FSDP", "1 device")]
     for c in r["cases"]:
@@ -172,7 +180,8 @@ def _start_two_processes(tmp_path, workdir, num_steps, tag, extra=()):
             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
             "--num_cpu_devices=2", "--cpu_collectives=gloo", "--initialization_timeout=60", "--heartbeat_timeout=15"]
         log = open(tmp_path / f"process{i}_{tag}.log", "w")
-        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT), log))
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(cheap_compile=True),
+                                       cwd=ROOT), log))
     return procs
 
 
@@ -229,7 +238,8 @@ def test_two_processes_preempt_resume_and_match_one_process(tmp_path):
     assert _checkpoints(two)[-1] == final
 
     reference = subprocess.run(_train_args(tmp_path, tmp_path / "one", final) + ["--num_cpu_devices=4"],
-                               capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
+                               capture_output=True, text=True, env=_env(cheap_compile=True), cwd=ROOT,
+                               timeout=300)
     assert reference.returncode == 0, reference.stderr[-3000:]
     one, both = _metrics(tmp_path / "one"), _metrics(two)
     assert [m["step"] for m in both] == list(range(1, final + 1)) == [m["step"] for m in one]
@@ -237,9 +247,10 @@ def test_two_processes_preempt_resume_and_match_one_process(tmp_path):
         keys = [k for k in a if k not in ("step", "time")]
         assert set(keys) == {k for k in b if k not in ("step", "time")}
         diff = max(abs(a[k] - b[k]) / max(1.0, abs(a[k])) for k in keys)
-        # Step 1 differs only by reduction order; later steps also by Adam's +-lr moves of zero-gradient
-        # parameters (see test_sharded_step_equals_single_device_step): ~5e-4 by step 4 when measured.
-        assert diff < (1e-5 if a["step"] == 1 else 2e-2), (a["step"], diff)
+        # Step 1 differs only by reduction order: within the bound derived in
+        # test_sharded_step_equals_single_device_step (8 sqrt(n) u, n = batch * patch**2 = 8 * 32**2); later steps
+        # also by Adam's +-lr moves of zero-gradient parameters: ~5e-4 by step 4 when measured.
+        assert diff < (8 * np.sqrt(8 * 32 ** 2) * 2.0 ** -24 if a["step"] == 1 else 2e-2), (a["step"], diff)
 
 
 # ---------------------------------------------------------------------------------------------- start-up
