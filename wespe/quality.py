@@ -44,7 +44,7 @@ from wespe.baselines import BASELINES, apply_uint8, fitted_baselines
 from wespe.errors import JobFailed, UserError, call_python_file
 from wespe.generators import load_exported_generator
 from wespe.files import atomic_write
-from wespe.quality_data import PHOTOS, TRAIN_LAYOUT, BenchmarkData, _layout, prepare, write_png
+from wespe.quality_data import PHOTOS, TRAIN_LAYOUT, BenchmarkData, folders, prepare, write_png
 
 METRICS = ("psnr_mean", "psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy_mean")
 GRID_CROP = 192
@@ -114,7 +114,7 @@ def check_preset(name: str, path: str | Path, data_root: str | Path, seeds: Sequ
     :func:`wespe.config.validate`. A bad value is a :class:`PresetError` naming the preset file and the key
     (``--presets=a=x.py: config.weights.tv=-1.0: must be >= 0``), or ``--seeds`` / ``--steps`` when it is theirs."""
     check_preset_name(name)
-    layout = _layout(Path(data_root))
+    layout = folders(Path(data_root))
     for seed in seeds:
         config = preset_config(path, layout, seed, steps, vgg_weights, name=name)
         try:

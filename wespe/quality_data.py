@@ -159,7 +159,8 @@ class BenchmarkData:
     camera_params: str  # camera_params.json: the camera drawn for every degraded photo, the halves
 
 
-def _layout(root: Path) -> BenchmarkData:
+def folders(root: Path) -> BenchmarkData:
+    """The folders :func:`prepare` writes under ``root`` (whether or not it has written them yet)."""
     return BenchmarkData(root=str(root), source=str(root / "source"), target=str(root / "target"),
                          test_degraded=str(root / "test" / "degraded"), test_clean=str(root / "test" / "clean"),
                          paired_source=str(root / "paired" / "source"), paired_target=str(root / "paired" / "target"),
@@ -201,9 +202,9 @@ def prepare(root: str | Path, seed: int = 0, *, split: dict | None = None, max_s
         found = json.loads(marker.read_text())
         if found != recipe:
             raise UserError(f"{root} was prepared with {found}, not {recipe}: use another folder")
-        return _layout(root)
+        return folders(root)
     clean = {name: _downscale(load_photo(name), max_side) for name in names}  # all loads first: fail early
-    data = _layout(root)
+    data = folders(root)
     cameras, halves = {}, {}
     for k, name in enumerate(split["train"]):
         photo = clean[name]
