@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wespe import baselines, camera, demo, metrics, quality, quality_data
+from wespe import baselines, benchmark_metrics, camera, demo, metrics, quality, quality_data
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "quality_tiny_config.py"
@@ -211,7 +211,8 @@ def test_parse_presets_and_bad_presets(tmp_path):
     (tmp_path / "empty.py").write_text("x = 1\n")
     with pytest.raises(quality.PresetError, match="no get_config"):
         quality.load_preset_config(tmp_path / "empty.py")
-    for name, match in [("unsharp", "another method"), ("../x", "letters")]:
+    for name, match in [("unsharp", "another method"), ("moment_transfer_base_nlm", "another method"),
+                        ("../x", "letters")]:
         with pytest.raises(quality.PresetError, match=match):
             quality.run_benchmark(tmp_path / "out", {name: str(TINY)}, [0])
     with pytest.raises(quality.PresetError, match="no such config file"):  # before any data is prepared
@@ -286,8 +287,8 @@ def test_run_benchmark_end_to_end(bench):
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     methods = results["methods"]
     assert list(methods) == ["input", "grey_world_autocontrast", "unsharp", "classical_combo", "moment_transfer",
-                             "moment_transfer_base", "tiny"]
-    assert methods["moment_transfer"]["kind"] == methods["moment_transfer_base"]["kind"] == "fitted"
+                             "moment_transfer_base", "moment_transfer_base_nlm", "tiny"]
+    assert {methods[n]["kind"] for n in baselines.FITTED_NAMES} == {"fitted"}
 
     # the input row equals wespe.metrics on (degraded, clean) computed here
     data = out / "data" / "test"
@@ -297,6 +298,21 @@ def test_run_benchmark_end_to_end(bench):
     assert methods["input"]["mean"]["psnr_mean"] == pytest.approx(np.mean(psnrs), abs=1e-6)
     assert results["input"]["psnr_mean"] == methods["input"]["mean"]["psnr_mean"]
     assert all(v == 0 for v in methods["input"]["delta_vs_input"].values())
+
+    # detail PSNR and noise: per image from the saved outputs, averaged as the other columns; the clean level
+    for name, folder in [("input", data / "degraded"), ("moment_transfer_base_nlm", out / "methods" /
+                                                        "moment_transfer_base_nlm"),
+                         ("tiny", out / "methods" / "tiny" / "seed_0")]:
+        rows = methods[name]["per_seed"][0]["per_image"]
+        for row, n in zip(rows, names):
+            output, clean = np.asarray(Image.open(folder / n)), np.asarray(Image.open(data / "clean" / n))
+            assert row["detail_psnr"] == pytest.approx(benchmark_metrics.detail_psnr(output, clean), abs=1e-9)
+            assert row["noise"] == pytest.approx(benchmark_metrics.noise_level(output), abs=1e-9)
+        for key in ("detail_psnr", "noise"):
+            assert methods[name]["mean"][f"{key}_mean"] == pytest.approx(np.mean([r[key] for r in rows]))
+    clean_noise = [benchmark_metrics.noise_level(np.asarray(Image.open(data / "clean" / n))) for n in names]
+    assert results["clean"]["noise_mean"] == pytest.approx(np.mean(clean_noise))
+    assert "detail_psnr" in results["protocol"] and "noise" in results["protocol"]
 
     tiny = methods["tiny"]
     assert tiny["n"] == 1 and tiny["std"]["psnr_mean"] == 0 and tiny["reused_runs"] == 0
@@ -319,10 +335,11 @@ def test_run_benchmark_end_to_end(bench):
     assert "--max_side=200" in results["command"]
     md = (out / "results.md").read_text()
     assert all(f"| {m} |" in md for m in methods) and "CC BY 2.0" in md and "cut in two halves" in md
+    assert "detail PSNR (dB)" in md and f"noise (clean {results['clean']['noise_mean']:.2f})" in md
 
     grid = np.asarray(Image.open(out / "grid.png"))
     side = min(min(Image.open(data / "clean" / n).size) for n in names)
-    assert grid.shape == (14 + 2 * side + 2, 8 * side + 7 * 2, 3)  # label strip; 2 photos; 8 columns
+    assert grid.shape == (14 + 2 * side + 2, 9 * side + 8 * 2, 3)  # label strip; 2 photos; 9 columns
 
 
 def test_fitted_colour_transfer_matches_float64_moments(tmp_path):
@@ -342,6 +359,10 @@ def test_fitted_colour_transfer_matches_float64_moments(tmp_path):
     np.testing.assert_allclose(mapped.std(0), load("target").std(0), rtol=2e-2)
     flat = np.full((1, 30, 40, 3), 0.3)  # no detail: the base-layer version is the same map
     np.testing.assert_allclose(fitted["moment_transfer_base"](flat[0]), fitted["moment_transfer"](flat[0]), atol=1e-5)
+    assert tuple(fitted) == baselines.FITTED_NAMES
+    photo = np.random.default_rng(1).random((24, 32, 3))  # the denoiser runs on the colour-fitted photo
+    np.testing.assert_array_equal(fitted["moment_transfer_base_nlm"](photo),
+                                  baselines.nlm_denoise(fitted["moment_transfer_base"](photo)))
 
 
 def test_run_benchmark_reuses_a_finished_run(bench):

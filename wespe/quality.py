@@ -14,9 +14,15 @@ Methods, all scored by :func:`wespe.evaluation.evaluate` on the whole held-out p
 * classical baselines (:data:`wespe.baselines.BASELINES`, pure NumPy, deterministic): grey-world + autocontrast,
   unsharp mask, both; their outputs are written as PNGs and scored in outputs mode;
 * colour transfers fitted to the training sets (:func:`wespe.baselines.fitted_baselines`, no network): what
-  wespe_plus's colour path does before training, so the table shows what training adds;
+  wespe_plus's colour path does before training, so the table shows what training adds; and that colour fit
+  followed by a classical denoiser (non-local means, strength estimated from each photo), so it shows what
+  training adds beyond colour plus denoising;
 * trained presets (``name -> experiment config file``), one training run per seed (:func:`preset_config` says
   what is overridden), scored in model mode; a finished run in ``runs/<preset>/seed_<s>`` is reused.
+
+Beside evaluate's metrics, two of :mod:`wespe.benchmark_metrics` say what kind of change a method made: the PSNR
+of the fine detail (high-pass residuals) against the clean photo's, and the noise level of the output, next to
+the clean photos' own (``results["clean"]``).
 
 :func:`run_benchmark` writes ``results.json`` (per-seed aggregates, mean and std over seeds, deltas vs the
 input, camera draws, halves, split, licences, the command to rerun), ``results.md`` (one row per method) and
@@ -39,14 +45,23 @@ from PIL import Image
 from tqdm import tqdm
 
 from wespe import config as configs
-from wespe import evaluation, loop
-from wespe.baselines import BASELINES, apply_uint8, fitted_baselines
+from wespe import benchmark_metrics, evaluation, image_io, loop
+from wespe.baselines import BASELINES, FITTED_NAMES, apply_uint8, fitted_baselines
 from wespe.errors import JobFailed, UserError, call_python_file
 from wespe.generators import load_exported_generator
 from wespe.files import atomic_write
 from wespe.quality_data import PHOTOS, TRAIN_LAYOUT, BenchmarkData, folders, prepare, write_png
 
-METRICS = ("psnr_mean", "psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy_mean")
+METRICS = ("psnr_mean", "psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy_mean", "detail_psnr_mean",
+           "noise_mean")
+PER_IMAGE = ("name", "psnr", "ssim_rgb", "ms_ssim", "entropy", "detail_psnr", "noise")
+PROTOCOL = {
+    "detail_psnr": "PSNR (data range 1) of the high-pass residuals x - gaussian(x, sigma=2) (per channel, [0, 1] "
+                   "floats) of the output and the clean photo (wespe.benchmark_metrics.detail_psnr); mean per image",
+    "noise": "noise std of the output's BT.601 luma by Immerkaer's fast estimator, x 255 "
+             "(wespe.benchmark_metrics.noise_level); mean per image; the clean photos' own value is "
+             "results['clean']['noise_mean']",
+}
 GRID_CROP = 192
 
 
@@ -81,7 +96,7 @@ def check_preset_name(name: str) -> None:
     """A preset name is a folder name (letters, digits, ``_.-``) and not one of the other methods' names."""
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
         raise PresetError(f"--presets: the name {name!r} must be letters, digits, '_', '.' or '-'")
-    if name in ("input", "clean", *BASELINES):
+    if name in ("input", "clean", *BASELINES, *FITTED_NAMES):
         raise PresetError(f"--presets: {name!r} is the name of another method; choose another")
 
 
@@ -199,13 +214,46 @@ def train_preset(config, workdir: str | Path) -> dict:
 
 # ------------------------------------------------------------------------------------------------- the benchmark
 
-def _per_seed(result: evaluation.EvalResult, seed, steps, minutes) -> dict:
+def _read(path) -> np.ndarray:
+    return image_io.read_image(path)[0]  # as evaluate reads it: upright 8-bit RGB
+
+
+def detail_and_noise(outputs_folder, reference_folder) -> dict[str, dict]:
+    """``{name: {"detail_psnr", "noise"}}`` of the photos of ``outputs_folder`` against ``reference_folder``
+    (paired by name without extension, as :func:`wespe.evaluation.evaluate`); ``reference_folder=None``: only
+    ``noise`` (the clean photos' own).
+
+    Computed here from the saved outputs rather than inside evaluate: every method of the benchmark has its
+    8-bit outputs on disk as lossless PNGs (the very images evaluate scored), and evaluate's rows and aggregates
+    are also the fields of launch/evaluate.py's CSV and of wespe.sweep's tables, which these benchmark
+    diagnostics would change for every other user."""
+    outputs, _ = evaluation.index_images(outputs_folder)
+    references = evaluation.index_images(reference_folder)[0] if reference_folder is not None else {}
+    scores = {}
+    for name, path in outputs.items():
+        image = _read(path)
+        scores[name] = {"noise": benchmark_metrics.noise_level(image)}
+        if name in references:
+            scores[name]["detail_psnr"] = benchmark_metrics.detail_psnr(image, _read(references[name]))
+    return scores
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _per_seed(result: evaluation.EvalResult, outputs_folder, reference_folder, seed, steps, minutes) -> dict:
+    """One scoring of a method: evaluate's aggregates of :data:`METRICS`, the detail PSNR and noise level of its
+    outputs (:func:`detail_and_noise`, averaged over the photos as evaluate's means are) and per-image rows."""
     a = result.aggregates
     if not result.rows or result.skipped:
         raise JobFailed(f"{len(result.skipped)} held-out photos could not be scored: {result.skipped}")
-    return {"seed": seed, **{k: a[k] for k in METRICS}, "train_minutes": minutes, "steps": steps,
-            "per_image": [{k: r.get(k) for k in ("name", "psnr", "ssim_rgb", "ms_ssim", "entropy")}
-                          for r in result.rows]}
+    extra = detail_and_noise(outputs_folder, reference_folder)
+    rows = [{**r, **extra.get(r["name"], {})} for r in result.rows]
+    means = {f"{k}_mean": _mean(r.get(k) for r in rows) for k in ("detail_psnr", "noise")}
+    return {"seed": seed, **{k: means[k] if k in means else a[k] for k in METRICS}, "train_minutes": minutes,
+            "steps": steps, "per_image": [{k: r.get(k) for k in PER_IMAGE} for r in rows]}
 
 
 def summarize(per_seed: list[dict]) -> tuple[dict, dict]:
@@ -269,7 +317,8 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
         bar.set_postfix_str("input")
         result = evaluation.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=data.test_degraded,
                                      progress=False)
-        methods["input"] = {"kind": "input", "per_seed": [_per_seed(result, None, None, None)]}
+        methods["input"] = {"kind": "input", "per_seed": [_per_seed(result, data.test_degraded, data.test_clean,
+                                                                     None, None, None)]}
         bar.update(1)
         for name, (kind, method) in baselines.items():
             bar.set_postfix_str(name)
@@ -278,7 +327,8 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
                 write_png(folder / path.name, apply_uint8(method, np.asarray(Image.open(path).convert("RGB"))))
             result = evaluation.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=folder,
                                          progress=False)
-            methods[name] = {"kind": kind, "per_seed": [_per_seed(result, None, None, None)]}
+            methods[name] = {"kind": kind, "per_seed": [_per_seed(result, folder, data.test_clean, None, None,
+                                                                  None)]}
             outputs[name] = str(folder)
             bar.update(1)
         for name, path in presets.items():
@@ -290,8 +340,8 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
                 enhanced = out_dir / "methods" / name / f"seed_{seed}"
                 result = evaluation.evaluate(load_exported_generator(workdir), data.test_degraded, data.test_clean,
                                              save_enhanced_to=enhanced, progress=False)
-                methods[name]["per_seed"].append(_per_seed(result, seed, record["num_steps"],
-                                                           record["train_minutes"]))
+                methods[name]["per_seed"].append(_per_seed(result, enhanced, data.test_clean, seed,
+                                                           record["num_steps"], record["train_minutes"]))
                 methods[name]["reused_runs"] = methods[name].get("reused_runs", 0) + bool(record["reused"])
                 outputs.setdefault(name, str(enhanced))
                 bar.update(1)
@@ -303,13 +353,16 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
         entry["delta_vs_input"] = {k: (entry["mean"][k] - base[k] if None not in (entry["mean"][k], base[k])
                                        else None) for k in METRICS}
     cameras = json.loads(Path(data.camera_params).read_text())
+    clean = detail_and_noise(data.test_clean, None)  # the level a method's noise column is read against
     results = {
         "command": command, "cwd": str(Path.cwd()), "methods": methods, "input": methods["input"]["mean"],
+        "clean": {"noise_mean": _mean(v["noise"] for v in clean.values()),
+                  "per_image": [{"name": n, "noise": v["noise"]} for n, v in clean.items()]},
         "split": split, "photos": {n: PHOTOS[n] for names in split.values() for n in names},
         "camera_params": cameras["cameras"], "camera_ranges": cameras["ranges"], "halves": cameras["halves"],
         "train_layout": TRAIN_LAYOUT, "data_seed": data_seed,
         "max_side": max_side, "seeds": seeds, "steps": steps, "vgg_weights": vgg_weights,
-        "protocol": {**evaluation.PROTOCOL,
+        "protocol": {**evaluation.PROTOCOL, **PROTOCOL,
                      "std": "sample standard deviation over seeds (ddof 1); 0 for one seed or a deterministic "
                             "method", "delta_vs_input": "method mean minus the input's"},
     }
@@ -332,9 +385,11 @@ def _f(value, digits=2, sign=False) -> str:
 
 
 def summary_table(results: dict) -> str:
-    """The Markdown table of :func:`run_benchmark`'s results: one row per method."""
-    header = ["method", "PSNR (dB)", "ΔPSNR", "SSIM", "ΔSSIM", "MS-SSIM", "entropy", "seeds", "steps",
-              "train min"]
+    """The Markdown table of :func:`run_benchmark`'s results: one row per method; the clean photos' noise level
+    in the noise column's header. Results written before the detail / noise columns existed show "-" there."""
+    clean_noise = results.get("clean", {}).get("noise_mean")
+    header = ["method", "PSNR (dB)", "ΔPSNR", "SSIM", "ΔSSIM", "MS-SSIM", "detail PSNR (dB)",
+              f"noise (clean {_f(clean_noise)})", "entropy", "seeds", "steps", "train min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for name, m in results["methods"].items():
         mean, std, delta = m["mean"], m["std"], m["delta_vs_input"]
@@ -342,7 +397,8 @@ def summary_table(results: dict) -> str:
         minutes = mean["train_minutes"]
         row = [name, f"{_f(mean['psnr_mean'])} ± {_f(std['psnr_mean'])}", _f(delta["psnr_mean"], sign=True),
                f"{_f(mean['ssim_rgb_mean'], 4)} ± {_f(std['ssim_rgb_mean'], 4)}",
-               _f(delta["ssim_rgb_mean"], 4, sign=True), _f(mean["ms_ssim_mean"], 4), _f(mean["entropy_mean"], 3),
+               _f(delta["ssim_rgb_mean"], 4, sign=True), _f(mean["ms_ssim_mean"], 4),
+               _f(mean.get("detail_psnr_mean")), _f(mean.get("noise_mean")), _f(mean["entropy_mean"], 3),
                str(m["n"]) if m["kind"] == "trained" else "-", ",".join(map(str, steps)) or "-",
                f"{_f(minutes, 1)} ± {_f(std['train_minutes'], 1)}" if minutes is not None else "-"]
         lines.append("| " + " | ".join(row) + " |")
@@ -358,7 +414,11 @@ def markdown(results: dict) -> str:
         f"Training: {', '.join(split['train'])}, each cut in two halves across its width, one half per side "
         f"(alternating which): source the degraded halves, target the other halves clean; no pixel is on both "
         f"sides. "
-        f"Mean over the test photos; ± is the std over seeds. PSNR: mean per image; SSIM on RGB; Δ: vs input.\n",
+        f"Mean over the test photos; ± is the std over seeds. PSNR: mean per image; SSIM on RGB; Δ: vs input. "
+        f"Detail PSNR: PSNR of the fine detail (x minus its Gaussian blur, sigma 2) against the clean photo's; "
+        f"higher is closer. Noise: the output's luma noise std (Immerkær's estimator, 8-bit units), to compare "
+        f"with the clean photos' own in the header: above it, noise is left; below it, texture is smoothed "
+        f"away.\n",
         summary_table(results),
         "\n## Photos\n",
     ]
