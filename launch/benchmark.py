@@ -19,6 +19,10 @@
     python launch/benchmark.py --mode=enhance --megapixels=1,4,12,48 --dtypes=float32,bfloat16 --tile=512
     python launch/benchmark.py --mode=enhance --megapixels=1,3 --tile=512 --tilings=staged,streamed \
         --torch_python=torchref/bin/python
+--mode=texture_probe: the config's texture discriminator trained alone on the quality benchmark's source vs target
+    photos (wespe.texture_probe), its held-out accuracy every --eval_every steps, per --texture_inputs view:
+    python launch/benchmark.py --mode=texture_probe --texture_inputs=gray,highpass \
+        --config.discriminator.norm=none --config.discriminator.init=he --config.patch_size=100 --config.batch_size=8
 
 The training config is a file as in launch/train.py (default experiments/wespe_paper.py, overridable with
 --config.<key>); VGG weights default to ``random`` (same FLOPs as the real network).
@@ -44,7 +48,8 @@ from wespe import benchmarking, cli, parallel  # noqa: E402
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
 _CONFIG = cli.define_config_flag(_DEFAULT_CONFIG, "Training config file.")
-flags.DEFINE_enum("mode", "train_step", ["train_step", "scaling", "max_batch", "enhance", "torch_ratio", "suite"],
+flags.DEFINE_enum("mode", "train_step", ["train_step", "scaling", "max_batch", "enhance", "torch_ratio", "suite",
+                                         "texture_probe"],
                   "What to time.")
 flags.DEFINE_list("devices", ["1", "2", "4", "8"], "scaling: device counts (the first N devices).")
 flags.DEFINE_integer("per_device_batch", 4, "scaling: batch per device (the global batch grows with N).")
@@ -63,6 +68,12 @@ flags.DEFINE_string("torch_python", None, "torch_ratio, enhance: the Python of a
                     "(enhance: also time the PyTorch reference generator's forward at each size).")
 flags.DEFINE_string("torch_script", str(Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
                                         / "torch_wespe_step.py"), "torch_ratio: the PyTorch reference step.")
+flags.DEFINE_string("data_dir", "runs/quality/data", "texture_probe: where the quality benchmark's photos are (or "
+                    "are prepared, seed --data_seed).")
+flags.DEFINE_integer("data_seed", 0, "texture_probe: the benchmark data's camera seed.")
+flags.DEFINE_list("texture_inputs", ["gray", "highpass"], "texture_probe: the texture views to probe.")
+flags.DEFINE_integer("probe_steps", 600, "texture_probe: training steps of each probe.")
+flags.DEFINE_integer("eval_every", 100, "texture_probe: held-out accuracy every N steps.")
 flags.DEFINE_integer("repeats", 5, "Timed steps (the median is reported).")
 flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.")
 flags.DEFINE_string("vgg_weights", "random", "VGG-19 weights file, or 'random' (used when given, or when the "
@@ -93,6 +104,10 @@ def main(argv):
         config.vgg_weights = FLAGS.vgg_weights
     kwargs = dict(repeats=FLAGS.repeats, warmup=FLAGS.warmup,
                   peak_flops=FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None)
+    if FLAGS.mode == "texture_probe":
+        _emit({"mode": "texture_probe", "config": config_flags.get_config_filename(FLAGS["config"]),
+               "rows": _texture_probe(config)})
+        return
     if FLAGS.mode == "suite":
         if FLAGS["peak_tflops"].present:
             raise app.UsageError("--mode=suite takes each dtype's peak from the known table; --peak_tflops is for "
@@ -128,6 +143,26 @@ def main(argv):
     result = benchmarking.benchmark_train_step(config, **kwargs)
     result["config"] = config_flags.get_config_filename(FLAGS["config"])
     _emit(result)
+
+
+def _texture_probe(config) -> list[dict]:
+    from wespe import config as configs
+    from wespe import quality_data, texture_probe
+    from wespe.ops import TEXTURE_INPUTS
+    unknown = [t for t in FLAGS.texture_inputs if t not in TEXTURE_INPUTS]
+    if unknown:
+        raise app.UsageError(f"--texture_inputs: unknown {unknown}; expected some of {TEXTURE_INPUTS}")
+    data = quality_data.prepare(FLAGS.data_dir, FLAGS.data_seed)
+    photos = {k: texture_probe.load_folder(getattr(data, k))
+              for k in ("source", "target", "test_degraded", "test_clean")}
+    rows = []
+    for view in FLAGS.texture_inputs:
+        config.discriminator.texture_input = view
+        configs.validate(config)
+        rows.append(texture_probe.probe(config, photos["source"], photos["target"], photos["test_degraded"],
+                                        photos["test_clean"], steps=FLAGS.probe_steps, eval_every=FLAGS.eval_every,
+                                        seed=config.seed))
+    return rows
 
 
 def _emit(result: dict) -> None:

@@ -189,6 +189,8 @@ def _numeric_keys(config, prefix="") -> set[str]:
             keys |= _numeric_keys(value, f"{prefix}{key}.")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             keys.add(prefix + key)
+        elif value is None and config.get_type(key) in (int, float):  # optional numbers (None = not set)
+            keys.add(prefix + key)
     return keys
 
 
@@ -202,7 +204,10 @@ OUT_OF_RANGE = {
     "seed": (-1, "must be >= 0"), "generator.width": (0, "must be >= 1"), "generator.num_blocks": (-1, "must be >= 0"),
     **{f"weights.{term}": (-0.5, "must be >= 0 (0 turns the term off)")
        for term in ("content", "color", "texture", "tv", "identity", "color_distribution", "residual_lowpass",
-                    "texture_distribution")},
+                    "texture_distribution", "restoration")},
+    "degradation.blur_sigma": (-0.5, "must be in [0, 3] px"), "degradation.noise_sigma": (0.75, "must be in [0, 0.5]"),
+    "degradation.jpeg_quality": (0.5, "must be 0 (no JPEG) or in [1, 100]"),
+    "degradation.jitter": (1.0, "must be in [0, 1)"), "degradation.fit_crops": (0, "must be >= 1"),
     "ema_decay": (1.0, "must be in [0, 1) (0 = no EMA)"),
     "color_pool_photos": (0, "must be >= 1"),
     "optimizer.lr_generator": (-0.5, "must be > 0"), "optimizer.lr_discriminator": (0.0, "must be > 0"),

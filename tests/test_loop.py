@@ -73,10 +73,12 @@ def _step_key(config, preprocessing):
 def _reuse_compiled_steps(monkeypatch):
     real = train.make_train_step
 
-    def make_train_step(config, graphdefs, vgg_weights, preprocessing, layout=None, color_pools=None):
-        key = _step_key(config, preprocessing), layout
+    def make_train_step(config, graphdefs, vgg_weights, preprocessing, layout=None, color_pools=None, *,
+                        degradation=None):
+        key = _step_key(config, preprocessing), layout, degradation
         if key not in _COMPILED:
-            real_step = real(config, graphdefs, vgg_weights, preprocessing, layout, color_pools)
+            real_step = real(config, graphdefs, vgg_weights, preprocessing, layout, color_pools,
+                             degradation=degradation)
             _COMPILED[key] = real_step.jitted, real_step.vgg_weights
         jitted, placed_vgg = _COMPILED[key]
         pools = None if color_pools is None else {k: jnp.asarray(v) for k, v in color_pools.items()}

@@ -55,6 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.discriminator.head = "dped_fc"
     # ``instance`` (official) or ``none``.
     c.discriminator.norm = "instance"
+    # ``dped`` (official truncated-normal 0.01 convs) or ``he``.
+    c.discriminator.init = "dped"
+    # What the texture adversary sees: ``gray`` (the papers: grayscale) or ``highpass`` (grayscale minus its
+    # Gaussian blur, sigma 1 px, x8: noise, blur and JPEG blocks without the scene's shading; wespe.ops).
+    c.discriminator.texture_input = "gray"
 
     c.weights = ml_collections.ConfigDict()
     # Loss weights content / colour / texture / TV: WESPE 1 / 5e-3 / 5e-3 / 10 (DPED code 10 / 0.5 / 1 / 2000).
@@ -73,6 +78,24 @@ def base_config() -> ml_collections.ConfigDict:
     # Wasserstein-2 distance between the luma-gradient distributions of G(x) and of the target photos (wespe
     # mode; 0 = the papers): sharper edges, quieter flat areas.
     c.weights.texture_distribution = 0.0
+
+    # L1 distance between G(D(y)) and y on the batch's target photos y, D the source camera's degradation fitted
+    # to the two sets (wespe.degradation; wespe mode; 0 = the papers): paired examples of local restoration
+    # (noise, blur, JPEG) made from the clean side.
+    c.weights.restoration = 0.0
+
+    c.degradation = ml_collections.ConfigDict()
+    # The camera model of weights.restoration: None = fitted to the training sets at the start of a run
+    # (workdir/degradation.json), a number = that value (blur sigma in px, noise sigma of [0, 1] RGB, JPEG
+    # quality 1-100 or 0 for none).
+    c.degradation.blur_sigma = _optional(float)
+    c.degradation.noise_sigma = _optional(float)
+    c.degradation.jpeg_quality = _optional(float)
+    # Every degraded patch draws its parameters times U(1 - jitter, 1 + jitter) around the fit: a camera's
+    # photos vary, and a fit from a few photos is uncertain, so G learns to restore a range.
+    c.degradation.jitter = 0.5
+    # Crops per side the fit compares.
+    c.degradation.fit_crops = 128
 
     # Exponential moving average of G's weights (0 = off, the papers), used for the samples, the exported
     # generator and evaluation.
@@ -288,7 +311,12 @@ NUMERIC_RANGES: dict[str, Range] = {
     # Loss weights: a negative weight maximises its loss.
     **{f"weights.{term}": Range(lambda v: v >= 0, ">= 0 (0 turns the term off)")
        for term in ("content", "color", "texture", "tv", "identity", "color_distribution", "residual_lowpass",
-                    "texture_distribution")},
+                    "texture_distribution", "restoration")},
+    "degradation.blur_sigma": Range(lambda v: 0 <= v <= 3.0, "in [0, 3] px (None: fitted)"),
+    "degradation.noise_sigma": Range(lambda v: 0 <= v <= 0.5, "in [0, 0.5] (None: fitted)"),
+    "degradation.jpeg_quality": Range(lambda v: v == 0 or 1 <= v <= 100, "0 (no JPEG) or in [1, 100] (None: fitted)"),
+    "degradation.jitter": Range(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "degradation.fit_crops": AT_LEAST_ONE,
     "ema_decay": Range(lambda v: 0 <= v < 1, "in [0, 1) (0 = no EMA)"),
     "color_pool_photos": AT_LEAST_ONE,
     # Adam: a learning rate <= 0 stands still or climbs the loss; a beta of 1 never forgets its first gradient.
@@ -335,7 +363,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def _check_choices(config: ml_collections.ConfigDict) -> None:
     from wespe.losses import ADVERSARIAL_FORMS, NORMALIZATIONS
     from wespe.models import DISCRIMINATOR_HEADS, GLOBAL_COLORS, INITS, NORMS, OUTPUTS
-    from wespe.ops import BLUR_MODES
+    from wespe.ops import BLUR_MODES, TEXTURE_INPUTS
     from wespe.vgg import LAYERS, PREPROCESSING
 
     choices = {"mode": ("wespe", "dped"),
@@ -345,6 +373,8 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
                "generator.global_color": GLOBAL_COLORS,
                "discriminator.head": DISCRIMINATOR_HEADS,
                "discriminator.norm": ("instance", "none"),
+               "discriminator.init": INITS,
+               "discriminator.texture_input": TEXTURE_INPUTS,
                "adversarial_form": ADVERSARIAL_FORMS,
                "loss_normalization": NORMALIZATIONS,
                "blur": BLUR_MODES,
@@ -358,15 +388,24 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
             raise ConfigError.for_key(key, value, f"must be one of {tuple(allowed)}")
 
 
+# Numeric keys whose None means "not set" (fitted, for the degradation's parameters).
+OPTIONAL_NUMERIC = ("degradation.blur_sigma", "degradation.noise_sigma", "degradation.jpeg_quality")
+
+
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
     for key, allowed in NUMERIC_RANGES.items():
         value = get_key(config, key)
+        if value is None and key in OPTIONAL_NUMERIC:
+            continue
         requirement = allowed.requirement(value)
         if requirement is not None:
             raise ConfigError.for_key(key, value, requirement)
 
 
 def _check_combinations(config: ml_collections.ConfigDict) -> None:
+    if config.weights.restoration > 0 and config.mode != "wespe":
+        raise ConfigError.for_key("weights.restoration", config.weights.restoration,
+                                  "must be 0 in dped mode (its pairs are real: the degradation is for unpaired sets)")
     if config.generator.global_color != "none" and config.generator.output != "residual":
         raise ConfigError("config.generator.global_color needs config.generator.output='residual'")
     for key, value, off in (("color_init", config.color_init, "identity"),

@@ -29,7 +29,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from wespe import config as configs
-from wespe import color_pool, data, data_scan, errors, heldout, parallel, train, visualize
+from wespe import color_pool, data, data_scan, degradation, errors, heldout, parallel, train, visualize
 from wespe.checkpoint import CheckpointError, CheckpointMismatchError, Checkpointer
 from wespe.config import RESUME_SAFE_KEYS, validate
 from wespe.errors import UserError
@@ -344,6 +344,35 @@ def _leave_new_workdir_as_found(workdir: Path, lock: WorkdirLock, created: list[
                 break
 
 
+def fitted_degradation(config: ml_collections.ConfigDict, workdir: Path, source: str, target: str, report,
+                       color_pools: dict | None, is_writer: bool) -> degradation.Degradation | None:
+    """The source camera's degradation for ``weights.restoration`` (None when that term is off): the one saved in
+    ``workdir/degradation.json`` by this run's start (a resumed run trains on the same camera model), else fitted
+    to crops of the two training sets (:func:`wespe.degradation.fit`), with ``config.degradation``'s fixed values
+    taking the place of fitted ones, and saved there."""
+    if not train.uses_degradation(config):
+        return None
+    path = workdir / degradation.FIT_FILE
+    if path.exists():
+        fitted = degradation.load(path)
+        logger.info("degradation (from %s): %s", path, fitted.describe())
+        return fitted
+    if color_pools is None:
+        color_pools = color_pool.build_color_pools(source, target, photos=config.color_pool_photos,
+                                                   seed=config.seed)
+    matrix, bias = color_pool.moment_transfer(color_pools["target"], color_pools["source"])
+    c = config.degradation
+    size = min(config.patch_size, degradation.FIT_CROP)
+    crops = [data.fixed_eval_crops(report[side]["used"], c.fit_crops, size, seed=config.seed + 3 + i)
+             for i, side in enumerate(("source", "target"))]
+    fixed = {k: c[k] for k in ("blur_sigma", "noise_sigma", "jpeg_quality") if c[k] is not None}
+    fitted, record = degradation.fit(*crops, matrix, bias, seed=config.seed, fixed=fixed)
+    logger.info("degradation fitted to the training sets (%d crops a side): %s", c.fit_crops, fitted.describe())
+    if is_writer:
+        degradation.save(path, fitted, record)
+    return fitted
+
+
 def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) -> RunResult:
     layout = parallel.Layout(parallel.make_mesh(config.mesh))
     layout.check_batch(config.batch_size)
@@ -397,8 +426,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
                                                    seed=config.seed)
         if start == 0:  # a resumed run has the colour path it trained
             state = train.init_global_color(state, config, color_pools)
+    fitted = fitted_degradation(config, workdir, source, target, report, color_pools, is_writer)
     step_fn = train.make_train_step(config, graphdefs, vgg_weights, preprocessing, layout,
-                                    color_pools if step_pools else None)
+                                    color_pools if step_pools else None, degradation=fitted)
     def usable(folder: str) -> str | list[str]:
         """A training folder as the list of its usable files (the data report already named the bad ones)."""
         for side in ("source", "target"):

@@ -27,6 +27,7 @@ import optax
 from flax import nnx
 
 from wespe import conv, losses, ops, parallel, vgg
+from wespe import degradation as degradation_lib
 from wespe.color_pool import moment_transfer
 from wespe.config import validate
 from wespe.models import Discriminator, Generator
@@ -34,6 +35,7 @@ from wespe.models import Discriminator, Generator
 GENERATORS = {"wespe": ("generator", "inverse_generator"), "dped": ("generator",)}
 DISCRIMINATORS = {"wespe": ("color_discriminator", "texture_discriminator"), "dped": ("texture_discriminator",)}
 
+RESTORATION_STREAM = 1000  # fold_in(rng, ...) of the degradation's noise: apart from the adversaries' streams
 Batch = dict[str, jax.Array]  # {"source": (B, H, W, 3), "target": (B, H, W, 3)}, RGB in [0, 1]
 Metrics = dict[str, jax.Array]
 
@@ -61,7 +63,7 @@ def build_networks(config: ml_collections.ConfigDict) -> dict[str, nnx.Module]:
     for name in DISCRIMINATORS[config.mode]:
         nets[name] = Discriminator(3 if name == "color_discriminator" else 1, head=config.discriminator.head,
                                    input_size=config.patch_size, num_logits=num_logits,
-                                   norm=config.discriminator.norm, rngs=rngs)
+                                   norm=config.discriminator.norm, init=config.discriminator.init, rngs=rngs)
     return nets
 
 
@@ -176,12 +178,14 @@ def load_content_network(config: ml_collections.ConfigDict) -> tuple[dict, str]:
 
 
 def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Array, color_pools: dict | None, *,
-                config: ml_collections.ConfigDict, graphdefs: dict, preprocessing: str) -> tuple[TrainState, Metrics]:
+                config: ml_collections.ConfigDict, graphdefs: dict, preprocessing: str,
+                degradation: degradation_lib.Degradation | None = None) -> tuple[TrainState, Metrics]:
     mode, form, norm = config.mode, config.adversarial_form, config.loss_normalization
     gen_names, disc_names = GENERATORS[mode], DISCRIMINATORS[mode]
     tx_g, tx_d = make_optimizers(config)
     source, target = batch["source"], batch["target"]
     blur = functools.partial(ops.blur, mode=config.blur)
+    texture_view = functools.partial(ops.texture_view, texture_input=config.discriminator.texture_input)
     # Mixed precision: networks compute in compute_dtype from float32 parameters (cast per use, so gradients
     # and Adam stay float32); every loss is computed in float32 from their float32-cast outputs.
     compute_dtype = jnp.dtype(config.compute_dtype)
@@ -220,7 +224,7 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
                                                    jax.lax.stop_gradient(content_features(target)))
             terms["color"] = losses.color_loss(blur(enhanced), blur(target), norm)
         terms["texture"] = losses.generator_adversarial_loss(
-            run(disc["texture_discriminator"], ops.grayscale(enhanced)), form, norm)
+            run(disc["texture_discriminator"], texture_view(enhanced)), form, norm)
         if config.tv_through_color or config.generator.global_color == "none":
             terms["tv"] = losses.tv_loss(enhanced)
         else:
@@ -240,12 +244,17 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
             # CycleGAN's identity term (off in the papers): G leaves target photos alone, F source photos.
             terms["identity"] = (losses.identity_loss(run(nets["generator"], target), target)
                                  + losses.identity_loss(run(nets["inverse_generator"], source), source))
+        if mode == "wespe" and degradation is not None:
+            # Paired examples from the clean side: the target patches degraded by the fitted source camera.
+            degraded = jax.lax.stop_gradient(degradation_lib.degrade_batch(
+                target, degradation, jax.random.fold_in(rng, RESTORATION_STREAM), config.degradation.jitter))
+            terms["restoration"] = jnp.mean(jnp.abs(run(nets["generator"], degraded) - target))
         total = sum(config.weights[k] * v for k, v in terms.items())
         new_stats = {n: nnx.state(net, nnx.Not(nnx.Param)) for n, net in nets.items()}
         return total, (terms, enhanced, new_stats)
 
     def discriminator_objective(disc_params, fake):
-        views = {"color_discriminator": blur, "texture_discriminator": ops.grayscale}
+        views = {"color_discriminator": blur, "texture_discriminator": texture_view}
         total, out = 0.0, {}
         for i, name in enumerate(disc_names):  # i: each adversary keeps its rng stream whichever are trained
             if name == "color_discriminator" and config.weights.color == 0:
@@ -302,8 +311,14 @@ def uses_color_pools(config: ml_collections.ConfigDict) -> bool:
     return config.mode == "wespe" and config.weights.color_distribution > 0 and bool(config.color_distribution_pool)
 
 
+def uses_degradation(config: ml_collections.ConfigDict) -> bool:
+    """Whether the step trains G on degraded target photos (``weights.restoration``), and so needs the fit."""
+    return config.mode == "wespe" and config.weights.restoration > 0
+
+
 def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weights: dict, preprocessing: str,
-                    layout: parallel.Layout | None = None, color_pools: dict | None = None
+                    layout: parallel.Layout | None = None, color_pools: dict | None = None, *,
+                    degradation: degradation_lib.Degradation | None = None
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """The pure step ``(state, batch, rng) -> (state, metrics)``, jitted once; the input state is donated.
 
@@ -313,8 +328,12 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
     Sums and means over the batch are over the global batch (XLA inserts the all-reduces), so the result equals
     the single-device step up to float reduction order.
     ``color_pools``: ``wespe.color_pool.build_color_pools`` output, exactly when :func:`uses_color_pools`.
+    ``degradation``: the source camera model (:mod:`wespe.degradation`), exactly when :func:`uses_degradation`.
     """
     validate(config)
+    if (degradation is not None) != uses_degradation(config):
+        raise ValueError("pass degradation exactly when config.weights.restoration > 0 (wespe mode): fit it with "
+                         "wespe.degradation.fit (wespe.loop.fitted_degradation)")
     if (color_pools is not None) != uses_color_pools(config):
         raise ValueError("pass color_pools exactly when config.color_distribution_pool is on (wespe mode, "
                          "weights.color_distribution > 0): build them with wespe.color_pool.build_color_pools")
@@ -327,7 +346,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
         # several devices: those use XLA's own. Acts while the step is traced.
         with conv.kernel_gradient("xla") if unbanded else contextlib.nullcontext():
             return _train_step(state, vgg_weights, batch, rng, color_pools, config=config, graphdefs=graphdefs,
-                               preprocessing=preprocessing)
+                               preprocessing=preprocessing, degradation=degradation)
 
     platform = (jax.default_backend() if layout is None else layout.mesh.devices.flat[0].platform)
     options = conv.train_step_compiler_options(platform)
