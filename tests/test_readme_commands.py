@@ -491,7 +491,7 @@ def _run_by_readme_on_folders(experiment: str) -> str | None:
     """The README command that already trains ``experiment`` on --source/--target folders, if one does."""
     for command in COMMANDS:
         for script, flags, _ in invocations(command):
-            config = flags.get("config", "experiments/wespe_paper.py")  # launch/train.py's default
+            config = flags.get("config", "experiments/wespe_plus.py")  # launch/train.py's default
             if script == "train" and config == experiment and flags.get("source") and not why_not_run(command):
                 return command
     return None
