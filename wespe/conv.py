@@ -13,7 +13,10 @@ On CPU each stride-1 convolution (forward and input gradient) also picks the fas
 convolution libraries for its shape (EIGEN_MIN_OUTPUT_CHANNELS). All of it is CPU only
 (``jax.lax.platform_dependent``): GPUs and TPUs keep XLA's own convolutions and gradients (cuDNN / the TPU
 convolution emitter). Results equal XLA's up to float summation order (tested against XLA and a float64 NumPy
-convolution).
+convolution). The choice is made when the program is lowered, not when it is traced: a step traced on a CPU-only
+machine and lowered (``jax.export``) for ``cuda`` or ``tpu`` holds none of the CPU formulations, which are traced
+under the name scope :data:`CPU_ONLY_SCOPE` so that HLO text, profiles and tests can tell
+(tests/test_accelerator_lowering.py).
 
 The band loop sums over the batch inside each iteration, so a program partitioned over several devices would
 all-reduce once per band (and with many forced CPU devices on few cores the rendezvous can time out): code that
@@ -59,6 +62,8 @@ EIGEN_MIN_OUTPUT_CHANNELS = 8
 TRAIN_STEP_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                           "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
 _KERNEL_GRADIENT = contextvars.ContextVar("wespe_conv_kernel_gradient", default="banded")
+# Name scope of every CPU-only formulation (in the op names / locations of lowered programs).
+CPU_ONLY_SCOPE = "wespe_cpu_only"
 
 
 @contextlib.contextmanager
@@ -92,6 +97,16 @@ def train_step_compiler_options(platform: str) -> dict:
     return dict(TRAIN_STEP_CPU_OPTIONS)
 
 
+def _on_cpu(*args, cpu, default):
+    """``jax.lax.platform_dependent(*args, cpu=cpu, default=default)``, ``cpu`` traced under
+    :data:`CPU_ONLY_SCOPE`. The branch is picked by the platform the program is lowered for, and a program lowered
+    for other platforms only keeps ``default``."""
+    def marked(*a):
+        with jax.named_scope(CPU_ONLY_SCOPE):
+            return cpu(*a)
+    return jax.lax.platform_dependent(*args, cpu=marked, default=default)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """``jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME")`` for NHWC images and HWIO
     kernels, with a kernel gradient that is fast on CPU (see the module docstring)."""
@@ -116,8 +131,8 @@ def _forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     if stride != 1:  # strided layers are few and small (the discriminators'): XLA's choice
         return _xla_conv(x, kernel, stride)
     pads = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], (1, 1), "SAME")
-    return jax.lax.platform_dependent(x, kernel, cpu=lambda x_, k_: _cpu_stride1_conv(x_, k_, pads),
-                                      default=lambda x_, k_: _xla_conv(x_, k_, 1))
+    return _on_cpu(x, kernel, cpu=lambda x_, k_: _cpu_stride1_conv(x_, k_, pads),
+                   default=lambda x_, k_: _xla_conv(x_, k_, 1))
 
 
 def _transposed_pads(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]):
@@ -143,7 +158,7 @@ def _input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], strid
     def rotated(g_, k_):
         return _cpu_stride1_conv(g_, jnp.flip(k_, (0, 1)).transpose(0, 1, 3, 2), pads)
 
-    return jax.lax.platform_dependent(g, kernel, cpu=rotated, default=xla_transpose)
+    return _on_cpu(g, kernel, cpu=rotated, default=xla_transpose)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -165,7 +180,7 @@ def _conv2d_bwd(stride, residuals, g):
         dk = xla_kernel_grad(x, g, kernel.shape, stride)
     else:
         cpu_grad = few_output_kernel_grad if few_outputs else functools.partial(banded_kernel_grad, stride=stride)
-        dk = jax.lax.platform_dependent(  # both branches must give the same dtype
+        dk = _on_cpu(  # both branches must give the same dtype
             x, g, cpu=lambda x_, g_: cpu_grad(x_, g_, kernel.shape).astype(x.dtype),
             default=lambda x_, g_: xla_kernel_grad(x_, g_, kernel.shape, stride).astype(x.dtype))
     return dx, dk.astype(kernel.dtype)

@@ -348,6 +348,9 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
             return _train_step(state, vgg_weights, batch, rng, color_pools, config=config, graphdefs=graphdefs,
                                preprocessing=preprocessing, degradation=degradation)
 
+    # Only the compiler options follow the platform the step is built on: they are jax.jit's, not the program's
+    # (jax.export drops them), and wespe.conv's CPU formulations are chosen when the step is lowered, so a step
+    # built on a CPU still exports clean GPU/TPU programs (tests/test_accelerator_lowering.py).
     platform = (jax.default_backend() if layout is None else layout.mesh.devices.flat[0].platform)
     options = conv.train_step_compiler_options(platform)
     if layout is None:
