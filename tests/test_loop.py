@@ -233,8 +233,8 @@ def _poison(monkeypatch, at_step, how):
     state become NaN) or only the reported TV loss is."""
     real = train.make_train_step
 
-    def make_train_step(*args):
-        step_fn = real(*args)
+    def make_train_step(*args, **kwargs):
+        step_fn = real(*args, **kwargs)
 
         def step(state, batch, rng):
             n = int(state.step) + 1

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wespe import conv, parallel, train
+from wespe import conv, degradation, parallel, train
 from wespe.errors import JobFailed, UserError
 
 # Dense peak FLOP/s per device by jax device_kind and compute dtype (vendor figures, no sparsity).
@@ -73,7 +73,8 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, layout: parallel.
     layout.check_batch(config.batch_size)
     state, graphdefs = train.create_train_state(config, layout)
     weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config))
+    step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config),
+                                 degradation=_typical_degradation(config))
     rng = np.random.default_rng(0)
     shape = (config.batch_size, config.patch_size, config.patch_size, 3)
     batch = layout.global_batch({k: rng.random(shape, dtype=np.float32) for k in ("source", "target")})
@@ -161,6 +162,12 @@ def _synthetic_color_pools(config: ml_collections.ConfigDict) -> dict | None:
     return {k: rng.random((65536, 3), dtype=np.float32) for k in ("source", "target")}
 
 
+def _typical_degradation(config: ml_collections.ConfigDict) -> degradation.Degradation | None:
+    """A camera model like the benchmark's fit, when the config trains on one (``weights.restoration``): the
+    step's cost does not depend on its values, and fitting one needs photos."""
+    return degradation.Degradation(1.2, 0.03, 35.0) if train.uses_degradation(config) else None
+
+
 def step_memory_bytes(config: ml_collections.ConfigDict, layout: parallel.Layout, step=None) -> int:
     """XLA's per-device memory for one training step at ``config.batch_size`` (compiled, never run).
 
@@ -169,7 +176,8 @@ def step_memory_bytes(config: ml_collections.ConfigDict, layout: parallel.Layout
     abstract, graphdefs = train.abstract_train_state(config)
     if step is None:
         weights, pre = train.load_content_network(config)
-        step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config))
+        step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config),
+                                 degradation=_typical_degradation(config))
     shape = (config.batch_size, config.patch_size, config.patch_size, 3)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=layout.batch) for k in ("source", "target")}
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
@@ -195,7 +203,8 @@ def largest_batch(config: ml_collections.ConfigDict, layout: parallel.Layout, *,
     unit = layout.batch_devices
     _, graphdefs = train.abstract_train_state(config)
     weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config))
+    step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config),
+                                 degradation=_typical_degradation(config))
     tried: dict[int, int] = {}
 
     def fits(batch: int) -> bool:

@@ -95,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     # photos vary, and a fit from a few photos is uncertain, so G learns to restore a range.
     c.degradation.jitter = 0.5
     # Crops per side the fit compares.
-    c.degradation.fit_crops = 128
+    c.degradation.fit_crops = 64
 
     # Exponential moving average of G's weights (0 = off, the papers), used for the samples, the exported
     # generator and evaluation.

@@ -64,9 +64,9 @@ FIT_FILE = "degradation.json"
 FIT_CROP = 64  # side of the crops fit() compares (smaller patch sizes: the patch size)
 
 # The grid :func:`fit` searches first (0 = no blur / no noise / no JPEG), then a finer one around its best point.
-BLUR_GRID = (0.0, 0.4, 0.7, 1.0, 1.3, 1.6, 2.0, 2.5)
-NOISE_GRID = (0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065)
-JPEG_GRID = (0.0, 15.0, 25.0, 35.0, 50.0, 70.0, 90.0)
+BLUR_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
+NOISE_GRID = (0.0, 0.01, 0.02, 0.03, 0.045, 0.065)
+JPEG_GRID = (0.0, 20.0, 35.0, 55.0, 80.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,13 +182,17 @@ def jpeg(images: jax.Array, quality: jax.Array) -> jax.Array:
 
 
 def degrade(clean: jax.Array, blur_sigma: jax.Array, noise_sigma: jax.Array, jpeg_quality: jax.Array,
-            color_matrix: jax.Array, color_bias: jax.Array, key: jax.Array) -> jax.Array:
+            color_matrix: jax.Array, color_bias: jax.Array, key: jax.Array | None = None, *,
+            unit_noise: jax.Array | None = None) -> jax.Array:
     """The camera model (module docstring) applied to NHWC RGB ``clean`` in [0, 1], with per-image parameters
     ``blur_sigma``, ``noise_sigma``, ``jpeg_quality`` (N,), the colour map ``color_matrix`` (3, 3) and
-    ``color_bias`` (3,), and the noise drawn from ``key``. Returns 8-bit values in [0, 1], float32."""
+    ``color_bias`` (3,), and the noise drawn from ``key`` (or ``unit_noise``, standard normal of ``clean``'s
+    shape, given: :func:`fit` draws it once for all its candidates). Returns 8-bit values in [0, 1], float32."""
+    if unit_noise is None:
+        unit_noise = jax.random.normal(key, clean.shape, jnp.float32)
     x = gaussian_blur(clean, blur_sigma)
     x = jnp.einsum("nhwc,dc->nhwd", x, color_matrix.astype(jnp.float32)) + color_bias.astype(jnp.float32)
-    x = x + noise_sigma.astype(jnp.float32)[:, None, None, None] * jax.random.normal(key, x.shape, jnp.float32)
+    x = x + noise_sigma.astype(jnp.float32)[:, None, None, None] * unit_noise
     x = jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0) / 255.0
     return jpeg(x, jpeg_quality)
 
@@ -280,12 +284,18 @@ def statistics_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum(_WEIGHTS * np.square(la - lb)))
 
 
-@jax.jit
-def _degraded_statistics(clean, blur_sigma, noise_sigma, jpeg_quality, color_matrix, color_bias, key):
+def _degraded_statistics(clean, blur_sigma, noise_sigma, jpeg_quality, color_matrix, color_bias, unit_noise):
     n = clean.shape[0]
     full = lambda v: jnp.full((n,), v, jnp.float32)  # noqa: E731
     return texture_statistics(degrade(clean, full(blur_sigma), full(noise_sigma), full(jpeg_quality),
-                                      color_matrix, color_bias, key))
+                                      color_matrix, color_bias, unit_noise=unit_noise))
+
+
+# Several candidate cameras per call (one program, one compilation): the refinement passes try 27 candidates,
+# so a chunk much larger than 8 would mostly compute padding.
+_candidate_statistics = jax.jit(jax.vmap(_degraded_statistics, in_axes=(None, 0, 0, 0, None, None, None)))
+_CHUNK = 8
+_CHUNK_PIXELS = 2**23  # at most this many crop pixels per call (~100 MB per float32 RGB intermediate)
 
 
 def fit(source_crops: np.ndarray, target_crops: np.ndarray, color_matrix: np.ndarray, color_bias: np.ndarray,
@@ -299,15 +309,22 @@ def fit(source_crops: np.ndarray, target_crops: np.ndarray, color_matrix: np.nda
     source_stats = np.asarray(texture_statistics(jnp.asarray(source_crops)))
     clean = jnp.asarray(target_crops)
     m, b = jnp.asarray(color_matrix, jnp.float32), jnp.asarray(color_bias, jnp.float32)
-    key = jax.random.key(seed)
+    unit_noise = jax.random.normal(jax.random.key(seed), clean.shape, jnp.float32)  # the same for every candidate
     scores: dict[tuple[float, float, float], float] = {}
 
-    def score(point):
-        point = tuple(round(float(v), 4) for v in point)
-        if point not in scores:
-            stats = np.asarray(_degraded_statistics(clean, *point, m, b, key))
-            scores[point] = statistics_distance(stats, source_stats)
-        return scores[point]
+    chunk = max(1, min(_CHUNK, _CHUNK_PIXELS // (clean.shape[0] * clean.shape[1] * clean.shape[2])))
+
+    def best_of(points):
+        points = [tuple(round(float(v), 4) for v in p) for p in points]
+        todo = list(dict.fromkeys(p for p in points if p not in scores))
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            values = np.asarray(part + [part[-1]] * (chunk - len(part)), np.float32)  # one shape: one compile
+            stats = np.asarray(_candidate_statistics(clean, values[:, 0], values[:, 1], values[:, 2], m, b,
+                                                      unit_noise))
+            for point, s in zip(part, stats):
+                scores[point] = statistics_distance(s, source_stats)
+        return min(points, key=lambda p: (scores[p], p))
 
     fixed = dict(fixed or {})
     names = ("blur_sigma", "noise_sigma", "jpeg_quality")
@@ -315,20 +332,22 @@ def fit(source_crops: np.ndarray, target_crops: np.ndarray, color_matrix: np.nda
     if unknown:
         raise ValueError(f"fit: unknown fixed parameter(s) {sorted(unknown)}; expected some of {names}")
     grids = [(float(fixed[n]),) if n in fixed else g for n, g in zip(names, (BLUR_GRID, NOISE_GRID, JPEG_GRID))]
-    best = min(itertools.product(*grids), key=score)
-    for _ in range(2):  # a finer grid around the best point, twice
-        steps = (0.15, max(0.0025, 0.2 * best[1]), max(2.5, 0.1 * best[2]) if best[2] > 0 else 5.0)
+    best = best_of(itertools.product(*grids))
+    for scale in (1.0, 0.5):  # a finer grid around the best point, twice
+        steps = (0.25 * scale, max(0.0025, 0.3 * scale * best[1]),
+                 max(2.5, 0.25 * scale * best[2]) if best[2] > 0 else 10.0)
         axes = [[v] if n in fixed else sorted({max(0.0, v + k * s) for k in (-1, 0, 1)})
                 for n, v, s in zip(names, best, steps)]
         axes[2] = [q for q in axes[2] if q == 0 or 1 <= q <= 100]
-        best = min(itertools.product(*axes), key=score)
+        best = best_of(itertools.product(*axes))
     fitted = Degradation(best[0], best[1], best[2], tuple(np.asarray(color_matrix, np.float64).reshape(-1).tolist()),
                          tuple(np.asarray(color_bias, np.float64).reshape(-1).tolist()))
-    identity = score((0.0, 0.0, 0.0))
+    best_of([(0.0, 0.0, 0.0)])
+    identity = scores[(0.0, 0.0, 0.0)]
     record = {"source_statistics": source_stats.tolist(),
               "clean_target_statistics": np.asarray(texture_statistics(clean)).tolist(),
-              "fit_statistics": np.asarray(_degraded_statistics(clean, *best, m, b, key)).tolist(),
-              "distance": scores[tuple(round(float(v), 4) for v in best)], "distance_undegraded": identity,
+              "fit_statistics": np.asarray(jax.jit(_degraded_statistics)(clean, *best, m, b, unit_noise)).tolist(),
+              "distance": scores[best], "distance_undegraded": identity,
               "candidates": len(scores), "fixed": fixed,
               "statistics": list(STATISTICS)}
     return fitted, record
