@@ -90,7 +90,7 @@ def test_largest_batch_search(monkeypatch, unit, budget, expected):
 
     monkeypatch.setattr(train, "abstract_train_state", lambda config: (None, {}))
     monkeypatch.setattr(train, "load_content_network", lambda config: ({}, "imagenet"))
-    monkeypatch.setattr(train, "make_train_step", lambda *args: None)
+    monkeypatch.setattr(train, "make_train_step", lambda *args, **kwargs: None)
     monkeypatch.setattr(benchmarking, "step_memory_bytes", lambda config, layout, step: 10 + 3 * config.batch_size)
     from wespe import config as configs
     config = configs.base_config()  # every call that reads it is replaced above; only batch_size changes
