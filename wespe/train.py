@@ -4,6 +4,7 @@
     generator loss = w_content * ||VGG(x) - VGG(F(G(x)))||^2 + w_color * adv(D_c(blur(G(x))))
                      + w_texture * adv(D_t(gray(G(x)))) + w_tv * TV(G(x))
                      [+ w_identity * (|G(y) - y|_1 + |F(x) - x|_1), CycleGAN's identity term, 0 in the papers]
+                     [+ w_restoration * |G(D(y)) - y|_1, D the source camera fitted to the sets (wespe.degradation)]
 ``dped`` (paired): generator loss = w_content * ||VGG(G(x)) - VGG(y)||^2 + w_color * ||blur(G(x)) - blur(y)||^2
                      + w_texture * adv(D_t(gray(G(x)))) + w_tv * TV(G(x))
 Discriminators learn target (real) vs G(x) (fake) on the same batch.
