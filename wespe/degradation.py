@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -49,7 +48,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-logger = logging.getLogger(__name__)
 
 # The example quantisation tables of the JPEG standard (ITU T.81 Annex K), which libjpeg scales by the quality.
 LUMA_TABLE = np.array([
