@@ -73,8 +73,7 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, layout: parallel.
     layout.check_batch(config.batch_size)
     state, graphdefs = train.create_train_state(config, layout)
     weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config),
-                                 degradation=_typical_degradation(config))
+    step = _make_step(config, graphdefs, weights, pre, layout)
     rng = np.random.default_rng(0)
     shape = (config.batch_size, config.patch_size, config.patch_size, 3)
     batch = layout.global_batch({k: rng.random(shape, dtype=np.float32) for k in ("source", "target")})
@@ -162,6 +161,12 @@ def _synthetic_color_pools(config: ml_collections.ConfigDict) -> dict | None:
     return {k: rng.random((65536, 3), dtype=np.float32) for k in ("source", "target")}
 
 
+def _make_step(config: ml_collections.ConfigDict, graphdefs: dict, weights: dict, pre: str, layout):
+    """The training step as training builds it, with stand-ins for what it would fit to photos."""
+    return train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config),
+                                 degradation=_typical_degradation(config))
+
+
 def _typical_degradation(config: ml_collections.ConfigDict) -> degradation.Degradation | None:
     """A camera model like the benchmark's fit, when the config trains on one (``weights.restoration``): the
     step's cost does not depend on its values, and fitting one needs photos."""
@@ -176,8 +181,7 @@ def step_memory_bytes(config: ml_collections.ConfigDict, layout: parallel.Layout
     abstract, graphdefs = train.abstract_train_state(config)
     if step is None:
         weights, pre = train.load_content_network(config)
-        step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config),
-                                 degradation=_typical_degradation(config))
+        step = _make_step(config, graphdefs, weights, pre, layout)
     shape = (config.batch_size, config.patch_size, config.patch_size, 3)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=layout.batch) for k in ("source", "target")}
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
@@ -203,8 +207,7 @@ def largest_batch(config: ml_collections.ConfigDict, layout: parallel.Layout, *,
     unit = layout.batch_devices
     _, graphdefs = train.abstract_train_state(config)
     weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config),
-                                 degradation=_typical_degradation(config))
+    step = _make_step(config, graphdefs, weights, pre, layout)
     tried: dict[int, int] = {}
 
     def fits(batch: int) -> bool:
