@@ -287,8 +287,9 @@ def test_run_benchmark_end_to_end(bench):
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     methods = results["methods"]
     assert list(methods) == ["input", "grey_world_autocontrast", "unsharp", "classical_combo", "moment_transfer",
-                             "moment_transfer_base", "moment_transfer_base_nlm", "tiny"]
+                             "moment_transfer_base", "moment_transfer_base_nlm", *baselines.ORACLE_NAMES, "tiny"]
     assert {methods[n]["kind"] for n in baselines.FITTED_NAMES} == {"fitted"}
+    assert {methods[n]["kind"] for n in baselines.ORACLE_NAMES} == {"oracle"}
 
     # the input row equals wespe.metrics on (degraded, clean) computed here
     data = out / "data" / "test"
@@ -363,6 +364,39 @@ def test_fitted_colour_transfer_matches_float64_moments(tmp_path):
     photo = np.random.default_rng(1).random((24, 32, 3))  # the denoiser runs on the colour-fitted photo
     np.testing.assert_array_equal(fitted["moment_transfer_base_nlm"](photo),
                                   baselines.nlm_denoise(fitted["moment_transfer_base"](photo)))
+
+
+def test_camera_colour_inverse_undoes_the_colour_steps():
+    """colour_inverse is the exact inverse of apply_camera's steps 2-3, checked against them written out here."""
+    rng = np.random.default_rng(3)
+    x = rng.random((50, 3))
+    for params in (camera.draw_camera(rng), camera.centre_camera(), {"contrast": 0.8, "brightness": 0.05,
+                                                                     "gains": [0.85, 1.0, 1.15]}):
+        degraded = np.asarray(params["gains"]) * (0.5 + params["contrast"] * (x - 0.5) + params["brightness"])
+        matrix, bias = camera.colour_inverse(params)
+        np.testing.assert_allclose(degraded @ matrix.T + bias, x, atol=1e-12)
+    centre = camera.centre_camera()
+    assert centre["contrast"] == pytest.approx(np.mean(camera.CAMERA_RANGES["contrast"]))
+    assert centre["gains"] == pytest.approx([np.mean(camera.CAMERA_RANGES["gain_r"]), 1.0,
+                                             np.mean(camera.CAMERA_RANGES["gain_b"])])
+
+
+def test_oracle_rows_invert_each_photo_camera():
+    """On a flat photo (no detail, so the base-layer path is the plain map) the oracle rows return the clean colour
+    of this photo's camera (photo rows) and of the family's centre camera (set row); the last row denoises at the
+    camera's own noise level."""
+    cam = {"contrast": 0.6, "brightness": -0.05, "gains": [1.12, 1.0, 0.75], "noise_sigma": 0.03}
+    clean = np.array([0.35, 0.5, 0.6])
+    degraded = np.broadcast_to(np.asarray(cam["gains"]) * (0.5 + cam["contrast"] * (clean - 0.5)
+                                                           + cam["brightness"]), (20, 24, 3))
+    rows = baselines.oracle_baselines(cam, camera.CAMERA_RANGES)
+    assert tuple(rows) == baselines.ORACLE_NAMES
+    np.testing.assert_allclose(rows["oracle_photo_colour"](degraded), np.broadcast_to(clean, (20, 24, 3)), atol=1e-5)
+    matrix, bias = camera.colour_inverse(camera.centre_camera(camera.CAMERA_RANGES))
+    np.testing.assert_allclose(rows["oracle_set_colour"](degraded)[5, 5], degraded[5, 5] @ matrix.T + bias, atol=1e-5)
+    photo = np.random.default_rng(2).random((24, 32, 3))
+    np.testing.assert_array_equal(rows["oracle_photo_colour_nlm"](photo),
+                                  baselines.nlm_denoise(rows["oracle_photo_colour"](photo), sigma=0.03))
 
 
 def test_run_benchmark_reuses_a_finished_run(bench):

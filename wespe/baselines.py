@@ -71,7 +71,7 @@ NLM_PATCH_DISTANCE = 6
 NLM_H_PER_SIGMA = 0.8
 
 
-def nlm_denoise(x: np.ndarray) -> np.ndarray:
+def nlm_denoise(x: np.ndarray, sigma: float | None = None) -> np.ndarray:
     """Non-local means (:func:`skimage.restoration.denoise_nl_means`, fast mode, 5x5 patches, search distance 6,
     all three channels in one patch distance) of a float RGB image, its strength set from the image itself: sigma
     is the mean over the channels of :func:`wespe.benchmark_metrics.noise_sigma` (Immerkær's estimator; scikit-
@@ -81,13 +81,14 @@ def nlm_denoise(x: np.ndarray) -> np.ndarray:
     The estimator sees pixel-scale noise only. After a strong JPEG (the benchmark's camera: quality 30-45) what
     is left of the noise sits in the 8x8 blocks' low frequencies, so sigma comes out about a tenth of the camera's
     noise and the denoiser changes little: the result of this self-calibrating recipe there, kept as it is rather
-    than tuned on the test photos."""
+    than tuned on the test photos. ``sigma`` given (the oracle rows: the camera's own noise level) replaces the
+    estimate."""
     from skimage.restoration import denoise_nl_means
 
     from wespe.benchmark_metrics import noise_sigma
     x = np.clip(np.asarray(x, np.float64), 0, 1)
-    # one sigma for all channels: denoise_nl_means compares whole RGB patches with one h
-    sigma = float(np.mean(noise_sigma(x)))
+    if sigma is None:  # one sigma for all channels: denoise_nl_means compares whole RGB patches with one h
+        sigma = float(np.mean(noise_sigma(x)))
     if sigma == 0:  # nothing to remove (a locally bilinear image, e.g. flat): h = 0 would copy it anyway
         return x
     return denoise_nl_means(x, h=NLM_H_PER_SIGMA * sigma, sigma=sigma, patch_size=NLM_PATCH_SIZE,
@@ -102,28 +103,59 @@ def fitted_baselines(data: BenchmarkData) -> dict:
     generator before its first training step); ``moment_transfer_base_nlm`` is that colour map followed by the
     classical denoiser :func:`nlm_denoise` (sigma estimated on the colour-fitted photo, whose colour map scales the
     noise). They show what the trained networks add to the colour fit, and to a colour fit plus a denoiser."""
-    import jax.numpy as jnp
-    from flax import nnx
-
     from wespe import color_pool
-    from wespe.models import Generator
 
     pools = color_pool.build_color_pools(data.source, data.target)
     matrix, bias = color_pool.moment_transfer(pools["source"], pools["target"])
-    colour_path = Generator(width=1, num_blocks=0, output="residual", global_color="base_affine", rngs=nnx.Rngs(0))
-    colour_path.color_matrix[...], colour_path.color_bias[...] = jnp.asarray(matrix), jnp.asarray(bias)
+    moment_transfer_base = base_colour_path(matrix, bias)
 
     def moment_transfer(x):
         return np.asarray(x, np.float64) @ matrix.T.astype(np.float64) + bias
-
-    def moment_transfer_base(x):
-        return np.asarray(colour_path.color(jnp.asarray(x, jnp.float32)[None]))[0]
 
     def moment_transfer_base_nlm(x):
         return nlm_denoise(moment_transfer_base(x))
 
     return {"moment_transfer": moment_transfer, "moment_transfer_base": moment_transfer_base,
             "moment_transfer_base_nlm": moment_transfer_base_nlm}
+
+
+def base_colour_path(matrix: np.ndarray, bias: np.ndarray):
+    """wespe_plus's colour path with the colour map ``matrix @ x + bias`` ((3, 3), (3,)): the map applied to a
+    Gaussian base layer, the detail passed through (the generator's ``global_color="base_affine"`` with no
+    network), as a function of a float RGB image."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from wespe.models import Generator
+    colour_path = Generator(width=1, num_blocks=0, output="residual", global_color="base_affine", rngs=nnx.Rngs(0))
+    colour_path.color_matrix[...] = jnp.asarray(matrix, jnp.float32)
+    colour_path.color_bias[...] = jnp.asarray(bias, jnp.float32)
+    return lambda x: np.asarray(colour_path.color(jnp.asarray(x, jnp.float32)[None]))[0]
+
+
+# Rows that read each test photo's true camera (camera_params.json): not methods (nothing can know these), bounds
+# that split the gap between the colour start and the clean photo into its parts.
+ORACLE_NAMES = ("oracle_set_colour", "oracle_photo_colour", "oracle_photo_colour_nlm")
+
+
+def oracle_baselines(camera: dict, ranges: dict) -> dict:
+    """The :data:`ORACLE_NAMES` for one test photo degraded by ``camera`` (its :func:`wespe.camera.draw_camera`
+    draw) from the family ``ranges``, each through the same colour path as ``moment_transfer_base``
+    (:func:`base_colour_path`), with a colour map that no unpaired fit can know:
+
+    * ``oracle_set_colour``: the exact inverse of the family's centre camera (:func:`wespe.camera.centre_camera`):
+      the one set-level map a fit to many photos of the family would approach. Its gap to
+      ``moment_transfer_base`` is the error of estimating the set-level colour from the training sets;
+    * ``oracle_photo_colour``: the exact inverse of this photo's own colour steps: a per-photo colour correction;
+      the gap from the row above is what per-photo colour adds;
+    * ``oracle_photo_colour_nlm``: that, then :func:`nlm_denoise` at the camera's own noise level (not
+      estimated): what a denoiser adds once the colour is right.
+    """
+    from wespe import camera as camera_model
+    set_colour = base_colour_path(*camera_model.colour_inverse(camera_model.centre_camera(ranges)))
+    photo_colour = base_colour_path(*camera_model.colour_inverse(camera))
+    return {"oracle_set_colour": set_colour, "oracle_photo_colour": photo_colour,
+            "oracle_photo_colour_nlm": lambda x: nlm_denoise(photo_colour(x), sigma=float(camera["noise_sigma"]))}
 
 
 def apply_uint8(method, image: np.ndarray) -> np.ndarray:

@@ -67,6 +67,26 @@ def apply_camera(image: np.ndarray, params: dict, noise_seed: int) -> np.ndarray
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
+def colour_inverse(params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The exact inverse of :func:`apply_camera`'s colour steps (2 and 3) as ``(matrix, bias)`` for
+    ``x = matrix @ x' + bias``: from ``x' = gains * (0.5 + contrast * (x - 0.5) + brightness)``,
+    ``x = x' / (gains * contrast) + 0.5 - (0.5 + brightness) / contrast`` per channel. float64; ``matrix`` is
+    diagonal (the same form as :func:`wespe.color_pool.moment_transfer`'s fit)."""
+    gains = np.asarray(params["gains"], np.float64)
+    contrast, brightness = float(params["contrast"]), float(params["brightness"])
+    return np.diag(1.0 / (gains * contrast)), np.full(3, 0.5 - (0.5 + brightness) / contrast)
+
+
+def centre_camera(ranges: dict | None = None) -> dict:
+    """The colour parameters at the centre of ``ranges`` (default :data:`CAMERA_RANGES`): the camera family's
+    middle, whose :func:`colour_inverse` is the one colour map a set-level fit to many photos of the family
+    would approach."""
+    r = CAMERA_RANGES if ranges is None else ranges
+    mid = {k: (float(lo) + float(hi)) / 2 for k, (lo, hi) in r.items()}
+    return {"contrast": mid["contrast"], "brightness": mid["brightness"],
+            "gains": [mid["gain_r"], 1.0, mid["gain_b"]]}
+
+
 def draw_camera(rng: np.random.Generator) -> dict:
     """One camera drawn from :data:`CAMERA_RANGES`, plus the ``noise_seed`` of its sensor noise (plain Python
     numbers, so the dict is JSON-serialisable and reads back to the same values)."""

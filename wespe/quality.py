@@ -17,6 +17,9 @@ Methods, all scored by :func:`wespe.evaluation.evaluate` on the whole held-out p
   wespe_plus's colour path does before training, so the table shows what training adds; and that colour fit
   followed by a classical denoiser (non-local means, strength estimated from each photo), so it shows what
   training adds beyond colour plus denoising;
+* oracle rows (:func:`wespe.baselines.oracle_baselines`, kind ``oracle``): the same colour path with colour maps
+  read from each test photo's true camera (camera_params.json) - not methods, bounds that split the gap between
+  the colour start and the clean photo into set-level colour, per-photo colour and noise; not in the grid;
 * trained presets (``name -> experiment config file``), one training run per seed (:func:`preset_config` says
   what is overridden), scored in model mode; a finished run in ``runs/<preset>/seed_<s>`` is reused.
 
@@ -46,7 +49,8 @@ from tqdm import tqdm
 
 from wespe import config as configs
 from wespe import benchmark_metrics, evaluation, image_io, loop
-from wespe.baselines import BASELINES, FITTED_NAMES, apply_uint8, fitted_baselines
+from wespe.baselines import (BASELINES, FITTED_NAMES, ORACLE_NAMES, apply_uint8, fitted_baselines,
+                             oracle_baselines)
 from wespe.errors import JobFailed, UserError, call_python_file
 from wespe.generators import load_exported_generator
 from wespe.files import atomic_write
@@ -96,7 +100,7 @@ def check_preset_name(name: str) -> None:
     """A preset name is a folder name (letters, digits, ``_.-``) and not one of the other methods' names."""
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
         raise PresetError(f"--presets: the name {name!r} must be letters, digits, '_', '.' or '-'")
-    if name in ("input", "clean", *BASELINES, *FITTED_NAMES):
+    if name in ("input", "clean", *BASELINES, *FITTED_NAMES, *ORACLE_NAMES):
         raise PresetError(f"--presets: {name!r} is the name of another method; choose another")
 
 
@@ -310,8 +314,12 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
 
     outputs: dict[str, str] = {"input": data.test_degraded}  # method -> folder of its outputs (first seed)
     methods: dict[str, dict] = {}
-    baselines = {**{n: ("classical", f) for n, f in BASELINES.items()},
-                 **{n: ("fitted", f) for n, f in fitted_baselines(data).items()}}
+    cameras = json.loads(Path(data.camera_params).read_text())
+    # name -> (kind, photo name -> method): the oracle rows' methods differ per photo (each reads its own camera)
+    baselines = {**{n: ("classical", lambda _, f=f: f) for n, f in BASELINES.items()},
+                 **{n: ("fitted", lambda _, f=f: f) for n, f in fitted_baselines(data).items()},
+                 **{n: ("oracle", lambda photo, n=n: oracle_baselines(cameras["cameras"][photo],
+                                                                      cameras["ranges"])[n]) for n in ORACLE_NAMES}}
     total = 1 + len(baselines) + len(presets) * len(seeds)
     with tqdm(total=total, unit="run", desc="quality benchmark", disable=not progress, dynamic_ncols=True) as bar:
         bar.set_postfix_str("input")
@@ -320,16 +328,18 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
         methods["input"] = {"kind": "input", "per_seed": [_per_seed(result, data.test_degraded, data.test_clean,
                                                                      None, None, None)]}
         bar.update(1)
-        for name, (kind, method) in baselines.items():
+        for name, (kind, method_for) in baselines.items():
             bar.set_postfix_str(name)
             folder = out_dir / "methods" / name
             for path in sorted(Path(data.test_degraded).glob("*.png")):
-                write_png(folder / path.name, apply_uint8(method, np.asarray(Image.open(path).convert("RGB"))))
+                write_png(folder / path.name, apply_uint8(method_for(path.stem),
+                                                          np.asarray(Image.open(path).convert("RGB"))))
             result = evaluation.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=folder,
                                          progress=False)
             methods[name] = {"kind": kind, "per_seed": [_per_seed(result, folder, data.test_clean, None, None,
                                                                   None)]}
-            outputs[name] = str(folder)
+            if kind != "oracle":  # the grid shows methods; the oracle rows are bounds (see the table's note)
+                outputs[name] = str(folder)
             bar.update(1)
         for name, path in presets.items():
             methods[name] = {"kind": "trained", "config": str(path), "per_seed": []}
@@ -352,7 +362,6 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
         entry["n"] = len(entry["per_seed"])
         entry["delta_vs_input"] = {k: (entry["mean"][k] - base[k] if None not in (entry["mean"][k], base[k])
                                        else None) for k in METRICS}
-    cameras = json.loads(Path(data.camera_params).read_text())
     clean = detail_and_noise(data.test_clean, None)  # the level a method's noise column is read against
     results = {
         "command": command, "cwd": str(Path.cwd()), "methods": methods, "input": methods["input"]["mean"],
@@ -418,7 +427,10 @@ def markdown(results: dict) -> str:
         f"Detail PSNR: PSNR of the fine detail (x minus its Gaussian blur, sigma 2) against the clean photo's; "
         f"higher is closer. Noise: the output's luma noise std (Immerkær's estimator, 8-bit units), to compare "
         f"with the clean photos' own in the header: above it, noise is left; below it, texture is smoothed "
-        f"away.\n",
+        f"away. Rows named oracle_* are not methods: they read each test photo's true camera (the inverse of the "
+        f"camera family's centre colour, of the photo's own colour, then a denoiser at its true noise level), "
+        f"so the steps from moment_transfer_base down to them show how much of what is left is set-level colour, "
+        f"per-photo colour and noise.\n",
         summary_table(results),
         "\n## Photos\n",
     ]
