@@ -2,6 +2,8 @@ import os
 
 # Tests run on CPU everywhere (CI has no accelerator); multi-device tests set their own flags in subprocesses.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# wespe.conv's thresholds, not per-shape measurement (slow for tests that train; tests/test_conv_tuning.py has it).
+os.environ.setdefault("WESPE_CONV_CHOICE", "heuristic")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,7 +10,10 @@ layer with few output channels (the generators' 9x9 64->3 output layer) instead 
 convolution with the batch and the output channels swapped (few_output_kernel_grad; 4x faster than XLA's).
 
 On CPU each stride-1 convolution (forward and input gradient) also picks the faster of XLA:CPU's two
-convolution libraries for its shape (EIGEN_MIN_OUTPUT_CHANNELS). All of it is CPU only
+convolution libraries for its shape. Which formulation each part of each convolution takes (library, kernel-gradient
+form, band size) is measured once per machine and jaxlib by :mod:`wespe.conv_tuning` (cached; see there for
+``WESPE_CONV_CHOICE``), or taken from the thresholds below (:func:`heuristic`, tuned on one AVX2 AMD EPYC: the
+ranking differs on other CPUs). All of it is CPU only
 (``jax.lax.platform_dependent``): GPUs and TPUs keep XLA's own convolutions and gradients (cuDNN / the TPU
 convolution emitter). Results equal XLA's up to float summation order (tested against XLA and a float64 NumPy
 convolution). The choice is made when the program is lowered, not when it is traced: a step traced on a CPU-only
@@ -38,6 +41,8 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # Bytes of one band's patch matrix: small enough to stay in a core's L2/L3 while it is multiplied (measured:
 # 2-4 MiB bands run 3-4x faster than one whole-image patch matrix, 16 MiB bands 2x slower than 2 MiB).
 BAND_BYTES = 2 * 2**20
+# The band sizes a measured choice (wespe.conv_tuning) tries: the right one depends on the CPU's caches.
+BAND_CANDIDATES = (2**19, 2**21, 2**23)
 # Above this many patch columns (kernel height x width x input channels) per output channel the band loop is
 # slow: a tall patch matrix against a few output channels is bound by memory, not arithmetic. Such a layer (the
 # generators' 9x9 64->3 output layer) takes the transposed kernel gradient instead (few_output_kernel_grad).
@@ -117,21 +122,72 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME", dimension_numbers=_DIMENSIONS)
 
 
-def _cpu_stride1_conv(x: jax.Array, kernel: jax.Array, pads) -> jax.Array:
-    """A stride-1 convolution with explicit ``pads`` ((top, bottom), (left, right)) that picks its library on
-    CPU: one with at least EIGEN_MIN_OUTPUT_CHANNELS outputs gets one extra output row, which keeps it on Eigen."""
-    if kernel.shape[3] < EIGEN_MIN_OUTPUT_CHANNELS:
+def _cpu_stride1_conv(x: jax.Array, kernel: jax.Array, pads, library: str) -> jax.Array:
+    """A stride-1 convolution with explicit ``pads`` ((top, bottom), (left, right)) on CPU ``library``:
+    ``ynnpack`` is the plain convolution (XLA hands it to YNNPACK where YNNPACK supports the shape, else to
+    Eigen), ``eigen`` the same with one extra output row (sliced off), which keeps it on Eigen."""
+    if library == "ynnpack":
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMENSIONS)
     (top, bottom), cols = pads
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((top, bottom + 1), cols),
                                         dimension_numbers=_DIMENSIONS)[:, :-1]
 
 
+def _choose(x_shape, kernel_shape, stride: int, dtype, part: str) -> str:
+    """The CPU formulation of ``part`` (wespe.conv_tuning: measured, cached or by the thresholds here)."""
+    from wespe import conv_tuning  # it times this module's formulations
+    shape = conv_tuning.ConvShape.of(x_shape, kernel_shape, stride, dtype)
+    if not shape.is_concrete:  # a shape-polymorphic export: its sizes are not known, so not measurable
+        return heuristic(shape, part)
+    return conv_tuning.choose(shape, part)
+
+
+def candidates(shape, part: str) -> tuple[str, ...]:
+    """The CPU formulations of ``part`` (``forward``, ``input_grad``, ``kernel_grad``) of a convolution of
+    ``shape`` (a :class:`wespe.conv_tuning.ConvShape`), each equal to XLA's convolution up to float summation
+    order. A strided forward or input gradient has one (XLA's); a kernel gradient may be XLA's, the transposed
+    one of few_output_kernel_grad (stride 1, fewer than YNN_MIN_FEATURES outputs) or banded_kernel_grad with
+    each of BAND_CANDIDATES that gives a different number of rows per band."""
+    if part in ("forward", "input_grad"):
+        return ("ynnpack", "eigen") if shape.stride == 1 else ("xla",)
+    forms = ["xla"] + (["few_output"] if shape.stride == 1 and shape.cout < YNN_MIN_FEATURES else [])
+    seen = set()
+    for band_bytes in BAND_CANDIDATES:
+        rows = _band_rows(shape.batch, -(-shape.width // shape.stride), shape.kh * shape.kw * shape.cin,
+                          shape.itemsize, -(-shape.height // shape.stride), band_bytes)
+        if rows not in seen:
+            seen.add(rows)
+            forms.append(f"banded:{band_bytes}")
+    return tuple(forms)
+
+
+def heuristic(shape, part: str) -> str:
+    """The formulation the thresholds of this module pick (tuned on one 2-core AVX2 AMD EPYC)."""
+    if part == "forward":  # a strided forward or input gradient is XLA's; stride 1 picks its library
+        return "xla" if shape.stride != 1 else "ynnpack" if shape.cout < EIGEN_MIN_OUTPUT_CHANNELS else "eigen"
+    if part == "input_grad":  # the rotated kernel's outputs are the input channels
+        return "xla" if shape.stride != 1 else "ynnpack" if shape.cin < EIGEN_MIN_OUTPUT_CHANNELS else "eigen"
+    macs = shape.batch * -(-shape.height // shape.stride) * -(-shape.width // shape.stride) * shape.cout \
+        * shape.kh * shape.kw * shape.cin
+    few_outputs = shape.kh * shape.kw * shape.cin > MAX_COLUMNS_PER_OUTPUT * shape.cout
+    if macs < MIN_BANDED_MACS or (few_outputs and shape.stride != 1):
+        return "xla"
+    return "few_output" if few_outputs else f"banded:{BAND_BYTES}"
+
+
+def forward_with(x: jax.Array, kernel: jax.Array, stride: int, form: str) -> jax.Array:
+    """The forward pass as CPU formulation ``form`` (one of :func:`candidates` ``forward``)."""
+    if form == "xla":
+        return _xla_conv(x, kernel, stride)
+    pads = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], (1, 1), "SAME")
+    return _cpu_stride1_conv(x, kernel, pads, form)
+
+
 def _forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     if stride != 1:  # strided layers are few and small (the discriminators'): XLA's choice
         return _xla_conv(x, kernel, stride)
-    pads = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], (1, 1), "SAME")
-    return _on_cpu(x, kernel, cpu=lambda x_, k_: _cpu_stride1_conv(x_, k_, pads),
+    form = _choose(x.shape, kernel.shape, stride, x.dtype, "forward")
+    return _on_cpu(x, kernel, cpu=lambda x_, k_: forward_with(x_, k_, 1, form),
                    default=lambda x_, k_: _xla_conv(x_, k_, 1))
 
 
@@ -143,22 +199,38 @@ def _transposed_pads(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]):
     return (kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)
 
 
-def _input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], stride: int) -> jax.Array:
-    """The input gradient of :func:`conv2d`. On CPU, for stride 1, the convolution of ``g`` with the kernel
-    rotated by 180 degrees (input and output channels swapped), so that it picks its library as the forward
-    does; XLA's transpose otherwise (a strided one is lhs-dilated, which YNNPACK never takes)."""
-    def xla_transpose(g_, k_):
-        _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, k_, stride), jnp.zeros(x_shape, g_.dtype))
-        return input_vjp(g_)[0]
-
-    if stride != 1:
-        return xla_transpose(g, kernel)
+def input_grad_with(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], stride: int,
+                    form: str) -> jax.Array:
+    """The input gradient of :func:`conv2d` as CPU formulation ``form`` (one of :func:`candidates`
+    ``input_grad``): for stride 1 the convolution of ``g`` with the kernel rotated by 180 degrees (input and
+    output channels swapped) on ``form``'s library, as the forward picks its own; XLA's transpose otherwise (a
+    strided one is lhs-dilated, which YNNPACK never takes)."""
+    if form == "xla":
+        _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel, stride), jnp.zeros(x_shape, g.dtype))
+        return input_vjp(g)[0]
     pads = _transposed_pads(x_shape, kernel.shape)
+    return _cpu_stride1_conv(g, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), pads, form)
 
-    def rotated(g_, k_):
-        return _cpu_stride1_conv(g_, jnp.flip(k_, (0, 1)).transpose(0, 1, 3, 2), pads)
 
-    return _on_cpu(g, kernel, cpu=rotated, default=xla_transpose)
+def _input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], stride: int) -> jax.Array:
+    if stride != 1:
+        return input_grad_with(g, kernel, x_shape, stride, "xla")
+    form = _choose(x_shape, kernel.shape, stride, g.dtype, "input_grad")
+    return _on_cpu(g, kernel, cpu=lambda g_, k_: input_grad_with(g_, k_, x_shape, 1, form),
+                   default=lambda g_, k_: input_grad_with(g_, k_, x_shape, 1, "xla"))
+
+
+def kernel_grad_with(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], stride: int,
+                     form: str) -> jax.Array:
+    """The kernel gradient of :func:`conv2d` as CPU formulation ``form`` (one of :func:`candidates`
+    ``kernel_grad``: ``xla``, ``few_output`` or ``banded:<band bytes>``), in ``x``'s dtype."""
+    if form == "xla":
+        return xla_kernel_grad(x, g, kernel_shape, stride)
+    if form == "few_output":
+        return few_output_kernel_grad(x, g, kernel_shape).astype(x.dtype)
+    if form.startswith("banded:"):
+        return banded_kernel_grad(x, g, kernel_shape, stride, int(form.split(":", 1)[1])).astype(x.dtype)
+    raise ValueError(f"unknown kernel gradient formulation {form!r}")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -167,26 +239,32 @@ def _conv2d(x, kernel, stride):
 
 
 def _conv2d_fwd(x, kernel, stride):
-    return _forward(x, kernel, stride), (x, kernel)
+    # With symbolic zeros the backward pass knows which inputs are differentiated: a frozen kernel (VGG's, the
+    # other network's in a GAN step) or an input photo gets no gradient traced, chosen or measured.
+    return _forward(x.value, kernel.value, stride), (x.value, kernel.value, x.perturbed, kernel.perturbed)
 
 
 def _conv2d_bwd(stride, residuals, g):
-    x, kernel = residuals
-    dx = _input_grad(g, kernel, x.shape, stride)
-    kh, kw, cin, cout = kernel.shape
-    macs = math.prod(g.shape) * kh * kw * cin
-    few_outputs = kh * kw * cin > MAX_COLUMNS_PER_OUTPUT * cout
-    if _KERNEL_GRADIENT.get() == "xla" or macs < MIN_BANDED_MACS or (few_outputs and stride != 1):
+    x, kernel, x_perturbed, kernel_perturbed = residuals
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        return None, None
+    dx = _input_grad(g, kernel, x.shape, stride) if x_perturbed else None
+    if not kernel_perturbed:
+        return dx, None
+    if _KERNEL_GRADIENT.get() == "xla":
+        form = "xla"
+    else:
+        form = _choose(x.shape, kernel.shape, stride, x.dtype, "kernel_grad")
+    if form == "xla":
         dk = xla_kernel_grad(x, g, kernel.shape, stride)
     else:
-        cpu_grad = few_output_kernel_grad if few_outputs else functools.partial(banded_kernel_grad, stride=stride)
         dk = _on_cpu(  # both branches must give the same dtype
-            x, g, cpu=lambda x_, g_: cpu_grad(x_, g_, kernel.shape).astype(x.dtype),
+            x, g, cpu=lambda x_, g_: kernel_grad_with(x_, g_, kernel.shape, stride, form),
             default=lambda x_, g_: xla_kernel_grad(x_, g_, kernel.shape, stride).astype(x.dtype))
     return dx, dk.astype(kernel.dtype)
 
 
-_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd, symbolic_zeros=True)
 
 
 def xla_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], stride: int) -> jax.Array:
@@ -205,7 +283,7 @@ def banded_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]
     out_h, out_w = g.shape[1], g.shape[2]
     (top, bottom), (left, right) = jax.lax.padtype_to_pads((h, w), (kh, kw), (stride, stride), "SAME")
     columns = kh * kw * cin
-    rows = max(1, min(out_h, band_bytes // max(1, n * out_w * columns * x.dtype.itemsize)))
+    rows = _band_rows(n, out_w, columns, x.dtype.itemsize, out_h, band_bytes)
     bands = math.ceil(out_h / rows)
     # Zero rows of g past the image contribute nothing, so the last band may run past the bottom.
     g = jnp.pad(g, ((0, 0), (0, bands * rows - out_h), (0, 0), (0, 0)))
@@ -223,6 +301,11 @@ def banded_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]
 
     acc, _ = jax.lax.scan(band, jnp.zeros((columns, cout), jnp.float32), jnp.arange(bands))
     return acc.reshape(kh, kw, cin, cout)
+
+
+def _band_rows(batch: int, out_w: int, columns: int, itemsize: int, out_h: int, band_bytes: int) -> int:
+    """Output rows per band of banded_kernel_grad: as many as keep a band's patch matrix within band_bytes."""
+    return max(1, min(out_h, band_bytes // max(1, batch * out_w * columns * itemsize)))
 
 
 def few_output_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
