@@ -24,11 +24,18 @@
     python launch/benchmark.py --mode=texture_probe --texture_inputs=gray,highpass \
         --config.discriminator.norm=none --config.discriminator.init=he --config.patch_size=100 --config.batch_size=8
 
+Each convolution's CPU formulation (wespe.conv_tuning) is chosen as WESPE_CONV_CHOICE says (default: measured once
+per machine, cached), or as --conv_choice says; the training modes list the choice per layer shape (stderr, and
+"conv_choices" in the JSON). Measure them anew, or time the step with the built-in thresholds, side by side:
+    python launch/benchmark.py --config.batch_size=8 --conv_choice=remeasure
+    python launch/benchmark.py --config.batch_size=8 --conv_choice=heuristic
+
 The training config is a file as in launch/train.py (default experiments/wespe_paper.py, overridable with
 --config.<key>); VGG weights default to ``random`` (same FLOPs as the real network).
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +51,7 @@ if _MODE != "enhance":
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from wespe import benchmarking, cli, parallel  # noqa: E402
+from wespe import benchmarking, cli, conv_tuning, parallel  # noqa: E402
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
 _CONFIG = cli.define_config_flag(_DEFAULT_CONFIG, "Training config file.")
@@ -80,6 +87,10 @@ flags.DEFINE_string("vgg_weights", "random", "VGG-19 weights file, or 'random' (
                     "config sets none: --config.vgg_weights wins otherwise).")
 flags.DEFINE_float("peak_tflops", None, "Per-device peak TFLOP/s for MFU (default: known table by device kind).")
 flags.DEFINE_string("out", None, "Write the result JSON here as well as printing it.")
+flags.DEFINE_string("conv_choice", None, "How each convolution's CPU formulation is chosen, as WESPE_CONV_CHOICE: "
+                    "measure (cached, measuring what is missing), remeasure, heuristic (wespe.conv's thresholds), "
+                    "plus part=formulation items to force one (e.g. heuristic,kernel_grad=xla). Default: "
+                    "WESPE_CONV_CHOICE, else measure.")
 FLAGS = flags.FLAGS
 
 
@@ -88,6 +99,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.mode == "enhance":  # as launch/enhance.py (the training modes keep the default allocator)
         host_malloc.tune()
+    if FLAGS.conv_choice is not None:  # checked here (one clear error), then in force for this process
+        conv_tuning.parse_policy(FLAGS.conv_choice, source="--conv_choice")
+        os.environ[conv_tuning.CHOICE_ENV] = FLAGS.conv_choice
     parallel.initialize_distributed(num_cpu_devices=FLAGS.num_cpu_devices)
     if FLAGS.mode == "enhance":
         unknown = [t for t in FLAGS.tilings if t not in ("staged", "streamed")]
@@ -165,9 +179,22 @@ def _texture_probe(config) -> list[dict]:
     return rows
 
 
+def _conv_choice_tables(result) -> list[str]:
+    """Each distinct per-layer table of convolution formulations in ``result`` (one per timed step)."""
+    if isinstance(result, dict):
+        own = [conv_tuning.describe(result["conv_choices"])] if result.get("conv_choices") else []
+        return own + [t for k, v in result.items() if k != "conv_choices" for t in _conv_choice_tables(v)]
+    if isinstance(result, list):
+        return [t for v in result for t in _conv_choice_tables(v)]
+    return []
+
+
 def _emit(result: dict) -> None:
     import jax
     result["device"] = jax.devices()[0].device_kind
+    for table in dict.fromkeys(_conv_choice_tables(result)):  # stderr: stdout is the JSON
+        print(f"convolution formulations ({conv_tuning.CHOICE_ENV}={conv_tuning.policy_text()}):\n{table}",
+              file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)
     if FLAGS.out:

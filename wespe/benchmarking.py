@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wespe import conv, degradation, parallel, train
+from wespe import conv, conv_tuning, degradation, parallel, train
 from wespe.errors import JobFailed, UserError
 
 # Dense peak FLOP/s per device by jax device_kind and compute dtype (vendor figures, no sparsity).
@@ -79,6 +79,12 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, layout: parallel.
     batch = layout.global_batch({k: rng.random(shape, dtype=np.float32) for k in ("source", "target")})
     key = jax.random.key(0)
 
+    # Traced first on its own: each convolution's CPU formulation is chosen then (wespe.conv_tuning: measured
+    # once per machine for shapes not in the cache), which is not compile time; jit keeps the trace.
+    t0 = time.perf_counter()
+    with conv_tuning.recording() as conv_choices:
+        jax.eval_shape(step.jitted, state, step.vgg_weights, batch, key, step.color_pools)
+    conv_choice_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled = step.jitted.lower(state, step.vgg_weights, batch, key, step.color_pools).compile()
     compile_s = time.perf_counter() - t0
@@ -107,7 +113,9 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, layout: parallel.
         "mode": config.mode, "batch_size": config.batch_size, "patch_size": config.patch_size,
         "compute_dtype": config.compute_dtype, "device": devices[0].device_kind, "num_devices": num_devices,
         "mesh": dict(layout.mesh.shape), "per_device_batch": config.batch_size // layout.batch_devices,
-        "compile_s": round(compile_s, 3), "step_s_median": round(median, 4),
+        "compile_s": round(compile_s, 3), "conv_choice_s": round(conv_choice_s, 3),
+        "conv_choice": conv_tuning.policy_text(), "conv_choices": conv_choices,
+        "step_s_median": round(median, 4),
         "step_s_all": [round(t, 4) for t in times], "images_per_s": round(config.batch_size / median, 3),
         "cpu_user_s_per_step": round(statistics.median(user), 3),
         "cpu_sys_s_per_step": round(statistics.median(system), 3),

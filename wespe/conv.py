@@ -167,10 +167,8 @@ def heuristic(shape, part: str) -> str:
         return "xla" if shape.stride != 1 else "ynnpack" if shape.cout < EIGEN_MIN_OUTPUT_CHANNELS else "eigen"
     if part == "input_grad":  # the rotated kernel's outputs are the input channels
         return "xla" if shape.stride != 1 else "ynnpack" if shape.cin < EIGEN_MIN_OUTPUT_CHANNELS else "eigen"
-    macs = shape.batch * -(-shape.height // shape.stride) * -(-shape.width // shape.stride) * shape.cout \
-        * shape.kh * shape.kw * shape.cin
     few_outputs = shape.kh * shape.kw * shape.cin > MAX_COLUMNS_PER_OUTPUT * shape.cout
-    if macs < MIN_BANDED_MACS or (few_outputs and shape.stride != 1):
+    if shape.macs < MIN_BANDED_MACS or (few_outputs and shape.stride != 1):
         return "xla"
     return "few_output" if few_outputs else f"banded:{BAND_BYTES}"
 

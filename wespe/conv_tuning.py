@@ -73,6 +73,9 @@ GIVE_UP_RATIO = 3
 # image: throughput per pixel is steady by then, and timing a 12 MP layer would take seconds per candidate.
 MAX_MEASURED_PIXELS = 2**19
 _CROP = 512
+# Below this many multiply-adds a part takes well under a millisecond whatever its form, and timing its candidates
+# (a compile each, ~0.3 s) would cost more than any choice could save: such parts take the thresholds.
+MIN_MEASURED_MACS = 2**25
 
 
 class ConvShape(NamedTuple):
@@ -101,6 +104,12 @@ class ConvShape(NamedTuple):
     @property
     def itemsize(self) -> int:
         return jnp.dtype(self.dtype).itemsize
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of the forward pass (and of each gradient)."""
+        out_h, out_w = -(-self.height // self.stride), -(-self.width // self.stride)
+        return self.batch * out_h * out_w * self.kh * self.kw * self.cin * self.cout
 
     @property
     def key(self) -> str:
@@ -162,6 +171,12 @@ def policy() -> Policy:
     """The policy in force: :func:`conv_choice`'s, else ``$WESPE_CONV_CHOICE``'s, else ``measure``."""
     override = _POLICY_OVERRIDE.get()
     return override if override is not None else parse_policy(os.environ.get(CHOICE_ENV, ""))
+
+
+def policy_text() -> str:
+    """The policy in force, written as ``WESPE_CONV_CHOICE`` takes it."""
+    rule = policy()
+    return ",".join([rule.mode] + [f"{part}={form}" for part, form in rule.forced.items()])
 
 
 @contextlib.contextmanager
@@ -256,6 +271,21 @@ class _Choices:
 _CHOICES = _Choices()
 
 
+_RECORDING = contextvars.ContextVar("wespe_conv_recording", default=None)
+
+
+@contextlib.contextmanager
+def recording():
+    """Yields a list that gets a :func:`chosen`-style row for each (shape, part) chosen in this block (its
+    first choice): what one program traced here uses."""
+    rows: list[dict] = []
+    token = _RECORDING.set(rows)
+    try:
+        yield rows
+    finally:
+        _RECORDING.reset(token)
+
+
 def chosen() -> list[dict]:
     """Every formulation convolutions traced by this process took: ``{"shape", "part", "formulation",
     "source" (heuristic, forced, measured, cached or only), "ms" (candidate -> median ms, when timed)}``."""
@@ -297,15 +327,19 @@ def choose(shape: ConvShape, part: str) -> str:
         source = "forced"
     elif len(candidates) == 1:
         form, source = candidates[0], "only"
-    elif rule.mode == "heuristic" or not _can_measure():
+    elif rule.mode == "heuristic" or shape.macs < MIN_MEASURED_MACS or not _can_measure():
         form, source = conv.heuristic(shape, part), "heuristic"
     else:
         form, source, ms = _measured_choice(shape, part, remeasure=rule.mode == "remeasure")
+    row = {"formulation": form, "source": source, "ms": ms}
     with _CHOICES.lock:
         first = (shape.key, part) not in _CHOICES.used
-        _CHOICES.used[(shape.key, part)] = {"formulation": form, "source": source, "ms": ms}
+        _CHOICES.used[(shape.key, part)] = row
+    rows = _RECORDING.get()
+    if rows is not None and not any(r["shape"] == shape.key and r["part"] == part for r in rows):
+        rows.append({"shape": shape.key, "part": part, **row})
     if first and source in ("measured", "cached", "forced"):
-        timing = ", ".join(f"{k} {v:.3g} ms" for k, v in sorted(ms.items(), key=lambda kv: kv[1]))
+        timing = ", ".join(f"{k} {v:.4g} ms" for k, v in sorted(ms.items(), key=lambda kv: kv[1]))
         logging.info("conv %s %s: %s (%s%s)", shape.key, part, form, source, f": {timing}" if timing else "")
     return form
 
@@ -393,7 +427,8 @@ def time_candidates(shape: ConvShape, part: str, candidates: tuple[str, ...]) ->
 
 def measure(shapes, parts=PARTS, *, remeasure: bool = False) -> list[dict]:
     """Choose (measuring what the cache lacks, or everything with ``remeasure``) ``parts`` of each of
-    ``shapes`` (ConvShape) now rather than when first traced; returns :func:`chosen`-style rows for them."""
+    ``shapes`` (ConvShape) now rather than when first traced, small ones included; returns :func:`chosen`-style
+    rows for them."""
     from wespe import conv
     rows = []
     for shape in shapes:
@@ -403,3 +438,18 @@ def measure(shapes, parts=PARTS, *, remeasure: bool = False) -> list[dict]:
             form, source, ms = _measured_choice(shape, part, remeasure=remeasure)
             rows.append({"shape": shape.key, "part": part, "formulation": form, "source": source, "ms": ms})
     return rows
+
+
+def describe(rows: list[dict]) -> str:
+    """One line per convolution shape: each part's formulation and where it came from, e.g.
+    ``8x100x100 3x3 64->64 s1 float32  forward ynnpack (measured)  input_grad ...``."""
+    by_shape: dict = {}
+    for r in rows:
+        by_shape.setdefault(r["shape"], []).append(r)
+    width = max((len(k) for k in by_shape), default=0)
+    lines = []
+    for key, parts in by_shape.items():
+        parts = sorted(parts, key=lambda r: PARTS.index(r["part"]))
+        lines.append(f"{key:<{width}}  " + "  ".join(f"{r['part']} {r['formulation']} ({r['source']})"
+                                                     for r in parts))
+    return "\n".join(lines)

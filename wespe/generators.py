@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wespe import export, pretrained
+from wespe import conv_tuning, export, pretrained
 from wespe.errors import UserError
 from wespe.export import ExportFormatError
 from wespe.models import Generator
@@ -222,6 +222,7 @@ def generator_for_flags(*, pretrained_name: str | None = None, checkpoint: str |
     """The generator the command-line flags name, and a description of it to print: ``--pretrained`` (an official
     DPED generator, its files in ``--weights_dir``) or ``--checkpoint`` (anything else :func:`load_generator`
     reads: an exported ``.npz``, a folder holding ``generator.npz``, a training workdir); exactly one of the two."""
+    conv_tuning.policy()  # a bad WESPE_CONV_CHOICE fails before loading, not when the generator is first traced
     if (pretrained_name is None) == (checkpoint is None):
         raise UserError("give exactly one of --pretrained (an official DPED generator: "
                         f"{', '.join(sorted(pretrained.PRETRAINED))}) and --checkpoint (an exported wespe "

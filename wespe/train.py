@@ -27,7 +27,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from wespe import conv, losses, ops, parallel, vgg
+from wespe import conv, conv_tuning, losses, ops, parallel, vgg
 from wespe import degradation as degradation_lib
 from wespe.color_pool import moment_transfer
 from wespe.config import validate
@@ -332,6 +332,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
     ``degradation``: the source camera model (:mod:`wespe.degradation`), exactly when :func:`uses_degradation`.
     """
     validate(config)
+    conv_tuning.policy()  # a bad WESPE_CONV_CHOICE fails here, not inside the step's trace (where it is used)
     if (degradation is not None) != uses_degradation(config):
         raise ValueError("pass degradation exactly when config.weights.restoration > 0 (wespe mode): fit it with "
                          "wespe.degradation.fit (wespe.loop.fitted_degradation)")
