@@ -306,12 +306,13 @@ def _can_measure() -> bool:
     return jax.default_backend() == "cpu" and jax.process_count() == 1
 
 
-def _forced(shape: ConvShape, part: str, form: str, candidates: tuple[str, ...]) -> str | None:
-    """``form`` resolved for ``shape`` (``banded`` -> the default band size), or None where it does not apply."""
+def _forced(shape: ConvShape, part: str, form: str) -> str | None:
+    """``form`` resolved for ``shape`` (``banded`` -> the default band size), or None where it does not apply:
+    a library (ynnpack, eigen) or few_output needs stride 1. ``xla`` (XLA's own formulation) always applies."""
     from wespe import conv
     if form == "banded":
         form = f"banded:{conv.BAND_BYTES}"
-    if form.startswith("banded:") or form in candidates:
+    if form == "xla" or form.startswith("banded:") or shape.stride == 1:
         return form
     return None
 
@@ -322,7 +323,7 @@ def choose(shape: ConvShape, part: str) -> str:
     candidates = conv.candidates(shape, part)
     rule = policy()
     ms: dict = {}
-    form = _forced(shape, part, rule.forced[part], candidates) if part in rule.forced else None
+    form = _forced(shape, part, rule.forced[part]) if part in rule.forced else None
     if form is not None:
         source = "forced"
     elif len(candidates) == 1:
@@ -347,7 +348,8 @@ def choose(shape: ConvShape, part: str) -> str:
 def _measured_choice(shape: ConvShape, part: str, *, remeasure: bool) -> tuple[str, str, dict]:
     from wespe import conv
     measured = shape.measured()
-    candidates = conv.candidates(measured, part)
+    # The thresholds' pick first: the likely winner sets the bar early, so slower candidates stop after one run.
+    candidates = sorted(conv.candidates(measured, part), key=lambda f: f != conv.heuristic(measured, part))
     with _CHOICES.lock:
         _CHOICES.load()
         key = (measured.key, part)
