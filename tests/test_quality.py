@@ -383,13 +383,14 @@ def test_camera_colour_inverse_undoes_the_colour_steps():
 
 def test_oracle_rows_invert_each_photo_camera():
     """On a flat photo (no detail, so the base-layer path is the plain map) the oracle rows return the clean colour
-    of this photo's camera (photo rows) and of the family's centre camera (set row); the last row denoises at the
-    camera's own noise level."""
+    of this photo's camera (photo rows) and of the family's centre camera (set row); oracle_nlm and the last row
+    denoise (the colour start, the photo's clean colour) at the camera's own noise level."""
     cam = {"contrast": 0.6, "brightness": -0.05, "gains": [1.12, 1.0, 0.75], "noise_sigma": 0.03}
     clean = np.array([0.35, 0.5, 0.6])
     degraded = np.broadcast_to(np.asarray(cam["gains"]) * (0.5 + cam["contrast"] * (clean - 0.5)
                                                            + cam["brightness"]), (20, 24, 3))
-    rows = baselines.oracle_baselines(cam, camera.CAMERA_RANGES)
+    start = lambda x: 0.9 * x + 0.05  # noqa: E731 (a stand-in for the fitted colour start)
+    rows = baselines.oracle_baselines(cam, camera.CAMERA_RANGES, start)
     assert tuple(rows) == baselines.ORACLE_NAMES
     np.testing.assert_allclose(rows["oracle_photo_colour"](degraded), np.broadcast_to(clean, (20, 24, 3)), atol=1e-5)
     matrix, bias = camera.colour_inverse(camera.centre_camera(camera.CAMERA_RANGES))
@@ -397,6 +398,7 @@ def test_oracle_rows_invert_each_photo_camera():
     photo = np.random.default_rng(2).random((24, 32, 3))
     np.testing.assert_array_equal(rows["oracle_photo_colour_nlm"](photo),
                                   baselines.nlm_denoise(rows["oracle_photo_colour"](photo), sigma=0.03))
+    np.testing.assert_array_equal(rows["oracle_nlm"](photo), baselines.nlm_denoise(start(photo), sigma=0.03))
 
 
 def test_run_benchmark_reuses_a_finished_run(bench):

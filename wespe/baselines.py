@@ -135,13 +135,18 @@ def base_colour_path(matrix: np.ndarray, bias: np.ndarray):
 
 # Rows that read each test photo's true camera (camera_params.json): not methods (nothing can know these), bounds
 # that split the gap between the colour start and the clean photo into its parts.
-ORACLE_NAMES = ("oracle_set_colour", "oracle_photo_colour", "oracle_photo_colour_nlm")
+ORACLE_NAMES = ("oracle_nlm", "oracle_set_colour", "oracle_photo_colour", "oracle_photo_colour_nlm")
 
 
-def oracle_baselines(camera: dict, ranges: dict) -> dict:
+def oracle_baselines(camera: dict, ranges: dict, colour_start) -> dict:
     """The :data:`ORACLE_NAMES` for one test photo degraded by ``camera`` (its :func:`wespe.camera.draw_camera`
-    draw) from the family ``ranges``, each through the same colour path as ``moment_transfer_base``
-    (:func:`base_colour_path`), with a colour map that no unpaired fit can know:
+    draw) from the family ``ranges``, each reading something of ``camera`` that no unpaired fit can know:
+
+    * ``oracle_nlm``: ``colour_start`` (the fitted ``moment_transfer_base``), then :func:`nlm_denoise` at the
+      camera's own noise level instead of the level estimated from the photo: what a well-set denoiser adds to
+      the colour start;
+
+    and the same colour path as ``moment_transfer_base`` (:func:`base_colour_path`) with a true colour map:
 
     * ``oracle_set_colour``: the exact inverse of the family's centre camera (:func:`wespe.camera.centre_camera`):
       the one set-level map a fit to many photos of the family would approach. Its gap to
@@ -154,8 +159,10 @@ def oracle_baselines(camera: dict, ranges: dict) -> dict:
     from wespe import camera as camera_model
     set_colour = base_colour_path(*camera_model.colour_inverse(camera_model.centre_camera(ranges)))
     photo_colour = base_colour_path(*camera_model.colour_inverse(camera))
-    return {"oracle_set_colour": set_colour, "oracle_photo_colour": photo_colour,
-            "oracle_photo_colour_nlm": lambda x: nlm_denoise(photo_colour(x), sigma=float(camera["noise_sigma"]))}
+    sigma = float(camera["noise_sigma"])
+    return {"oracle_nlm": lambda x: nlm_denoise(colour_start(x), sigma=sigma),
+            "oracle_set_colour": set_colour, "oracle_photo_colour": photo_colour,
+            "oracle_photo_colour_nlm": lambda x: nlm_denoise(photo_colour(x), sigma=sigma)}
 
 
 def apply_uint8(method, image: np.ndarray) -> np.ndarray:

@@ -18,8 +18,9 @@ Methods, all scored by :func:`wespe.evaluation.evaluate` on the whole held-out p
   followed by a classical denoiser (non-local means, strength estimated from each photo), so it shows what
   training adds beyond colour plus denoising;
 * oracle rows (:func:`wespe.baselines.oracle_baselines`, kind ``oracle``): the same colour path with colour maps
-  read from each test photo's true camera (camera_params.json) - not methods, bounds that split the gap between
-  the colour start and the clean photo into set-level colour, per-photo colour and noise; not in the grid;
+  read from each test photo's true camera (camera_params.json), and the colour start denoised at the camera's
+  true noise level - not methods, bounds that split the gap between the colour start and the clean photo into
+  set-level colour, per-photo colour and noise; not in the grid;
 * trained presets (``name -> experiment config file``), one training run per seed (:func:`preset_config` says
   what is overridden), scored in model mode; a finished run in ``runs/<preset>/seed_<s>`` is reused.
 
@@ -316,10 +317,12 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
     methods: dict[str, dict] = {}
     cameras = json.loads(Path(data.camera_params).read_text())
     # name -> (kind, photo name -> method): the oracle rows' methods differ per photo (each reads its own camera)
+    fitted = fitted_baselines(data)
     baselines = {**{n: ("classical", lambda _, f=f: f) for n, f in BASELINES.items()},
-                 **{n: ("fitted", lambda _, f=f: f) for n, f in fitted_baselines(data).items()},
-                 **{n: ("oracle", lambda photo, n=n: oracle_baselines(cameras["cameras"][photo],
-                                                                      cameras["ranges"])[n]) for n in ORACLE_NAMES}}
+                 **{n: ("fitted", lambda _, f=f: f) for n, f in fitted.items()},
+                 **{n: ("oracle", lambda photo, n=n: oracle_baselines(cameras["cameras"][photo], cameras["ranges"],
+                                                                      fitted["moment_transfer_base"])[n])
+                    for n in ORACLE_NAMES}}
     total = 1 + len(baselines) + len(presets) * len(seeds)
     with tqdm(total=total, unit="run", desc="quality benchmark", disable=not progress, dynamic_ncols=True) as bar:
         bar.set_postfix_str("input")
@@ -427,8 +430,9 @@ def markdown(results: dict) -> str:
         f"Detail PSNR: PSNR of the fine detail (x minus its Gaussian blur, sigma 2) against the clean photo's; "
         f"higher is closer. Noise: the output's luma noise std (Immerkær's estimator, 8-bit units), to compare "
         f"with the clean photos' own in the header: above it, noise is left; below it, texture is smoothed "
-        f"away. Rows named oracle_* are not methods: they read each test photo's true camera (the inverse of the "
-        f"camera family's centre colour, of the photo's own colour, then a denoiser at its true noise level), "
+        f"away. Rows named oracle_* are not methods: they read each test photo's true camera (the colour start "
+        f"denoised at the camera's noise level; the inverse of the camera family's centre colour, of the photo's "
+        f"own colour, then a denoiser at its true noise level), "
         f"so the steps from moment_transfer_base down to them show how much of what is left is set-level colour, "
         f"per-photo colour and noise.\n",
         summary_table(results),
