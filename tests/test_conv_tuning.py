@@ -139,7 +139,7 @@ def test_measured_choice_is_cached_and_reused(tuning):
     path, calls = tuning
     _, choices = _trace_step()
     assert choices == {"forward": ("eigen", "measured"), "input_grad": ("ynnpack", "measured"),
-                       "kernel_grad": (f"banded:{conv.BAND_CANDIDATES[0]}", "measured")}
+                       "kernel_grad": (f"banded:{conv.BAND_BYTES}", "measured")}
     data = json.loads(path.read_text())
     assert data["format"] == conv_tuning.CACHE_FORMAT
     entries = data["machines"][conv_tuning.machine_key()]

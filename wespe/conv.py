@@ -152,7 +152,7 @@ def candidates(shape, part: str) -> tuple[str, ...]:
         return ("ynnpack", "eigen") if shape.stride == 1 else ("xla",)
     forms = ["xla"] + (["few_output"] if shape.stride == 1 and shape.cout < YNN_MIN_FEATURES else [])
     seen = set()
-    for band_bytes in BAND_CANDIDATES:
+    for band_bytes in sorted(BAND_CANDIDATES, key=lambda b: b != BAND_BYTES):  # the default's name where equal
         rows = _band_rows(shape.batch, -(-shape.width // shape.stride), shape.kh * shape.kw * shape.cin,
                           shape.itemsize, -(-shape.height // shape.stride), band_bytes)
         if rows not in seen:
