@@ -3,6 +3,9 @@
 import json
 import logging
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -264,3 +267,14 @@ def test_large_images_are_timed_on_a_crop_and_accelerators_take_the_thresholds(t
     monkeypatch.setattr(conv_tuning, "_can_measure", lambda: False)
     _, choices = _trace_step()
     assert {s for _, s in choices.values()} == {"heuristic"} and tuning[1] == []
+
+
+def test_describe_and_the_benchmark_flag():
+    rows = [{"shape": "8x100x100 3x3 64->64 s1 float32", "part": p, "formulation": f, "source": "cached", "ms": {}}
+            for p, f in (("kernel_grad", "xla"), ("forward", "ynnpack"))]
+    assert conv_tuning.describe(rows) == ("8x100x100 3x3 64->64 s1 float32  forward ynnpack (cached)  "
+                                          "kernel_grad xla (cached)")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "launch" / "benchmark.py"), "--conv_choice=fastest"],
+                          capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode == 2 and "--conv_choice='fastest': 'fastest' is not a mode" in proc.stderr
