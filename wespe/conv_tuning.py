@@ -3,14 +3,14 @@
 :mod:`wespe.conv` can compute each part of a stride-1 convolution several ways on XLA:CPU, all equal up to float
 summation order: the forward and the input gradient on YNNPACK or on Eigen, the kernel gradient as XLA's
 whole-image convolution, the transposed one (``few_output``) or a loop over bands of rows (``banded:<bytes>``).
-Which is fastest depends on the CPU (the thresholds in :mod:`wespe.conv`, tuned on a 2-core AVX2 AMD EPYC, lose on
-an AVX-512 Xeon, where YNNPACK wins the 3x3 64->64 layers), so here each shape's candidates are timed once per
-machine (CPU model, ISA flags, cores) and jaxlib, the fastest kept in a JSON file under the user's cache folder,
-and reused by every later run: training, inference and the benchmark alike. Measured on the 2-core AVX-512 Xeon
-(batch 8 of 100x100, generator width 64; a loaded machine): YNNPACK wins every forward and input gradient of the
-generators (3x3 64->64 forward 43 vs 62 ms on Eigen, which the thresholds picked), XLA's own kernel gradient beats
-the bands on the 9x9 3->64 input layer (68 vs 89 ms); the WESPE step at batch 8 took 10.9 s/step measured vs
-12.1 s with the thresholds, after 62 s of measuring once.
+Which is fastest depends on the CPU and the shape (the thresholds in :mod:`wespe.conv` were tuned on a 2-core
+AVX2 AMD EPYC), so here each shape's candidates are timed once per machine (CPU model, ISA flags, cores) and
+jaxlib, the fastest kept in a JSON file under the user's cache folder, and reused by every later run: training,
+inference and the benchmark alike. Measured on a quiet 2-core AVX-512 Xeon (launch/benchmark.py
+--mode=torch_ratio, --conv_choice=remeasure vs heuristic): the WESPE step 6.98 vs 7.07 s at batch 8, 25.9 vs
+25.3 s at batch 30, after 67 / 96 s of measuring once: there the thresholds were already right for the layers
+that matter. Measure on a quiet machine: under load (another job on the cores) the ranking of close candidates
+flips (a loaded measurement picked YNNPACK for the 3x3 64->64 layers, a quiet one Eigen).
 
 The choice is made when a convolution is traced (``wespe.conv._choose``), for the shape it is traced with. A shape
 not measured yet is measured right then, in a worker thread (outside the trace that asked): compiled once, then
