@@ -35,6 +35,7 @@ input, camera draws, halves, split, licences, the command to rerun), ``results.m
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -318,11 +319,11 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
     cameras = json.loads(Path(data.camera_params).read_text())
     # name -> (kind, photo name -> method): the oracle rows' methods differ per photo (each reads its own camera)
     fitted = fitted_baselines(data)
+    oracles = functools.cache(lambda photo: oracle_baselines(cameras["cameras"][photo], cameras["ranges"],
+                                                             fitted["moment_transfer_base"]))  # once a photo
     baselines = {**{n: ("classical", lambda _, f=f: f) for n, f in BASELINES.items()},
                  **{n: ("fitted", lambda _, f=f: f) for n, f in fitted.items()},
-                 **{n: ("oracle", lambda photo, n=n: oracle_baselines(cameras["cameras"][photo], cameras["ranges"],
-                                                                      fitted["moment_transfer_base"])[n])
-                    for n in ORACLE_NAMES}}
+                 **{n: ("oracle", lambda photo, n=n: oracles(photo)[n]) for n in ORACLE_NAMES}}
     total = 1 + len(baselines) + len(presets) * len(seeds)
     with tqdm(total=total, unit="run", desc="quality benchmark", disable=not progress, dynamic_ncols=True) as bar:
         bar.set_postfix_str("input")
