@@ -93,15 +93,20 @@ class EvalResult:
     aggregates: dict = dataclasses.field(default_factory=dict)
     # name -> (input, enhanced, reference) thumbnails (uint8 or None), kept for the best/worst grid only
     thumbnails: dict = dataclasses.field(default_factory=dict, repr=False)
+    # likeness to a target camera's photos (wespe.no_reference; launch/evaluate.py --target), or None
+    no_reference: dict | None = None
 
     @property
     def ranking_metric(self) -> str:
         return "psnr" if self.has_reference else "entropy"
 
     def to_json(self) -> dict:
-        return {"mode": self.mode, "has_reference": self.has_reference, "protocol": PROTOCOL,
-                "ranking_metric": self.ranking_metric, "aggregates": self.aggregates, "rows": self.rows,
-                "skipped": self.skipped}
+        out = {"mode": self.mode, "has_reference": self.has_reference, "protocol": PROTOCOL,
+               "ranking_metric": self.ranking_metric, "aggregates": self.aggregates, "rows": self.rows,
+               "skipped": self.skipped}
+        if self.no_reference is not None:
+            out["no_reference"] = self.no_reference
+        return out
 
     def summary(self) -> str:
         a = self.aggregates
@@ -229,7 +234,7 @@ def _best_worst_names(scores: dict[str, float]) -> list[str]:
 
 def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=None, tile: int | None = None,
              memory_budget_mb: float | None = None, limit: int | None = None, save_enhanced_to=None,
-             exclude: Sequence[str | os.PathLike] = (), progress: bool = True) -> EvalResult:
+             exclude: Sequence[str | os.PathLike] = (), progress: bool = True, visit=None) -> EvalResult:
     """Score a generator (``generator``, on ``sources``) or a folder of enhanced photos (``outputs_folder``,
     ``generator=None``) against ``reference_folder`` (or without one). See the module docstring.
 
@@ -237,7 +242,9 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
     gives the inputs). ``tile`` / ``memory_budget_mb``: for :func:`wespe.inference.enhance`. ``limit``: only the
     first N photos (sorted by name). ``save_enhanced_to``: also write the enhanced photos there (model mode).
     ``exclude``: folders whose photos are never inputs (give the results folder: a rerun then does not score its
-    own ``best_worst.png``); ``save_enhanced_to`` is always excluded.
+    own ``best_worst.png``); ``save_enhanced_to`` is always excluded. ``visit``: called as
+    ``visit(name, enhanced, source)`` (8-bit arrays; ``source`` None when there is no input) for every photo
+    scored, so a caller can gather more numbers without the photos being kept (:class:`wespe.no_reference.SetStats`).
     Raises ``ValueError`` for a bad combination of arguments, ``FileNotFoundError`` for a missing folder;
     problems with single photos are reported in the result instead.
     """
@@ -277,7 +284,7 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
                     raise read_error
                 row = _evaluate_one(generator, name, path, source_index, reference_index, duplicate_references,
                                     result.has_reference, tile, memory_budget_mb, save_enhanced_to,
-                                    best_worst=best_worst, loaded=loaded)
+                                    best_worst=best_worst, loaded=loaded, visit=visit)
                 result.rows.append(row)
                 bar.set_postfix({"MP/s": rate.add(row["height"], row["width"])}, refresh=False)
             except Exception as e:  # noqa: BLE001 - one bad photo must not stop the evaluation
@@ -297,7 +304,7 @@ class _Skip(ValueError):
 
 
 def _evaluate_one(generator, name, path, source_index, reference_index, duplicate_references, has_reference,
-                  tile, memory_budget_mb, save_enhanced_to, *, best_worst, loaded=None) -> dict:
+                  tile, memory_budget_mb, save_enhanced_to, *, best_worst, loaded=None, visit=None) -> dict:
     reference = None
     if has_reference:  # before the (expensive) enhancement: a missing pair costs nothing
         if name in duplicate_references:
@@ -334,6 +341,8 @@ def _evaluate_one(generator, name, path, source_index, reference_index, duplicat
     if source is not None:
         row["input_entropy"], row["input_bpp"] = _no_reference_metrics(source)
     best_worst.add(name, row["psnr"] if has_reference else row["entropy"], (source, enhanced, reference))
+    if visit is not None:
+        visit(name, enhanced, source)
     return row
 
 
@@ -417,6 +426,9 @@ def write_results(result: EvalResult, output_dir: str | os.PathLike) -> dict[str
     keys = [k for k in AGGREGATE_FIELDS if a.get(k) is not None] + list(COUNT_FIELDS[:2 + result.has_reference])
     md = [f"# Evaluation ({result.mode} mode, {'with' if result.has_reference else 'no'} reference)\n",
           markdown_table(["metric", "value"], [(AGGREGATE_LABELS[k], a.get(k)) for k in keys])]
+    if result.no_reference is not None:
+        from wespe import no_reference
+        md.append("\n" + no_reference.markdown(result.no_reference))
     if result.skipped:
         md.append("\nSkipped:\n")
         md += [f"- `{s['name']}`: {s['reason']}" for s in result.skipped]
