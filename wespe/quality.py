@@ -50,7 +50,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from wespe import config as configs
-from wespe import benchmark_metrics, evaluation, image_io, loop
+from wespe import benchmark_metrics, evaluation, image_io, loop, no_reference
 from wespe.baselines import (BASELINES, FITTED_NAMES, ORACLE_NAMES, apply_uint8, fitted_baselines,
                              oracle_baselines)
 from wespe.errors import JobFailed, UserError, call_python_file
@@ -60,6 +60,9 @@ from wespe.quality_data import PHOTOS, TRAIN_LAYOUT, BenchmarkData, folders, pre
 
 METRICS = ("psnr_mean", "psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy_mean", "detail_psnr_mean",
            "noise_mean")
+# No-reference likeness of a method's outputs to the target-side training photos (wespe.no_reference), and how
+# much the ranking of the methods by each agrees with their ranking by PSNR (:func:`rank_agreement`).
+NO_REFERENCE = ("niqe_set", "color_distance", "noise_log2_ratio", "sharpness_log2_ratio")
 PER_IMAGE = ("name", "psnr", "ssim_rgb", "ms_ssim", "entropy", "detail_psnr", "noise")
 PROTOCOL = {
     "detail_psnr": "PSNR (data range 1) of the high-pass residuals x - gaussian(x, sigma=2) (per channel, [0, 1] "
@@ -67,6 +70,17 @@ PROTOCOL = {
     "noise": "noise std of the output's BT.601 luma by Immerkaer's fast estimator, x 255 "
              "(wespe.benchmark_metrics.noise_level); mean per image; the clean photos' own value is "
              "results['clean']['noise_mean']",
+    "no_reference": "niqe_set, color_distance, noise_log2_ratio, sharpness_log2_ratio: wespe.no_reference.report of "
+                    "the method's outputs (the whole held-out photos) against a target model fitted to the "
+                    "benchmark's clean target-side training photos (data/target: what the unpaired methods train "
+                    "towards); no reference photo is read. results['no_reference']['target'] is that model, "
+                    "results['no_reference']['protocol'] wespe.no_reference.PROTOCOL",
+    "rank_agreement": "Spearman rank correlation (average ranks for ties) across the scored rows between "
+                      "psnr_mean and each no-reference column made a 'closer to target is higher' score: "
+                      "-niqe_set, -color_distance, -|noise_log2_ratio|, -|sharpness_log2_ratio|; per seed (the "
+                      "deterministic rows with each trained preset's run of that seed) and pooled (every row of "
+                      "every seed once); oracle rows included (their outputs are photos like any other); None "
+                      "with fewer than 3 rows or a constant column",
 }
 GRID_CROP = 192
 
@@ -249,24 +263,27 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _per_seed(result: evaluation.EvalResult, outputs_folder, reference_folder, seed, steps, minutes) -> dict:
+def _per_seed(result: evaluation.EvalResult, outputs_folder, reference_folder, seed, steps, minutes,
+              target: no_reference.TargetModel | None = None) -> dict:
     """One scoring of a method: evaluate's aggregates of :data:`METRICS`, the detail PSNR and noise level of its
-    outputs (:func:`detail_and_noise`, averaged over the photos as evaluate's means are) and per-image rows."""
+    outputs (:func:`detail_and_noise`, averaged over the photos as evaluate's means are), per-image rows and, with
+    a ``target`` model, the :data:`NO_REFERENCE` numbers of the outputs folder against it."""
     a = result.aggregates
     if not result.rows or result.skipped:
         raise JobFailed(f"{len(result.skipped)} held-out photos could not be scored: {result.skipped}")
     extra = detail_and_noise(outputs_folder, reference_folder)
     rows = [{**r, **extra.get(r["name"], {})} for r in result.rows]
     means = {f"{k}_mean": _mean(r.get(k) for r in rows) for k in ("detail_psnr", "noise")}
-    return {"seed": seed, **{k: means[k] if k in means else a[k] for k in METRICS}, "train_minutes": minutes,
-            "steps": steps, "per_image": [{k: r.get(k) for k in PER_IMAGE} for r in rows]}
+    likeness = no_reference.report(outputs_folder, target) if target is not None else {}
+    return {"seed": seed, **{k: means[k] if k in means else a[k] for k in METRICS},
+            **{k: likeness.get(k) for k in NO_REFERENCE}, "train_minutes": minutes, "steps": steps, "per_image": [{k: r.get(k) for k in PER_IMAGE} for r in rows]}
 
 
 def summarize(per_seed: list[dict]) -> tuple[dict, dict]:
-    """Mean and std over seeds of every metric of :data:`METRICS` and the training minutes (sample std, ddof 1;
-    0 for a single seed or a deterministic method)."""
+    """Mean and std over seeds of every metric of :data:`METRICS` and :data:`NO_REFERENCE` and the training
+    minutes (sample std, ddof 1; 0 for a single seed or a deterministic method)."""
     mean, std = {}, {}
-    for key in METRICS + ("train_minutes",):
+    for key in METRICS + NO_REFERENCE + ("train_minutes",):
         values = [r[key] for r in per_seed if r.get(key) is not None]
         mean[key] = float(np.mean(values)) if values else None
         std[key] = (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0) if values else None
@@ -314,6 +331,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
     split = json.loads(Path(data.root, "READY").read_text())["split"]
     command = rerun_command(out_dir, presets, seeds, steps, vgg_weights, skip_training, data_seed, max_side)
 
+    target = no_reference.fit_target_model(data.target)  # the clean target-side training photos
     outputs: dict[str, str] = {"input": data.test_degraded}  # method -> folder of its outputs (first seed)
     methods: dict[str, dict] = {}
     cameras = json.loads(Path(data.camera_params).read_text())
@@ -330,7 +348,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
         result = evaluation.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=data.test_degraded,
                                      progress=False)
         methods["input"] = {"kind": "input", "per_seed": [_per_seed(result, data.test_degraded, data.test_clean,
-                                                                     None, None, None)]}
+                                                                     None, None, None, target)]}
         bar.update(1)
         for name, (kind, method_for) in baselines.items():
             bar.set_postfix_str(name)
@@ -341,7 +359,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
             result = evaluation.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=folder,
                                          progress=False)
             methods[name] = {"kind": kind, "per_seed": [_per_seed(result, folder, data.test_clean, None, None,
-                                                                  None)]}
+                                                                  None, target)]}
             if kind != "oracle":  # the grid shows methods; the oracle rows are bounds (see the table's note)
                 outputs[name] = str(folder)
             bar.update(1)
@@ -355,7 +373,8 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
                 result = evaluation.evaluate(load_exported_generator(workdir), data.test_degraded, data.test_clean,
                                              save_enhanced_to=enhanced, progress=False)
                 methods[name]["per_seed"].append(_per_seed(result, enhanced, data.test_clean, seed,
-                                                           record["num_steps"], record["train_minutes"]))
+                                                           record["num_steps"], record["train_minutes"],
+                                                           target))
                 methods[name]["reused_runs"] = methods[name].get("reused_runs", 0) + bool(record["reused"])
                 outputs.setdefault(name, str(enhanced))
                 bar.update(1)
@@ -365,12 +384,16 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
         entry["mean"], entry["std"] = summarize(entry["per_seed"])
         entry["n"] = len(entry["per_seed"])
         entry["delta_vs_input"] = {k: (entry["mean"][k] - base[k] if None not in (entry["mean"][k], base[k])
-                                       else None) for k in METRICS}
+                                       else None) for k in METRICS + NO_REFERENCE}
     clean = detail_and_noise(data.test_clean, None)  # the level a method's noise column is read against
     results = {
         "command": command, "cwd": str(Path.cwd()), "methods": methods, "input": methods["input"]["mean"],
         "clean": {"noise_mean": _mean(v["noise"] for v in clean.values()),
                   "per_image": [{"name": n, "noise": v["noise"]} for n, v in clean.items()]},
+        "no_reference": {"target": target.summary(), "protocol": no_reference.PROTOCOL,
+                         # the clean test photos' own numbers: what a perfect method scores (scene content differs)
+                         "clean": {k: no_reference.report(data.test_clean, target).get(k) for k in NO_REFERENCE},
+                         "rank_agreement": rank_agreement(methods, seeds)},
         "split": split, "photos": {n: PHOTOS[n] for names in split.values() for n in names},
         "camera_params": cameras["cameras"], "camera_ranges": cameras["ranges"], "halves": cameras["halves"],
         "train_layout": TRAIN_LAYOUT, "data_seed": data_seed,
@@ -389,6 +412,68 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
 
 # --------------------------------------------------------------------------------------------------- reporting
 
+# "closer to the target camera" as a higher number, per no-reference column (PROTOCOL["rank_agreement"])
+CLOSER_IS_HIGHER = {"niqe_set": lambda v: -v, "color_distance": lambda v: -v,
+                    "noise_log2_ratio": lambda v: -abs(v), "sharpness_log2_ratio": lambda v: -abs(v)}
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation: the Pearson correlation of the average ranks (ties share their mean rank).
+    None with fewer than 3 pairs or a constant side (no ranking to compare)."""
+    from scipy.stats import rankdata
+    if len(x) < 3:
+        return None
+    rx, ry = rankdata(x), rankdata(y)
+    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def rank_agreement(methods: dict, seeds: Sequence[int]) -> dict:
+    """``{"per_seed": {seed: {column: rho}}, "pooled": {column: rho}, "n": {...}}``: Spearman between each
+    row's psnr_mean and each :data:`NO_REFERENCE` column made "closer is higher" (:data:`CLOSER_IS_HIGHER`).
+    A seed's rows: every deterministic method's one scoring and each trained preset's run of that seed; pooled:
+    every scoring once. A row without the column (or PSNR) is left out of that column."""
+    def rows_of(seed):
+        return [r for m in methods.values() for r in m["per_seed"]
+                if m["kind"] != "trained" or seed is None or r["seed"] == seed]
+
+    def rhos(rows):
+        out = {}
+        for key, closer in CLOSER_IS_HIGHER.items():
+            pairs = [(r["psnr_mean"], closer(r[key])) for r in rows
+                     if r.get(key) is not None and r.get("psnr_mean") is not None and math.isfinite(r["psnr_mean"])]
+            out[key] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+        return out
+
+    groups = {str(s): rows_of(s) for s in seeds}
+    pooled = rows_of(None)
+    return {"per_seed": {s: rhos(rows) for s, rows in groups.items()}, "pooled": rhos(pooled),
+            "n": {**{s: len(rows) for s, rows in groups.items()}, "pooled": len(pooled)}}
+
+
+def rank_agreement_lines(results: dict) -> list[str]:
+    """Markdown lines: the Spearman numbers of :func:`rank_agreement` (nothing for results without them)."""
+    agreement = results.get("no_reference", {}).get("rank_agreement")
+    if not agreement:
+        return []
+
+    def line(label, rhos, n):
+        return (f"- {label} ({n} rows): " + ", ".join(f"{k} {_f(v, 3, sign=True)}" for k, v in rhos.items()))
+
+    lines = ["\n## Rank agreement: PSNR vs no-reference likeness to the target photos\n",
+             "Spearman rank correlation across methods between PSNR and each no-reference column, signed so "
+             "that +1 means \"the closer to the target photos, the higher the PSNR\" (NIQE distance and colour "
+             "distance: lower is closer; noise and sharpness: log2 ratio nearer 0 is closer).\n"]
+    lines += [line(f"seed {s}", rhos, agreement["n"][s]) for s, rhos in agreement["per_seed"].items()]
+    lines.append(line("pooled", agreement["pooled"], agreement["n"]["pooled"]))
+    clean = results["no_reference"].get("clean")
+    if clean:
+        lines.append("\nThe clean test photos themselves (what a perfect method would score): " + ", ".join(
+            f"{k} {_f(v, 3)}" for k, v in clean.items()) + ".")
+    return lines
+
+
 def _f(value, digits=2, sign=False) -> str:
     if value is None:
         return "-"
@@ -402,7 +487,8 @@ def summary_table(results: dict) -> str:
     in the noise column's header. Results written before the detail / noise columns existed show "-" there."""
     clean_noise = results.get("clean", {}).get("noise_mean")
     header = ["method", "PSNR (dB)", "ΔPSNR", "SSIM", "ΔSSIM", "MS-SSIM", "detail PSNR (dB)",
-              f"noise (clean {_f(clean_noise)})", "entropy", "seeds", "steps", "train min"]
+              f"noise (clean {_f(clean_noise)})", "entropy", "NIQE→target", "colour→target", "noise log2/target",
+              "sharpness log2/target", "seeds", "steps", "train min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for name, m in results["methods"].items():
         mean, std, delta = m["mean"], m["std"], m["delta_vs_input"]
@@ -412,6 +498,8 @@ def summary_table(results: dict) -> str:
                f"{_f(mean['ssim_rgb_mean'], 4)} ± {_f(std['ssim_rgb_mean'], 4)}",
                _f(delta["ssim_rgb_mean"], 4, sign=True), _f(mean["ms_ssim_mean"], 4),
                _f(mean.get("detail_psnr_mean")), _f(mean.get("noise_mean")), _f(mean["entropy_mean"], 3),
+               _f(mean.get("niqe_set"), 3), _f(mean.get("color_distance"), 4),
+               _f(mean.get("noise_log2_ratio"), 2, sign=True), _f(mean.get("sharpness_log2_ratio"), 2, sign=True),
                str(m["n"]) if m["kind"] == "trained" else "-", ",".join(map(str, steps)) or "-",
                f"{_f(minutes, 1)} ± {_f(std['train_minutes'], 1)}" if minutes is not None else "-"]
         lines.append("| " + " | ".join(row) + " |")
@@ -435,8 +523,12 @@ def markdown(results: dict) -> str:
         f"denoised at the camera's noise level; the inverse of the camera family's centre colour, of the photo's "
         f"own colour, then a denoiser at its true noise level), "
         f"so the steps from moment_transfer_base down to them show how much of what is left is set-level colour, "
-        f"per-photo colour and noise.\n",
+        f"per-photo colour and noise. "
+        f"The →target columns read no reference: the outputs' distance to the clean target-side training photos "
+        f"(wespe.no_reference: NIQE-style distance, colour SW2 distance, log2 of the noise and sharpness ratios; "
+        f"0 is the target camera's).\n",
         summary_table(results),
+        *rank_agreement_lines(results),
         "\n## Photos\n",
     ]
     parts += [f"- `{name}` ({p['call']}): {p['licence']}" for name, p in results["photos"].items()]
