@@ -4,6 +4,8 @@
         --weights_dir=models_orig --output_dir=sweeps/dped
     python launch/sweep.py --sweep=experiments/sweeps/run_checkpoints.py --workdir=runs/demo \
         --source=photos/ --reference=clean/ --output_dir=sweeps/demo
+    python launch/sweep.py --sweep=experiments/sweeps/run_checkpoints.py --workdir=runs/demo \
+        --source=phone/ --target=dslr/ --output_dir=sweeps/demo        # no references: target-likeness
 
 A sweep file's get_sweep() returns the cells (see wespe/sweep.py); --source, --reference,
 --weights_dir, --workdir, --tile and --limit override the file's settings. Each cell's results go to
@@ -13,14 +15,21 @@ interrupted sweep resumes. Then sweep.csv, sweep.md, metric_vs_step.png (per run
 be one of them nor hold one. Exit status 0 if every cell succeeded, 1 if one failed (the others are still
 evaluated and tabulated), 2 with one "error:" line for a bad sweep file, folder or cell, before any model loads:
 a missing --source, --reference, weights_dir, checkpoint or workdir (or step in it), a bad tile or limit
-(wespe.sweep.check_cells).
+(wespe.sweep.check_cells), or a --target without usable photos (fitted once, before any model loads).
+--target: photos of the camera the outputs should look like (unpaired; e.g. the training target folder):
+every cell evaluated gets a "no_reference" section (wespe/no_reference.py) and its outputs' niqe_set,
+color_distance, noise_log2_ratio and sharpness_log2_ratio become columns of sweep.csv / sweep.md. sweep.md
+ends with the best cell: by pooled PSNR with references; without, by the lowest niqe_set (wespe.sweep.BEST_BY
+says why, and how weak a guide that is).
 """
 
 from pathlib import Path
 
 from absl import flags
 
-from wespe import cli, image_paths, sweep
+from wespe import cli, image_paths, no_reference, sweep
+from wespe.errors import UserError
+from wespe.evaluation import check_inputs
 
 flags.DEFINE_string("sweep", None, "Sweep file (Python, with get_sweep()).")
 flags.DEFINE_string("output_dir", None, "Where the per-cell results, sweep.csv/md and the plots go.")
@@ -29,6 +38,8 @@ flags.DEFINE_string("reference", None, "Reference photos (overrides the sweep fi
 flags.DEFINE_integer("tile", None, "Tile side for exact tiled inference (default: auto).", lower_bound=1)
 flags.DEFINE_string("weights_dir", None, "Folder of the official DPED checkpoints (overrides the sweep file's).")
 flags.DEFINE_string("workdir", None, "Training workdir for cells that take the shared workdir.")
+flags.DEFINE_string("target", None, "Photos of the camera to look like (unpaired): no-reference likeness "
+                    "columns, and the best cell by it when there are no references.")
 flags.DEFINE_integer("limit", None, "Only the first N photos of each cell, for quick checks.", lower_bound=1)
 flags.mark_flags_as_required(["sweep", "output_dir"])
 FLAGS = flags.FLAGS
@@ -39,7 +50,15 @@ def main(argv):
     overrides = {k: FLAGS[k].value for k in sweep.SWEEP_SHARED_KEYS}
     image_paths.check_output_dir(FLAGS.output_dir)
     cells = sweep.expand_cells(sweep.load_sweep(FLAGS.sweep), overrides)
-    rows = sweep.run_sweep(cells, FLAGS.output_dir)
+    target = None
+    if FLAGS.target is not None:  # fitted once, before any model loads: a bad target is a flag error
+        check_inputs({"--target": FLAGS.target}, FLAGS.output_dir)
+        try:
+            target = no_reference.fit_target_model(FLAGS.target, exclude=[FLAGS.output_dir])
+        except UserError as e:
+            raise UserError(f"--target={FLAGS.target}: {e}") from e
+        print(f"target: {target.num_images} photos, {target.num_patches} sharp patches")
+    rows = sweep.run_sweep(cells, FLAGS.output_dir, target=target)
     print((Path(FLAGS.output_dir) / "sweep.md").read_text())
     failed = [r["cell"] for r in rows if r["status"] != "ok"]
     if failed:

@@ -38,7 +38,18 @@ from wespe.generators import checkpoint_steps, generator_for_flags, load_checkpo
 
 logger = logging.getLogger(__name__)
 SWEEP_SHARED_KEYS = ("source", "reference", "weights_dir", "workdir", "tile", "limit")
-SWEEP_FIELDS = ("cell", "kind", "model", "run", "step", "status") + AGGREGATE_FIELDS + COUNT_FIELDS + ("error",)
+# With a target model (launch/sweep.py --target), the no-reference numbers of each cell's outputs
+# (wespe.no_reference.Likeness; the "no_reference" section of the cell's results.json).
+LIKENESS_FIELDS = ("niqe_set", "color_distance", "noise_log2_ratio", "sharpness_log2_ratio")
+SWEEP_FIELDS = (("cell", "kind", "model", "run", "step", "status") + AGGREGATE_FIELDS + COUNT_FIELDS
+                + LIKENESS_FIELDS + ("error",))
+# How the best cell is picked: by PSNR (pooled) when the cells have references; without, by the no-reference
+# NIQE-style distance of the outputs to the target photos (lower is closer). Why NIQE and not the colour, noise
+# or sharpness numbers: on the quality benchmark's real photos (README, "No-reference evaluation") it is the
+# only one of the four that puts the clean photos themselves (the perfect output) clearly closest to the
+# target photos; the others mostly measure how the scenes differ. It is a weak guide all the same: across the
+# benchmark's methods its ranking disagrees with PSNR's (Spearman -0.66).
+BEST_BY = {"reference": ("psnr_pooled", "max"), "no_reference": ("niqe_set", "min")}
 
 
 def load_sweep(path: str | os.PathLike) -> dict:
@@ -165,10 +176,16 @@ def _cell_generator(cell: dict):
 
 
 def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress: bool = True,
-              echo=print) -> list[dict]:
+              echo=print, target=None) -> list[dict]:
     """Evaluate every cell into ``output_dir/<cell>/`` (a cell whose results.json exists is not recomputed),
     then write sweep.csv, sweep.md and the plots. Returns one row per cell (``status`` ok or error). Raises
-    :class:`wespe.errors.UserError` before any model loads for what :func:`check_cells` finds."""
+    :class:`wespe.errors.UserError` before any model loads for what :func:`check_cells` finds.
+
+    ``target``: a :class:`wespe.no_reference.TargetModel` (fitted once by the caller): every cell evaluated is
+    also scored against it (:class:`wespe.no_reference.Likeness`, the ``no_reference`` section of its
+    results.json) and its outputs' :data:`LIKENESS_FIELDS` become columns; a finished cell gives them if its
+    results.json has that section."""
+    from wespe import no_reference
     output_dir = Path(output_dir)
     check_cells(cells, output_dir)
     rows = []
@@ -183,13 +200,19 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
                     say(f"skipped {cell['name']}: {out / 'results.json'} exists")
                     saved = json.loads((out / "results.json").read_text())
                 else:
+                    likeness = no_reference.Likeness(target) if target is not None else None
                     result = evaluate(_cell_generator(cell), cell.get("source"), cell.get("reference"),
                                       tile=cell.get("tile"), limit=cell.get("limit"), exclude=[output_dir],
-                                      progress=progress)
+                                      progress=progress, visit=likeness)
+                    if likeness is not None:
+                        result.no_reference = likeness.section()
                     write_results(result, out)
                     saved = result.to_json()
                 row.update({k: saved["aggregates"].get(k) for k in AGGREGATE_FIELDS + COUNT_FIELDS},
                            status="ok")
+                if target is not None:
+                    row.update({k: ((saved.get("no_reference") or {}).get("outputs") or {}).get(k)
+                                for k in LIKENESS_FIELDS})
             except Exception as e:  # noqa: BLE001 - one broken cell must not lose the others
                 logger.debug("traceback for cell %s", cell["name"], exc_info=True)
                 row.update(status="error", error=f"{type(e).__name__}: {e}")
@@ -199,6 +222,21 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
     write_sweep_tables(rows, output_dir)
     plot_sweep(rows, output_dir)
     return rows
+
+
+def best_cell(rows: Sequence[dict]) -> tuple[dict | None, str]:
+    """The best finished cell and a sentence saying how it was chosen (:data:`BEST_BY`): the highest pooled PSNR
+    if some cell has one (references), else the lowest NIQE distance to the target (``--target``), else none."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    for how, (key, sense) in BEST_BY.items():
+        scored = [r for r in ok if r.get(key) is not None and math.isfinite(r[key])]
+        if scored:
+            best = (max if sense == "max" else min)(scored, key=lambda r: r[key])
+            why = ("highest pooled PSNR against the references" if how == "reference" else
+                   "no references: lowest NIQE-style distance of its outputs to the target photos (niqe_set; "
+                   "no-reference, a weak guide: see wespe/sweep.py BEST_BY)")
+            return best, f"best cell: {best['cell']} ({key} {best[key]:.4f}; {why})"
+    return None, "best cell: none (no cell has a PSNR or, without references, a --target likeness to rank by)"
 
 
 def write_sweep_tables(rows: Sequence[dict], output_dir: str | os.PathLike) -> None:
@@ -216,6 +254,7 @@ def write_sweep_tables(rows: Sequence[dict], output_dir: str | os.PathLike) -> N
     if not any(r.get("psnr_pooled") is not None for r in rows):  # no reference: no MS-SSIM count either
         columns = [k for k in columns if k != "num_ms_ssim"]
     table = markdown_table(columns, [[r.get(k) for k in columns] for r in rows])
+    table += "\n" + best_cell(rows)[1] + "\n"
     with atomic_write(output_dir / "sweep.md") as f:
         f.write(table.encode())
 

@@ -1,0 +1,142 @@
+"""Issue 28, second slice: the sweep's no-reference columns and best cell (wespe/sweep.py, launch/sweep.py
+--target), and the quality benchmark's no-reference columns and PSNR rank agreement (wespe/quality.py).
+
+Tiny data: two random textured 96x128 source photos (one NIQE patch row each), a target folder of two 192x192
+textured photos, and tests/test_sweep.py's two exported width-8 generators (the identity and the official output
+at its init, near grey)."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+from scipy.stats import spearmanr
+
+from wespe import no_reference, quality, sweep
+from wespe.export import save_generator
+from wespe.models import Generator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _textured(rng, h, w):
+    base = rng.integers(40, 200, (h // 8, w // 8, 3)).repeat(8, 0).repeat(8, 1)
+    return (base + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nr_sweep")
+    rng = np.random.default_rng(0)
+    for folder, n, (h, w) in (("source", 2, (96, 128)), ("target", 2, (192, 192))):
+        (root / folder).mkdir()
+        for i in range(n):
+            Image.fromarray(_textured(rng, h, w)).save(root / folder / f"{i}.png")
+    identity = save_generator(Generator(width=8, num_blocks=1, output="residual", rngs=nnx.Rngs(0)),
+                              root / "identity.npz")
+    official = save_generator(Generator(width=8, num_blocks=1, rngs=nnx.Rngs(0)), root / "official.npz")
+    return {"root": root, "source": str(root / "source"), "target": str(root / "target"),
+            "identity": str(identity), "official": str(official)}
+
+
+def test_sweep_with_a_target_adds_the_likeness_columns_and_picks_by_niqe(made, tmp_path):
+    model = no_reference.fit_target_model(made["target"])
+    cells = sweep.expand_cells({"source": made["source"], "cells": [
+        {"name": "identity", "checkpoint": made["identity"]}, {"name": "official", "checkpoint": made["official"]}]})
+    rows = sweep.run_sweep(cells, tmp_path, progress=False, target=model)
+    identity, official = rows
+    # G(x) = x: the identity cell's numbers are the source photos' own
+    expected = no_reference.report(made["source"], model)
+    for key in sweep.LIKENESS_FIELDS:
+        assert identity[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
+    assert (tmp_path / "identity" / "results.json").read_text().count('"no_reference"') == 1
+    table = (tmp_path / "sweep.md").read_text()
+    assert "niqe_set" in table.splitlines()[0] and "color_distance" in table.splitlines()[0]
+    best, line = sweep.best_cell(rows)
+    scored = [r for r in rows if r["niqe_set"] is not None]
+    assert best is min(scored, key=lambda r: r["niqe_set"])
+    assert line.startswith(f"best cell: {best['cell']} (niqe_set ") and "no references" in line
+    assert line in table
+    # resumed: the finished cells give their columns back from results.json
+    again = sweep.run_sweep(cells, tmp_path, progress=False, echo=lambda _: None, target=model)
+    assert again[0]["niqe_set"] == identity["niqe_set"] and again[1]["color_distance"] == official["color_distance"]
+
+
+def test_best_cell_ranks_by_psnr_with_references():
+    rows = [dict.fromkeys(sweep.SWEEP_FIELDS) for _ in range(3)]
+    for r, (name, psnr, niqe) in zip(rows, (("a", 20.0, 1.0), ("b", 25.0, 9.0), ("c", None, 0.5))):
+        r.update(cell=name, status="ok", psnr_pooled=psnr, niqe_set=niqe)
+    assert sweep.best_cell(rows)[0]["cell"] == "b"
+    for r in rows:
+        r["psnr_pooled"] = None
+    assert sweep.best_cell(rows)[0]["cell"] == "c"
+    for r in rows:
+        r["niqe_set"] = None
+    assert sweep.best_cell(rows)[0] is None
+
+
+def test_cli_bad_target_is_one_error_line_and_exit_2(made, tmp_path):
+    sweep_file = tmp_path / "s.py"
+    sweep_file.write_text(f"def get_sweep():\n    return [{{'name': 'i', 'checkpoint': {made['identity']!r}}}]\n")
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "missing", tmp_path / "empty"):
+        proc = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), f"--sweep={sweep_file}",
+                               f"--source={made['source']}", f"--target={target}", f"--output_dir={tmp_path / 'o'}"],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(target) in errors[0], proc.stderr
+        assert not (tmp_path / "o" / "i").exists()  # no cell ran
+
+
+def _method(kind, rows):
+    return {"kind": kind, "per_seed": rows}
+
+
+def test_quality_rank_agreement_matches_scipy_and_is_in_the_report():
+    rng = np.random.default_rng(1)
+
+    def row(seed):
+        return {"seed": seed, "steps": None, "psnr_mean": float(rng.normal(22, 2)), "niqe_set": float(rng.uniform(2, 30)),
+                "color_distance": float(rng.uniform(0, 0.2)), "noise_log2_ratio": float(rng.normal(0, 1)),
+                "sharpness_log2_ratio": float(rng.normal(0, 1))}
+
+    methods = {"input": _method("input", [row(None)]), **{f"b{i}": _method("classical", [row(None)])
+                                                          for i in range(4)},
+               "p": _method("trained", [row(0), row(1)]), "q": _method("trained", [row(0), row(1)])}
+    agreement = quality.rank_agreement(methods, [0, 1])
+    closer = {"niqe_set": lambda v: -v, "color_distance": lambda v: -v, "noise_log2_ratio": lambda v: -abs(v),
+              "sharpness_log2_ratio": lambda v: -abs(v)}
+    fixed = [m["per_seed"][0] for m in methods.values() if m["kind"] != "trained"]
+    groups = {"0": fixed + [methods["p"]["per_seed"][0], methods["q"]["per_seed"][0]],
+              "1": fixed + [methods["p"]["per_seed"][1], methods["q"]["per_seed"][1]],
+              "pooled": fixed + methods["p"]["per_seed"] + methods["q"]["per_seed"]}
+    for group, rows in groups.items():
+        got = agreement["pooled"] if group == "pooled" else agreement["per_seed"][group]
+        assert agreement["n"][group] == len(rows)
+        for key, f in closer.items():
+            want = spearmanr([r["psnr_mean"] for r in rows], [f(r[key]) for r in rows]).statistic
+            assert got[key] == pytest.approx(want, abs=1e-12), (group, key)
+    # ties share their average rank, as scipy's; a constant column or < 3 rows has no correlation
+    assert quality.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(spearmanr([1, 2, 2, 3], [1, 3, 2, 4])[0])
+    assert quality.spearman([1, 2, 3], [5, 5, 5]) is None and quality.spearman([1, 2], [1, 2]) is None
+
+    for m in methods.values():
+        m["mean"], m["std"] = quality.summarize(m["per_seed"])
+        m["n"] = len(m["per_seed"])
+        m["delta_vs_input"] = dict.fromkeys(quality.METRICS)
+    results = {"methods": methods, "clean": {"noise_mean": 1.0},
+               "no_reference": {"rank_agreement": agreement, "clean": dict.fromkeys(quality.NO_REFERENCE, 0.5)}}
+    table = quality.summary_table(results).splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[header.index("NIQE→target")] == f"{methods['input']['mean']['niqe_set']:.3f}"
+    lines = quality.rank_agreement_lines(results)
+    pooled = next(line for line in lines if line.startswith("- pooled"))
+    assert f"niqe_set {agreement['pooled']['niqe_set']:+.3f}" in pooled and "(9 rows)" in pooled
+    assert any(line.startswith("- seed 1 (7 rows)") for line in lines)
+    assert not math.isnan(agreement["pooled"]["color_distance"])
