@@ -24,7 +24,6 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
-from scipy import signal
 
 from wespe import data_scan, evaluation, losses, metrics
 from wespe.image_io import ImageReadError, read_image
@@ -37,6 +36,8 @@ _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
 
 def noise_sigma(images: np.ndarray) -> float:
     """Immerkaer's estimate of the Gaussian noise sigma of (N, H, W, 3) images in [0, 1] (on luma, mean over N)."""
+    from scipy import signal  # here, not at the top: it adds ~1 s to every entry point's start
+
     luma = np.asarray(images, np.float64) @ np.asarray(GRAYSCALE_WEIGHTS)
     out = []
     for y in luma:
