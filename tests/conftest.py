@@ -3,6 +3,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # Tests run on CPU everywhere (CI has no accelerator); multi-device tests set their own flags in subprocesses.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # wespe.conv's thresholds, not per-shape measurement (slow for tests that train; tests/test_conv_tuning.py has it).
@@ -18,8 +20,31 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
+# XLA without most of its optimisation passes (``jax_disable_most_optimizations``), for the tests and the
+# subprocesses they start: most tests run a few steps of tiny networks, and their programs took longer to
+# compile than to run (a tiny training step: 8.4-9.3 s -> 4.8-5.5 s to compile, the same results up to float
+# summation order). Tests marked ``optimized`` (hundreds of steps or large images, where the unoptimised program
+# runs ~2.6x slower, or a check of what the optimised program does) get XLA's full optimisation, in process and
+# in their subprocesses. Set here for the processes that start before any test (the xdist workers, the
+# subprocesses of module-scoped fixtures), and per test by the fixture below.
+_UNOPTIMIZED = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+_SET_HERE = "WESPE_TESTS_SET_" + _UNOPTIMIZED  # inherited by the xdist workers with the value set here
+# e.g. JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest: the caller's choice, for every test.
+_CALLER_CHOSE = _UNOPTIMIZED in os.environ and _SET_HERE not in os.environ
+if not _CALLER_CHOSE:
+    os.environ[_UNOPTIMIZED] = os.environ[_SET_HERE] = "1"
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` (minutes each) run first: pytest-xdist hands tests out in collection order, so a
-    long test collected last would run alone at the end and stretch the wall time of ``pytest -n 2``."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
+
+@pytest.fixture(autouse=True)
+def _xla_optimization_for_the_test(request, monkeypatch):
+    if _CALLER_CHOSE:
+        yield
+        return
+    import jax  # the option is read when a program compiles, so it can change between tests
+    optimized = request.node.get_closest_marker("optimized") is not None
+    if optimized:
+        monkeypatch.delenv(_UNOPTIMIZED)
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", not optimized)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.optimized  # 300 steps: the quick start as a user runs it
 def test_demo_improves_the_heldout_photo(tmp_path):
     workdir = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "launch/train.py", "--config=experiments/demo.py", f"--workdir={workdir}"],

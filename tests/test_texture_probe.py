@@ -42,6 +42,7 @@ def _smooth_photos(n, seed, noise=0.0):
     return photos
 
 
+@pytest.mark.optimized  # 100 training steps of the discriminator: 11 s, 238 s unoptimised
 def test_probe_separates_noisy_from_clean_photos_on_the_highpass_view():
     """Source photos carry sensor noise (sigma 0.03), target photos none, different scenes on every side: the
     high-pass adversary must tell held-out photos of the two apart within a hundred steps."""

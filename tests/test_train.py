@@ -75,6 +75,7 @@ def test_step_is_deterministic_for_an_rng():
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])))
 
 
+@pytest.mark.optimized  # hundreds of steps: the unoptimised program ran 8.7 s -> 102 s
 @pytest.mark.parametrize("preset", ["wespe_paper", "dped_code"])
 def test_overfit_fixed_patches(preset):
     """A few dozen steps on fixed patches: the generator loss falls and nothing becomes NaN."""
