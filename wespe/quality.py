@@ -276,7 +276,8 @@ def _per_seed(result: evaluation.EvalResult, outputs_folder, reference_folder, s
     means = {f"{k}_mean": _mean(r.get(k) for r in rows) for k in ("detail_psnr", "noise")}
     likeness = no_reference.report(outputs_folder, target) if target is not None else {}
     return {"seed": seed, **{k: means[k] if k in means else a[k] for k in METRICS},
-            **{k: likeness.get(k) for k in NO_REFERENCE}, "train_minutes": minutes, "steps": steps, "per_image": [{k: r.get(k) for k in PER_IMAGE} for r in rows]}
+            **{k: likeness.get(k) for k in NO_REFERENCE}, "train_minutes": minutes, "steps": steps,
+            "per_image": [{k: r.get(k) for k in PER_IMAGE} for r in rows]}
 
 
 def summarize(per_seed: list[dict]) -> tuple[dict, dict]:
