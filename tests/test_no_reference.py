@@ -10,10 +10,6 @@ its 36 features) and a right half (held-out test photos, 300-512 px a side). Abo
 import io
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +17,11 @@ import scipy.ndimage
 import scipy.special
 import scipy.stats
 from PIL import Image
+from test_cli_errors import ForkServer
 
 from wespe import no_reference as nr
 from wespe.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------- a plain reimplementation
@@ -309,31 +305,6 @@ def test_deterministic_and_stable_under_resize(photos):
 
 # ------------------------------------------------------------------------------- launch/evaluate.py --target
 
-class _ForkServer:
-    """tests/cli_forkserver.py: the command lines forked from one process that imported the libraries once."""
-
-    def __init__(self, tmp):
-        self.tmp, self.n = tmp, 0
-        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-            filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_forkserver.py")], cwd=REPO, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def run(self, *args):
-        self.n += 1
-        out, err = self.tmp / f"{self.n}.out", self.tmp / f"{self.n}.err"
-        self.proc.stdin.write(json.dumps({"argv": ["launch/evaluate.py", *map(str, args)], "env": {},
-                                          "cwd": str(REPO), "out": str(out), "err": str(err)}) + "\n")
-        self.proc.stdin.flush()
-        reply = self.proc.stdout.readline()
-        assert reply, "the fork server died"
-        return json.loads(reply)["returncode"], out.read_text(), err.read_text()
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
 def test_evaluate_cli_target(tmp_path):
     import skimage.data
     photo = skimage.data.coffee()
@@ -346,11 +317,12 @@ def test_evaluate_cli_target(tmp_path):
         crop = photo[200:360, 100 * i:100 * i + 160]
         Image.fromarray(crop).save(folders["source"] / f"{i}.png")
         Image.fromarray(_degrade("noise", crop, np.random.default_rng(i))).save(folders["outputs"] / f"{i}.png")
-    server = _ForkServer(tmp_path)
+    server = ForkServer(tmp_path)  # tests/test_cli_errors.py's: forked command lines
     try:
         out = tmp_path / "ev"
-        code, stdout, stderr = server.run(f"--outputs={folders['outputs']}", f"--source={folders['source']}",
-                                          f"--target={folders['target']}", f"--output_dir={out}")
+        code, stdout, stderr = server.run("evaluate", f"--outputs={folders['outputs']}",
+                                          f"--source={folders['source']}", f"--target={folders['target']}",
+                                          f"--output_dir={out}")
         assert code == 0, stderr[-3000:]
         section = json.loads((out / "results.json").read_text())["no_reference"]
         assert section["target"]["num_images"] == 4 and set(section["protocol"]) >= {"niqe", "color_distance"}
@@ -368,7 +340,7 @@ def test_evaluate_cli_target(tmp_path):
 
         # bad --target: one error line, exit 2, before the (missing) model is looked at
         for target, message in ((tmp_path / "no_such", "does not exist"), (folders["empty"], "no photos")):
-            code, _, stderr = server.run("--checkpoint=no_such.npz", f"--source={folders['source']}",
+            code, _, stderr = server.run("evaluate", "--checkpoint=no_such.npz", f"--source={folders['source']}",
                                          f"--target={target}", f"--output_dir={tmp_path / 'ev2'}")
             lines = stderr.strip().splitlines()
             assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: --target={target}"), stderr
