@@ -21,7 +21,6 @@ evaluated, 1 if none was, 2 with one "error:" line for bad flags, weights or fol
 from absl import flags
 
 from wespe import cli, evaluation, generators, image_paths, no_reference, pretrained
-from wespe.errors import UserError
 
 flags.DEFINE_enum("pretrained", None, sorted(pretrained.PRETRAINED), "Official DPED generator (with --weights_dir).")
 flags.DEFINE_string("weights_dir", None, "Folder holding the official DPED checkpoints (with --pretrained).")
@@ -53,10 +52,7 @@ def main(argv):
                              "--target": FLAGS.target}, FLAGS.output_dir)
     likeness = None
     if FLAGS.target is not None:  # fitted before the model loads: a target without usable photos is a flag error
-        try:
-            target = no_reference.fit_target_model(FLAGS.target, exclude=[FLAGS.output_dir])
-        except UserError as e:
-            raise UserError(f"--target={FLAGS.target}: {e}") from e
+        target = no_reference.target_for_flag(FLAGS.target, FLAGS.output_dir)
         print(f"target: {target.num_images} photos, {target.num_patches} sharp patches")
         likeness = no_reference.Likeness(target)
     generator = None

@@ -28,8 +28,6 @@ from pathlib import Path
 from absl import flags
 
 from wespe import cli, image_paths, no_reference, sweep
-from wespe.errors import UserError
-from wespe.evaluation import check_inputs
 
 flags.DEFINE_string("sweep", None, "Sweep file (Python, with get_sweep()).")
 flags.DEFINE_string("output_dir", None, "Where the per-cell results, sweep.csv/md and the plots go.")
@@ -52,11 +50,7 @@ def main(argv):
     cells = sweep.expand_cells(sweep.load_sweep(FLAGS.sweep), overrides)
     target = None
     if FLAGS.target is not None:  # fitted once, before any model loads: a bad target is a flag error
-        check_inputs({"--target": FLAGS.target}, FLAGS.output_dir)
-        try:
-            target = no_reference.fit_target_model(FLAGS.target, exclude=[FLAGS.output_dir])
-        except UserError as e:
-            raise UserError(f"--target={FLAGS.target}: {e}") from e
+        target = no_reference.target_for_flag(FLAGS.target, FLAGS.output_dir)
         print(f"target: {target.num_images} photos, {target.num_patches} sharp patches")
     rows = sweep.run_sweep(cells, FLAGS.output_dir, target=target)
     print((Path(FLAGS.output_dir) / "sweep.md").read_text())

@@ -78,11 +78,13 @@ from scipy.special import gammaln
 from wespe import benchmark_metrics, image_io
 from wespe.errors import UserError
 
-__all__ = ["COLOR_PIXELS", "COLOR_PROJECTIONS", "FEATURE_NAMES", "PATCH", "PROTOCOL", "Likeness", "SetStats",
+__all__ = ["COLOR_PIXELS", "COLOR_PROJECTIONS", "FEATURE_NAMES", "PATCH", "PROTOCOL", "SUMMARY_COLUMNS", "Likeness", "SetStats",
            "TargetModel", "fit_aggd", "fit_ggd", "fit_target_model", "halve", "luma", "markdown", "mscn",
            "mvg_distance", "patch_features", "report", "sharpness", "sliced_wasserstein"]
 
 PATCH = 96
+# The set-level numbers a report's caller tabulates (launch/quality.py's columns, launch/sweep.py's).
+SUMMARY_COLUMNS = ("niqe_set", "color_distance", "noise_log2_ratio", "sharpness_log2_ratio")
 SHARPNESS_FRACTION = 0.75
 MSCN_SIGMA = 7.0 / 6.0
 MSCN_RADIUS = 3  # 7x7 window
@@ -504,6 +506,17 @@ def fit_target_model(images, *, seed: int = 0, exclude: Sequence = ()) -> Target
                        sharpness=float(np.mean(stats.sharpness)), num_images=stats.num_images,
                        num_patches=num_patches, seed=seed, niqe_set=own_set, niqe_per_image_mean=own_mean,
                        skipped=tuple(stats.skipped), notes=tuple(notes))
+
+
+def target_for_flag(folder, output_dir) -> TargetModel:
+    """The target model of a command's ``--target=folder`` (photos under ``output_dir`` left out), fitted before
+    any model loads; a missing folder or one without usable photos is a :class:`UserError` naming the flag."""
+    from wespe.evaluation import check_inputs
+    check_inputs({"--target": folder}, output_dir)
+    try:
+        return fit_target_model(folder, exclude=[output_dir])
+    except UserError as e:
+        raise UserError(f"--target={folder}: {e}") from e
 
 
 def report(images, model: TargetModel, *, seed: int | None = None, patches: str = "all",

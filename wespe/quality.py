@@ -62,7 +62,7 @@ METRICS = ("psnr_mean", "psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy
            "noise_mean")
 # No-reference likeness of a method's outputs to the target-side training photos (wespe.no_reference), and how
 # much the ranking of the methods by each agrees with their ranking by PSNR (:func:`rank_agreement`).
-NO_REFERENCE = ("niqe_set", "color_distance", "noise_log2_ratio", "sharpness_log2_ratio")
+NO_REFERENCE = no_reference.SUMMARY_COLUMNS
 PER_IMAGE = ("name", "psnr", "ssim_rgb", "ms_ssim", "entropy", "detail_psnr", "noise")
 PROTOCOL = {
     "detail_psnr": "PSNR (data range 1) of the high-pass residuals x - gaussian(x, sigma=2) (per channel, [0, 1] "
@@ -387,13 +387,14 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
         entry["delta_vs_input"] = {k: (entry["mean"][k] - base[k] if None not in (entry["mean"][k], base[k])
                                        else None) for k in METRICS + NO_REFERENCE}
     clean = detail_and_noise(data.test_clean, None)  # the level a method's noise column is read against
+    clean_likeness = no_reference.report(data.test_clean, target)
     results = {
         "command": command, "cwd": str(Path.cwd()), "methods": methods, "input": methods["input"]["mean"],
         "clean": {"noise_mean": _mean(v["noise"] for v in clean.values()),
                   "per_image": [{"name": n, "noise": v["noise"]} for n, v in clean.items()]},
         "no_reference": {"target": target.summary(), "protocol": no_reference.PROTOCOL,
                          # the clean test photos' own numbers: what a perfect method scores (scene content differs)
-                         "clean": {k: no_reference.report(data.test_clean, target).get(k) for k in NO_REFERENCE},
+                         "clean": {k: clean_likeness.get(k) for k in NO_REFERENCE},
                          "rank_agreement": rank_agreement(methods, seeds)},
         "split": split, "photos": {n: PHOTOS[n] for names in split.values() for n in names},
         "camera_params": cameras["cameras"], "camera_ranges": cameras["ranges"], "halves": cameras["halves"],

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from wespe import pretrained
+from wespe import no_reference, pretrained
 from wespe.data_scan import check_folder
 from wespe.errors import PathNotFoundError, UserError, call_python_file
 from wespe.evaluation import (AGGREGATE_FIELDS, AGGREGATE_LABELS, COUNT_FIELDS, check_inputs, evaluate,
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 SWEEP_SHARED_KEYS = ("source", "reference", "weights_dir", "workdir", "tile", "limit")
 # With a target model (launch/sweep.py --target), the no-reference numbers of each cell's outputs
 # (wespe.no_reference.Likeness; the "no_reference" section of the cell's results.json).
-LIKENESS_FIELDS = ("niqe_set", "color_distance", "noise_log2_ratio", "sharpness_log2_ratio")
+LIKENESS_FIELDS = no_reference.SUMMARY_COLUMNS
 SWEEP_FIELDS = (("cell", "kind", "model", "run", "step", "status") + AGGREGATE_FIELDS + COUNT_FIELDS
                 + LIKENESS_FIELDS + ("error",))
 # How the best cell is picked: by PSNR (pooled) when the cells have references; without, by the no-reference
@@ -185,7 +185,6 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
     also scored against it (:class:`wespe.no_reference.Likeness`, the ``no_reference`` section of its
     results.json) and its outputs' :data:`LIKENESS_FIELDS` become columns; a finished cell gives them if its
     results.json has that section."""
-    from wespe import no_reference
     output_dir = Path(output_dir)
     check_cells(cells, output_dir)
     rows = []
