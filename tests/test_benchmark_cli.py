@@ -15,11 +15,9 @@ TINY = ["--config.generator.width=8", "--config.generator.num_blocks=1", "--conf
 
 
 def _run(*args):
-    # XLA:CPU without its expensive LLVM passes: these tests check the plumbing, not the speed (as
-    # tests/test_train_cli.py; compiles take about half as long).
-    xla_flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0",
-                                        "--xla_llvm_disable_expensive_passes=true"]))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
+    # The suite's XLA settings and compilation cache (tests/conftest.py): these tests check the plumbing, not the
+    # speed.
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, str(ROOT / "launch" / "benchmark.py"), *args], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=600)
 

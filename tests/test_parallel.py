@@ -104,8 +104,14 @@ STEP_CASES = {
 }
 
 
-@pytest.mark.optimized  # the programs training compiles: how they reorder the sums is what is bounded
-@pytest.mark.parametrize("case", sorted(STEP_CASES))
+# The bound below holds for any summation order, so the programs may be compiled without most of XLA's passes
+# (a case 49 -> 37 s); the case that broke the first, machine-measured bound on an AVX-512 CPU (issue 25) is
+# compiled as training compiles it, so the orders the optimised programs choose stay checked.
+OPTIMIZED_STEP_CASES = ("dped_batchnorm_fsdp",)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.optimized] if c in OPTIMIZED_STEP_CASES else [])
+                                  for c in sorted(STEP_CASES)])
 def test_sharded_step_equals_single_device_step(case):
     preset, mesh, overrides, fsdp = STEP_CASES[case]
     args = ["--devices=8", "step", f"--preset={preset}", f"--mesh={mesh}"]

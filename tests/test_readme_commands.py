@@ -57,6 +57,9 @@ TIMEOUT = 300  # seconds per command: generous, but a hung command fails instead
 # lines are still parsed by their scripts (``--only_check_args``): every flag and config key must exist.
 NOT_RUN = {
     r"python -m pytest": "the test suite itself, of which this module is part",
+    r"python launch/train\.py --config=experiments/demo\.py --workdir=runs/demo$":
+        "the quick start's demo (300 steps, ~2.5 min): tests/test_demo.py runs this command as written and checks "
+        "the gain it claims",
     r'^pip install -e "\.\[quality\]"\s*(#|$)': "only installs packages (scikit-learn, for two of the benchmark's "
                                                 "photos), which the test environment has",
     r"^srun ": "a SLURM batch script: needs srun and a GPU cluster",
@@ -209,8 +212,7 @@ QUALITY_PRESET = (REPO / "tests" / "quality_tiny_config.py").read_text()  # the 
 @pytest.fixture(scope="session")
 def shared_files(tmp_path_factory):
     """What every workspace links to: the VGG-19 .mat (80 MB: written once a session), a ``python`` on PATH that
-    is this interpreter, and the caches the commands of this worker share (JAX's compilation cache writes its
-    files in place, so workers do not share one)."""
+    is this interpreter, and the converted-weights cache the commands of this worker share."""
     root = tmp_path_factory.mktemp("readme_shared")
     weights = session_folder(tmp_path_factory, "readme_vgg")
     mat = weights / "imagenet-vgg-verydeep-19.mat"
@@ -222,12 +224,11 @@ def shared_files(tmp_path_factory):
     bin_dir.mkdir()
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (bin_dir / "python").chmod(0o755)
-    xla_flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0",
-                                        "--xla_llvm_disable_expensive_passes=true"]))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags,
+    # The suite's compilation cache and XLA settings (tests/conftest.py), shared with tests/test_train_cli.py's
+    # runs of the same tiny configs.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
                PATH=os.pathsep.join([str(bin_dir), os.environ["PATH"]]),
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", WESPE_CACHE_DIR=str(weights / "wespe_cache"),
                WESPE_TUNE_MALLOC="0")  # no re-exec at start-up: one process start per command
     return {"mat": mat, "env": env}

@@ -50,15 +50,12 @@ def write_pngs(folder, names, size=40, seed=0):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Compile fast: a compilation cache shared by the runs, and XLA:CPU without its expensive LLVM passes
-    (these tests check the CLI's plumbing, not the numbers; a cold run takes ~15 s instead of ~25 s)."""
-    cache = tmp_path_factory.mktemp("jax_compilation_cache")
-    xla_flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0",
-                                        "--xla_llvm_disable_expensive_passes=true"]))
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags,
-                JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+def env():
+    """The commands' environment: the suite's compilation cache and XLA settings (tests/conftest.py: programs
+    compiled without most optimisation passes, shared with the other modules that run the same tiny configs,
+    e.g. tests/test_resilience.py and the README's commands); these tests check the CLI's plumbing, not the
+    numbers."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
                 PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
