@@ -23,6 +23,13 @@
     photos (wespe.texture_probe), its held-out accuracy every --eval_every steps, per --texture_inputs view:
     python launch/benchmark.py --mode=texture_probe --texture_inputs=gray,highpass \
         --config.discriminator.norm=none --config.discriminator.init=he --config.patch_size=100 --config.batch_size=8
+--mode=restoration_probe: the config's generator trained alone to undo a degradation on crops of the benchmark's
+    clean target photos, its colour path fixed at the colour start, scored on the whole held-out photos every
+    --eval_every steps (wespe.restoration_probe), per --restoration_degradations (fitted: the camera model fitted
+    to the two sets, as weights.restoration trains; camera: the benchmark camera family's blur, noise and JPEG):
+    python launch/benchmark.py --mode=restoration_probe --config=experiments/quality/wespe_restore.py \
+        --config.generator.norm=none --config.batch_size=16 --config.optimizer.lr_generator=2e-3 \
+        --probe_steps=1200 --eval_every=200
 
 Each convolution's CPU formulation (wespe.conv_tuning) is chosen as WESPE_CONV_CHOICE says (default: measured once
 per machine, cached), or as --conv_choice says; the training modes list the choice per layer shape (stderr, and
@@ -56,7 +63,7 @@ from wespe import benchmarking, cli, conv_tuning, parallel  # noqa: E402
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
 _CONFIG = cli.define_config_flag(_DEFAULT_CONFIG, "Training config file.")
 flags.DEFINE_enum("mode", "train_step", ["train_step", "scaling", "max_batch", "enhance", "torch_ratio", "suite",
-                                         "texture_probe"],
+                                         "texture_probe", "restoration_probe"],
                   "What to time.")
 flags.DEFINE_list("devices", ["1", "2", "4", "8"], "scaling: device counts (the first N devices).")
 flags.DEFINE_integer("per_device_batch", 4, "scaling: batch per device (the global batch grows with N).")
@@ -75,12 +82,14 @@ flags.DEFINE_string("torch_python", None, "torch_ratio, enhance: the Python of a
                     "(enhance: also time the PyTorch reference generator's forward at each size).")
 flags.DEFINE_string("torch_script", str(Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
                                         / "torch_wespe_step.py"), "torch_ratio: the PyTorch reference step.")
-flags.DEFINE_string("data_dir", "runs/quality/data", "texture_probe: where the quality benchmark's photos are (or "
-                    "are prepared, seed --data_seed).")
-flags.DEFINE_integer("data_seed", 0, "texture_probe: the benchmark data's camera seed.")
+flags.DEFINE_string("data_dir", "runs/quality/data", "texture_probe, restoration_probe: where the quality benchmark's "
+                    "photos are (or are prepared, seed --data_seed).")
+flags.DEFINE_integer("data_seed", 0, "texture_probe, restoration_probe: the benchmark data's camera seed.")
 flags.DEFINE_list("texture_inputs", ["gray", "highpass"], "texture_probe: the texture views to probe.")
-flags.DEFINE_integer("probe_steps", 600, "texture_probe: training steps of each probe.")
-flags.DEFINE_integer("eval_every", 100, "texture_probe: held-out accuracy every N steps.")
+flags.DEFINE_integer("probe_steps", 600, "texture_probe, restoration_probe: training steps of each probe.")
+flags.DEFINE_integer("eval_every", 100, "texture_probe, restoration_probe: held-out scores every N steps.")
+flags.DEFINE_list("restoration_degradations", ["fitted", "camera"],
+                  "restoration_probe: the degradations G learns to undo (fitted to the sets; the camera family's).")
 flags.DEFINE_integer("repeats", 5, "Timed steps (the median is reported).")
 flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.")
 flags.DEFINE_string("vgg_weights", "random", "VGG-19 weights file, or 'random' (used when given, or when the "
@@ -121,6 +130,10 @@ def main(argv):
     if FLAGS.mode == "texture_probe":
         _emit({"mode": "texture_probe", "config": config_flags.get_config_filename(FLAGS["config"]),
                "rows": _texture_probe(config)})
+        return
+    if FLAGS.mode == "restoration_probe":
+        _emit({"mode": "restoration_probe", "config": config_flags.get_config_filename(FLAGS["config"]),
+               "rows": _restoration_probe(config)})
         return
     if FLAGS.mode == "suite":
         if FLAGS["peak_tflops"].present:
@@ -176,6 +189,36 @@ def _texture_probe(config) -> list[dict]:
         rows.append(texture_probe.probe(config, photos["source"], photos["target"], photos["test_degraded"],
                                         photos["test_clean"], steps=FLAGS.probe_steps, eval_every=FLAGS.eval_every,
                                         seed=config.seed))
+    return rows
+
+
+def _restoration_probe(config) -> list[dict]:
+    from wespe import color_pool, data, degradation, quality_data, restoration_probe, texture_probe
+    unknown = [d for d in FLAGS.restoration_degradations if d not in ("fitted", "camera")]
+    if unknown:
+        raise app.UsageError(f"--restoration_degradations: unknown {unknown}; expected fitted and/or camera")
+    bench = quality_data.prepare(FLAGS.data_dir, FLAGS.data_seed)
+    photos = {k: texture_probe.load_folder(getattr(bench, k)) for k in ("target", "test_degraded", "test_clean")}
+    pools = color_pool.build_color_pools(bench.source, bench.target, photos=config.color_pool_photos,
+                                         seed=config.seed)
+    colour = color_pool.moment_transfer(pools["source"], pools["target"])  # G's colour start
+    inverse = color_pool.moment_transfer(pools["target"], pools["source"])  # D's colour steps
+    rows = []
+    for kind in FLAGS.restoration_degradations:
+        if kind == "fitted":  # as the training loop fits it (wespe.loop.fitted_degradation)
+            size = min(config.patch_size, degradation.FIT_CROP)
+            crops = [data.fixed_eval_crops(folder, config.degradation.fit_crops, size, seed=config.seed + 3 + i)
+                     for i, folder in enumerate((bench.source, bench.target))]
+            fitted, _ = degradation.fit(*crops, *inverse, seed=config.seed)
+            degrader = restoration_probe.fitted_degrader(fitted, config.degradation.jitter)
+            described = fitted.describe()
+        else:
+            ranges = json.loads(Path(bench.camera_params).read_text())["ranges"]
+            degrader, described = restoration_probe.camera_degrader(ranges, *inverse), f"camera family {ranges}"
+        row = restoration_probe.probe(config, photos["target"], photos["test_degraded"], photos["test_clean"],
+                                      *colour, degrader, steps=FLAGS.probe_steps, eval_every=FLAGS.eval_every,
+                                      seed=config.seed)
+        rows.append({"degradation": kind, "described": described, **row})
     return rows
 
 
