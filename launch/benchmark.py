@@ -28,8 +28,7 @@
     --eval_every steps (wespe.restoration_probe), per --restoration_degradations (fitted: the camera model fitted
     to the two sets, as weights.restoration trains; camera: the benchmark camera family's blur, noise and JPEG):
     python launch/benchmark.py --mode=restoration_probe --config=experiments/quality/wespe_restore.py \
-        --config.generator.norm=none --config.batch_size=16 --config.optimizer.lr_generator=2e-3 \
-        --probe_steps=1200 --eval_every=200
+        --config.batch_size=16 --config.optimizer.lr_generator=2e-3 --probe_steps=1200 --eval_every=200
 
 Each convolution's CPU formulation (wespe.conv_tuning) is chosen as WESPE_CONV_CHOICE says (default: measured once
 per machine, cached), or as --conv_choice says; the training modes list the choice per layer shape (stderr, and
