@@ -192,7 +192,7 @@ def _texture_probe(config) -> list[dict]:
 
 
 def _restoration_probe(config) -> list[dict]:
-    from wespe import color_pool, data, degradation, quality_data, restoration_probe, texture_probe
+    from wespe import color_pool, loop, quality_data, restoration_probe, texture_probe
     unknown = [d for d in FLAGS.restoration_degradations if d not in ("fitted", "camera")]
     if unknown:
         raise app.UsageError(f"--restoration_degradations: unknown {unknown}; expected fitted and/or camera")
@@ -204,11 +204,8 @@ def _restoration_probe(config) -> list[dict]:
     inverse = color_pool.moment_transfer(pools["target"], pools["source"])  # D's colour steps
     rows = []
     for kind in FLAGS.restoration_degradations:
-        if kind == "fitted":  # as the training loop fits it (wespe.loop.fitted_degradation)
-            size = min(config.patch_size, degradation.FIT_CROP)
-            crops = [data.fixed_eval_crops(folder, config.degradation.fit_crops, size, seed=config.seed + 3 + i)
-                     for i, folder in enumerate((bench.source, bench.target))]
-            fitted, _ = degradation.fit(*crops, *inverse, seed=config.seed)
+        if kind == "fitted":  # as a training run fits it
+            fitted, _ = loop.fit_degradation(config, bench.source, bench.target, *inverse)
             degrader = restoration_probe.fitted_degrader(fitted, config.degradation.jitter)
             described = fitted.describe()
         else:

@@ -361,16 +361,25 @@ def fitted_degradation(config: ml_collections.ConfigDict, workdir: Path, source:
         color_pools = color_pool.build_color_pools(source, target, photos=config.color_pool_photos,
                                                    seed=config.seed)
     matrix, bias = color_pool.moment_transfer(color_pools["target"], color_pools["source"])
-    c = config.degradation
-    size = min(config.patch_size, degradation.FIT_CROP)
-    crops = [data.fixed_eval_crops(report[side]["used"], c.fit_crops, size, seed=config.seed + 3 + i)
-             for i, side in enumerate(("source", "target"))]
-    fixed = {k: c[k] for k in ("blur_sigma", "noise_sigma", "jpeg_quality") if c[k] is not None}
-    fitted, record = degradation.fit(*crops, matrix, bias, seed=config.seed, fixed=fixed)
-    logger.info("degradation fitted to the training sets (%d crops a side): %s", c.fit_crops, fitted.describe())
+    fitted, record = fit_degradation(config, report["source"]["used"], report["target"]["used"], matrix, bias)
+    logger.info("degradation fitted to the training sets (%d crops a side): %s", config.degradation.fit_crops,
+                fitted.describe())
     if is_writer:
         degradation.save(path, fitted, record)
     return fitted
+
+
+def fit_degradation(config: ml_collections.ConfigDict, source, target, matrix: np.ndarray, bias: np.ndarray
+                    ) -> tuple[degradation.Degradation, dict]:
+    """:func:`wespe.degradation.fit` on ``config.degradation.fit_crops`` seeded crops a side of the ``source`` and
+    ``target`` photos (folders or file lists), with ``matrix`` / ``bias`` the target -> source colour map and
+    ``config.degradation``'s fixed values in place of fitted ones: the camera model a run trains on."""
+    c = config.degradation
+    size = min(config.patch_size, degradation.FIT_CROP)
+    crops = [data.fixed_eval_crops(photos, c.fit_crops, size, seed=config.seed + 3 + i)
+             for i, photos in enumerate((source, target))]
+    fixed = {k: c[k] for k in ("blur_sigma", "noise_sigma", "jpeg_quality") if c[k] is not None}
+    return degradation.fit(*crops, matrix, bias, seed=config.seed, fixed=fixed)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) -> RunResult:
