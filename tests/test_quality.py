@@ -417,3 +417,45 @@ def test_cli_bad_preset_path_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith(f"error: --presets=a={tmp_path / 'nope.py'}: "), lines
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------- experiments/quality/unseen_camera.py's flags
+
+# Runs the script's main with wespe.quality.run_benchmark replaced by a recorder: what it would benchmark (the
+# camera ranges draw_camera reads, the presets, the split) without preparing photos or training.
+_UNSEEN_RECORDER = """
+import json, runpy, sys
+from wespe import camera, quality
+def record(out_dir, presets, seeds, split, data_seed):
+    script = sys._getframe(1).f_globals  # main's module: the script's own tables, to compare with
+    print(json.dumps({"ranges": camera.CAMERA_RANGES, "presets": presets, "seeds": seeds, "split": split,
+                      "data_seed": data_seed, "CAMERAS": script["CAMERAS"], "UNSEEN_SPLIT": script["UNSEEN_SPLIT"],
+                      "PRESETS": script["PRESETS"]}))
+    sys.exit(0)
+quality.run_benchmark = record
+sys.argv = ["unseen_camera.py", *sys.argv[1:]]
+runpy.run_path("experiments/quality/unseen_camera.py", run_name="__main__")
+"""
+
+
+def _unseen_camera(*flags):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-c", _UNSEEN_RECORDER, *flags], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_unseen_camera_script_draws_the_chosen_camera_family(tmp_path):
+    proc = _unseen_camera(f"--output_dir={tmp_path}", "--camera=noisy_phone", "--data_seed=11",
+                          "--presets=mine=experiments/quality/wespe_restore.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["ranges"] == seen["CAMERAS"]["noisy_phone"]
+    assert seen["ranges"]["noise_sigma"][0] >= 0.04 and seen["ranges"]["jpeg_quality"][0] >= 85  # noise, mild JPEG
+    assert seen["presets"] == {"mine": "experiments/quality/wespe_restore.py"} and seen["data_seed"] == 11
+    assert seen["split"] == seen["UNSEEN_SPLIT"]
+    proc = _unseen_camera(f"--output_dir={tmp_path}")  # the default: the cool camera, the script's two presets
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["ranges"] == seen["CAMERAS"]["cool_overexposed"] and seen["presets"] == seen["PRESETS"]
+    for camera_family in seen["CAMERAS"].values():  # every family sets every parameter the camera model draws
+        assert set(camera_family) == set(camera.CAMERA_RANGES)
+        assert all(low < high for low, high in camera_family.values())
