@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wespe import config as configs
-from wespe import train, vgg
+from wespe import degradation, train, vgg
 
 
 def tiny_config(preset, **overrides):
@@ -31,10 +31,19 @@ def fixed_batch(config, seed=0):
     return {"source": jnp.asarray(source), "target": jnp.asarray(target)}
 
 
+# The camera model wespe_plus's restoration term trains on (a run fits one to its photos at the start): the
+# demo camera's blur, noise and JPEG quality.
+CAMERA = degradation.Degradation(blur_sigma=1.2, noise_sigma=0.03, jpeg_quality=35.0)
+
+
+def camera_for(config):
+    return CAMERA if train.uses_degradation(config) else None
+
+
 def setup(config):
     state, graphdefs = train.create_train_state(config)
     weights, pre = train.load_content_network(config)
-    return state, train.make_train_step(config, graphdefs, weights, pre), weights
+    return state, train.make_train_step(config, graphdefs, weights, pre, degradation=camera_for(config)), weights
 
 
 EXPECTED_NETWORKS = {"wespe_paper": {"generator", "inverse_generator", "color_discriminator", "texture_discriminator"},
@@ -188,7 +197,7 @@ def test_wespe_plus_step_identity_start_ema_and_colour_learning_rate():
     c.weights.color_distribution = 100.0
     state, graphdefs = train.create_train_state(c)
     weights, pre = train.load_content_network(c)
-    step = train.make_train_step(c, graphdefs, weights, pre)
+    step = train.make_train_step(c, graphdefs, weights, pre, degradation=camera_for(c))
     assert set(state.ema) == {"generator"}
     batch = fixed_batch(c)
     g0 = train.generator_from_state(state, graphdefs)
@@ -197,7 +206,8 @@ def test_wespe_plus_step_identity_start_ema_and_colour_learning_rate():
     e0 = jax.tree.map(np.asarray, state.ema["generator"])
     d_color0 = jax.tree.map(np.asarray, state.params["color_discriminator"])
     state, metrics = step(state, batch, jax.random.key(0))
-    assert {"loss/color_distribution", "loss/residual_lowpass"} <= set(metrics) and "loss/color" not in metrics
+    assert {"loss/color_distribution", "loss/residual_lowpass", "loss/restoration"} <= set(metrics)
+    assert "loss/color" not in metrics
     # The colour adversary has weight 0 here: it is not run, and its weights stay as they were.
     assert "loss/color_discriminator" not in metrics and float(metrics["grad_norm/color_discriminator"]) == 0.0
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params["color_discriminator"]),

@@ -210,12 +210,13 @@ def wespe_paper() -> ml_collections.ConfigDict:
 
 
 def wespe_plus() -> ml_collections.ConfigDict:
-    """The recommended unpaired recipe: WESPE plus an identity-initialised residual G whose global colour path is
-    fitted to the two sets' colour moments and stretches only the base layer, no colour GAN, no TV, a low-pass
-    penalty on the residual and an EMA of G (experiments/wespe_plus.py says why each is on; README: Results)."""
+    """The recommended unpaired recipe: WESPE plus an identity-initialised residual G without normalisation whose
+    global colour path is fitted to the two sets' colour moments and stretches only the base layer, no colour
+    GAN, no TV, a low-pass penalty on the residual, paired restoration examples from the source camera fitted to
+    the sets, and an EMA of G (experiments/wespe_plus.py says why each is on; README: Results)."""
     c = wespe_paper()
-    c.generator.update(dict(init="he", output="residual", global_color="base_affine"))
-    c.weights.update(dict(color=0.0, residual_lowpass=100.0, tv=0.0))
+    c.generator.update(dict(init="he", output="residual", global_color="base_affine", norm="none"))
+    c.weights.update(dict(color=0.0, residual_lowpass=100.0, tv=0.0, restoration=10.0))
     c.color_init = "moments"
     c.optimizer.global_color_lr_scale = 0.0  # the colour path stays at the fitted moments
     c.optimizer.warmup_steps = 50
