@@ -34,6 +34,25 @@ _CALLER_CHOSE = _UNOPTIMIZED in os.environ and _SET_HERE not in os.environ
 if not _CALLER_CHOSE:
     os.environ[_UNOPTIMIZED] = os.environ[_SET_HERE] = "1"
 
+# The subprocesses tests start (the entry points end to end, module fixtures' runs) instead get XLA:CPU's LLVM at
+# level 1 without its expensive passes: they compile as fast as at level 0 (which jax_disable_most_optimizations
+# sets), but their tiny training steps run ~10x faster (a 4-device step at batch 8, 32 px: 0.37 vs 4 s;
+# tests/test_parallel.py). XLA reads XLA_FLAGS once per process, at its first compilation, so this process (the
+# pytest process or an xdist worker, whose tests compile in process, per the fixture below) compiles once
+# without them, then puts them into the environment its subprocesses inherit. Not when the caller chose
+# JAX_DISABLE_MOST_OPTIMIZATIONS or set XLA_FLAGS: then every process runs as the caller said.
+SUBPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
+_FLAGS_SET_HERE = "WESPE_TESTS_SET_XLA_FLAGS"  # XLA_FLAGS holds SUBPROCESS_XLA_FLAGS, set by a parent's conftest
+_SUBPROCESS_FLAGS = not _CALLER_CHOSE and ("XLA_FLAGS" not in os.environ or _FLAGS_SET_HERE in os.environ)
+if _SUBPROCESS_FLAGS:
+    os.environ.pop("XLA_FLAGS", None)
+    import jax
+    import jax.numpy as jnp
+    jax.jit(lambda x: x + 1)(jnp.zeros(()))  # XLA parses XLA_FLAGS (none) for this process now
+    os.environ["XLA_FLAGS"] = SUBPROCESS_XLA_FLAGS
+    os.environ[_FLAGS_SET_HERE] = "1"
+    os.environ.pop(_UNOPTIMIZED)  # it would force level 0 in the subprocesses; this process's tests set it below
+
 
 @pytest.fixture(autouse=True)
 def _xla_optimization_for_the_test(request, monkeypatch):
@@ -42,8 +61,10 @@ def _xla_optimization_for_the_test(request, monkeypatch):
         return
     import jax  # the option is read when a program compiles, so it can change between tests
     optimized = request.node.get_closest_marker("optimized") is not None
-    if optimized:
-        monkeypatch.delenv(_UNOPTIMIZED)
+    if optimized:  # the subprocesses of this test: XLA's full optimisation
+        monkeypatch.delenv(_UNOPTIMIZED, raising=False)
+        if _SUBPROCESS_FLAGS:
+            monkeypatch.delenv("XLA_FLAGS")
     before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", not optimized)
     yield

@@ -355,7 +355,8 @@ def test_restore_onto_a_different_mesh(tmp_path):
         ckpt.save(5, {"w": jnp.arange(32.0).reshape(8, 4), "step": jnp.int32(5)}, {"ok": True})
     script = tmp_path / "reshard.py"
     script.write_text(RESHARD_SCRIPT)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",  # with the suite's XLA_FLAGS for subprocesses (tests/conftest.py)
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt")], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
