@@ -42,17 +42,11 @@ CPU_FORMULATIONS = ("_cpu_stride1_conv", "banded_kernel_grad", "few_output_kerne
 DEVICES = 4  # the sharded step's mesh: data=2 x fsdp=2 (FSDP splits the VGG kernels, the batch is split 4 ways)
 
 
-# wespe_plus's restoration term trains on a camera model fitted at the start of a run; here a fixed one (the
-# demo camera's blur, noise and JPEG quality), so its blur, noise and JPEG steps are in the exported programs too.
-def camera():
-    from wespe import degradation
-    return degradation.Degradation(blur_sigma=1.2, noise_sigma=0.03, jpeg_quality=35.0)
-
-
 def tiny_config():
     """wespe_plus shrunk: 16 channels (so the 9x9 16->3 output layer takes the few-output kernel gradient on
     CPU), one block, 32 px patches, batch 4, random VGG-19 up to relu1_2, the global-pool discriminator head;
-    its restoration term on (train with :func:`camera`)."""
+    its restoration term on (a run fits its camera model to the photos; here the one launch/benchmark.py times
+    with, so the blur, noise and JPEG steps are in the exported programs too)."""
     from wespe import config as configs
     c = configs.wespe_plus()
     assert c.weights.restoration > 0
@@ -113,7 +107,7 @@ def test_train_step_lowers_for_gpu_and_tpu_without_cpu_formulations(monkeypatch)
     for cuda, tpu and both; the cpu export of the same trace is the control."""
     import jax
 
-    from wespe import conv, train
+    from wespe import benchmarking, conv, train
     # Every kernel gradient takes the CPU's banded loop (these tiny layers are below the size from which it is
     # used), and each CPU formulation counts its traces: the control then covers all of them.
     monkeypatch.setattr(conv, "MIN_BANDED_MACS", 0)
@@ -127,7 +121,8 @@ def test_train_step_lowers_for_gpu_and_tpu_without_cpu_formulations(monkeypatch)
     config = tiny_config()
     _, graphdefs = train.abstract_train_state(config)
     weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre, degradation=camera())
+    step = train.make_train_step(config, graphdefs, weights, pre,
+                                 degradation=benchmarking.typical_degradation(config))
     assert jax.default_backend() == "cpu"
     modules = export_step(step, config, [*ACCELERATORS, ("cpu",)])
 
@@ -140,7 +135,8 @@ def test_train_step_lowers_for_gpu_and_tpu_without_cpu_formulations(monkeypatch)
 def test_sharded_train_step_lowers_for_gpu_and_tpu():
     """The step built for a data=2 x fsdp=2 mesh of forced CPU devices (a subprocess), exported for cuda, tpu
     and both: 4-device modules, batch and FSDP shardings kept, no CPU formulation."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",  # with the suite's XLA_FLAGS for subprocesses (tests/conftest.py)
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}")
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "sharded"], capture_output=True,
                           text=True, env=env, timeout=300, cwd=Path(__file__).resolve().parent.parent)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -158,14 +154,15 @@ def _sharded_worker() -> dict:
     import jax
     from jax.sharding import PartitionSpec as P
 
-    from wespe import parallel, train
+    from wespe import benchmarking, parallel, train
     assert jax.device_count() == DEVICES, jax.devices()
     config = tiny_config()
     config.mesh.data, config.mesh.fsdp = 2, 2
     layout = parallel.Layout(parallel.make_mesh(dict(config.mesh)))
     _, graphdefs = train.abstract_train_state(config)
     weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre, layout, degradation=camera())
+    step = train.make_train_step(config, graphdefs, weights, pre, layout,
+                                 degradation=benchmarking.typical_degradation(config))
     modules = export_step(step, config, [*ACCELERATORS, ("cpu",)])
     for s in modules.values():
         exported = s.pop("exported")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wespe import config as configs
-from wespe import degradation, train, vgg
+from wespe import benchmarking, train, vgg
 
 
 def tiny_config(preset, **overrides):
@@ -31,19 +31,13 @@ def fixed_batch(config, seed=0):
     return {"source": jnp.asarray(source), "target": jnp.asarray(target)}
 
 
-# The camera model wespe_plus's restoration term trains on (a run fits one to its photos at the start): the
-# demo camera's blur, noise and JPEG quality.
-CAMERA = degradation.Degradation(blur_sigma=1.2, noise_sigma=0.03, jpeg_quality=35.0)
-
-
-def camera_for(config):
-    return CAMERA if train.uses_degradation(config) else None
-
-
 def setup(config):
     state, graphdefs = train.create_train_state(config)
     weights, pre = train.load_content_network(config)
-    return state, train.make_train_step(config, graphdefs, weights, pre, degradation=camera_for(config)), weights
+    # wespe_plus's restoration term needs a camera model (a run fits one to its photos): the one benchmarks use
+    step = train.make_train_step(config, graphdefs, weights, pre,
+                                 degradation=benchmarking.typical_degradation(config))
+    return state, step, weights
 
 
 EXPECTED_NETWORKS = {"wespe_paper": {"generator", "inverse_generator", "color_discriminator", "texture_discriminator"},
@@ -197,7 +191,7 @@ def test_wespe_plus_step_identity_start_ema_and_colour_learning_rate():
     c.weights.color_distribution = 100.0
     state, graphdefs = train.create_train_state(c)
     weights, pre = train.load_content_network(c)
-    step = train.make_train_step(c, graphdefs, weights, pre, degradation=camera_for(c))
+    step = train.make_train_step(c, graphdefs, weights, pre, degradation=benchmarking.typical_degradation(c))
     assert set(state.ema) == {"generator"}
     batch = fixed_batch(c)
     g0 = train.generator_from_state(state, graphdefs)

@@ -172,10 +172,10 @@ def _synthetic_color_pools(config: ml_collections.ConfigDict) -> dict | None:
 def _make_step(config: ml_collections.ConfigDict, graphdefs: dict, weights: dict, pre: str, layout):
     """The training step as training builds it, with stand-ins for what it would fit to photos."""
     return train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config),
-                                 degradation=_typical_degradation(config))
+                                 degradation=typical_degradation(config))
 
 
-def _typical_degradation(config: ml_collections.ConfigDict) -> degradation.Degradation | None:
+def typical_degradation(config: ml_collections.ConfigDict) -> degradation.Degradation | None:
     """A camera model like the benchmark's fit, when the config trains on one (``weights.restoration``): the
     step's cost does not depend on its values, and fitting one needs photos."""
     return degradation.Degradation(1.2, 0.03, 35.0) if train.uses_degradation(config) else None
