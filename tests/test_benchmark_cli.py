@@ -15,13 +15,10 @@ TINY = ["--config.generator.width=8", "--config.generator.num_blocks=1", "--conf
 
 
 def _run(*args):
-    # The suite's compilation cache (tests/conftest.py): these tests check the plumbing, not the speed. XLA:CPU
-    # without its expensive passes as in the rest of the suite, but LLVM at level 1, not the 0 that the suite's
-    # JAX_DISABLE_MOST_OPTIMIZATIONS sets (removed here, as it would force 0): compiles as fast, but the tiny step
-    # that each run times (warmup + repeats) takes ~0.3 s, not 4.1 s (launch/benchmark.py at batch 2: 46 -> 16 s).
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true")
-    env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
+    # The suite's compilation cache and its XLA flags for subprocesses (tests/conftest.py): these tests check the
+    # plumbing, not the speed. LLVM at level 1 compiles as fast as level 0, but the tiny step each run times
+    # (warmup + repeats) takes ~0.3 s, not 4.1 s (launch/benchmark.py at batch 2: 46 -> 16 s).
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, str(ROOT / "launch" / "benchmark.py"), *args], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=600)
 

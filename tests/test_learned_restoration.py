@@ -6,8 +6,9 @@ camera, the right halves clean the target camera; a held-out noisy photo with it
 ``launch/train.py`` runs it by default (its restoration term fits the source camera's noise to the two sets and
 trains G to remove it), at a tiny size for 150 steps, must then beat its own colour path (the fitted colour map,
 which is what G is before training and what every earlier version of the recipe ended as) by a clear margin on
-the held-out photo (at least +0.7 dB; +1.1 measured). Without the restoration term the same run gains ~nothing over the colour path (README:
-Results), so this fails if the term, the degradation fit or the generator's restoration path breaks.
+the held-out photo (at least +0.7 dB; +1.1 measured). Without the restoration term the same run gains ~nothing
+over the colour path (README: Results), so this fails if the term, the degradation fit or the generator's
+restoration path breaks.
 """
 
 import numpy as np

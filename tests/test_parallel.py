@@ -28,8 +28,9 @@ WORKER = ROOT / "tests" / "sharding_worker.py"
 # whose comparisons are within programs compiled alike (restores, two processes vs one) or hold for any summation
 # order (the sharded steps below, but for OPTIMIZED_STEP_CASES, compiled as training does).
 CHEAP_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-# The same with LLVM at level 1, for the tests that run training steps (JAX_DISABLE_MOST_OPTIMIZATIONS, which
-# tests/conftest.py sets, is removed, as it would force level 0): compiles as fast (the two-process test's
+# The same with LLVM at level 1 (tests/conftest.py's SUBPROCESS_XLA_FLAGS, set here again as _env replaces
+# XLA_FLAGS; a JAX_DISABLE_MOST_OPTIMIZATIONS the caller set is removed, as it would force level 0), for the tests
+# that run training steps: compiles as fast (the two-process test's
 # one-process run, 4 devices: state built in 4.2 vs 4.4 s, first step 11.8 vs 15.0 s) but runs the step ~10x
 # faster (0.37 vs 4 s a step at batch 8, 32 px; full optimisation: 0.28 s, but 17 s to build the state).
 CHEAP_COMPILE_FAST_STEPS = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
