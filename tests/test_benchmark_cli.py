@@ -44,12 +44,14 @@ def test_scaling_mode_reports_throughput_flops_and_mfu(tmp_path):
     assert rows[0]["speedup"] == 1.0 and rows[1]["efficiency"] == round(rows[1]["speedup"] / 2, 3)
 
 
-def test_train_step_mode_bfloat16_and_bad_device_count():
-    proc = _run("--config.compute_dtype=bfloat16", "--config.batch_size=2", *TINY)
+def test_train_step_mode_bfloat16_config_file_and_bad_device_count():
+    proc = _run("--config=experiments/dped_paired.py", "--config.compute_dtype=bfloat16", "--config.batch_size=2",
+                *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["compute_dtype"] == "bfloat16" and result["num_devices"] == 1 and result["finite"]
     assert result["mfu"] is None  # no known peak for a CPU, none given
+    assert result["config"].endswith("experiments/dped_paired.py")  # the result names its config file
 
     proc = _run("--mode=scaling", "--devices=1,4", *TINY)
     assert proc.returncode != 0
@@ -132,13 +134,6 @@ def test_torch_ratio_mode_runs_both_steps_and_divides(tmp_path):
 
     proc = _run("--config.batch_size=2", "--config.vgg_weights=no_such_weights.mat", *TINY)
     assert proc.returncode != 0 and "no_such_weights.mat" in proc.stderr  # the config's key was used
-
-
-def test_train_step_result_names_its_config_file():
-    proc = _run("--config=experiments/dped_paired.py", "--config.batch_size=2", *TINY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
-    assert result["config"].endswith("experiments/dped_paired.py")
 
 
 FAKE_TORCH = "__version__ = '0.0-stand-in'\ndef set_num_threads(n): pass\ndef set_flush_denormal(on): pass\n"

@@ -91,6 +91,7 @@ def _photo_crops(n, size, seed):
     return np.stack(crops).astype(np.float32) / 255.0
 
 
+@pytest.mark.optimized  # hundreds of candidate cameras: the optimised program runs them faster than it compiles
 def test_fit_recovers_a_known_camera_from_other_crops_of_the_same_kind_of_photos():
     """The 'source' set is other crops of the same photos degraded by a known camera: the fit must land near it
     (the statistics are of different pixels on the two sides, as in real unpaired sets)."""

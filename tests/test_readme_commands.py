@@ -73,8 +73,7 @@ NOT_RUN = {
                           "flags (2 processes x 2 CPU devices, gloo), preempts, resumes and compares with one process",
     r"launch/benchmark\.py (?!.*--mode=)":
         "times training steps; tests/test_benchmark_cli.py runs --mode=train_step on tiny networks "
-        "(test_train_step_mode_bfloat16_and_bad_device_count in bfloat16, test_train_step_result_names_its_config_file "
-        "with experiments/dped_paired.py)",
+        "(test_train_step_mode_bfloat16_config_file_and_bad_device_count: experiments/dped_paired.py in bfloat16)",
     r"launch/benchmark\.py --mode=scaling":
         "needs 8 devices (on a CPU, --num_cpu_devices: sharded compiles, ~1 min even for 1 and 2 devices); "
         "tests/test_benchmark_cli.py::test_scaling_mode_reports_throughput_flops_and_mfu runs it on 1 and 2",
