@@ -228,7 +228,8 @@ def _checkpoints(workdir):
 def test_two_processes_preempt_resume_and_match_one_process(tmp_path):
     """2 processes x 2 CPU devices (gloo) run launch/train.py; SIGTERM reaches process 1 only, yet both save the
     same step and exit 0; the same command resumes to 2 steps further. Every step's metrics match one process
-    with 4 devices run straight through (same global batches, same mesh size)."""
+    on one device run straight through (the same global batches; a 4-device single process, the same mesh size,
+    agreed as closely but took ~5 s longer to compile)."""
     _photos(tmp_path / "source", 1)
     _photos(tmp_path / "target", 2)
     two = tmp_path / "two"
@@ -254,7 +255,7 @@ def test_two_processes_preempt_resume_and_match_one_process(tmp_path):
     assert f"resumed {two} at step {saved}" in second[0] and f"finished at step {final}" in second[0]
     assert _checkpoints(two)[-1] == final
 
-    reference = subprocess.run(_train_args(tmp_path, tmp_path / "one", final) + ["--num_cpu_devices=4"],
+    reference = subprocess.run(_train_args(tmp_path, tmp_path / "one", final),
                                capture_output=True, text=True, env=_env(cheap_compile=True, fast_steps=True),
                                cwd=ROOT, timeout=300)
     assert reference.returncode == 0, reference.stderr[-3000:]
