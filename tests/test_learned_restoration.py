@@ -46,7 +46,7 @@ def test_default_recipe_learns_to_denoise_beyond_its_colour_path(tmp_path):
     c = configs.laptop_scale(configs.wespe_plus())  # the recipe's switches, restoration and norm=none included
     c.generator.width, c.generator.num_blocks = 8, 1
     c.patch_size, c.batch_size, c.num_steps = 32, 8, 120
-    c.log_every, c.sample_every, c.checkpoint_every, c.num_sample_crops = 50, 150, 150, 2
+    c.log_every, c.sample_every, c.checkpoint_every, c.num_sample_crops = 50, 120, 120, 2
     c.degradation.fit_crops = 32
     c.data.source, c.data.target = str(source), str(target)
     assert c.weights.restoration > 0 and c.generator.norm == "none"

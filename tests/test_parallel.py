@@ -229,7 +229,7 @@ def test_two_processes_preempt_resume_and_match_one_process(tmp_path):
     """2 processes x 2 CPU devices (gloo) run launch/train.py; SIGTERM reaches process 1 only, yet both save the
     same step and exit 0; the same command resumes to 2 steps further. Every step's metrics match one process
     on one device run straight through (the same global batches; a 4-device single process, the same mesh size,
-    agreed as closely but took ~5 s longer to compile)."""
+    passes the same bounds but takes ~5 s longer to compile)."""
     _photos(tmp_path / "source", 1)
     _photos(tmp_path / "target", 2)
     two = tmp_path / "two"
