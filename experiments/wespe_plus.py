@@ -11,10 +11,12 @@ quality benchmark (README: Results):
     photo (not local conv decisions on 100 px patches: the blotchy false colour), applied to a Gaussian base
     layer while the fine detail passes through, so restoring contrast does not also multiply sensor noise and
     JPEG artefacts by the same gains;
-  * color_init=moments, optimizer.global_color_lr_scale=0: that map is the per-channel mean/std transfer between
-    the colours of the two sets (up to 128 whole photos a side, wespe.color_pool), fixed; learned from batches
-    (a colour GAN, or a colour-distribution loss between eight patches a step) it wandered with the content of
-    each batch, by 2-4 dB of held-out PSNR between steps and seeds. No colour GAN (weights.color=0);
+  * color_init=bandpass, optimizer.global_color_lr_scale=0: that map is fitted to the two sets (up to 128 whole
+    photos a side, wespe.color_pool) and fixed: per-channel gains from the ratio of their band-pass contrast,
+    offsets that send the source's mean and black point onto the target's. Learned from batches (a colour GAN,
+    or a colour-distribution loss between eight patches a step) it wandered with the content of each batch, by
+    2-4 dB of held-out PSNR between steps and seeds; the per-channel mean/std transfer (color_init=moments)
+    takes the scenes' layout for contrast (0.1 to 4 dB worse on seven cameras). No colour GAN (weights.color=0);
   * weights.tv=0: TV drove the residual to smear texture once contrast was restored (-0.7 dB at 10);
   * weights.residual_lowpass: the conv residual may change detail, not paint colour;
   * ema_decay: samples, export and evaluation use the moving average of G's weights;

@@ -192,16 +192,16 @@ def _texture_probe(config) -> list[dict]:
 
 
 def _restoration_probe(config) -> list[dict]:
-    from wespe import color_pool, loop, quality_data, restoration_probe, texture_probe
+    from wespe import color_pool, loop, quality_data, restoration_probe, texture_probe, train
     unknown = [d for d in FLAGS.restoration_degradations if d not in ("fitted", "camera")]
     if unknown:
         raise app.UsageError(f"--restoration_degradations: unknown {unknown}; expected fitted and/or camera")
     bench = quality_data.prepare(FLAGS.data_dir, FLAGS.data_seed)
     photos = {k: texture_probe.load_folder(getattr(bench, k)) for k in ("target", "test_degraded", "test_clean")}
-    pools = color_pool.build_color_pools(bench.source, bench.target, photos=config.color_pool_photos,
-                                         seed=config.seed)
-    colour = color_pool.moment_transfer(pools["source"], pools["target"])  # G's colour start
-    inverse = color_pool.moment_transfer(pools["target"], pools["source"])  # D's colour steps
+    pools = loop.build_color_pools(config, bench.source, bench.target)
+    estimator = train.colour_estimator(config)
+    colour = color_pool.fitted_colour_map(pools, estimator)  # G's colour start
+    inverse = color_pool.fitted_colour_map(pools, estimator, reverse=True)  # D's colour steps
     rows = []
     for kind in FLAGS.restoration_degradations:
         if kind == "fitted":  # as a training run fits it

@@ -124,3 +124,110 @@ def test_pool_colour_term_compares_the_colour_path_with_the_target_pool():
         _, metrics = step(fresh, b, jax.random.key(0))
         values.append(float(metrics["loss/color_distribution"]))
     np.testing.assert_allclose(values, [float(expected)] * 2, rtol=1e-5)  # the batch's target plays no part
+
+
+def _gaussian_float64(image, sigma):
+    """An independent float64 Gaussian filter of each channel: the sampled kernel normalised to 1 out to 4 sigma
+    (scipy's truncate), borders mirrored with the edge pixel repeated (scipy's ``reflect``, NumPy's
+    ``symmetric``), one axis after the other."""
+    radius = int(4.0 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    out = np.asarray(image, np.float64)
+    for axis in (0, 1):
+        pad = [(radius, radius) if a == axis else (0, 0) for a in range(3)]
+        padded = np.pad(out, pad, mode="symmetric")
+        n = out.shape[axis]
+        out = sum(t * np.take(padded, np.arange(k, k + n), axis=axis) for k, t in enumerate(taps))
+    return out
+
+
+def test_folder_band_std_matches_a_float64_difference_of_gaussians(tmp_path):
+    rng = np.random.default_rng(5)
+    photos = [rng.integers(0, 256, (50, 70, 3), np.uint8), rng.integers(0, 256, (64, 40, 3), np.uint8)]
+    for i, photo in enumerate(photos):
+        _write(tmp_path, f"p{i}", photo)
+    fine, coarse = color_pool.BAND_SIGMAS
+    squares, count = np.zeros(3), 0
+    for photo in photos:
+        x = photo / 255.0
+        band = _gaussian_float64(x, fine) - _gaussian_float64(x, coarse)
+        squares, count = squares + (band ** 2).sum(axis=(0, 1)), count + band.shape[0] * band.shape[1]
+    got = color_pool.folder_band_std(tmp_path, photos=10, seed=0)
+    # the reference truncates its kernels at 4 sigma (tail mass 6e-5 a side), the DCT does not: ~1e-4 apart
+    np.testing.assert_allclose(got, np.sqrt(squares / count), rtol=5e-4)
+    one = color_pool.folder_band_std(tmp_path, photos=1, seed=0)  # the seed's first photo only
+    assert not np.allclose(one, got)
+
+
+def _scene(rng, shape, layout):
+    """A photo-like float image: a band-limited texture (the same statistics in every scene) plus a smooth
+    layout of amplitude ``layout`` (half a cosine period across each side: large regions, like sky and ground)."""
+    h, w = shape
+    texture = rng.normal(size=(h, w, 3))
+    texture = _gaussian_float64(texture, 2.0) - _gaussian_float64(texture, 8.0)
+    texture *= 0.08 / texture.std()
+    yy, xx = np.meshgrid(np.cos(np.pi * np.arange(h) / (h - 1)), np.cos(np.pi * np.arange(w) / (w - 1)),
+                         indexing="ij")
+    return 0.5 + texture + layout * (yy * xx)[..., None] * np.array([1.0, 0.8, 0.6])
+
+
+def test_bandpass_gain_recovers_the_camera_gain_where_the_scene_layouts_differ(tmp_path):
+    """The estimator's reason to exist: the target scenes have little large-scale layout, the source scenes much
+    (a camera of gain 0.6 on every channel saw them). The moment transfer takes the layout for contrast; the
+    band-pass contrast sees the texture, which the camera scaled by 0.6 on both sides alike."""
+    rng = np.random.default_rng(6)
+    gain = np.array([0.6, 0.6, 0.6])
+    for i in range(3):
+        _write(tmp_path / "tgt", f"t{i}", np.round(np.clip(_scene(rng, (192, 256), 0.05), 0, 1) * 255).astype(np.uint8))
+        camera = gain * (_scene(rng, (192, 256), 0.35) - 0.5) + 0.45
+        _write(tmp_path / "src", f"s{i}", np.round(np.clip(camera, 0, 1) * 255).astype(np.uint8))
+    pools = color_pool.build_color_pools(tmp_path / "src", tmp_path / "tgt", side=256, band=True)
+    band_matrix, band_bias = color_pool.fitted_colour_map(pools, "bandpass")
+    moments_matrix, _ = color_pool.fitted_colour_map(pools, "moments")
+    np.testing.assert_allclose(np.diag(band_matrix), 1 / gain, rtol=0.05)
+    assert np.all(np.diag(moments_matrix) < 0.8 / gain)  # the layout's variance read as the camera's contrast
+    np.testing.assert_allclose(band_bias, color_pool.anchored_bias(pools["source"], pools["target"],
+                                                                   np.diag(band_matrix)), atol=1e-6)
+    inverse, inverse_bias = color_pool.fitted_colour_map(pools, "bandpass", reverse=True)
+    np.testing.assert_allclose(np.diag(inverse) * np.diag(band_matrix), 1.0, rtol=1e-6)  # the exact inverse map
+    np.testing.assert_allclose(inverse_bias, -band_bias / np.diag(band_matrix), atol=1e-5)
+    with pytest.raises(ValueError, match="band=True"):
+        color_pool.fitted_colour_map({k: pools[k] for k in ("source", "target")}, "bandpass")
+    with pytest.raises(ValueError, match="unknown colour estimator"):
+        color_pool.fitted_colour_map(pools, "histogram")
+
+
+def test_anchored_bias_sends_mean_and_black_point_home_above_clipped_shadows():
+    """Source colours = an affine camera of colours drawn like the target's, its shadows clipped at 0 (12% of
+    the pixels): with the camera's gain given, the bias is the camera's exact inverse offset; a black point read
+    at the 2nd percentile, inside the clipped ranks, would not be."""
+    rng = np.random.default_rng(7)
+    scene = rng.beta(2.0, 3.0, size=(200_000, 3))
+    target, seen = scene[:100_000], scene[100_000:]  # two draws of the same kind of scenes
+    gain, offset = np.array([1.4, 1.2, 1.6]), np.array([0.08, 0.1, 0.14])
+    source = np.clip(seen / gain - offset / gain, 0, 1)  # x' = (x - offset) / gain: x = gain x' + offset
+    clipped = (source <= color_pool.CLIPPED).mean(axis=0)
+    assert np.all(clipped > 0.03) and np.all(clipped < 0.2)
+    bias = color_pool.anchored_bias(source, target, gain)
+    np.testing.assert_allclose(bias, offset, atol=0.005)  # the clipping moves only the mean anchor, a little
+    black_point = np.percentile(target, 2, axis=0) - gain * np.percentile(source, 2, axis=0)
+    assert np.all(np.abs(black_point - offset) > 0.02)  # why the clipped ranks are skipped
+    unclipped = np.clip(seen / gain - offset / gain, -1, 2)
+    np.testing.assert_allclose(color_pool.anchored_bias(unclipped, target, gain), offset, atol=2e-3)
+
+
+def test_bandpass_init_sets_g_and_f_to_the_bandpass_maps():
+    c = tiny_config("wespe_plus", color_init="bandpass")
+    state, _ = train.create_train_state(c)
+    pools = {**_pools(), "source_band_std": np.array([0.02, 0.03, 0.04]),
+             "target_band_std": np.array([0.05, 0.03, 0.02])}
+    new = train.init_global_color(state, c, pools)
+    m, b = color_pool.fitted_colour_map(pools, "bandpass")
+    np.testing.assert_allclose(np.diag(m), [2.5, 1.0, 0.5], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(new.params["generator"]["color_matrix"][...]), m)
+    np.testing.assert_array_equal(np.asarray(new.params["generator"]["color_bias"][...]), b)
+    mi, _ = color_pool.fitted_colour_map(pools, "bandpass", reverse=True)
+    np.testing.assert_array_equal(np.asarray(new.params["inverse_generator"]["color_matrix"][...]), mi)
+    assert train.colour_estimator(c) == "bandpass"
+    assert train.colour_estimator(tiny_config("wespe_plus", color_init="identity")) == "moments"

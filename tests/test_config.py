@@ -55,7 +55,7 @@ def test_wespe_plus_switches():
     assert (c.generator.output, c.generator.global_color, c.generator.init) == ("residual", "base_affine", "he")
     assert c.weights.residual_lowpass == 100.0
     assert c.weights.restoration == 10.0 and c.generator.norm == "none"
-    assert c.color_init == "moments" and c.optimizer.global_color_lr_scale == 0.0
+    assert c.color_init == "bandpass" and c.optimizer.global_color_lr_scale == 0.0
     assert c.optimizer.warmup_steps == 50 and c.ema_decay == 0.999
 
 

@@ -211,7 +211,7 @@ def test_parse_presets_and_bad_presets(tmp_path):
     (tmp_path / "empty.py").write_text("x = 1\n")
     with pytest.raises(quality.PresetError, match="no get_config"):
         quality.load_preset_config(tmp_path / "empty.py")
-    for name, match in [("unsharp", "another method"), ("moment_transfer_base_nlm", "another method"),
+    for name, match in [("unsharp", "another method"), ("bandpass_transfer_base_nlm", "another method"),
                         ("../x", "letters")]:
         with pytest.raises(quality.PresetError, match=match):
             quality.run_benchmark(tmp_path / "out", {name: str(TINY)}, [0])
@@ -286,8 +286,9 @@ def test_run_benchmark_end_to_end(bench):
         assert (out / name).exists(), name
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     methods = results["methods"]
-    assert list(methods) == ["input", "grey_world_autocontrast", "unsharp", "classical_combo", "moment_transfer",
-                             "moment_transfer_base", "moment_transfer_base_nlm", *baselines.ORACLE_NAMES, "tiny"]
+    assert list(methods) == ["input", "grey_world_autocontrast", "unsharp", "classical_combo",
+                             *baselines.FITTED_NAMES, *baselines.ORACLE_NAMES, "tiny"]
+    assert baselines.COLOUR_START in baselines.FITTED_NAMES
     assert {methods[n]["kind"] for n in baselines.FITTED_NAMES} == {"fitted"}
     assert {methods[n]["kind"] for n in baselines.ORACLE_NAMES} == {"oracle"}
 
@@ -301,8 +302,8 @@ def test_run_benchmark_end_to_end(bench):
     assert all(v == 0 for v in methods["input"]["delta_vs_input"].values())
 
     # detail PSNR and noise: per image from the saved outputs, averaged as the other columns; the clean level
-    for name, folder in [("input", data / "degraded"), ("moment_transfer_base_nlm", out / "methods" /
-                                                        "moment_transfer_base_nlm"),
+    for name, folder in [("input", data / "degraded"), ("bandpass_transfer_base_nlm", out / "methods" /
+                                                        "bandpass_transfer_base_nlm"),
                          ("tiny", out / "methods" / "tiny" / "seed_0")]:
         rows = methods[name]["per_seed"][0]["per_image"]
         for row, n in zip(rows, names):
@@ -340,7 +341,7 @@ def test_run_benchmark_end_to_end(bench):
 
     grid = np.asarray(Image.open(out / "grid.png"))
     side = min(min(Image.open(data / "clean" / n).size) for n in names)
-    assert grid.shape == (14 + 2 * side + 2, 9 * side + 8 * 2, 3)  # label strip; 2 photos; 9 columns
+    assert grid.shape == (14 + 2 * side + 2, 10 * side + 9 * 2, 3)  # label strip; 2 photos; 10 columns
 
 
 def test_fitted_colour_transfer_matches_float64_moments(tmp_path):
@@ -362,8 +363,8 @@ def test_fitted_colour_transfer_matches_float64_moments(tmp_path):
     np.testing.assert_allclose(fitted["moment_transfer_base"](flat[0]), fitted["moment_transfer"](flat[0]), atol=1e-5)
     assert tuple(fitted) == baselines.FITTED_NAMES
     photo = np.random.default_rng(1).random((24, 32, 3))  # the denoiser runs on the colour-fitted photo
-    np.testing.assert_array_equal(fitted["moment_transfer_base_nlm"](photo),
-                                  baselines.nlm_denoise(fitted["moment_transfer_base"](photo)))
+    np.testing.assert_array_equal(fitted["bandpass_transfer_base_nlm"](photo),
+                                  baselines.nlm_denoise(fitted["bandpass_transfer_base"](photo)))
 
 
 def test_camera_colour_inverse_undoes_the_colour_steps():

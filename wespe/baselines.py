@@ -62,7 +62,11 @@ BASELINES = {"grey_world_autocontrast": grey_world_autocontrast, "unsharp": unsh
 
 
 # The names fitted_baselines returns (known before any fit: a preset may not take one of them).
-FITTED_NAMES = ("moment_transfer", "moment_transfer_base", "moment_transfer_base_nlm")
+FITTED_NAMES = ("moment_transfer", "moment_transfer_base", "bandpass_transfer_base",
+                "bandpass_transfer_base_nlm")
+# The row that is wespe_plus's generator before its first step (config.color_init="bandpass"): the colour start
+# the oracle rows and the "what the network adds" comparisons start from.
+COLOUR_START = "bandpass_transfer_base"
 
 # Non-local means settings of the colour-fit + denoiser baseline: scikit-image's documented example values (5x5
 # patches searched within 6 px, fast mode) and its recommended h = 0.8 sigma for fast mode with sigma given.
@@ -100,23 +104,23 @@ def fitted_baselines(data: BenchmarkData) -> dict:
     :func:`wespe.color_pool.moment_transfer` from the source set's colours to the target set's (the pools
     wespe_plus builds), applied to every pixel (``moment_transfer``) or, as wespe_plus's colour path does, to a
     Gaussian base layer with the detail passed through (``moment_transfer_base``: exactly wespe_plus's
-    generator before its first training step); ``moment_transfer_base_nlm`` is that colour map followed by the
-    classical denoiser :func:`nlm_denoise` (sigma estimated on the colour-fitted photo, whose colour map scales the
-    noise). They show what the trained networks add to the colour fit, and to a colour fit plus a denoiser."""
+    generator before its first training step with ``color_init="moments"``); ``bandpass_transfer_base`` is the
+    same with ``wespe.color_pool.fitted_colour_map``'s ``bandpass`` estimator (wespe_plus's colour start,
+    :data:`COLOUR_START`), and ``bandpass_transfer_base_nlm`` that colour start followed by the classical
+    denoiser :func:`nlm_denoise` (sigma estimated on the colour-fitted photo, whose colour map scales the noise).
+    They show what the trained networks add to the colour fit, and to a colour fit plus a denoiser."""
     from wespe import color_pool
 
-    pools = color_pool.build_color_pools(data.source, data.target)
-    matrix, bias = color_pool.moment_transfer(pools["source"], pools["target"])
-    moment_transfer_base = base_colour_path(matrix, bias)
+    pools = color_pool.build_color_pools(data.source, data.target, band=True)
+    matrix, bias = color_pool.fitted_colour_map(pools, "moments")
+    bandpass_transfer_base = base_colour_path(*color_pool.fitted_colour_map(pools, "bandpass"))
 
     def moment_transfer(x):
         return np.asarray(x, np.float64) @ matrix.T.astype(np.float64) + bias
 
-    def moment_transfer_base_nlm(x):
-        return nlm_denoise(moment_transfer_base(x))
-
-    return {"moment_transfer": moment_transfer, "moment_transfer_base": moment_transfer_base,
-            "moment_transfer_base_nlm": moment_transfer_base_nlm}
+    return {"moment_transfer": moment_transfer, "moment_transfer_base": base_colour_path(matrix, bias),
+            "bandpass_transfer_base": bandpass_transfer_base,
+            "bandpass_transfer_base_nlm": lambda x: nlm_denoise(bandpass_transfer_base(x))}
 
 
 def base_colour_path(matrix: np.ndarray, bias: np.ndarray):
@@ -142,15 +146,15 @@ def oracle_baselines(camera: dict, ranges: dict, colour_start) -> dict:
     """The :data:`ORACLE_NAMES` for one test photo degraded by ``camera`` (its :func:`wespe.camera.draw_camera`
     draw) from the family ``ranges``, each reading something of ``camera`` that no unpaired fit can know:
 
-    * ``oracle_nlm``: ``colour_start`` (the fitted ``moment_transfer_base``), then :func:`nlm_denoise` at the
+    * ``oracle_nlm``: ``colour_start`` (the fitted :data:`COLOUR_START`), then :func:`nlm_denoise` at the
       camera's own noise level instead of the level estimated from the photo: what a well-set denoiser adds to
       the colour start;
 
-    and the same colour path as ``moment_transfer_base`` (:func:`base_colour_path`) with a true colour map:
+    and the same colour path as :data:`COLOUR_START` (:func:`base_colour_path`) with a true colour map:
 
     * ``oracle_set_colour``: the exact inverse of the family's centre camera (:func:`wespe.camera.centre_camera`):
       the one set-level map a fit to many photos of the family would approach. Its gap to
-      ``moment_transfer_base`` is the error of estimating the set-level colour from the training sets;
+      :data:`COLOUR_START` is the error of estimating the set-level colour from the training sets;
     * ``oracle_photo_colour``: the exact inverse of this photo's own colour steps: a per-photo colour correction;
       the gap from the row above is what per-photo colour adds;
     * ``oracle_photo_colour_nlm``: that, then :func:`nlm_denoise` at the camera's own noise level (not

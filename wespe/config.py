@@ -108,9 +108,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Compare the colours of blurred images (True: D_c's view, colour without texture) or of the images
     # themselves (False).
     c.color_distribution_blur = True
-    # With generator.global_color: ``identity`` or ``moments``: a fresh run starts the colour path at the
-    # per-channel mean/std transfer from the source to the target colours (wespe.color_pool; F gets the inverse),
-    # measured steadier and better than learning it from batches.
+    # With generator.global_color: ``identity``, ``moments`` or ``bandpass``: a fresh run starts the colour path
+    # at the per-channel mean/std transfer from the source to the target colours (wespe.color_pool; F gets the
+    # inverse), measured steadier and better than learning it from batches; ``bandpass`` takes the gains from
+    # the two sets' band-pass contrast instead of their global std (less tied to the scenes' layout: +0.2 to
+    # +1.0 dB on three cameras, wespe.color_pool.fitted_colour_map).
     c.color_init = "identity"
     # With weights.color_distribution and generator.global_color: False = compare the batch's blurred G(x) with
     # its target patches; True = fit the colour path to whole sets instead: colour(source colour pool) vs the
@@ -211,14 +213,15 @@ def wespe_paper() -> ml_collections.ConfigDict:
 
 def wespe_plus() -> ml_collections.ConfigDict:
     """The recommended unpaired recipe: WESPE plus an identity-initialised residual G without normalisation whose
-    global colour path is fitted to the two sets' colour moments and stretches only the base layer, no colour
-    GAN, no TV, a low-pass penalty on the residual, paired restoration examples from the source camera fitted to
-    the sets, and an EMA of G (experiments/wespe_plus.py says why each is on; README: Results)."""
+    global colour path is fitted to the two sets' colours (gains from their band-pass contrast, offsets from their
+    means and black points) and stretches only the base layer, no colour GAN, no TV, a low-pass penalty on the
+    residual, paired restoration examples from the source camera fitted to the sets, and an EMA of G
+    (experiments/wespe_plus.py says why each is on; README: Results)."""
     c = wespe_paper()
     c.generator.update(dict(init="he", output="residual", global_color="base_affine", norm="none"))
     c.weights.update(dict(color=0.0, residual_lowpass=100.0, tv=0.0, restoration=10.0))
-    c.color_init = "moments"
-    c.optimizer.global_color_lr_scale = 0.0  # the colour path stays at the fitted moments
+    c.color_init = "bandpass"
+    c.optimizer.global_color_lr_scale = 0.0  # the colour path stays at the fitted map
     c.optimizer.warmup_steps = 50
     c.ema_decay = 0.999
     return c
@@ -382,7 +385,7 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
                "content_layer": LAYERS,
                "vgg_preprocessing": ("auto",) + PREPROCESSING,
                "compute_dtype": ("float32", "bfloat16"),
-               "color_init": ("identity", "moments")}
+               "color_init": ("identity", "moments", "bandpass")}
     for key, allowed in choices.items():
         value = get_key(config, key)
         if value not in allowed:

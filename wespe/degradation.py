@@ -14,9 +14,9 @@ Wu et al., ECCV 2020) with the smallest learned degradation that covers what pho
 The camera model D (:func:`degrade`, pure JAX, per image of a batch):
 
   1. optics blur: a Gaussian of ``blur_sigma`` px (edge-extended borders);
-  2. colour and tone: the per-channel moment transfer from the target to the source colours (the inverse of G's
-     colour path at ``color_init=moments``; :func:`wespe.color_pool.moment_transfer`), so G's colour path maps it
-     back;
+  2. colour and tone: the per-channel colour map from the target to the source colours, the exact inverse of G's
+     colour start (:func:`wespe.color_pool.fitted_colour_map` with the run's estimator), so G's colour path maps
+     it back;
   3. sensor noise: Gaussian, ``noise_sigma`` per RGB channel;
   4. 8-bit rounding, then JPEG at ``jpeg_quality`` (0 = none): YCbCr, 4:2:0 chroma, 8x8 DCT quantised with the
      IJG tables scaled by the quality as libjpeg does, fancy (triangle) chroma upsampling (:func:`jpeg`: not

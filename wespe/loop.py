@@ -344,6 +344,13 @@ def _leave_new_workdir_as_found(workdir: Path, lock: WorkdirLock, created: list[
                 break
 
 
+def build_color_pools(config: ml_collections.ConfigDict, source: str, target: str) -> dict:
+    """The run's colour pools (``wespe.color_pool.build_color_pools``), with the band-pass contrast where its
+    colour estimator needs it."""
+    return color_pool.build_color_pools(source, target, photos=config.color_pool_photos, seed=config.seed,
+                                        band=train.colour_estimator(config) == "bandpass")
+
+
 def fitted_degradation(config: ml_collections.ConfigDict, workdir: Path, source: str, target: str, report,
                        color_pools: dict | None, is_writer: bool) -> degradation.Degradation | None:
     """The source camera's degradation for ``weights.restoration`` (None when that term is off): the one saved in
@@ -358,9 +365,8 @@ def fitted_degradation(config: ml_collections.ConfigDict, workdir: Path, source:
         logger.info("degradation (from %s): %s", path, fitted.describe())
         return fitted
     if color_pools is None:
-        color_pools = color_pool.build_color_pools(source, target, photos=config.color_pool_photos,
-                                                   seed=config.seed)
-    matrix, bias = color_pool.moment_transfer(color_pools["target"], color_pools["source"])
+        color_pools = build_color_pools(config, source, target)
+    matrix, bias = color_pool.fitted_colour_map(color_pools, train.colour_estimator(config), reverse=True)
     fitted, record = fit_degradation(config, report["source"]["used"], report["target"]["used"], matrix, bias)
     logger.info("degradation fitted to the training sets (%d crops a side): %s", config.degradation.fit_crops,
                 fitted.describe())
@@ -431,8 +437,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
     step_pools = train.uses_color_pools(config)
     color_pools = None
     if step_pools or (start == 0 and config.color_init != "identity"):
-        color_pools = color_pool.build_color_pools(source, target, photos=config.color_pool_photos,
-                                                   seed=config.seed)
+        color_pools = build_color_pools(config, source, target)
         if start == 0:  # a resumed run has the colour path it trained
             state = train.init_global_color(state, config, color_pools)
     fitted = fitted_degradation(config, workdir, source, target, report, color_pools, is_writer)

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from wespe import config as configs
 from wespe import benchmark_metrics, evaluation, image_io, loop, no_reference
-from wespe.baselines import (BASELINES, FITTED_NAMES, ORACLE_NAMES, apply_uint8, fitted_baselines,
+from wespe.baselines import (BASELINES, COLOUR_START, FITTED_NAMES, ORACLE_NAMES, apply_uint8, fitted_baselines,
                              oracle_baselines)
 from wespe.errors import JobFailed, UserError, call_python_file
 from wespe.generators import load_exported_generator
@@ -339,7 +339,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
     # name -> (kind, photo name -> method): the oracle rows' methods differ per photo (each reads its own camera)
     fitted = fitted_baselines(data)
     oracles = functools.cache(lambda photo: oracle_baselines(cameras["cameras"][photo], cameras["ranges"],
-                                                             fitted["moment_transfer_base"]))  # once a photo
+                                                             fitted[COLOUR_START]))  # once a photo
     baselines = {**{n: ("classical", lambda _, f=f: f) for n, f in BASELINES.items()},
                  **{n: ("fitted", lambda _, f=f: f) for n, f in fitted.items()},
                  **{n: ("oracle", lambda photo, n=n: oracles(photo)[n]) for n in ORACLE_NAMES}}
@@ -524,7 +524,7 @@ def markdown(results: dict) -> str:
         f"away. Rows named oracle_* are not methods: they read each test photo's true camera (the colour start "
         f"denoised at the camera's noise level; the inverse of the camera family's centre colour, of the photo's "
         f"own colour, then a denoiser at its true noise level), "
-        f"so the steps from moment_transfer_base down to them show how much of what is left is set-level colour, "
+        f"so the steps from {COLOUR_START} down to them show how much of what is left is set-level colour, "
         f"per-photo colour and noise. "
         f"The →target columns read no reference: the outputs' distance to the clean target-side training photos "
         f"(wespe.no_reference: NIQE-style distance, colour SW2 distance, log2 of the noise and sharpness ratios; "

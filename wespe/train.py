@@ -29,7 +29,7 @@ from flax import nnx
 
 from wespe import conv, conv_tuning, losses, ops, parallel, vgg
 from wespe import degradation as degradation_lib
-from wespe.color_pool import moment_transfer
+from wespe.color_pool import fitted_colour_map
 from wespe.config import validate
 from wespe.models import Discriminator, Generator
 
@@ -79,14 +79,22 @@ def _global_color_labels(params):
 
 
 def init_global_color(state: TrainState, config: ml_collections.ConfigDict, pools: dict) -> TrainState:
-    """A fresh state with ``config.color_init`` applied: ``moments`` sets G's colour path to the per-channel
-    moment transfer from ``pools["source"]`` to ``pools["target"]`` and F's (wespe mode) to the reverse one."""
+    """A fresh state with ``config.color_init`` applied: ``moments`` / ``bandpass`` set G's colour path to that
+    estimator's colour map from the source pool to the target pool (``wespe.color_pool.fitted_colour_map``) and
+    F's (wespe mode) to the reverse one."""
     if config.color_init == "identity":
         return state
-    state = with_global_color(state, "generator", *moment_transfer(pools["source"], pools["target"]))
+    state = with_global_color(state, "generator", *fitted_colour_map(pools, config.color_init))
     if "inverse_generator" in state.params:
-        state = with_global_color(state, "inverse_generator", *moment_transfer(pools["target"], pools["source"]))
+        state = with_global_color(state, "inverse_generator",
+                                  *fitted_colour_map(pools, config.color_init, reverse=True))
     return state
+
+
+def colour_estimator(config: ml_collections.ConfigDict) -> str:
+    """The ``wespe.color_pool.fitted_colour_map`` estimator of a run's colour maps (G's colour start and the
+    degradation's colour steps): ``config.color_init``, or ``moments`` where the colour path starts at identity."""
+    return "moments" if config.color_init == "identity" else config.color_init
 
 
 def with_global_color(state: TrainState, name: str, matrix, bias) -> TrainState:
