@@ -460,3 +460,33 @@ def test_unseen_camera_script_draws_the_chosen_camera_family(tmp_path):
     for camera_family in seen["CAMERAS"].values():  # every family sets every parameter the camera model draws
         assert set(camera_family) == set(camera.CAMERA_RANGES)
         assert all(low < high for low, high in camera_family.values())
+
+
+# ------------------------------------------------------------------- experiments/quality/colour_estimators.py
+
+def test_colour_estimators_script_scores_every_estimator_and_the_true_map(tmp_path):
+    from wespe import color_pool
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    script = [sys.executable, "experiments/quality/colour_estimators.py", f"--output_dir={tmp_path}",
+              "--max_side=96"]
+    proc = subprocess.run([*script, "--settings=benchmark,warm_contrasty"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert list(rows) == ["benchmark", "warm_contrasty"]
+    for name, row in rows.items():
+        data = quality_data.folders(tmp_path / name)
+        ranges = json.loads(Path(data.camera_params).read_text())["ranges"]
+        assert ranges == {k: list(v) for k, v in camera.CAMERA_FAMILIES[row["family"]].items()}  # its own cameras
+        pools = color_pool.build_color_pools(data.source, data.target, band=True)
+        for estimator in color_pool.ESTIMATORS:  # the maps the recipe would start from on these folders
+            matrix, bias = color_pool.fitted_colour_map(pools, estimator)
+            np.testing.assert_allclose(row[estimator]["gains"], np.diag(matrix), atol=1e-4)
+            np.testing.assert_allclose(row[estimator]["bias"], bias, atol=1e-4)
+        # the true set-level map undoes most of the camera: far above the input on both families
+        assert row["true_set_colour"]["psnr"] > row["input"]["psnr"] + 2
+    table = (tmp_path / "results.md").read_text()
+    assert "| benchmark (benchmark, 0) |" in table and "| warm_contrasty (warm_contrasty, 3) |" in table
+    bad = subprocess.run([*script, "--settings=nope"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "--settings: unknown ['nope']" in bad.stderr

@@ -39,6 +39,26 @@ from PIL import Image
 CAMERA_RANGES = {"blur_sigma": (0.8, 1.6), "contrast": (0.55, 0.75), "brightness": (-0.08, -0.02),
                  "gain_r": (1.04, 1.16), "gain_b": (0.72, 0.84), "noise_sigma": (0.02, 0.04),
                  "jpeg_quality": (30, 45)}
+# Other camera families, each setting every key of CAMERA_RANGES (what a benchmark degrades its source photos
+# with when draw_camera reads them instead; experiments/quality/unseen_camera.py, colour_estimators.py):
+# cool_overexposed: a cool cast, over-exposed, mildly flat, less blur and noise, JPEG 60-80; noisy_phone: mostly
+# sensor noise that survives a mild JPEG, little blur, a mild cast (the case of real phone photos);
+# warm_contrasty: a warm cast, more contrast than the scene (shadows and highlights clip), light noise, JPEG
+# 70-90; dim: dark, flat and green, noisy, JPEG 50-70.
+CAMERA_FAMILIES = {
+    "benchmark": dict(CAMERA_RANGES),
+    "cool_overexposed": {"blur_sigma": (0.5, 1.0), "contrast": (0.8, 0.9), "brightness": (0.03, 0.08),
+                         "gain_r": (0.80, 0.90), "gain_b": (1.10, 1.20), "noise_sigma": (0.01, 0.02),
+                         "jpeg_quality": (60, 80)},
+    "noisy_phone": {"blur_sigma": (0.5, 1.0), "contrast": (0.8, 0.95), "brightness": (-0.04, 0.0),
+                    "gain_r": (0.95, 1.05), "gain_b": (0.90, 1.00), "noise_sigma": (0.04, 0.07),
+                    "jpeg_quality": (85, 95)},
+    "warm_contrasty": {"blur_sigma": (0.6, 1.0), "contrast": (1.1, 1.2), "brightness": (-0.02, 0.02),
+                       "gain_r": (1.05, 1.15), "gain_b": (0.85, 0.95), "noise_sigma": (0.02, 0.03),
+                       "jpeg_quality": (70, 90)},
+    "dim": {"blur_sigma": (0.8, 1.2), "contrast": (0.7, 0.8), "brightness": (-0.08, -0.04),
+            "gain_r": (0.85, 0.95), "gain_b": (0.85, 0.95), "noise_sigma": (0.03, 0.05), "jpeg_quality": (50, 70)},
+}
 # The parameters apply_camera needs (wespe.demo.DEMO_CAMERA has exactly these).
 CAMERA_KEYS = ("blur_sigma", "contrast", "brightness", "gains", "noise_sigma", "jpeg_quality")
 

@@ -99,6 +99,10 @@ PHOTOS = {
 }
 SPLIT = {"test": ("chelsea", "grace_hopper", "flower"),
          "train": ("astronaut", "coffee", "motorcycle_left", "rocket", "china")}
+# The photos' roles swapped (experiments/quality/unseen_camera.py): other held-out scenes than the ones the recipe
+# was tuned on.
+UNSEEN_SPLIT = {"test": ("astronaut", "coffee", "rocket"),
+                "train": ("chelsea", "grace_hopper", "flower", "motorcycle_left", "china")}
 # How prepare() uses the train photos; in every READY recipe, so a folder prepared another way is an error.
 TRAIN_LAYOUT = ("halves: each train photo degraded whole, then cut at width // 2; even k: degraded left half -> "
                 "source, clean right half -> target; odd k: degraded right half -> source, clean left half -> "

@@ -18,17 +18,10 @@ the noise into blocks.
 
 from absl import flags
 
-from wespe import camera, cli, quality
+from wespe import camera, cli, quality, quality_data
 
-UNSEEN_RANGES = {"blur_sigma": (0.5, 1.0), "contrast": (0.8, 0.9), "brightness": (0.03, 0.08),
-                 "gain_r": (0.80, 0.90), "gain_b": (1.10, 1.20), "noise_sigma": (0.01, 0.02),
-                 "jpeg_quality": (60, 80)}
-NOISY_PHONE_RANGES = {"blur_sigma": (0.5, 1.0), "contrast": (0.8, 0.95), "brightness": (-0.04, 0.0),
-                      "gain_r": (0.95, 1.05), "gain_b": (0.90, 1.00), "noise_sigma": (0.04, 0.07),
-                      "jpeg_quality": (85, 95)}
-CAMERAS = {"cool_overexposed": UNSEEN_RANGES, "noisy_phone": NOISY_PHONE_RANGES}
-UNSEEN_SPLIT = {"test": ["astronaut", "coffee", "rocket"],
-                "train": ["chelsea", "grace_hopper", "flower", "motorcycle_left", "china"]}
+CAMERAS = {name: camera.CAMERA_FAMILIES[name] for name in ("cool_overexposed", "noisy_phone")}
+UNSEEN_SPLIT = {k: list(v) for k, v in quality_data.UNSEEN_SPLIT.items()}
 PRESETS = {"wespe_plus": "experiments/quality/wespe_plus.py", "dped_paired": "experiments/quality/dped_paired.py"}
 
 flags.DEFINE_string("output_dir", None, "Where the data, runs, results and grid go.")
