@@ -217,6 +217,13 @@ def test_anchored_bias_sends_mean_and_black_point_home_above_clipped_shadows():
     np.testing.assert_allclose(color_pool.anchored_bias(unclipped, target, gain), offset, atol=2e-3)
 
 
+def test_band_gain_keeps_gain_1_where_a_side_has_no_band_pass_contrast(caplog):
+    with caplog.at_level(logging.WARNING):
+        gain = color_pool.band_gain(np.array([0.02, 0.0, 0.04]), np.array([0.05, 0.03, 0.0]))
+    np.testing.assert_allclose(gain, [2.5, 1.0, 1.0])
+    assert "no band-pass contrast in channel(s) [1, 2]" in caplog.text
+
+
 def test_bandpass_init_sets_g_and_f_to_the_bandpass_maps():
     c = tiny_config("wespe_plus", color_init="bandpass")
     state, _ = train.create_train_state(c)

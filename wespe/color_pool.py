@@ -199,10 +199,16 @@ def anchored_bias(source: np.ndarray, target: np.ndarray, gain: np.ndarray) -> n
 
 
 def band_gain(source_band_std: np.ndarray, target_band_std: np.ndarray) -> np.ndarray:
-    """Per-channel gains ``target / source`` of two :func:`folder_band_std` results; 1 where the source has no
-    band-pass contrast (a flat channel: nothing to scale)."""
+    """Per-channel gains ``target / source`` of two :func:`folder_band_std` results; 1, with a warning, where
+    either side has no band-pass contrast (flat or tiny photos: a ratio would scale the channel by 0 or without
+    bound, and the offsets still match the two sets' levels)."""
     s, t = np.asarray(source_band_std, np.float64), np.asarray(target_band_std, np.float64)
-    return np.where(s > 1e-6, t / np.maximum(s, 1e-6), 1.0)
+    flat = (s <= 1e-6) | (t <= 1e-6)
+    if flat.any():
+        sides = " and ".join(name for name, v in (("source", s), ("target", t)) if (v <= 1e-6).any())
+        logger.warning("colour fit: no band-pass contrast in channel(s) %s of the %s photos: gain 1 there",
+                       np.flatnonzero(flat).tolist(), sides)
+    return np.where(flat, 1.0, t / np.maximum(s, 1e-6))
 
 
 def moment_transfer(source: np.ndarray, target: np.ndarray, *,
