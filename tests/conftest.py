@@ -69,3 +69,12 @@ def _xla_optimization_for_the_test(request, monkeypatch):
     jax.config.update("jax_disable_most_optimizations", not optimized)
     yield
     jax.config.update("jax_disable_most_optimizations", before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with a test marked ``slow`` run first (each module's tests kept together and in order, so module
+    fixtures are built once per worker). pytest-xdist hands out the first quarter of the tests round-robin and
+    the rest as workers free up: minutes-long tests started last left one of two workers idle at the end."""
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
+    items[:] = [item for item in items if item.module in slow_modules] + \
+               [item for item in items if item.module not in slow_modules]

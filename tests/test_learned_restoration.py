@@ -30,6 +30,7 @@ def _half_size(photo: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(photo).resize((photo.shape[1] // 2, photo.shape[0] // 2), Image.LANCZOS))
 
 
+@pytest.mark.slow
 @pytest.mark.optimized  # 120 training steps: XLA's optimised program runs them ~2.6x faster than it compiles
 def test_default_recipe_learns_to_denoise_beyond_its_colour_path(tmp_path):
     source, target = tmp_path / "phone", tmp_path / "dslr"
