@@ -107,6 +107,12 @@ def test_fit_recovers_a_known_camera_from_other_crops_of_the_same_kind_of_photos
     assert truth[1] / 1.6 <= fitted.noise_sigma <= truth[1] * 1.6, fitted
     assert abs(fitted.jpeg_quality - truth[2]) <= 15, fitted
     assert record["distance"] < 0.2 * record["distance_undegraded"]
+    # the record's statistics of the fit are those of the target crops degraded by it (the search's own numbers;
+    # recomputed here in a program of its own: the same arithmetic, so equal up to float summation order, ~0)
+    again = jax.jit(dg._degraded_statistics)(jnp.asarray(target), fitted.blur_sigma, fitted.noise_sigma,
+                                             fitted.jpeg_quality, jnp.asarray(m), jnp.asarray(b),
+                                             jax.random.normal(jax.random.key(0), target.shape, jnp.float32))
+    assert dg.statistics_distance(record["fit_statistics"], np.asarray(again)) < 1e-6
     clean_fit, _ = dg.fit(_photo_crops(48, 48, seed=2), target, np.eye(3), np.zeros(3), seed=0)  # a clean source
     assert clean_fit.noise_sigma <= 0.01 and clean_fit.blur_sigma <= 0.7 and clean_fit.jpeg_quality in (0, 90), clean_fit
     fixed, _ = dg.fit(source, target, m, b, seed=0, fixed={"jpeg_quality": 0.0, "blur_sigma": 1.0})

@@ -315,6 +315,7 @@ def fit(source_crops: np.ndarray, target_crops: np.ndarray, color_matrix: np.nda
     m, b = jnp.asarray(color_matrix, jnp.float32), jnp.asarray(color_bias, jnp.float32)
     unit_noise = jax.random.normal(jax.random.key(seed), clean.shape, jnp.float32)  # the same for every candidate
     scores: dict[tuple[float, float, float], float] = {}
+    statistics: dict[tuple[float, float, float], np.ndarray] = {}  # of each candidate, for the record
 
     chunk = max(1, min(_CHUNK, _CHUNK_PIXELS // (clean.shape[0] * clean.shape[1] * clean.shape[2])))
 
@@ -327,7 +328,7 @@ def fit(source_crops: np.ndarray, target_crops: np.ndarray, color_matrix: np.nda
             stats = np.asarray(_candidate_statistics(clean, values[:, 0], values[:, 1], values[:, 2], m, b,
                                                       unit_noise))
             for point, s in zip(part, stats):
-                scores[point] = statistics_distance(s, source_stats)
+                scores[point], statistics[point] = statistics_distance(s, source_stats), s
         return min(points, key=lambda p: (scores[p], p))
 
     fixed = dict(fixed or {})
@@ -350,7 +351,7 @@ def fit(source_crops: np.ndarray, target_crops: np.ndarray, color_matrix: np.nda
     identity = scores[(0.0, 0.0, 0.0)]
     record = {"source_statistics": source_stats.tolist(),
               "clean_target_statistics": np.asarray(texture_statistics(clean)).tolist(),
-              "fit_statistics": np.asarray(jax.jit(_degraded_statistics)(clean, *best, m, b, unit_noise)).tolist(),
+              "fit_statistics": statistics[best].tolist(),  # as scored (a separate program cost ~2 s to compile)
               "distance": scores[best], "distance_undegraded": identity,
               "candidates": len(scores), "fixed": fixed,
               "statistics": list(STATISTICS)}
