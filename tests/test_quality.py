@@ -486,6 +486,21 @@ def test_colour_estimators_script_scores_every_estimator_and_the_true_map(tmp_pa
             matrix, bias = color_pool.fitted_colour_map(pools, estimator)
             np.testing.assert_allclose(row[estimator]["gains"], np.diag(matrix), atol=1e-4)
             np.testing.assert_allclose(row[estimator]["bias"], bias, atol=1e-4)
+
+        # w2_affine: per channel no affine map brings the source pool's colours closer to the target pool's in W2
+        # (equal-size samples: W2^2 = mean square of the sorted differences) - not the estimators', nor the
+        # W2-optimal line nudged in gain or offset
+        def w2(gains, bias, c):
+            mapped = np.sort(gains[c] * pools["source"][:, c] + bias[c])
+            return float(np.mean(np.square(mapped - np.sort(pools["target"][:, c]))))
+
+        g, b = np.asarray(row["w2_affine"]["gains"]), np.asarray(row["w2_affine"]["bias"])
+        for c in range(3):
+            best = w2(g, b, c)
+            others = [(np.asarray(row[e]["gains"]), np.asarray(row[e]["bias"])) for e in color_pool.ESTIMATORS]
+            others += [(g * np.where(np.arange(3) == c, f, 1.0), b) for f in (0.98, 1.02)]
+            others += [(g, b + np.where(np.arange(3) == c, d, 0.0)) for d in (-0.01, 0.01)]
+            assert all(best <= w2(og, ob, c) + 1e-6 for og, ob in others), (c, best)
         # the true set-level map undoes most of the camera: far above the input
         assert row["true_set_colour"]["psnr"] > row["input"]["psnr"] + 2
     assert "| warm_contrasty (warm_contrasty, 3) |" in (tmp_path / "results.md").read_text()

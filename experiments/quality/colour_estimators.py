@@ -7,7 +7,9 @@ training sets, applied to a Gaussian base layer (wespe.baselines.base_colour_pat
 benchmark's photos (wespe.quality_data) with a camera family of wespe.camera.CAMERA_FAMILIES, a split and a data
 seed, fits the map with every estimator (wespe.color_pool.ESTIMATORS) and scores the held-out photos (PSNR mean
 per image and SSIM on RGB, wespe.metrics, as launch/quality.py does), beside the input and the true set-level
-map (the inverse of the family's centre camera: what a fit to many photos would approach). The first three rows
+map (the inverse of the family's centre camera: what a fit to many photos would approach) and the per-channel map
+that matches the two sets' colour distributions best (``w2_affine``: what a colour adversary that matched them
+exactly would reach with G's affine colour path). The first three rows
 are the cameras the estimators were chosen on (launch/quality.py and experiments/quality/unseen_camera.py's
 data); the last four were drawn afterwards to check them. Writes results.json and results.md to --output_dir.
 """
@@ -50,6 +52,18 @@ def prepare(root: Path, family: str, split: dict, data_seed: int, max_side: int 
         camera.CAMERA_RANGES.update(saved)
 
 
+def w2_affine(source: np.ndarray, target: np.ndarray, levels: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, the affine map ``a x + b`` whose image of the source pool is closest to the target pool in
+    Wasserstein-2: for 1-D distributions W2^2 = integral of (a Q_s(u) + b - Q_t(u))^2 du over quantile levels u, so
+    (a, b) is the least-squares line from the source's quantiles to the target's (``levels`` mid-point levels)."""
+    u = (np.arange(levels) + 0.5) / levels
+    gains, bias = np.zeros(3), np.zeros(3)
+    for c in range(3):
+        qs, qt = np.quantile(source[:, c], u), np.quantile(target[:, c], u)
+        gains[c], bias[c] = np.polyfit(qs, qt, 1)
+    return np.diag(gains).astype(np.float32), bias.astype(np.float32)
+
+
 def score(method, data: quality_data.BenchmarkData) -> dict:
     """Mean PSNR and RGB SSIM of ``method`` (float RGB -> float RGB, quantised to 8 bits) on the test photos."""
     psnrs, ssims = [], []
@@ -81,12 +95,15 @@ def main(argv):
             matrix, bias = color_pool.fitted_colour_map(pools, estimator)
             row[estimator] = {**score(base_colour_path(matrix, bias), data),
                               "gains": np.diag(matrix).round(4).tolist(), "bias": bias.round(4).tolist()}
+        w2_map = w2_affine(pools["source"], pools["target"])
+        row["w2_affine"] = {**score(base_colour_path(*w2_map), data), "gains": np.diag(w2_map[0]).round(4).tolist(),
+                            "bias": w2_map[1].round(4).tolist()}
         row["true_set_colour"] = {**score(base_colour_path(*true_map), data),
                                   "gains": np.diag(true_map[0]).round(4).tolist(),
                                   "bias": true_map[1].round(4).tolist()}
         rows[name] = row
         print(name, {k: v for k, v in row.items() if isinstance(v, dict) and "psnr" in v}, flush=True)
-    columns = ["input", *color_pool.ESTIMATORS, "true_set_colour"]
+    columns = ["input", *color_pool.ESTIMATORS, "w2_affine", "true_set_colour"]
     lines = ["# wespe_plus's colour start by estimator (PSNR dB / SSIM on the held-out photos, no training)", "",
              "Rerun: `python experiments/quality/colour_estimators.py --output_dir=runs/colour_estimators`", "",
              "| camera (family, data seed) | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
