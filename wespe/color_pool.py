@@ -27,7 +27,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import scipy.fft
 from PIL import Image
 
 from wespe.image_io import ImageReadError, read_image
@@ -77,6 +76,8 @@ def photo_band_energy(path: Path, side: int = BAND_SIDE) -> tuple[np.ndarray, in
     Gaussian filter multiplies coefficient k of an axis of length n by exp(-(sigma pi k / n)^2 / 2), and the
     orthonormal transform keeps sums of squares (Parseval): 5x faster than filtering at sigma 12 (128 photos a
     side are read at start-up), equal to the spatial filter but for its truncation at 4 sigma (~1e-4)."""
+    import scipy.fft  # here, not at the top: ~0.3 s of every entry point's start-up, needed by bandpass fits only
+
     x = shrunk_photo(path, side).astype(np.float64)
     h, w = x.shape[:2]
     coefficients = scipy.fft.dctn(x, type=2, norm="ortho", axes=(0, 1))
