@@ -40,7 +40,9 @@ def _env(cheap_compile: bool = False, fast_steps: bool = False):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     if cheap_compile:
-        env["XLA_FLAGS"] = CHEAP_COMPILE_FAST_STEPS if fast_steps else CHEAP_COMPILE
+        # with the suite's faster-compiling fusion code generator where this jaxlib has it (tests/conftest.py)
+        env["XLA_FLAGS"] = " ".join([CHEAP_COMPILE_FAST_STEPS if fast_steps else CHEAP_COMPILE,
+                                     os.environ.get("WESPE_TESTS_COMPILE_FAST_FLAGS", "")]).strip()
         if fast_steps:
             env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
     return env
