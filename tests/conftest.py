@@ -41,15 +41,17 @@ if not _CALLER_CHOSE:
 # sets), but their tiny training steps run ~10x faster (a 4-device step at batch 8, 32 px: 0.37 vs 4 s;
 # tests/test_parallel.py). XLA reads XLA_FLAGS once per process, at its first compilation, so this process (the
 # pytest process or an xdist worker, whose tests compile in process, per the fixture below) compiles once
-# without them (with COMPILE_FAST_FLAGS only), then puts them into the environment its subprocesses inherit. Not when the caller chose
-# JAX_DISABLE_MOST_OPTIMIZATIONS or set XLA_FLAGS: then every process runs as the caller said.
+# without them (with COMPILE_FAST_FLAGS only), then puts them into the environment its subprocesses inherit. Not
+# when the caller chose JAX_DISABLE_MOST_OPTIMIZATIONS or set XLA_FLAGS: then every process runs as the caller said.
 SUBPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
-# Both, and every process of the run but those of tests marked ``optimized`` (which compile as users do), also
-# take XLA:CPU's elemental fusion code generator instead of its MLIR fusion emitters: the tests' tiny training step
-# (tests/test_train.py, wespe_plus) compiled in 3.6 instead of 8.1 s unoptimised (16.6 -> 8.4 s of CPU for the
-# first call, trace included) and 7.6 instead of 8.1 s at LLVM level 1, and ran as fast; results change by float
-# order only. An XLA_FLAGS entry the installed jaxlib does not know aborts every process that compiles, so the
-# process that starts the run checks once, in a subprocess, that this one parses; the pytest header says which.
+# Both, in this process and in its subprocesses, also take XLA:CPU's elemental fusion code generator instead of
+# its MLIR fusion emitters (the subprocesses of tests marked ``optimized`` do not: they compile as users do; the
+# in-process ``optimized`` tests share their worker's flags, which XLA reads once per process): the tests' tiny
+# training step (tests/test_train.py, wespe_plus) compiled in 3.6 instead of 8.1 s unoptimised (16.6 -> 8.4 s of
+# CPU for the first call, trace included) and 7.6 instead of 8.1 s at LLVM level 1, and ran as fast; results
+# change by float order only. An XLA_FLAGS entry the installed jaxlib does not know aborts every process that
+# compiles, so the process that starts the run checks once, in a subprocess, that this one parses; the pytest
+# header says which.
 COMPILE_FAST_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 _COMPILE_FAST_CHECKED = "WESPE_TESTS_COMPILE_FAST_FLAGS"  # the flags that parsed ("" if none), for the workers
 _FLAGS_SET_HERE = "WESPE_TESTS_SET_XLA_FLAGS"  # XLA_FLAGS holds SUBPROCESS_XLA_FLAGS, set by a parent's conftest
@@ -105,5 +107,5 @@ def pytest_report_header(config):
         return "XLA settings: the caller's (JAX_DISABLE_MOST_OPTIMIZATIONS or XLA_FLAGS set)"
     fast = os.environ.get(_COMPILE_FAST_CHECKED)
     return (f"XLA settings: unoptimised in process, {SUBPROCESS_XLA_FLAGS} in subprocesses; "
-            + (f"{fast} everywhere but tests marked optimized" if fast else
+            + (f"{fast} everywhere but the subprocesses of tests marked optimized" if fast else
                f"{COMPILE_FAST_FLAGS} not used: this jaxlib does not parse it"))
