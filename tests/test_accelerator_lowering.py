@@ -29,9 +29,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
+
+import script_server
 
 ACCELERATORS = (("cuda",), ("tpu",), ("cuda", "tpu"))
 # Custom calls every platform takes: XLA's sharding annotations and jax.export's checks of symbolic dimensions.
@@ -137,8 +138,8 @@ def test_sharded_train_step_lowers_for_gpu_and_tpu():
     and both: 4-device modules, batch and FSDP shardings kept, no CPU formulation."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",  # with the suite's XLA_FLAGS for subprocesses (tests/conftest.py)
                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}")
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "sharded"], capture_output=True,
-                          text=True, env=env, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    proc = script_server.run([sys.executable, str(Path(__file__).resolve()), "sharded"], env=env, timeout=300,
+                             cwd=Path(__file__).resolve().parent.parent)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     modules = json.loads(lines[-1][len("RESULT "):])

@@ -2,12 +2,13 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import script_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--config.generator.width=8", "--config.generator.num_blocks=1", "--config.patch_size=32",
@@ -19,8 +20,8 @@ def _run(*args):
     # plumbing, not the speed. LLVM at level 1 compiles as fast as level 0, but the tiny step each run times
     # (warmup + repeats) takes ~0.3 s, not 4.1 s (launch/benchmark.py at batch 2: 46 -> 16 s).
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, str(ROOT / "launch" / "benchmark.py"), *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=600)
+    return script_server.run([sys.executable, str(ROOT / "launch" / "benchmark.py"), *args], env=env, cwd=ROOT,
+                             timeout=600)
 
 
 def test_scaling_mode_reports_throughput_flops_and_mfu(tmp_path):

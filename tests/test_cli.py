@@ -1,13 +1,13 @@
 """Shared command-line pieces (wespe/cli.py): every mistake in --config (its file, a key, a value) is one error line
 naming it, with a suggestion for an unknown key; a user error prints nothing before its line."""
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+import script_server
 from wespe import cli, errors
 from wespe import config as configs
 
@@ -44,8 +44,8 @@ def test_unknown_key_message(key, suggestion):
 @pytest.mark.parametrize("script", ["launch/train.py", "launch/benchmark.py"])
 def test_cli_unknown_config_key_is_one_line_and_exit_2(tmp_path, script):
     workdir = tmp_path / "run"
-    result = subprocess.run([sys.executable, script, f"--workdir={workdir}", "--config.generator.widht=8"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = script_server.run([sys.executable, script, f"--workdir={workdir}", "--config.generator.widht=8"],
+                               cwd=REPO, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: --config.generator.widht: unknown config key; did you mean --config.generator.width?"]
@@ -133,10 +133,11 @@ def test_a_bad_value_is_named_as_the_command_line_gave_it():
         "config.weights.tv=-1.0: must be >= 0 (0 turns the term off)"
 
 
-def test_a_user_error_prints_no_library_log_line_first():
+def test_a_user_error_prints_no_library_log_line_first(tmp_path):
     """absl's app.run turns INFO logging on once flags are parsed: JAX's "Unable to initialize backend 'tpu'"
     then printed before the error line. Without --verbosity, only the error line."""
-    script = textwrap.dedent("""
+    script = tmp_path / "entry.py"
+    script.write_text(textwrap.dedent("""
         import logging
         from wespe import cli, errors
 
@@ -145,11 +146,10 @@ def test_a_user_error_prints_no_library_log_line_first():
             raise errors.UserError("--source=x does not exist")
 
         cli.run(main)
-    """)
-    quiet = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    """))
+    quiet = script_server.run([sys.executable, script], cwd=REPO, timeout=60)
     assert quiet.returncode == 2 and quiet.stderr.splitlines() == ["error: --source=x does not exist"], quiet.stderr
-    asked = subprocess.run([sys.executable, "-c", script, "--verbosity=0"], cwd=REPO, capture_output=True,
-                           text=True, timeout=60)
+    asked = script_server.run([sys.executable, script, "--verbosity=0"], cwd=REPO, timeout=60)
     assert "Unable to initialize backend 'tpu'" in asked.stderr  # --verbosity still shows them
 
 
@@ -157,8 +157,8 @@ def test_a_user_error_prints_no_library_log_line_first():
 
 def _train(tmp_path, *args, env=None):
     import os
-    return subprocess.run([sys.executable, "launch/train.py", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})})
+    return script_server.run([sys.executable, "launch/train.py", *map(str, args)], cwd=REPO, timeout=120,
+                             env={**os.environ, **(env or {})})
 
 
 @pytest.fixture

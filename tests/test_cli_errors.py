@@ -3,12 +3,10 @@ else on stderr, no traceback, exit status 2 (README: Exit statuses), and nothing
 --config flag also get every mistake a config file and its overrides can hold (CONFIG_MISTAKES).
 
 The commands run as they would from a shell, but forked from one process that imported the libraries once
-(tests/cli_forkserver.py), so the whole table costs about as much as a few plain subprocesses.
+(tests/script_server.py), so the whole table costs about as much as a few plain subprocesses.
 """
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,38 +14,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import script_server
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-class ForkServer:
-    def __init__(self, tmp: Path):
-        self.tmp, self.n = tmp, 0
-        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-            filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_forkserver.py")], cwd=REPO, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def run(self, script: str, *args: str, env: dict | None = None) -> tuple[int, str, str]:
-        self.n += 1
-        out, err = self.tmp / f"{self.n}.out", self.tmp / f"{self.n}.err"
-        case = {"argv": [f"launch/{script}.py", *args], "env": env or {}, "cwd": str(REPO), "out": str(out),
-                "err": str(err)}
-        self.proc.stdin.write(json.dumps(case) + "\n")
-        self.proc.stdin.flush()
-        reply = self.proc.stdout.readline()
-        assert reply, "the fork server died"
-        return json.loads(reply)["returncode"], out.read_text(), err.read_text()
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+def run_cli(script: str, *args: str, env: dict | None = None) -> tuple[int, str, str]:
+    """``python launch/<script>.py args`` (``env``: variables added for this command), forked from a warm server."""
+    base = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = script_server.run([sys.executable, f"launch/{script}.py", *args], env={**base, **(env or {})}, cwd=REPO,
+                             timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    server = ForkServer(tmp_path_factory.mktemp("cli_logs"))
-    yield server.run
-    server.close()
+def cli():
+    return run_cli
 
 
 @pytest.fixture(scope="module")

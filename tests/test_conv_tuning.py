@@ -3,7 +3,6 @@
 import json
 import logging
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from test_conv import _numpy_kernel_grad, assert_kernel_grad_within_bound, summation_bound
 
+import script_server
 from wespe import conv, conv_tuning
 from wespe.errors import UserError
 
@@ -275,6 +275,6 @@ def test_describe_and_the_benchmark_flag():
     assert conv_tuning.describe(rows) == ("8x100x100 3x3 64->64 s1 float32  forward ynnpack (cached)  "
                                           "kernel_grad xla (cached)")
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, str(root / "launch" / "benchmark.py"), "--conv_choice=fastest"],
-                          capture_output=True, text=True, cwd=root, timeout=300)
+    proc = script_server.run([sys.executable, str(root / "launch" / "benchmark.py"), "--conv_choice=fastest"],
+                             cwd=root, timeout=300)
     assert proc.returncode == 2 and "--conv_choice='fastest': 'fastest' is not a mode" in proc.stderr

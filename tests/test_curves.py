@@ -1,13 +1,13 @@
 """wespe.curves / launch/compare_runs.py on metrics.jsonl files the test writes."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import script_server
 from wespe import curves
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,14 +38,14 @@ def test_compare_runs_cli_plot_and_errors(tmp_path):
     _run(tmp_path / "a", [2.0, 1.0])
     _run(tmp_path / "b", [2.0, float("nan")])
     out = tmp_path / "plots" / "curves.png"
-    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "compare_runs.py"), f"--out={out}",
-                           str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    proc = script_server.run([sys.executable, str(ROOT / "launch" / "compare_runs.py"), f"--out={out}",
+                              str(tmp_path / "a"), str(tmp_path / "b")], timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
     assert summary["loss/generator"]["finite"] is False  # a diverged run is flagged
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "compare_runs.py"), str(tmp_path / "a"),
-                           str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
+    proc = script_server.run([sys.executable, str(ROOT / "launch" / "compare_runs.py"), str(tmp_path / "a"),
+                              str(tmp_path / "nope")], timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(ValueError, match="share no metric"):

@@ -9,7 +9,6 @@ succeeds, and the official iPhone generator against the TensorFlow reference out
 
 import importlib.util
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from flax import nnx
 from PIL import Image, ImageCms
 
+import script_server
 from wespe import export, file_enhancement, generators, image_io
 from wespe.inference import enhance
 from wespe.image_io import read_image
@@ -32,8 +32,8 @@ ORIENTATION, MAKE = 0x0112, 0x010F
 def run_cli(*args, timeout=180):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    return subprocess.run([sys.executable, "launch/enhance.py", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return script_server.run([sys.executable, "launch/enhance.py", *map(str, args)], cwd=REPO, env=env,
+                             timeout=timeout)
 
 
 def random_generator(seed=0, **kwargs):

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
+import script_server
 import wespe
 from wespe import evaluation, export, generators, image_io, loop, metrics, sweep
 from wespe import config as configs
@@ -34,8 +34,8 @@ NAMES = [f"{i:02d}" for i in range(6)]
 
 def _run(script, *args, timeout=120):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, str(REPO / "launch" / script), *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return script_server.run([sys.executable, str(REPO / "launch" / script), *map(str, args)], cwd=REPO, env=env,
+                             timeout=timeout)
 
 
 @pytest.fixture(scope="module")

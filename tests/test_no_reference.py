@@ -17,7 +17,7 @@ import scipy.ndimage
 import scipy.special
 import scipy.stats
 from PIL import Image
-from test_cli_errors import ForkServer
+from test_cli_errors import run_cli  # forked command lines
 
 from wespe import no_reference as nr
 from wespe.errors import UserError
@@ -317,34 +317,30 @@ def test_evaluate_cli_target(tmp_path):
         crop = photo[200:360, 100 * i:100 * i + 160]
         Image.fromarray(crop).save(folders["source"] / f"{i}.png")
         Image.fromarray(_degrade("noise", crop, np.random.default_rng(i))).save(folders["outputs"] / f"{i}.png")
-    server = ForkServer(tmp_path)  # tests/test_cli_errors.py's: forked command lines
-    try:
-        out = tmp_path / "ev"
-        code, stdout, stderr = server.run("evaluate", f"--outputs={folders['outputs']}",
-                                          f"--source={folders['source']}", f"--target={folders['target']}",
-                                          f"--output_dir={out}")
-        assert code == 0, stderr[-3000:]
-        section = json.loads((out / "results.json").read_text())["no_reference"]
-        assert section["target"]["num_images"] == 4 and set(section["protocol"]) >= {"niqe", "color_distance"}
-        outputs, inputs = section["outputs"], section["inputs"]
-        assert outputs["num_images"] == inputs["num_images"] == 3
-        assert outputs["noise_log2_ratio"] > inputs["noise_log2_ratio"] + 0.5  # the "enhancer" added noise
-        assert outputs["niqe_set"] > inputs["niqe_set"]
-        def read(folder):  # as arrays: a folder would import wespe.evaluation (JAX) into this process
-            return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir())]
+    out = tmp_path / "ev"
+    code, stdout, stderr = run_cli("evaluate", f"--outputs={folders['outputs']}", f"--source={folders['source']}",
+                                   f"--target={folders['target']}", f"--output_dir={out}")
+    assert code == 0, stderr[-3000:]
+    section = json.loads((out / "results.json").read_text())["no_reference"]
+    assert section["target"]["num_images"] == 4 and set(section["protocol"]) >= {"niqe", "color_distance"}
+    outputs, inputs = section["outputs"], section["inputs"]
+    assert outputs["num_images"] == inputs["num_images"] == 3
+    assert outputs["noise_log2_ratio"] > inputs["noise_log2_ratio"] + 0.5  # the "enhancer" added noise
+    assert outputs["niqe_set"] > inputs["niqe_set"]
 
-        expected = nr.report(read(folders["outputs"]), nr.fit_target_model(read(folders["target"])))
-        assert outputs["niqe_set"] == pytest.approx(expected["niqe_set"], rel=1e-9)
-        assert outputs["color_distance"] == pytest.approx(expected["color_distance"], rel=1e-9)
-        assert "Likeness to the target camera" in (out / "results.md").read_text()
+    def read(folder):  # as arrays: a folder would import wespe.evaluation (JAX) into this process
+        return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir())]
 
-        # bad --target: one error line, exit 2, before the (missing) model is looked at
-        for target, message in ((tmp_path / "no_such", "does not exist"), (folders["empty"], "no photos")):
-            code, _, stderr = server.run("evaluate", "--checkpoint=no_such.npz", f"--source={folders['source']}",
-                                         f"--target={target}", f"--output_dir={tmp_path / 'ev2'}")
-            lines = stderr.strip().splitlines()
-            assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: --target={target}"), stderr
-            assert message in lines[0] and "no_such.npz" not in stderr
-        assert not (tmp_path / "ev2").exists()
-    finally:
-        server.close()
+    expected = nr.report(read(folders["outputs"]), nr.fit_target_model(read(folders["target"])))
+    assert outputs["niqe_set"] == pytest.approx(expected["niqe_set"], rel=1e-9)
+    assert outputs["color_distance"] == pytest.approx(expected["color_distance"], rel=1e-9)
+    assert "Likeness to the target camera" in (out / "results.md").read_text()
+
+    # bad --target: one error line, exit 2, before the (missing) model is looked at
+    for target, message in ((tmp_path / "no_such", "does not exist"), (folders["empty"], "no photos")):
+        code, _, stderr = run_cli("evaluate", "--checkpoint=no_such.npz", f"--source={folders['source']}",
+                                  f"--target={target}", f"--output_dir={tmp_path / 'ev2'}")
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: --target={target}"), stderr
+        assert message in lines[0] and "no_such.npz" not in stderr
+    assert not (tmp_path / "ev2").exists()

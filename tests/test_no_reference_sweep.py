@@ -6,7 +6,6 @@ textured photos, and tests/test_sweep.py's two exported width-8 generators (the 
 at its init, near grey)."""
 
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from flax import nnx
 from PIL import Image
 from scipy.stats import spearmanr
 
+import script_server
 from wespe import no_reference, quality, sweep
 from wespe.export import save_generator
 from wespe.models import Generator
@@ -84,9 +84,9 @@ def test_cli_bad_target_is_one_error_line_and_exit_2(made, tmp_path):
     sweep_file.write_text(f"def get_sweep():\n    return [{{'name': 'i', 'checkpoint': {made['identity']!r}}}]\n")
     (tmp_path / "empty").mkdir()
     for target in (tmp_path / "missing", tmp_path / "empty"):
-        proc = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), f"--sweep={sweep_file}",
-                               f"--source={made['source']}", f"--target={target}", f"--output_dir={tmp_path / 'o'}"],
-                              capture_output=True, text=True, cwd=REPO, timeout=120)
+        proc = script_server.run([sys.executable, str(REPO / "launch" / "sweep.py"), f"--sweep={sweep_file}",
+                                  f"--source={made['source']}", f"--target={target}",
+                                  f"--output_dir={tmp_path / 'o'}"], cwd=REPO, timeout=120)
         assert proc.returncode == 2, proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and str(target) in errors[0], proc.stderr

@@ -11,7 +11,6 @@ width 4, 1 block, 32 px patches, batch 2, 3 steps, random VGG), reused on a seco
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import script_server
 from wespe import baselines, benchmark_metrics, camera, demo, metrics, quality, quality_data
 from wespe import config as configs
 
@@ -414,9 +414,9 @@ def test_run_benchmark_reuses_a_finished_run(bench):
 
 def test_cli_bad_preset_path_is_one_line_and_exit_2(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(REPO / "launch" / "quality.py"), f"--output_dir={tmp_path / 'out'}",
-                           f"--presets=a={tmp_path / 'nope.py'}"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = script_server.run([sys.executable, str(REPO / "launch" / "quality.py"),
+                              f"--output_dir={tmp_path / 'out'}", f"--presets=a={tmp_path / 'nope.py'}"], cwd=REPO,
+                             env=env, timeout=120)
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith(f"error: --presets=a={tmp_path / 'nope.py'}: "), lines
@@ -428,7 +428,7 @@ def test_cli_bad_preset_path_is_one_line_and_exit_2(tmp_path):
 # Runs the script's main with wespe.quality.run_benchmark replaced by a recorder: what it would benchmark (the
 # camera ranges draw_camera reads, the presets, the split) without preparing photos or training.
 _UNSEEN_RECORDER = """
-import json, runpy, sys
+import json, sys
 from wespe import camera, quality
 def record(out_dir, presets, seeds, split, data_seed):
     script = sys._getframe(1).f_globals  # main's module: the script's own tables, to compare with
@@ -437,15 +437,13 @@ def record(out_dir, presets, seeds, split, data_seed):
                       "PRESETS": script["PRESETS"]}))
     sys.exit(0)
 quality.run_benchmark = record
-sys.argv = ["unseen_camera.py", *sys.argv[1:]]
-runpy.run_path("experiments/quality/unseen_camera.py", run_name="__main__")
 """
 
 
 def _unseen_camera(*flags):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-c", _UNSEEN_RECORDER, *flags], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return script_server.run([sys.executable, "experiments/quality/unseen_camera.py", *flags], cwd=REPO, env=env,
+                             timeout=120, prelude=_UNSEEN_RECORDER)
 
 
 def test_unseen_camera_script_draws_the_chosen_camera_family(tmp_path):
@@ -472,8 +470,7 @@ def test_colour_estimators_script_scores_every_estimator_and_the_true_map(tmp_pa
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     script = [sys.executable, "experiments/quality/colour_estimators.py", f"--output_dir={tmp_path}",
               "--max_side=96"]
-    proc = subprocess.run([*script, "--settings=warm_contrasty"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = script_server.run([*script, "--settings=warm_contrasty"], cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "results.json").read_text())
     assert list(rows) == ["warm_contrasty"]
@@ -504,6 +501,5 @@ def test_colour_estimators_script_scores_every_estimator_and_the_true_map(tmp_pa
         # the true set-level map undoes most of the camera: far above the input
         assert row["true_set_colour"]["psnr"] > row["input"]["psnr"] + 2
     assert "| warm_contrasty (warm_contrasty, 3) |" in (tmp_path / "results.md").read_text()
-    bad = subprocess.run([*script, "--settings=nope"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
+    bad = script_server.run([*script, "--settings=nope"], cwd=REPO, env=env, timeout=120)
     assert bad.returncode == 2 and "--settings: unknown ['nope']" in bad.stderr

@@ -16,11 +16,12 @@ and ``experiments``. The text is changed in three ways only:
   patches, 2 steps, one seed, small photos): a flag given twice takes its last value, so the command's own flags
   stay as written before them.
 
-A single ``python launch/<script>.py ...`` runs in a child of tests/cli_forkserver.py (as the script would run
-from a shell, without paying the imports again); anything else through ``bash -c``. Commands that are not run
-here are in ``NOT_RUN`` with the reason: not runnable here, or costly and run elsewhere in the suite (the test
-named); their ``python launch/*.py`` lines are still parsed by their scripts (``--only_check_args``), so a flag or
-config key that no longer exists fails. Any other command is run, so a new README command runs or is listed.
+A single ``python launch/<script>.py ...`` runs in a child of a warm server (tests/script_server.py: as the
+script would run from a shell, without paying the imports again); anything else through ``bash -c``. Commands
+that are not run here are in ``NOT_RUN`` with the reason: not runnable here, or costly and run elsewhere in the
+suite (the test named); their ``python launch/*.py`` lines are still parsed by their scripts
+(``--only_check_args``), so a flag or config key that no longer exists fails. Any other command is run, so a new
+README command runs or is listed.
 The runs share a persistent compilation cache and XLA:CPU without its expensive passes (as
 tests/test_train_cli.py): the plumbing is tested, not the numbers.
 """
@@ -33,10 +34,8 @@ import json
 import os
 import re
 import runpy
-import select
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from pathlib import Path
 
 import pytest
 
+import script_server
 from test_train_cli import write_pngs
 from test_vgg import write_matconvnet
 
@@ -268,32 +268,18 @@ def make_workspace(root: Path, shared: dict) -> Path:
 # ---------------------------------------------------------------------------------------------------- running
 
 class ForkServer:
-    """tests/cli_forkserver.py, started with this module's environment (JAX reads its settings when imported, so
-    the server must have them): each command runs as ``python launch/<script>.py ...`` would, in a child forked
-    from one process that imported the libraries once (~4 s of start-up saved per command on 2 cores)."""
+    """A ``python launch/<script>.py ...`` command as it would run from a shell, in a child forked from a warm
+    server started with the commands' environment (tests/script_server.py): ~4 s of start-up saved per command
+    on 2 cores."""
 
-    def __init__(self, env: dict, logs: Path):
-        self.logs, self.count = logs, 0
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_forkserver.py")], cwd=REPO, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     start_new_session=True)  # its own process group: a hung child dies with it
+    def __init__(self, env: dict):
+        self.server = script_server.server_for(env)
 
     def run(self, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-        self.count += 1
-        out, err = self.logs / f"{self.count}.out", self.logs / f"{self.count}.err"
-        case = {"argv": argv, "cwd": str(cwd), "out": str(out), "err": str(err)}
-        self.proc.stdin.write(json.dumps(case) + "\n")
-        self.proc.stdin.flush()
-        if not select.select([self.proc.stdout], [], [], TIMEOUT)[0]:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            pytest.fail(f"{argv} ran over {TIMEOUT} s:\n{err.read_text()[-3000:]}")
-        reply = self.proc.stdout.readline()
-        assert reply, "the fork server died"
-        return subprocess.CompletedProcess(argv, json.loads(reply)["returncode"], out.read_text(), err.read_text())
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        try:
+            return self.server.run(argv, cwd, TIMEOUT)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"{argv} ran over {TIMEOUT} s:\n{(e.stderr or '')[-3000:]}")
 
 
 def one_invocation(command: str) -> list[str] | None:
@@ -365,9 +351,7 @@ def session_folder(tmp_path_factory, name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory, shared_files):
-    server = ForkServer(shared_files["env"], tmp_path_factory.mktemp("readme_logs"))
-    yield Runs(session_folder(tmp_path_factory, "readme_runs"), shared_files, server)
-    server.close()
+    return Runs(session_folder(tmp_path_factory, "readme_runs"), shared_files, ForkServer(shared_files["env"]))
 
 
 def reads_a_trained_run(command: str) -> bool:

@@ -20,10 +20,10 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 
 import pytest
 
+import script_server
 from test_checkpoint import flip_bytes, largest_array_file
 from test_train_cli import REPO, TIMEOUT, checkpoint_steps, env, metrics, train_command, write_pngs  # noqa: F401
 
@@ -53,11 +53,9 @@ def args(source, target, workdir, steps):
 
 
 def run(env, source, target, workdir, steps, prelude=None):
-    command = train_command(*args(source, target, workdir, steps))
-    if prelude:  # run launch/train.py under a patch (python -c: the prelude, then the script as __main__)
-        command = [sys.executable, "-c", f"{prelude}\nimport runpy, sys\nsys.argv = {command[1:]!r}\n"
-                   "runpy.run_path('launch/train.py', run_name='__main__')"]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    """launch/train.py, forked from a warm server (tests/script_server.py); ``prelude``: a patch applied first."""
+    return script_server.run(train_command(*args(source, target, workdir, steps)), env=env, cwd=REPO,
+                             timeout=TIMEOUT, prelude=prelude)
 
 
 def copy_run(trained, tmp_path):

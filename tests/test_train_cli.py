@@ -8,7 +8,9 @@ patches, batch 2, random VGG up to relu1_2) on a few random 40x40 PNGs:
   --config.num_steps=<saved + 4> resumes and finishes: every output of a run is checked on that work directory;
 * paired (experiments/dped_paired.py): a short run from scratch.
 
-The runs share a persistent JAX compilation cache, so only the first run of each mode compiles.
+The SIGTERM run is a real subprocess (the signal goes to its pid); the others run forked from a warm server
+(tests/script_server.py). The runs share a persistent JAX compilation cache, so only the first run of each mode
+compiles.
 """
 
 import json
@@ -27,6 +29,7 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
+import script_server
 import wespe
 from wespe.checkpoint import Checkpointer
 
@@ -65,8 +68,8 @@ def train_command(experiment, *args):
 
 
 def run_cli(env, experiment, *args):
-    return subprocess.run(train_command(experiment, *args), cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    """As ``subprocess.run`` would, in a child of a warm server (tests/script_server.py)."""
+    return script_server.run(train_command(experiment, *args), env=env, cwd=REPO, timeout=TIMEOUT)
 
 
 def metrics(workdir):
