@@ -3,15 +3,16 @@ libraries once; tests/script_server.py is its client, the way tests start it.
 
 A script run this way skips ~4 s of Python start-up and imports on a 2-core machine and behaves as the real
 command: the child runs the script as ``__main__`` (defining its absl flags afresh; this process defines none),
-with its own argv, environment overrides, working directory and stdout/stderr files, stdin from /dev/null, in a
-process group of its own, and exits as the interpreter would (non-daemon threads joined, ``atexit`` handlers
+with its own argv, environment, working directory and stdout/stderr files, stdin from /dev/null, in a process
+group of its own, and exits as the interpreter would (non-daemon threads joined, ``atexit`` handlers
 run). No JAX backend is started here before forking (importing jax starts none), so each child starts its own as
 a fresh process would, reading XLA_FLAGS then; JAX's own settings (JAX_* variables) are read when jax is
 imported, so a server serves one environment (the client keeps one server per environment).
 
 Protocol: one JSON object per line on stdin, ``{"argv": [script, *args], "env": {...}, "cwd": "...", "out":
 "...", "err": "...", "prelude": "..."}`` (``env``, the child's whole environment, and ``prelude``, Python run in
-the child before the script, optional); per case, ``{"pid": N}`` once the child is forked, then ``{"returncode": N}`` on stdout.
+the child before the script, optional); per case, ``{"pid": N}`` on stdout once the child is forked, then
+``{"returncode": N}``.
 """
 
 import json
