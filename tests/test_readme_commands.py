@@ -273,11 +273,11 @@ class ForkServer:
     on 2 cores."""
 
     def __init__(self, env: dict):
-        self.server = script_server.server_for(env)
+        self.env = env
 
     def run(self, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-        try:
-            return self.server.run(argv, cwd, TIMEOUT)
+        try:  # the server is looked up per command: script_server may have closed an idle one meanwhile
+            return script_server.run([sys.executable, *argv], env=self.env, cwd=cwd, timeout=TIMEOUT)
         except subprocess.TimeoutExpired as e:
             pytest.fail(f"{argv} ran over {TIMEOUT} s:\n{(e.stderr or '')[-3000:]}")
 
