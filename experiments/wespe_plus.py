@@ -12,7 +12,7 @@ quality benchmark (README: Results):
     layer while the fine detail passes through, so restoring contrast does not also multiply sensor noise and
     JPEG artefacts by the same gains;
   * color_init=bandpass, optimizer.global_color_lr_scale=0: that map is fitted to the two sets (up to 128 whole
-    photos a side, wespe.color_pool) and fixed: per-channel gains from the ratio of their band-pass contrast,
+    photos a side, wespe.training.color_pool) and fixed: per-channel gains from the ratio of their band-pass contrast,
     offsets that send the source's mean and black point onto the target's. Learned from batches (a colour GAN,
     or a colour-distribution loss between eight patches a step) it wandered with the content of each batch, by
     2-4 dB of held-out PSNR between steps and seeds; the per-channel mean/std transfer (color_init=moments)

@@ -20,12 +20,13 @@
     python launch/benchmark.py --mode=enhance --megapixels=1,3 --tile=512 --tilings=staged,streamed \
         --torch_python=torchref/bin/python
 --mode=texture_probe: the config's texture discriminator trained alone on the quality benchmark's source vs target
-    photos (wespe.texture_probe), its held-out accuracy every --eval_every steps, per --texture_inputs view:
+    photos (wespe.evaluation.texture_probe), its held-out accuracy every --eval_every steps, per --texture_inputs view:
     python launch/benchmark.py --mode=texture_probe --texture_inputs=gray,highpass \
         --config.discriminator.norm=none --config.discriminator.init=he --config.patch_size=100 --config.batch_size=8
 --mode=restoration_probe: the config's generator trained alone to undo a degradation on crops of the benchmark's
     clean target photos, its colour path fixed at the colour start, scored on the whole held-out photos every
-    --eval_every steps (wespe.restoration_probe), per --restoration_degradations (fitted: the camera model fitted
+    --eval_every steps (wespe.evaluation.restoration_probe), per --restoration_degradations (fitted: the camera model
+    fitted
     to the two sets, as weights.restoration trains; camera: the benchmark camera family's blur, noise and JPEG):
     python launch/benchmark.py --mode=restoration_probe --config=experiments/quality/wespe_restore.py \
         --config.batch_size=16 --config.optimizer.lr_generator=2e-3 --probe_steps=1200 --eval_every=200
@@ -57,7 +58,8 @@ if _MODE != "enhance":
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from wespe import benchmarking, cli, conv_tuning, parallel  # noqa: E402
+from wespe import cli, conv_tuning, parallel  # noqa: E402
+from wespe.evaluation import speed_benchmark  # noqa: E402
 
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_paper.py")
 _CONFIG = cli.define_config_flag(_DEFAULT_CONFIG, "Training config file.")
@@ -116,7 +118,7 @@ def main(argv):
         if unknown:
             raise app.UsageError(f"--tilings: unknown {unknown}; expected staged and/or streamed")
         from wespe.models import Generator
-        _emit({"mode": "enhance", "rows": benchmarking.benchmark_enhance(
+        _emit({"mode": "enhance", "rows": speed_benchmark.benchmark_enhance(
             Generator(), [float(m) for m in FLAGS.megapixels], dtypes=FLAGS.dtypes, tile=FLAGS.tile,
             repeats=FLAGS.repeats, memory_budget_mb=FLAGS.memory_budget_mb, tilings=FLAGS.tilings,
             torch_python=FLAGS.torch_python, torch_script=FLAGS.torch_script)})
@@ -139,7 +141,7 @@ def main(argv):
             raise app.UsageError("--mode=suite takes each dtype's peak from the known table; --peak_tflops is for "
                                  "one-dtype modes")
         _emit({"mode": "suite", "config": config_flags.get_config_filename(FLAGS["config"]),
-               **benchmarking.benchmark_suite(
+               **speed_benchmark.benchmark_suite(
                    config, megapixels=[float(m) for m in FLAGS.megapixels], tile=FLAGS.tile,
                    memory_limit_bytes=int(FLAGS.memory_limit_gb * 2**30) if FLAGS.memory_limit_gb else None,
                    max_batch=FLAGS.max_batch,
@@ -147,33 +149,33 @@ def main(argv):
                    repeats=FLAGS.repeats, warmup=FLAGS.warmup, enhance_repeats=min(FLAGS.repeats, 3))})
         return
     if FLAGS.mode == "torch_ratio":
-        rows = benchmarking.benchmark_torch_ratio(config, [int(b) for b in FLAGS.batch_sizes],
+        rows = speed_benchmark.benchmark_torch_ratio(config, [int(b) for b in FLAGS.batch_sizes],
                                                   torch_python=FLAGS.torch_python, torch_script=FLAGS.torch_script,
                                                   **kwargs)
         _emit({"mode": "torch_ratio", "rows": rows})
         return
     if FLAGS.mode == "scaling":
-        rows = benchmarking.benchmark_scaling(config, [int(n) for n in FLAGS.devices], FLAGS.per_device_batch,
+        rows = speed_benchmark.benchmark_scaling(config, [int(n) for n in FLAGS.devices], FLAGS.per_device_batch,
                                               fsdp=FLAGS.fsdp, **kwargs)
         _emit({"mode": "scaling", "per_device_batch": FLAGS.per_device_batch, "fsdp": FLAGS.fsdp, "rows": rows})
         return
     if FLAGS.mode == "max_batch":
         layout = parallel.Layout(parallel.make_mesh(config.mesh))
-        search = benchmarking.largest_batch(
+        search = speed_benchmark.largest_batch(
             config, layout, fraction=FLAGS.memory_fraction, max_batch=FLAGS.max_batch,
             memory_limit_bytes=int(FLAGS.memory_limit_gb * 2**30) if FLAGS.memory_limit_gb else None)
         config.batch_size = search["batch_size"]
         _emit({"mode": "max_batch", "search": search,
-               "benchmark": benchmarking.benchmark_train_step(config, layout=layout, **kwargs)})
+               "benchmark": speed_benchmark.benchmark_train_step(config, layout=layout, **kwargs)})
         return
-    result = benchmarking.benchmark_train_step(config, **kwargs)
+    result = speed_benchmark.benchmark_train_step(config, **kwargs)
     result["config"] = config_flags.get_config_filename(FLAGS["config"])
     _emit(result)
 
 
 def _texture_probe(config) -> list[dict]:
     from wespe import config as configs
-    from wespe import quality_data, texture_probe
+    from wespe.evaluation import quality_data, texture_probe
     from wespe.ops import TEXTURE_INPUTS
     unknown = [t for t in FLAGS.texture_inputs if t not in TEXTURE_INPUTS]
     if unknown:
@@ -192,16 +194,18 @@ def _texture_probe(config) -> list[dict]:
 
 
 def _restoration_probe(config) -> list[dict]:
-    from wespe import color_pool, loop, quality_data, restoration_probe, texture_probe, train
+    from wespe import color_map, train_step
+    from wespe.evaluation import quality_data, restoration_probe, texture_probe
+    from wespe.training import color_pool, loop
     unknown = [d for d in FLAGS.restoration_degradations if d not in ("fitted", "camera")]
     if unknown:
         raise app.UsageError(f"--restoration_degradations: unknown {unknown}; expected fitted and/or camera")
     bench = quality_data.prepare(FLAGS.data_dir, FLAGS.data_seed)
     photos = {k: texture_probe.load_folder(getattr(bench, k)) for k in ("target", "test_degraded", "test_clean")}
     pools = loop.build_color_pools(config, bench.source, bench.target)
-    estimator = train.colour_estimator(config)
-    colour = color_pool.fitted_colour_map(pools, estimator)  # G's colour start
-    inverse = color_pool.fitted_colour_map(pools, estimator, reverse=True)  # D's colour steps
+    estimator = train_step.colour_estimator(config)
+    colour = color_map.fitted_colour_map(pools, estimator)  # G's colour start
+    inverse = color_map.fitted_colour_map(pools, estimator, reverse=True)  # D's colour steps
     rows = []
     for kind in FLAGS.restoration_degradations:
         if kind == "fitted":  # as a training run fits it

@@ -7,7 +7,8 @@ import json
 
 from absl import app, flags
 
-from wespe import cli, curves
+from wespe import cli
+from wespe.evaluation import curves
 
 flags.DEFINE_string("out", None, "PNG of the curves (none: summary only).")
 flags.DEFINE_float("tail_fraction", 0.2, "Summarise each loss over this last fraction of the common steps.")

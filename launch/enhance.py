@@ -17,7 +17,8 @@ was, 2 with one "error:" line for bad flags, weights, inputs or outputs (nothing
 
 from absl import flags
 
-from wespe import cli, file_enhancement, generators, pretrained
+from wespe import cli
+from wespe.inference import file_enhancement, loading, pretrained
 
 flags.DEFINE_enum("pretrained", None, sorted(pretrained.PRETRAINED),
                   "Official DPED generator; its <phone>_orig.* files are looked up in --weights_dir.")
@@ -42,7 +43,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     inputs = cli.start(argv, takes_inputs=True)
     file_enhancement.plan(inputs, FLAGS.output, save_raw=FLAGS.save_raw)  # inputs and outputs, before the model loads
-    generator, _ = generators.generator_for_flags(pretrained_name=FLAGS.pretrained, checkpoint=FLAGS.checkpoint,
+    generator, _ = loading.generator_for_flags(pretrained_name=FLAGS.pretrained, checkpoint=FLAGS.checkpoint,
                                                   weights_dir=FLAGS.weights_dir)
     report = file_enhancement.enhance_files(generator, inputs, FLAGS.output, tile=FLAGS.tile or None,
                                             memory_budget_mb=FLAGS.memory_budget_mb, save_raw=FLAGS.save_raw,

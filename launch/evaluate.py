@@ -8,19 +8,22 @@
 
 --checkpoint: an exported generator (.npz, or a folder with generator.npz) or a training workdir (its latest
 checkpoint). Photos pair with references by relative path without extension. Writes results.json,
-results.csv, results.md and best_worst.png to --output_dir (see wespe/evaluation.py). A photo without a
+results.csv, results.md and best_worst.png to --output_dir (see wespe/evaluation/evaluate.py). A photo without a
 reference, an unreadable file or a size mismatch is listed in the results and skipped. --output_dir may lie
 inside --source, --reference or --outputs: what is under it (best_worst.png, enhanced/) is never taken for a
 photo to score, so a rerun scores the same photos; it may not be one of those folders, nor hold one.
 --target: photos of the camera the outputs should look like (unpaired; e.g. the training target folder): adds
-a "no_reference" section (wespe/no_reference.py: NIQE-style distance to the target's statistics, colour distance,
+a "no_reference" section (wespe/evaluation/no_reference.py: NIQE-style distance to the target's statistics, colour
+distance,
 noise and sharpness log2 ratios) for the outputs and for their inputs. Exit status 0 if at least one photo was
 evaluated, 1 if none was, 2 with one "error:" line for bad flags, weights or folders (before the model loads).
 """
 
 from absl import flags
 
-from wespe import cli, evaluation, generators, image_paths, no_reference, pretrained
+from wespe import cli, image_paths
+from wespe.evaluation import evaluate, no_reference
+from wespe.inference import loading, pretrained
 
 flags.DEFINE_enum("pretrained", None, sorted(pretrained.PRETRAINED), "Official DPED generator (with --weights_dir).")
 flags.DEFINE_string("weights_dir", None, "Folder holding the official DPED checkpoints (with --pretrained).")
@@ -48,7 +51,7 @@ def main(argv):
     cli.start(argv)
     # Before the model loads and any photo is scored.
     image_paths.check_output_dir(FLAGS.output_dir)
-    evaluation.check_inputs({"--source": FLAGS.source, "--reference": FLAGS.reference, "--outputs": FLAGS.outputs,
+    evaluate.check_inputs({"--source": FLAGS.source, "--reference": FLAGS.reference, "--outputs": FLAGS.outputs,
                              "--target": FLAGS.target}, FLAGS.output_dir)
     likeness = None
     if FLAGS.target is not None:  # fitted before the model loads: a target without usable photos is a flag error
@@ -57,16 +60,16 @@ def main(argv):
         likeness = no_reference.Likeness(target)
     generator = None
     if FLAGS.outputs is None:
-        generator, what = generators.generator_for_flags(
+        generator, what = loading.generator_for_flags(
             checkpoint=FLAGS.checkpoint, pretrained_name=FLAGS.pretrained, weights_dir=FLAGS.weights_dir)
         print(f"model: {what}")
-    result = evaluation.evaluate(
+    result = evaluate.evaluate(
         generator, FLAGS.source, FLAGS.reference, outputs_folder=FLAGS.outputs, tile=FLAGS.tile or None,
         limit=FLAGS.limit, save_enhanced_to=f"{FLAGS.output_dir}/enhanced" if FLAGS.save_enhanced else None,
         exclude=[FLAGS.output_dir], visit=likeness)
     if likeness is not None:
         result.no_reference = likeness.section()
-    paths = evaluation.write_results(result, FLAGS.output_dir)
+    paths = evaluate.write_results(result, FLAGS.output_dir)
     for s in result.skipped:
         print(f"skipped {s['name']}: {s['reason']}")
     print(result.summary())

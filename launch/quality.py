@@ -7,8 +7,9 @@
 
 Writes results.json (per-seed numbers, mean and std over seeds, deltas vs the input, camera draws, split,
 licences, the command to rerun it), results.md and grid.png to --output_dir; the photos, the split and the
-camera model are described in wespe/quality_data.py, the baselines in wespe/baselines.py and the protocol in
-wespe/quality.py. A finished training run under --output_dir/runs is reused.
+camera model are described in wespe/evaluation/quality_data.py, the baselines in wespe/evaluation/baselines.py and the
+protocol in
+wespe/evaluation/quality_benchmark.py. A finished training run under --output_dir/runs is reused.
 A bad flag or preset prints one "error: ..." line and exits 2 before anything is trained.
 """
 
@@ -18,7 +19,8 @@ host_malloc.tune_for_training()  # it trains: malloc as launch/train.py (one are
 
 from absl import flags  # noqa: E402
 
-from wespe import cli, quality  # noqa: E402
+from wespe import cli
+from wespe.evaluation import quality_benchmark  # noqa: E402
 
 _DEFAULT_PRESETS = ("wespe_plus=experiments/quality/wespe_plus.py,wespe_paper=experiments/quality/wespe_paper.py,"
                     "dped_paired=experiments/quality/dped_paired.py")
@@ -45,11 +47,11 @@ def main(argv):
     cli.start(argv, tune_malloc=False)  # training: the default allocator (as launch/train.py)
     # A bad preset or a missing package: one line, exit 2 before anything is trained; an interrupted run 1, a
     # diverged one 3 (cli.run).
-    presets = {} if FLAGS.skip_training else quality.parse_presets(FLAGS.presets)
-    results = quality.run_benchmark(
+    presets = {} if FLAGS.skip_training else quality_benchmark.parse_presets(FLAGS.presets)
+    results = quality_benchmark.run_benchmark(
         FLAGS.output_dir, presets, [int(s) for s in FLAGS.seeds], FLAGS.steps, vgg_weights=FLAGS.vgg_weights,
         skip_training=FLAGS.skip_training, data_seed=FLAGS.data_seed, max_side=FLAGS.max_side)
-    print(quality.summary_table(results))
+    print(quality_benchmark.summary_table(results))
     print(f"wrote {FLAGS.output_dir}/results.json, results.md, grid.png; rerun: {results['command']}")
     return 0
 

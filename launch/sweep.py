@@ -7,7 +7,7 @@
     python launch/sweep.py --sweep=experiments/sweeps/run_checkpoints.py --workdir=runs/demo \
         --source=phone/ --target=dslr/ --output_dir=sweeps/demo        # no references: target-likeness
 
-A sweep file's get_sweep() returns the cells (see wespe/sweep.py); --source, --reference,
+A sweep file's get_sweep() returns the cells (see wespe/evaluation/sweep.py); --source, --reference,
 --weights_dir, --workdir, --tile and --limit override the file's settings. Each cell's results go to
 <output_dir>/<cell>/ (as launch/evaluate.py writes them); a cell whose results.json exists is skipped, so an
 interrupted sweep resumes. Then sweep.csv, sweep.md, metric_vs_step.png (per run) and models.png (per model).
@@ -15,11 +15,11 @@ interrupted sweep resumes. Then sweep.csv, sweep.md, metric_vs_step.png (per run
 be one of them nor hold one. Exit status 0 if every cell succeeded, 1 if one failed (the others are still
 evaluated and tabulated), 2 with one "error:" line for a bad sweep file, folder or cell, before any model loads:
 a missing --source, --reference, weights_dir, checkpoint or workdir (or step in it), a bad tile or limit
-(wespe.sweep.check_cells), or a --target without usable photos (fitted once, before any model loads).
+(wespe.evaluation.sweep.check_cells), or a --target without usable photos (fitted once, before any model loads).
 --target: photos of the camera the outputs should look like (unpaired; e.g. the training target folder):
-every cell evaluated gets a "no_reference" section (wespe/no_reference.py) and its outputs' niqe_set,
+every cell evaluated gets a "no_reference" section (wespe/evaluation/no_reference.py) and its outputs' niqe_set,
 color_distance, noise_log2_ratio and sharpness_log2_ratio become columns of sweep.csv / sweep.md. sweep.md
-ends with the best cell: by pooled PSNR with references; without, by the lowest niqe_set (wespe.sweep.BEST_BY
+ends with the best cell: by pooled PSNR with references; without, by the lowest niqe_set (wespe.evaluation.sweep.BEST_BY
 says why, and how weak a guide that is).
 """
 
@@ -27,7 +27,8 @@ from pathlib import Path
 
 from absl import flags
 
-from wespe import cli, image_paths, no_reference, sweep
+from wespe import cli, image_paths
+from wespe.evaluation import no_reference, sweep
 
 flags.DEFINE_string("sweep", None, "Sweep file (Python, with get_sweep()).")
 flags.DEFINE_string("output_dir", None, "Where the per-cell results, sweep.csv/md and the plots go.")

@@ -25,7 +25,8 @@ host_malloc.tune_for_training()  # first (glibc reads it at start-up): activatio
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from wespe import cli, loop, parallel  # noqa: E402
+from wespe import cli, parallel
+from wespe.training import loop  # noqa: E402
 
 # The recipe that measured best (README: Results); the paper preset collapses at small budgets.
 _DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "experiments" / "wespe_plus.py")

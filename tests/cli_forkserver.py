@@ -26,9 +26,9 @@ import optax  # noqa: F401
 import orbax.checkpoint  # noqa: F401
 from absl import flags  # noqa: F401
 
-import wespe.evaluation  # noqa: F401
-import wespe.loop  # noqa: F401
-import wespe.sweep  # noqa: F401
+import wespe.evaluation.evaluate  # noqa: F401
+import wespe.evaluation.sweep  # noqa: F401
+import wespe.training.loop  # noqa: F401
 
 
 def _exit_as_the_interpreter_would(code: int) -> None:

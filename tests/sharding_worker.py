@@ -65,11 +65,12 @@ def moments_rel_diff(opt_1, opt_n) -> float:
 
 def run_steps(config, layout, batches):
     import jax
-    from wespe import train
-    state, graphdefs = train.create_train_state(config, layout)
+
+    from wespe import train_step
+    state, graphdefs = train_step.create_train_state(config, layout)
     init = jax.tree.map(np.asarray, jax.device_get(state))
-    weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre, layout)
+    weights, pre = train_step.load_content_network(config)
+    step = train_step.make_train_step(config, graphdefs, weights, pre, layout)
     metrics = []
     for i, batch in enumerate(batches):
         state, m = step(state, {k: np.asarray(v) for k, v in batch.items()}, jax.random.key(i))
@@ -81,6 +82,7 @@ def run_steps(config, layout, batches):
 
 def cmd_step(args) -> dict:
     import jax
+
     from wespe import parallel
     config = tiny_config(args.preset, args.set)
     rng = np.random.default_rng(0)
@@ -129,7 +131,8 @@ def cmd_step(args) -> dict:
 def cmd_restore(args) -> dict:
     """Save from one mesh, restore onto others: values bit-identical, shardings those of the new mesh."""
     import jax
-    from wespe import parallel, train
+
+    from wespe import parallel, train_step
     from wespe.checkpoint import Checkpointer
     config = tiny_config("wespe_paper", [])
     devices = jax.devices()
@@ -140,12 +143,12 @@ def cmd_restore(args) -> dict:
     for i, (from_name, from_mesh, from_devices, to_name, to_mesh, to_devices) in enumerate(cases):
         src = parallel.Layout(parallel.make_mesh(from_mesh, from_devices))
         dst = parallel.Layout(parallel.make_mesh(to_mesh, to_devices))
-        state, _ = train.create_train_state(config, src)
+        state, _ = train_step.create_train_state(config, src)
         state = state.replace(step=state.step + 7)  # something a fresh state would not have
         saved = jax.tree.map(np.asarray, jax.device_get(state))
         with Checkpointer(Path(args.workdir) / str(i), async_save=False) as ckpt:
             ckpt.save(7, state, {"note": from_name})
-        like, _ = train.create_train_state(config, dst)
+        like, _ = train_step.create_train_state(config, dst)
         with Checkpointer(Path(args.workdir) / str(i), read_only=True) as ckpt:
             restored, meta = ckpt.restore(like=like)
         leaves = jax.tree.leaves(restored)

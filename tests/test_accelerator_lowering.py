@@ -3,7 +3,7 @@
 
 Why: the test machines have no accelerator, yet :mod:`wespe.conv` has CPU-only formulations of the convolutions
 and their gradients (the banded and the few-output kernel gradients, the extra-row convolutions that pick
-XLA:CPU's library), and :func:`wespe.train.make_train_step` gives ``jax.jit`` XLA:CPU compiler options when it
+XLA:CPU's library), and :func:`wespe.train_step.make_train_step` gives ``jax.jit`` XLA:CPU compiler options when it
 is built on a CPU. None of it may reach a GPU or TPU program. The CPU formulations sit in
 ``jax.lax.platform_dependent`` branches, which are resolved when the program is lowered (not when it is traced
 on this CPU), and are traced under the name scope ``conv.CPU_ONLY_SCOPE``. So the step is built here exactly as
@@ -74,8 +74,8 @@ def export_step(step, config, platforms_list) -> dict:
     import jax.numpy as jnp
     from jax import export
 
-    from wespe import train
-    abstract = train.abstract_train_state(config)[0]
+    from wespe import train_step
+    abstract = train_step.abstract_train_state(config)[0]
     shape_of = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
     image = jax.ShapeDtypeStruct((config.batch_size, config.patch_size, config.patch_size, 3), jnp.float32)
     args = (abstract, shape_of(step.vgg_weights), {"source": image, "target": image},
@@ -108,7 +108,8 @@ def test_train_step_lowers_for_gpu_and_tpu_without_cpu_formulations(monkeypatch)
     for cuda, tpu and both; the cpu export of the same trace is the control."""
     import jax
 
-    from wespe import benchmarking, conv, train
+    from wespe import conv, train_step
+    from wespe.evaluation import speed_benchmark
     # Every kernel gradient takes the CPU's banded loop (these tiny layers are below the size from which it is
     # used), and each CPU formulation counts its traces: the control then covers all of them.
     monkeypatch.setattr(conv, "MIN_BANDED_MACS", 0)
@@ -120,10 +121,10 @@ def test_train_step_lowers_for_gpu_and_tpu_without_cpu_formulations(monkeypatch)
         monkeypatch.setattr(conv, name, counting)
 
     config = tiny_config()
-    _, graphdefs = train.abstract_train_state(config)
-    weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre,
-                                 degradation=benchmarking.typical_degradation(config))
+    _, graphdefs = train_step.abstract_train_state(config)
+    weights, pre = train_step.load_content_network(config)
+    step = train_step.make_train_step(config, graphdefs, weights, pre,
+                                 degradation=speed_benchmark.typical_degradation(config))
     assert jax.default_backend() == "cpu"
     modules = export_step(step, config, [*ACCELERATORS, ("cpu",)])
 
@@ -155,15 +156,16 @@ def _sharded_worker() -> dict:
     import jax
     from jax.sharding import PartitionSpec as P
 
-    from wespe import benchmarking, parallel, train
+    from wespe import parallel, train_step
+    from wespe.evaluation import speed_benchmark
     assert jax.device_count() == DEVICES, jax.devices()
     config = tiny_config()
     config.mesh.data, config.mesh.fsdp = 2, 2
     layout = parallel.Layout(parallel.make_mesh(dict(config.mesh)))
-    _, graphdefs = train.abstract_train_state(config)
-    weights, pre = train.load_content_network(config)
-    step = train.make_train_step(config, graphdefs, weights, pre, layout,
-                                 degradation=benchmarking.typical_degradation(config))
+    _, graphdefs = train_step.abstract_train_state(config)
+    weights, pre = train_step.load_content_network(config)
+    step = train_step.make_train_step(config, graphdefs, weights, pre, layout,
+                                 degradation=speed_benchmark.typical_degradation(config))
     modules = export_step(step, config, [*ACCELERATORS, ("cpu",)])
     for s in modules.values():
         exported = s.pop("exported")
@@ -177,7 +179,8 @@ def _sharded_worker() -> dict:
 # ------------------------------------------------------------------------------------------------ inference
 
 def test_generator_forward_lowers_for_gpu_and_tpu_at_any_image_size():
-    """wespe.inference's whole-image pass, exported with symbolic (n, h, w) for cuda and tpu: no CPU formulation.
+    """wespe.inference.enhance's whole-image pass, exported with symbolic (n, h, w) for cuda and tpu: no CPU
+    formulation.
     The same export with cpu among its platforms runs here (its platform switch picks the CPU branches) and
     equals the jitted pass."""
     import jax
@@ -186,23 +189,24 @@ def test_generator_forward_lowers_for_gpu_and_tpu_at_any_image_size():
     from flax import nnx
     from jax import export
 
-    from wespe import inference, models
+    from wespe import models
+    from wespe.inference import enhance
     for kwargs in ({}, {"output": "residual", "global_color": "base_affine", "init": "he"}, {"norm": "batch"}):
         generator = models.inference_view(models.Generator(width=16, num_blocks=1, rngs=nnx.Rngs(0), **kwargs))
         graphdef, state = nnx.split(generator)
         images = jax.ShapeDtypeStruct(export.symbolic_shape("n, h, w, 3"), jnp.float32)
         for compute_dtype in ("float32", "bfloat16"):
             for platforms in ACCELERATORS:
-                exported = export.export(inference._whole_image, platforms=platforms)(
+                exported = export.export(enhance._whole_image, platforms=platforms)(
                     graphdef, state, images, compute_dtype)
                 s = summary(exported)
                 assert s["platforms"] == list(platforms)
                 assert s["cpu_only_ops"] == 0 and set(s["custom_calls"]) <= PORTABLE_CALLS, (kwargs, platforms, s)
-        exported = export.export(inference._whole_image, platforms=("cpu", "cuda", "tpu"))(
+        exported = export.export(enhance._whole_image, platforms=("cpu", "cuda", "tpu"))(
             graphdef, state, images, "float32")
         assert summary(exported)["cpu_only_ops"] > 0
         x = np.random.default_rng(0).random((2, 20, 28, 3), np.float32)
-        expected = inference._whole_image(graphdef, state, jnp.asarray(x))
+        expected = enhance._whole_image(graphdef, state, jnp.asarray(x))
         np.testing.assert_allclose(np.asarray(exported.call(state, x)), np.asarray(expected), rtol=1e-5, atol=1e-5)
 
 

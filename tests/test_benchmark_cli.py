@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import script_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +81,8 @@ def test_max_batch_mode_end_to_end(tmp_path):
 def test_largest_batch_search(monkeypatch, unit, budget, expected):
     """Doubling then bisection on a known memory model (bytes = 10 + 3 * batch), in multiples of the batch devices,
     capped at max_batch=64."""
-    from wespe import benchmarking, train
+    from wespe import train_step
+    from wespe.evaluation import speed_benchmark
 
     class FakeLayout:
         batch_devices = unit
@@ -90,19 +90,19 @@ def test_largest_batch_search(monkeypatch, unit, budget, expected):
         class mesh:
             devices = np.array([type("D", (), {"device_kind": "fake", "memory_stats": lambda self: None})()])
 
-    monkeypatch.setattr(train, "abstract_train_state", lambda config: (None, {}))
-    monkeypatch.setattr(train, "load_content_network", lambda config: ({}, "imagenet"))
-    monkeypatch.setattr(train, "make_train_step", lambda *args, **kwargs: None)
-    monkeypatch.setattr(benchmarking, "step_memory_bytes", lambda config, layout, step: 10 + 3 * config.batch_size)
+    monkeypatch.setattr(train_step, "abstract_train_state", lambda config: (None, {}))
+    monkeypatch.setattr(train_step, "load_content_network", lambda config: ({}, "imagenet"))
+    monkeypatch.setattr(train_step, "make_train_step", lambda *args, **kwargs: None)
+    monkeypatch.setattr(speed_benchmark, "step_memory_bytes", lambda config, layout, step: 10 + 3 * config.batch_size)
     from wespe import config as configs
     config = configs.base_config()  # every call that reads it is replaced above; only batch_size changes
-    result = benchmarking.largest_batch(config, FakeLayout(), memory_limit_bytes=budget, fraction=1.0, max_batch=64)
+    result = speed_benchmark.largest_batch(config, FakeLayout(), memory_limit_bytes=budget, fraction=1.0, max_batch=64)
     assert result["batch_size"] == expected
     tried = {int(k) for k in result["tried"]}
     assert all(b % unit == 0 for b in tried)
     assert expected == 64 or expected + unit in tried  # the next batch was tried and did not fit
     with pytest.raises(ValueError, match="reports no memory limit"):
-        benchmarking.largest_batch(config, FakeLayout())
+        speed_benchmark.largest_batch(config, FakeLayout())
 
 
 FAKE_TORCH_STEP = '''
@@ -151,12 +151,12 @@ def test_enhance_benchmark_tilings_and_torch_forward_side_by_side(tmp_path):
     in a subprocess per size, its time divided into wespe's whole-image time."""
     from flax import nnx
 
-    from wespe import benchmarking
+    from wespe.evaluation import speed_benchmark
     from wespe.models import Generator
     (tmp_path / "torch.py").write_text(FAKE_TORCH)
     (tmp_path / "torch_wespe_step.py").write_text(FAKE_REFERENCE)
     generator = Generator(width=8, num_blocks=1, rngs=nnx.Rngs(0))
-    rows = benchmarking.benchmark_enhance(generator, [0.002], tile=16, repeats=1, tilings=("staged", "streamed"),
+    rows = speed_benchmark.benchmark_enhance(generator, [0.002], tile=16, repeats=1, tilings=("staged", "streamed"),
                                           torch_python=sys.executable,
                                           torch_script=str(tmp_path / "torch_wespe_step.py"))
     assert [(r["path"], r.get("tiling")) for r in rows] == [("tiled", "staged"), ("tiled", "streamed"),
@@ -171,13 +171,13 @@ def test_enhance_benchmark_tilings_and_torch_forward_side_by_side(tmp_path):
     assert torch_row["max_rss_bytes"] > 0
     assert rows[2]["vs_torch"] == round(whole / torch_row["seconds_median"], 3)
     with pytest.raises(ValueError, match="--torch_python"):
-        benchmarking.benchmark_enhance(generator, [0.002], torch_python=str(tmp_path / "nope"),
+        speed_benchmark.benchmark_enhance(generator, [0.002], torch_python=str(tmp_path / "nope"),
                                        torch_script=str(tmp_path / "torch_wespe_step.py"))
     # A reference that dies at one size (PyTorch's 12 MP forward is killed for memory on a 24 GiB machine): that
     # row says why, wespe's rows are kept.
     (tmp_path / "torch_wespe_step.py").write_text(FAKE_REFERENCE.replace("assert channels_last",
                                                                          "import os; os._exit(9)"))
-    rows = benchmarking.benchmark_enhance(generator, [0.002], repeats=1, torch_python=sys.executable,
+    rows = speed_benchmark.benchmark_enhance(generator, [0.002], repeats=1, torch_python=sys.executable,
                                           torch_script=str(tmp_path / "torch_wespe_step.py"))
     assert [r["path"] for r in rows] == ["tiled", "whole", "torch"] and "exited 9" in rows[2]["error"]
     assert "vs_torch" not in rows[1]
@@ -190,22 +190,22 @@ def test_suite_runs_every_part_with_its_settings(monkeypatch):
     and enhance of the config's generator in both dtypes."""
     import jax
 
-    from wespe import benchmarking
     from wespe import config as configs
+    from wespe.evaluation import speed_benchmark
     calls = []
-    monkeypatch.setattr(benchmarking, "benchmark_train_step", lambda c, layout=None, **kw: calls.append(
+    monkeypatch.setattr(speed_benchmark, "benchmark_train_step", lambda c, layout=None, **kw: calls.append(
         ("step", c.compute_dtype, c.batch_size, kw["peak_flops"])) or {"batch_size": c.batch_size})
-    monkeypatch.setattr(benchmarking, "largest_batch", lambda c, layout, **kw: calls.append(
+    monkeypatch.setattr(speed_benchmark, "largest_batch", lambda c, layout, **kw: calls.append(
         ("search", c.compute_dtype, kw["memory_limit_bytes"])) or {"batch_size": 64})
-    monkeypatch.setattr(benchmarking, "benchmark_scaling", lambda c, counts, per_device, **kw: calls.append(
+    monkeypatch.setattr(speed_benchmark, "benchmark_scaling", lambda c, counts, per_device, **kw: calls.append(
         ("scaling", counts, per_device)) or [])
-    monkeypatch.setattr(benchmarking, "benchmark_enhance", lambda g, mp, **kw: calls.append(
+    monkeypatch.setattr(speed_benchmark, "benchmark_enhance", lambda g, mp, **kw: calls.append(
         ("enhance", g.width, mp, kw["dtypes"], kw["tile"])) or [])
     config = configs.base_config()
     config.generator.width = 8
     config.batch_size = 12
     peaks = {"float32": 1e12, "bfloat16": 2e12}
-    result = benchmarking.benchmark_suite(config, megapixels=[1.0, 12.0], tile=64, memory_limit_bytes=2 ** 30,
+    result = speed_benchmark.benchmark_suite(config, megapixels=[1.0, 12.0], tile=64, memory_limit_bytes=2 ** 30,
                                           peak_flops=peaks)
     assert calls == [("step", "float32", 12, 1e12), ("step", "bfloat16", 12, 2e12),
                      ("search", "bfloat16", 2 ** 30), ("step", "bfloat16", 64, 2e12),
@@ -213,7 +213,7 @@ def test_suite_runs_every_part_with_its_settings(monkeypatch):
     assert result["scaling"] == {"skipped": "one device"} and result["max_batch"]["search"]["batch_size"] == 64
     calls.clear()
     monkeypatch.setattr(jax, "device_count", lambda: 6)
-    result = benchmarking.benchmark_suite(config, megapixels=[1.0])  # a CPU reports no memory limit
+    result = speed_benchmark.benchmark_suite(config, megapixels=[1.0])  # a CPU reports no memory limit
     assert "reports no memory limit" in result["max_batch"]["skipped"]
     assert ("scaling", [1, 2, 4, 6], 2) in calls  # the config's batch over the devices, per device
 

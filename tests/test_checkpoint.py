@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from wespe import config as configs
-from wespe import train
-from wespe.checkpoint import CHECKSUMS_FILE, CheckpointError, Checkpointer
+from wespe import train_step
+from wespe.checkpoint import CHECKSUMS_FILE, Checkpointer, CheckpointError
 
 # orbax reports failures of reads still in flight after a restore failed through sys.unraisablehook; none may occur.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
@@ -34,7 +34,7 @@ def state_shapes():
     c.generator.width, c.generator.num_blocks, c.generator.norm = 8, 1, "batch"
     c.discriminator.head = "global_pool"
     c.content_layer = "relu2_2"
-    return jax.eval_shape(lambda: train.create_train_state(c)[0])
+    return jax.eval_shape(lambda: train_step.create_train_state(c)[0])
 
 
 def random_state(shapes, seed=0):
@@ -76,7 +76,7 @@ def test_round_trip_is_bit_exact(tmp_path, state_shapes):
         assert ckpt.latest_step() == 7 and ckpt.all_steps() == [7]
         assert ckpt.metadata() == METADATA and ckpt.metadata(7) == METADATA
         restored, metadata = ckpt.restore(like=state)
-    assert isinstance(restored, train.TrainState)
+    assert isinstance(restored, train_step.TrainState)
     assert_same_state(state, restored)
     assert restored.step.dtype == jnp.int32 and restored.step.shape == ()
     assert metadata == METADATA

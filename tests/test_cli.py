@@ -6,8 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 import script_server
+
 from wespe import cli, errors
 from wespe import config as configs
 
@@ -163,8 +163,8 @@ def _train(tmp_path, *args, env=None):
 
 @pytest.fixture
 def folders(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     for side in ("src", "tgt"):
         (tmp_path / side).mkdir()
         Image.fromarray(np.zeros((120, 120, 3), np.uint8)).save(tmp_path / side / "a.png")

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import script_server
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 

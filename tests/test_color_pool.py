@@ -1,4 +1,4 @@
-"""Dataset-level colour pools (wespe/color_pool.py): shrinking, sampling, the moment transfer, and how training
+"""Dataset-level colour pools (wespe/training/color_pool.py): shrinking, sampling, the moment transfer, and how training
 uses them (the colour path's initialisation and the pool colour term)."""
 
 import logging
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wespe import color_pool, losses, train
 from tests.test_train import fixed_batch, tiny_config
+from wespe import color_map, losses, train_step
+from wespe.training import color_pool
 
 
 def _write(folder, name, array):
@@ -72,7 +73,7 @@ def test_moment_transfer_matches_float64_moments():
     source = rng.random((5000, 3)) * [0.5, 0.6, 0.3] + [0.2, 0.1, 0.4]
     source[:, 2] = 0.45  # a channel that does not vary: gain 1, only its mean moves
     target = rng.random((4000, 3)) ** 2
-    matrix, bias = color_pool.moment_transfer(source, target)
+    matrix, bias = color_map.moment_transfer(source, target)
     assert matrix.shape == (3, 3) and bias.shape == (3,) and np.count_nonzero(matrix - np.diag(np.diag(matrix))) == 0
     mapped = source @ matrix.T.astype(np.float64) + bias
     np.testing.assert_allclose(mapped[:, :2].mean(0), target[:, :2].mean(0), atol=1e-6)
@@ -88,11 +89,11 @@ def _pools(seed=3, n=4096):
 
 def test_moments_init_sets_g_f_and_their_average():
     c = tiny_config("wespe_plus", ema_decay=0.9, color_init="moments")
-    state, _ = train.create_train_state(c)
+    state, _ = train_step.create_train_state(c)
     pools = _pools()
-    new = train.init_global_color(state, c, pools)
-    m, b = color_pool.moment_transfer(pools["source"], pools["target"])
-    mi, bi = color_pool.moment_transfer(pools["target"], pools["source"])
+    new = train_step.init_global_color(state, c, pools)
+    m, b = color_map.moment_transfer(pools["source"], pools["target"])
+    mi, bi = color_map.moment_transfer(pools["target"], pools["source"])
     for tree in (new.params, new.ema):
         np.testing.assert_array_equal(np.asarray(tree["generator"]["color_matrix"][...]), m)
         np.testing.assert_array_equal(np.asarray(tree["generator"]["color_bias"][...]), b)
@@ -101,26 +102,26 @@ def test_moments_init_sets_g_f_and_their_average():
     np.testing.assert_array_equal(np.asarray(new.params["generator"]["conv_in"]["kernel"][...]),
                                   np.asarray(state.params["generator"]["conv_in"]["kernel"][...]))
     identity = tiny_config("wespe_plus", color_init="identity")
-    assert train.init_global_color(state, identity, pools) is state  # unchanged
+    assert train_step.init_global_color(state, identity, pools) is state  # unchanged
 
 
 def test_pool_colour_term_compares_the_colour_path_with_the_target_pool():
     c = tiny_config("wespe_plus", color_distribution_pool=True)
     c.weights.color_distribution = 100.0
     c.weights.restoration = 0.0  # the colour term alone (the restoration term would need a fitted camera model)
-    state, graphdefs = train.create_train_state(c)
-    weights, pre = train.load_content_network(c)
+    state, graphdefs = train_step.create_train_state(c)
+    weights, pre = train_step.load_content_network(c)
     with pytest.raises(ValueError, match="color_distribution_pool"):
-        train.make_train_step(c, graphdefs, weights, pre)
+        train_step.make_train_step(c, graphdefs, weights, pre)
     pools = _pools()
-    step = train.make_train_step(c, graphdefs, weights, pre, color_pools=pools)
+    step = train_step.make_train_step(c, graphdefs, weights, pre, color_pools=pools)
     expected = losses.color_distribution_loss(jnp.asarray(pools["source"])[None, None],
                                               jnp.asarray(pools["target"])[None, None])  # colour path = identity
     batch = fixed_batch(c)
     other = {**batch, "target": 1.0 - batch["target"]}
     values = []
     for b in (batch, other):
-        fresh, _ = train.create_train_state(c)
+        fresh, _ = train_step.create_train_state(c)
         _, metrics = step(fresh, b, jax.random.key(0))
         values.append(float(metrics["loss/color_distribution"]))
     np.testing.assert_allclose(values, [float(expected)] * 2, rtol=1e-5)  # the batch's target plays no part
@@ -183,19 +184,19 @@ def test_bandpass_gain_recovers_the_camera_gain_where_the_scene_layouts_differ(t
         camera = gain * (_scene(rng, (192, 256), 0.35) - 0.5) + 0.45
         _write(tmp_path / "src", f"s{i}", np.round(np.clip(camera, 0, 1) * 255).astype(np.uint8))
     pools = color_pool.build_color_pools(tmp_path / "src", tmp_path / "tgt", side=256, band=True)
-    band_matrix, band_bias = color_pool.fitted_colour_map(pools, "bandpass")
-    moments_matrix, _ = color_pool.fitted_colour_map(pools, "moments")
+    band_matrix, band_bias = color_map.fitted_colour_map(pools, "bandpass")
+    moments_matrix, _ = color_map.fitted_colour_map(pools, "moments")
     np.testing.assert_allclose(np.diag(band_matrix), 1 / gain, rtol=0.05)
     assert np.all(np.diag(moments_matrix) < 0.8 / gain)  # the layout's variance read as the camera's contrast
-    np.testing.assert_allclose(band_bias, color_pool.anchored_bias(pools["source"], pools["target"],
+    np.testing.assert_allclose(band_bias, color_map.anchored_bias(pools["source"], pools["target"],
                                                                    np.diag(band_matrix)), atol=1e-6)
-    inverse, inverse_bias = color_pool.fitted_colour_map(pools, "bandpass", reverse=True)
+    inverse, inverse_bias = color_map.fitted_colour_map(pools, "bandpass", reverse=True)
     np.testing.assert_allclose(np.diag(inverse) * np.diag(band_matrix), 1.0, rtol=1e-6)  # the exact inverse map
     np.testing.assert_allclose(inverse_bias, -band_bias / np.diag(band_matrix), atol=1e-5)
     with pytest.raises(ValueError, match="band=True"):
-        color_pool.fitted_colour_map({k: pools[k] for k in ("source", "target")}, "bandpass")
+        color_map.fitted_colour_map({k: pools[k] for k in ("source", "target")}, "bandpass")
     with pytest.raises(ValueError, match="unknown colour estimator"):
-        color_pool.fitted_colour_map(pools, "histogram")
+        color_map.fitted_colour_map(pools, "histogram")
 
 
 def test_anchored_bias_sends_mean_and_black_point_home_above_clipped_shadows():
@@ -207,34 +208,34 @@ def test_anchored_bias_sends_mean_and_black_point_home_above_clipped_shadows():
     target, seen = scene[:100_000], scene[100_000:]  # two draws of the same kind of scenes
     gain, offset = np.array([1.4, 1.2, 1.6]), np.array([0.08, 0.1, 0.14])
     source = np.clip(seen / gain - offset / gain, 0, 1)  # x' = (x - offset) / gain: x = gain x' + offset
-    clipped = (source <= color_pool.CLIPPED).mean(axis=0)
+    clipped = (source <= color_map.CLIPPED).mean(axis=0)
     assert np.all(clipped > 0.03) and np.all(clipped < 0.2)
-    bias = color_pool.anchored_bias(source, target, gain)
+    bias = color_map.anchored_bias(source, target, gain)
     np.testing.assert_allclose(bias, offset, atol=0.005)  # the clipping moves only the mean anchor, a little
     black_point = np.percentile(target, 2, axis=0) - gain * np.percentile(source, 2, axis=0)
     assert np.all(np.abs(black_point - offset) > 0.02)  # why the clipped ranks are skipped
     unclipped = np.clip(seen / gain - offset / gain, -1, 2)
-    np.testing.assert_allclose(color_pool.anchored_bias(unclipped, target, gain), offset, atol=2e-3)
+    np.testing.assert_allclose(color_map.anchored_bias(unclipped, target, gain), offset, atol=2e-3)
 
 
 def test_band_gain_keeps_gain_1_where_a_side_has_no_band_pass_contrast(caplog):
     with caplog.at_level(logging.WARNING):
-        gain = color_pool.band_gain(np.array([0.02, 0.0, 0.04]), np.array([0.05, 0.03, 0.0]))
+        gain = color_map.band_gain(np.array([0.02, 0.0, 0.04]), np.array([0.05, 0.03, 0.0]))
     np.testing.assert_allclose(gain, [2.5, 1.0, 1.0])
     assert "no band-pass contrast in channel(s) [1, 2]" in caplog.text
 
 
 def test_bandpass_init_sets_g_and_f_to_the_bandpass_maps():
     c = tiny_config("wespe_plus", color_init="bandpass")
-    state, _ = train.create_train_state(c)
+    state, _ = train_step.create_train_state(c)
     pools = {**_pools(), "source_band_std": np.array([0.02, 0.03, 0.04]),
              "target_band_std": np.array([0.05, 0.03, 0.02])}
-    new = train.init_global_color(state, c, pools)
-    m, b = color_pool.fitted_colour_map(pools, "bandpass")
+    new = train_step.init_global_color(state, c, pools)
+    m, b = color_map.fitted_colour_map(pools, "bandpass")
     np.testing.assert_allclose(np.diag(m), [2.5, 1.0, 0.5], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(new.params["generator"]["color_matrix"][...]), m)
     np.testing.assert_array_equal(np.asarray(new.params["generator"]["color_bias"][...]), b)
-    mi, _ = color_pool.fitted_colour_map(pools, "bandpass", reverse=True)
+    mi, _ = color_map.fitted_colour_map(pools, "bandpass", reverse=True)
     np.testing.assert_array_equal(np.asarray(new.params["inverse_generator"]["color_matrix"][...]), mi)
-    assert train.colour_estimator(c) == "bandpass"
-    assert train.colour_estimator(tiny_config("wespe_plus", color_init="identity")) == "moments"
+    assert train_step.colour_estimator(c) == "bandpass"
+    assert train_step.colour_estimator(tiny_config("wespe_plus", color_init="identity")) == "moments"

@@ -138,15 +138,16 @@ def test_bfloat16_gradient_keeps_the_kernel_dtype():
 
 def _tiny_train_step(width: int):
     """A small single-device WESPE step on zero batches: (config, graphdefs, preprocessing, state, step, batch)."""
-    from wespe import config as configs, parallel, train
+    from wespe import config as configs
+    from wespe import parallel, train_step
 
     c = configs.preset("wespe_paper")
     c.vgg_weights, c.batch_size, c.patch_size, c.content_layer = "random", 2, 32, "relu1_2"
     c.generator.width, c.generator.num_blocks, c.discriminator.head = width, 1, "global_pool"
     layout = parallel.Layout(parallel.make_mesh(c.mesh))
-    state, graphdefs = train.create_train_state(c, layout)
-    weights, pre = train.load_content_network(c)
-    step = train.make_train_step(c, graphdefs, weights, pre, layout, None)
+    state, graphdefs = train_step.create_train_state(c, layout)
+    weights, pre = train_step.load_content_network(c)
+    step = train_step.make_train_step(c, graphdefs, weights, pre, layout, None)
     batch = layout.global_batch({k: np.zeros((2, 32, 32, 3), np.float32) for k in ("source", "target")})
     return c, graphdefs, pre, state, step, batch
 
@@ -155,16 +156,17 @@ def test_benchmark_counts_the_flops_of_xla_kernel_gradients(monkeypatch):
     """XLA's cost analysis counts a loop body once, so the step with banded kernel gradients reports fewer
     FLOPs; the benchmark counts the same arithmetic on the XLA-gradient program (even after the banded step
     was traced: jit's trace cache must not hand back that trace)."""
-    from wespe import benchmarking, train
+    from wespe import train_step
+    from wespe.evaluation import speed_benchmark
 
     monkeypatch.setattr(conv, "MIN_BANDED_MACS", 0)  # the banded path even for this tiny network
 
     c, graphdefs, pre, state, step, batch = _tiny_train_step(width=8)
     args = (state, step.vgg_weights, batch, jax.random.key(0), None)
-    banded = benchmarking._flops(step.jitted.lower(*args))
-    counted = benchmarking._step_flops(step, state, batch, jax.random.key(0))
+    banded = speed_benchmark._flops(step.jitted.lower(*args))
+    counted = speed_benchmark._step_flops(step, state, batch, jax.random.key(0))
     with conv.kernel_gradient("xla"):
-        xla = benchmarking._flops(jax.jit(lambda *a: train._train_step(
+        xla = speed_benchmark._flops(jax.jit(lambda *a: train_step._train_step(
             *a, config=c, graphdefs=graphdefs, preprocessing=pre)).lower(*args))
     assert counted == xla != banded  # with the cached banded trace, counted would equal banded
 

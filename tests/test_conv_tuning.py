@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import script_server
 from test_conv import _numpy_kernel_grad, assert_kernel_grad_within_bound, summation_bound
 
-import script_server
 from wespe import conv, conv_tuning
 from wespe.errors import UserError
 

@@ -1,4 +1,4 @@
-"""wespe.curves / launch/compare_runs.py on metrics.jsonl files the test writes."""
+"""wespe.evaluation.curves / launch/compare_runs.py on metrics.jsonl files the test writes."""
 
 import json
 import sys
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import script_server
-from wespe import curves
+
+from wespe.evaluation import curves
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wespe import data, data_scan, image_io
+from wespe import image_io
 from wespe.image_io import read_image
 from wespe.image_paths import list_images
+from wespe.training import data, scan
 
 PATCH = 32
 
@@ -84,18 +85,18 @@ def _batches(iterator, n):
 def test_scan_folder_full_decode_and_header_only(mixed):
     assert Image.open(mixed / "deep16.png").mode.startswith("I")
     assert Image.open(mixed / "cmyk.jpg").mode == "CMYK"
-    full = data_scan.scan_folder(mixed, patch_size=PATCH, decode=True)
+    full = scan.scan_folder(mixed, patch_size=PATCH, decode=True)
     assert {p.name for p in full.good} == GOOD
     assert full.good == sorted(full.good, key=str)
     kinds = {Path(b["path"]).name: b["kind"] for b in full.bad}
     assert kinds == {"corrupt.jpg": image_io.NOT_AN_IMAGE, "truncated.jpg": image_io.TRUNCATED,
-                     "text.png": image_io.NOT_AN_IMAGE, "small.png": data_scan.TOO_SMALL}
+                     "text.png": image_io.NOT_AN_IMAGE, "small.png": scan.TOO_SMALL}
     assert all(b["reason"] for b in full.bad)
     assert "20x20" in next(b["reason"] for b in full.bad if b["path"].endswith("small.png"))
     # EXIF orientation 6: scanned at the upright size (40 wide, 64 high), not the stored 64 x 40.
     assert full.sizes[mixed / "rotated.jpg"] == (40, 64)
 
-    header = data_scan.scan_folder(mixed, patch_size=PATCH, decode=False)
+    header = scan.scan_folder(mixed, patch_size=PATCH, decode=False)
     assert {p.name for p in header.good} == GOOD | {"truncated.jpg"}  # only a full decode finds truncation
     assert header.sizes[mixed / "rotated.jpg"] == (40, 64)
     # Too small only after orientation: 40 wide upright, so a 48 patch does not fit (stored width is 64).
@@ -103,34 +104,34 @@ def test_scan_folder_full_decode_and_header_only(mixed):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(_noise(11, 40, 64)).save(rotated_only / "r.png", exif=exif.tobytes())
-    assert not data_scan.scan_folder(rotated_only, patch_size=48, decode=False).good
+    assert not scan.scan_folder(rotated_only, patch_size=48, decode=False).good
     for decode in (False, True):
-        assert set(data_scan.scan_folder(rotated_only, patch_size=PATCH, decode=decode).sizes.values()) == {(40, 64)}
+        assert set(scan.scan_folder(rotated_only, patch_size=PATCH, decode=decode).sizes.values()) == {(40, 64)}
 
 
 def test_folder_errors(tmp_path, mixed):
     target = _folder(tmp_path / "t", 2)
-    with pytest.raises(data_scan.DataError, match=r"--source=.*missing.* does not exist"):
+    with pytest.raises(scan.DataError, match=r"--source=.*missing.* does not exist"):
         _iterator(tmp_path / "missing", target)
     (tmp_path / "file.png").write_bytes(b"x")
-    with pytest.raises(data_scan.DataError, match=r"--target=.*file\.png is not a folder"):
+    with pytest.raises(scan.DataError, match=r"--target=.*file\.png is not a folder"):
         _iterator(mixed, tmp_path / "file.png")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data_scan.DataError, match=r"--target=.*empty: no image files found"):
+    with pytest.raises(scan.DataError, match=r"--target=.*empty: no image files found"):
         _iterator(mixed, tmp_path / "empty")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.jpg").write_bytes(b"junk")
     _save(bad / "b.png", _noise(0, 10, 10))
-    with pytest.raises(data_scan.DataError, match=r"--source=.*bad: no usable image .*2 files skipped: "
+    with pytest.raises(scan.DataError, match=r"--source=.*bad: no usable image .*2 files skipped: "
                                              r"1 not an image, 1 too small"):
         _iterator(bad, target)
-    with pytest.raises(data_scan.DataError, match="same folder"):
+    with pytest.raises(scan.DataError, match="same folder"):
         _iterator(target, tmp_path / "t" / "sub" / "..")
-    with pytest.raises(data_scan.DataError, match="multiple of the process count 2"):
+    with pytest.raises(scan.DataError, match="multiple of the process count 2"):
         _iterator(mixed, target, global_batch_size=3, process_count=2)
-    with pytest.raises(data_scan.DataError, match="does not exist"):
-        data_scan.scan_folder(tmp_path / "nope", patch_size=PATCH)
+    with pytest.raises(scan.DataError, match="does not exist"):
+        scan.scan_folder(tmp_path / "nope", patch_size=PATCH)
 
 
 def test_a_symlink_loop_is_skipped_and_reported(tmp_path):
@@ -230,13 +231,13 @@ def test_paired_alignment_matching_and_report(tmp_path):
     assert [(Path(u["source"]).name, "sizes differ" in u["reason"]) for u in report["pairs"]["unusable"]] == [
         ("mis.png", True)]
     assert "4 pairs (2 unmatched, 1 unusable)" in report.summary_line()
-    saved = json.loads((workdir / data_scan.REPORT_FILE).read_text())
+    saved = json.loads((workdir / scan.REPORT_FILE).read_text())
     assert saved == json.loads(json.dumps(report))
     assert saved["paired"] is True and saved["storage"] == "cached" and saved["source"]["num_good"] == 6
 
     other = tmp_path / "work1"
     _iterator(source, target, paired=True, global_batch_size=8, workdir=other, process_index=1, process_count=2)
-    assert not (other / data_scan.REPORT_FILE).exists()  # only process 0 writes the report
+    assert not (other / scan.REPORT_FILE).exists()  # only process 0 writes the report
 
 
 def test_resume_from_state(tmp_path):
@@ -268,16 +269,16 @@ def test_streamed_mode_survives_a_file_damaged_after_the_scan(tmp_path, caplog, 
         (source / "b.png").unlink()
     else:  # broken after the scan
         (source / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
-    with caplog.at_level(logging.WARNING, logger="wespe.data"):
+    with caplog.at_level(logging.WARNING, logger="wespe.training.data"):
         batches = _batches(iterator, 3)
     for b in batches:
         np.testing.assert_array_equal(b["source"], np.float32(10 / 255))  # b.png replaced by a.png
     assert any("b.png" in r.getMessage() and "run time" in r.getMessage() for r in caplog.records)
     bad = report["source"]["bad"]
-    assert [(Path(e["path"]).name, e["kind"]) for e in bad] == [("b.png", data_scan.RUNTIME_FAILURE)]
+    assert [(Path(e["path"]).name, e["kind"]) for e in bad] == [("b.png", scan.RUNTIME_FAILURE)]
     assert report["source"]["num_good"] == 1 and report["runtime_failures"] == 1
     assert [Path(p).name for p in report["source"]["used"]] == ["a.png"]
-    assert json.loads((workdir / data_scan.REPORT_FILE).read_text())["runtime_failures"] == 1
+    assert json.loads((workdir / scan.REPORT_FILE).read_text())["runtime_failures"] == 1
     for a, b in zip(batches, _batches(twin, 3)):  # the replacement is deterministic
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
@@ -288,15 +289,15 @@ def test_streamed_mode_survives_a_file_damaged_after_the_scan(tmp_path, caplog, 
 def test_dped_folders(tmp_path):
     root = tmp_path / "dped"
     (root / "iphone" / "training_data" / "iphone").mkdir(parents=True)
-    with pytest.raises(data_scan.DataError, match="canon is missing"):
-        data_scan.dped_folders(root, "iphone")
+    with pytest.raises(scan.DataError, match="canon is missing"):
+        scan.dped_folders(root, "iphone")
     (root / "iphone" / "training_data" / "canon").mkdir()
-    assert data_scan.dped_folders(root, "iphone") == (root / "iphone" / "training_data" / "iphone",
+    assert scan.dped_folders(root, "iphone") == (root / "iphone" / "training_data" / "iphone",
                                                  root / "iphone" / "training_data" / "canon")
-    with pytest.raises(data_scan.DataError, match=r"dped_phone=sony.*phones under .*: iphone"):
-        data_scan.dped_folders(root, "sony")
-    with pytest.raises(data_scan.DataError, match="dped_root=.*does not exist"):
-        data_scan.dped_folders(tmp_path / "nowhere", "iphone")
+    with pytest.raises(scan.DataError, match=r"dped_phone=sony.*phones under .*: iphone"):
+        scan.dped_folders(root, "sony")
+    with pytest.raises(scan.DataError, match="dped_root=.*does not exist"):
+        scan.dped_folders(tmp_path / "nowhere", "iphone")
 
 
 def test_fixed_eval_crops(tmp_path, mixed):
@@ -314,5 +315,5 @@ def test_fixed_eval_crops(tmp_path, mixed):
         assert any(np.array_equal(crop, c) for c in centres)
     few = data.fixed_eval_crops([mixed / "rgb.png", mixed / "text.png"], 3, PATCH, seed=0)
     assert few.shape == (3, PATCH, PATCH, 3)  # rows beyond the usable files: other crops of them
-    with pytest.raises(data_scan.DataError, match="no usable image"):
+    with pytest.raises(scan.DataError, match="no usable image"):
         data.fixed_eval_crops([mixed / "text.png"], 2, PATCH, seed=0)

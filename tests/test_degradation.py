@@ -11,11 +11,13 @@ import scipy.ndimage
 import skimage.data
 from PIL import Image
 
+from tests.test_loop import folders  # noqa: F401 (folders: a fixture)
+from tests.test_loop import tiny_config as loop_config
+from tests.test_train import fixed_batch, tiny_config
 from wespe import config as configs
 from wespe import degradation as dg
-from wespe import loop, train
-from tests.test_loop import folders, tiny_config as loop_config  # noqa: F401 (folders: a fixture)
-from tests.test_train import fixed_batch, tiny_config
+from wespe import train_step
+from wespe.training import loop
 
 
 def _psnr(a, b):
@@ -140,22 +142,22 @@ def test_restoration_term_is_the_l1_of_g_on_the_degraded_targets():
     draws of D, and only the target side of the batch enters it."""
     c = tiny_config("wespe_plus", color_init="identity")
     c.weights.restoration = 1.0
-    state, graphdefs = train.create_train_state(c)
-    weights, pre = train.load_content_network(c)
+    state, graphdefs = train_step.create_train_state(c)
+    weights, pre = train_step.load_content_network(c)
     fit = dg.Degradation(1.0, 0.03, 40.0)
     with pytest.raises(ValueError, match="degradation"):
-        train.make_train_step(c, graphdefs, weights, pre)
-    step = train.make_train_step(c, graphdefs, weights, pre, degradation=fit)
+        train_step.make_train_step(c, graphdefs, weights, pre)
+    step = train_step.make_train_step(c, graphdefs, weights, pre, degradation=fit)
     batch = fixed_batch(c)
     rng = jax.random.key(3)
     _, metrics = step(state, batch, rng)
-    degraded = dg.degrade_batch(batch["target"], fit, jax.random.fold_in(rng, train.RESTORATION_STREAM),
+    degraded = dg.degrade_batch(batch["target"], fit, jax.random.fold_in(rng, train_step.RESTORATION_STREAM),
                                 c.degradation.jitter)
-    generator = train.generator_from_state(train.create_train_state(c)[0], graphdefs, use_ema=False)
+    generator = train_step.generator_from_state(train_step.create_train_state(c)[0], graphdefs, use_ema=False)
     expected = jnp.mean(jnp.abs(generator(degraded) - batch["target"]))
     np.testing.assert_allclose(float(metrics["loss/restoration"]), float(expected), rtol=1e-5)
     other = {**batch, "source": 1.0 - batch["source"]}
-    _, again = step(train.create_train_state(c)[0], other, rng)
+    _, again = step(train_step.create_train_state(c)[0], other, rng)
     assert float(again["loss/restoration"]) == float(metrics["loss/restoration"])
 
 

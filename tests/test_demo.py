@@ -2,7 +2,8 @@
 must end with G(input) better than the input on the held-out photo (PSNR by >= 1.5 dB and higher SSIM).
 
 Measured on a 2-core machine: ~2.3 min alone (300 steps); input 22.70 dB / SSIM 0.684, G(input) 26.81 dB / 0.738
-(26.69 / 0.732 before the recipe's restoration term). The thresholds leave room for float differences across machines, not for a regression to the first
+(26.69 / 0.732 before the recipe's restoration term). The thresholds leave room for float differences across machines,
+not for a regression to the first
 wave's demo (19.8 dB: worse than its input).
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from wespe import config as configs
-from wespe import data_scan, loop
+from wespe.training import loop, scan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def test_source_and_target_override_the_builtin_data(tmp_path):
                                                        None)
     assert not (tmp_path / "w" / "demo_data").exists()  # the built-in photos were not even written
     c.data.target = None
-    with pytest.raises(data_scan.DataError, match="both --source and --target"):
+    with pytest.raises(scan.DataError, match="both --source and --target"):
         loop.resolve_folders(c, tmp_path / "w")
     c.data.source = None
     source, target, heldout, reference = loop.resolve_folders(c, tmp_path / "w")
@@ -66,7 +67,7 @@ def test_the_demo_report_is_for_the_builtin_photos_only(tmp_path, caplog):
     assert loop.trains_on_builtin_demo(c)
     c.data.source, c.data.target = str(tmp_path / "phone"), str(tmp_path / "dslr")
     assert not loop.trains_on_builtin_demo(c)
-    with caplog.at_level(logging.INFO, logger="wespe.loop"):
+    with caplog.at_level(logging.INFO, logger="wespe.training.loop"):
         assert loop._demo_report(c, generator=None, workdir=tmp_path) == {}
     assert "no demo_result.json" in caplog.text and not list(tmp_path.iterdir())
     c.data.builtin = None

@@ -1,11 +1,11 @@
-"""The memory budget read from the machine (wespe/device_memory.py), on files and devices the tests make."""
+"""The memory budget read from the machine (wespe/inference/device_memory.py), on files and devices the tests make."""
 
 import types
 
 import jax
 import pytest
 
-from wespe import device_memory
+from wespe.inference import device_memory
 
 
 def test_meminfo_available(tmp_path):

@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wespe import staged_tiling
-from wespe import inference
-from wespe.inference import choose_tile, enhance
-from wespe.models import inference_view
-from wespe.streamed_tiling import StreamedTiler, instance_norm_indices, receptive_halo
-from wespe.models import Generator, InstanceNorm
+from wespe.inference import enhance, staged_tiling
+from wespe.inference.enhance import choose_tile, enhance
+from wespe.inference.streamed_tiling import StreamedTiler, instance_norm_indices, receptive_halo
+from wespe.models import Generator, InstanceNorm, inference_view
 
 TOL = 1e-5
 
@@ -116,7 +114,7 @@ def tiled(monkeypatch):
                     cores.spills.append(tuple(kwargs.get("spill", ())))
         return Spy
 
-    monkeypatch.setattr(inference, "StreamedTiler", spy(StreamedTiler, "streamed"))
+    monkeypatch.setattr(enhance, "StreamedTiler", spy(StreamedTiler, "streamed"))
     monkeypatch.setattr(staged_tiling, "StagedTiler", spy(staged_tiling.StagedTiler, "staged"))
     return cores
 
@@ -128,32 +126,32 @@ def test_one_pass_rectangular_tiles_and_budgets(small, tiled, monkeypatch):
     np.testing.assert_allclose(ref, whole(small, x), atol=TOL)
     assert np.max(np.abs(enhance(small, x, tile=(5, 16)) - ref)) <= TOL
     # A budget too small for the whole image picks tiles itself: as an argument or from the environment.
-    half_mb = 0.5 * inference.whole_image_bytes(small, (1, 80, 60, 3)) / 2 ** 20
+    half_mb = 0.5 * enhance.whole_image_bytes(small, (1, 80, 60, 3)) / 2 ** 20
     assert np.max(np.abs(enhance(small, x, memory_budget_mb=half_mb) - ref)) <= TOL
-    monkeypatch.setenv(inference.MEMORY_BUDGET_ENV, str(half_mb))
+    monkeypatch.setenv(enhance.MEMORY_BUDGET_ENV, str(half_mb))
     assert np.max(np.abs(enhance(small, x) - ref)) <= TOL
     assert len(tiled) == 3 and tiled[1] == tiled[2] and tiled[1] < (80, 60)
 
 
 def test_whole_image_exactly_when_its_compiled_program_fits(small, tiled, monkeypatch):
     """The whole-vs-tiled decision uses XLA's memory analysis of the whole-image program; without a budget
-    argument or environment variable the budget is the machine's (wespe.device_memory)."""
-    monkeypatch.delenv(inference.MEMORY_BUDGET_ENV, raising=False)
+    argument or environment variable the budget is the machine's (wespe.inference.device_memory)."""
+    monkeypatch.delenv(enhance.MEMORY_BUDGET_ENV, raising=False)
     x = image(40, 30, seed=11)
     ref = whole(small, x)
-    need = inference.whole_image_bytes(small, (1, 40, 30, 3))
+    need = enhance.whole_image_bytes(small, (1, 40, 30, 3))
     assert need > 2 * x.nbytes  # temporaries, input and output
     np.testing.assert_allclose(enhance(small, x, memory_budget_mb=1.01 * need / 2 ** 20), ref, atol=TOL)
     assert tiled == []
     assert np.max(np.abs(enhance(small, x, memory_budget_mb=0.99 * need / 2 ** 20) - ref)) <= TOL
     assert len(tiled) == 1
-    monkeypatch.setattr(inference.device_memory, "budget_bytes", lambda device: int(0.5 * need))
+    monkeypatch.setattr(enhance.device_memory, "budget_bytes", lambda device: int(0.5 * need))
     assert np.max(np.abs(enhance(small, x) - ref)) <= TOL
     assert len(tiled) == 2
-    monkeypatch.setattr(inference.device_memory, "budget_bytes", lambda device: 10 * need)
+    monkeypatch.setattr(enhance.device_memory, "budget_bytes", lambda device: 10 * need)
     enhance(small, x)
     assert len(tiled) == 2
-    monkeypatch.setenv(inference.MEMORY_BUDGET_ENV, "lots")
+    monkeypatch.setenv(enhance.MEMORY_BUDGET_ENV, "lots")
     with pytest.raises(ValueError, match="WESPE_ENHANCE_MEMORY_MB"):
         enhance(small, x)
 
@@ -185,7 +183,7 @@ def test_staged_buffers_spill_to_a_file_when_the_budget_cannot_hold_them(small, 
         monkeypatch.setattr(staged_tiling, "host_bytes", lambda *args, b=buffers: int(b))
         assert np.max(np.abs(enhance(small, x, tile=10, memory_budget_mb=budget_mb) - ref)) <= TOL
     assert tiled.methods == ["staged"] * 3 and tiled.spills == [(), ("A",), ("H", "A")]
-    monkeypatch.setattr(inference.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 0})())
+    monkeypatch.setattr(enhance.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 0})())
     assert np.max(np.abs(enhance(small, x, tile=10, memory_budget_mb=budget_mb) - ref)) <= TOL
     assert tiled.methods[-1] == "streamed"
 
@@ -277,9 +275,9 @@ def test_uint8_and_batched(small, monkeypatch):
     assert np.max(np.abs(outb - refb)) <= TOL
     assert np.max(np.abs(enhance(small, xb[1]) - refb[1])) <= TOL
     # A budget for one image but not three: whole images one at a time, no tiling.
-    monkeypatch.setattr(inference, "StreamedTiler", None)
+    monkeypatch.setattr(enhance, "StreamedTiler", None)
     monkeypatch.setattr(staged_tiling, "StagedTiler", None)
-    one_image_mb = inference.whole_image_bytes(small, (1, 13, 17, 3)) / 2 ** 20
+    one_image_mb = enhance.whole_image_bytes(small, (1, 13, 17, 3)) / 2 ** 20
     np.testing.assert_allclose(enhance(small, xb, memory_budget_mb=1.5 * one_image_mb), refb, atol=TOL)
 
 
@@ -314,9 +312,9 @@ def test_choose_tile():
 
 
 def test_even_tiles_and_balanced_batches():
-    assert inference.even_tiles((512, 512), 866, 1155) == (433, 385)  # 2 x 3 tiles, none mostly past the image
-    assert inference.even_tiles((512, 512), 300, 1024) == (300, 512)
-    assert inference.even_tiles((1, 7), 5, 20) == (1, 7)
+    assert enhance.even_tiles((512, 512), 866, 1155) == (433, 385)  # 2 x 3 tiles, none mostly past the image
+    assert enhance.even_tiles((512, 512), 300, 1024) == (300, 512)
+    assert enhance.even_tiles((1, 7), 5, 20) == (1, 7)
     assert staged_tiling.tiles_per_batch(6, 8, 1) == 6  # one batch, no tile computed twice
     assert staged_tiling.tiles_per_batch(12, 8, 1) == 6  # two even batches, not 8 + 4
     assert staged_tiling.tiles_per_batch(5, 8, 2) == 6  # a multiple of the devices
@@ -328,7 +326,7 @@ def test_two_devices():
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from flax import nnx
-        from wespe.inference import enhance
+        from wespe.inference.enhance import enhance
         from wespe.models import Generator
         assert len(jax.devices()) == 2
         g = nnx.eval_shape(lambda: Generator(width=8, num_blocks=1))

@@ -1,4 +1,5 @@
-"""launch/enhance.py end to end (subprocesses), plus wespe.file_enhancement behind it (generator loading and the
+"""launch/enhance.py end to end (subprocesses), plus wespe.inference.file_enhancement behind it (generator loading and
+the
 export format: tests/test_generators.py).
 
 The CLI runs are few on purpose (each starts JAX, ~2-5 s): one run over a folder with good and bad files (then the
@@ -15,13 +16,14 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import script_server
 from flax import nnx
 from PIL import Image, ImageCms
 
-import script_server
-from wespe import export, file_enhancement, generators, image_io
-from wespe.inference import enhance
+from wespe import image_io
 from wespe.image_io import read_image
+from wespe.inference import export, file_enhancement, loading
+from wespe.inference.enhance import enhance
 from wespe.models import Generator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +106,7 @@ def test_cli_folder_with_a_bad_file(photos):
     assert Image.open(out / "flat.png").format == "PNG" and Image.open(out / "flat.png").size == (28, 20)
     assert Image.open(out / "sub" / "small.webp").format == "WEBP"
 
-    generator = generators.load_exported_generator(root / "workdir")
+    generator = loading.load_exported_generator(root / "workdir")
     for name, source in [("portrait", "portrait.jpg"), ("flat", "flat.png"), ("sub/small", "sub/small.webp")]:
         raw = np.load(out / f"{name}.npy")
         image, _ = read_image(folder / source)
@@ -175,7 +177,7 @@ def test_cli_official_iphone_generator_matches_tensorflow(tmp_path):
 def test_bfloat16_inference_accuracy_against_tensorflow():
     """bfloat16 inference of the official iPhone model vs TensorFlow's float32 output (README: measured on CPU
     max 7.4e-3, 58.9 dB, at most 2 levels of 8 bits), whole and tiled."""
-    generator = generators.load_dped_generator("dped_iphone", SHARED)
+    generator = loading.load_dped_generator("dped_iphone", SHARED)
     x, _ = read_image(SHARED / "reference" / "chelsea_input.png")
     reference = np.load(SHARED / "reference" / "chelsea_iphone_orig_output.npy")
     for tile in (None, 128):

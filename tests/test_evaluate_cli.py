@@ -3,7 +3,7 @@
 Tiny fixtures: six 64x64 crops of scikit-image's astronaut as sources; references are the same crops slightly
 altered (so PSNR/SSIM are finite and non-trivial), with one reference missing, one corrupt and one of another
 size. A small random generator is exported once; a 4-step training run (2 checkpoints) is made once per module.
-Two subprocess runs (evaluate CLI, sweep CLI); everything else calls wespe.evaluation directly.
+Two subprocess runs (evaluate CLI, sweep CLI); everything else calls wespe.evaluation.evaluate directly.
 """
 
 import csv
@@ -17,15 +17,18 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import script_server
 from flax import nnx
 from PIL import Image
 
-import script_server
 import wespe
-from wespe import evaluation, export, generators, image_io, loop, metrics, sweep
 from wespe import config as configs
-from wespe.inference import enhance
+from wespe import image_io, metrics
+from wespe.evaluation import evaluate, sweep
+from wespe.inference import export, loading
+from wespe.inference.enhance import enhance
 from wespe.models import Generator
+from wespe.training import loop
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = REPO.parent / "shared" / "dped_pretrained"
@@ -84,7 +87,7 @@ def run_workdir(tmp_path_factory, data):
     c.data.source, c.data.target = str(folders[0]), str(folders[1])
     workdir = root / "workdir"
     assert loop.run_training(c, workdir).status == "finished"
-    assert generators.checkpoint_steps(workdir) == [2, 4]
+    assert loading.checkpoint_steps(workdir) == [2, 4]
     return workdir
 
 
@@ -157,19 +160,19 @@ def test_outputs_mode_identical_images(data, tmp_path):
     same.mkdir()
     for name in NAMES[:3]:
         (same / f"{name}.jpg").write_bytes((data["reference"] / f"{name}.jpg").read_bytes())
-    result = evaluation.evaluate(None, data["source"], data["reference"], outputs_folder=same, progress=False)
+    result = evaluate.evaluate(None, data["source"], data["reference"], outputs_folder=same, progress=False)
     assert [r["name"] for r in result.rows] == NAMES[:3] and not result.skipped
     for row in result.rows:
         assert row["psnr"] == math.inf and row["mse"] == 0.0
         assert row["ssim_rgb"] == pytest.approx(1.0, abs=1e-6) and row["ssim_luma"] == pytest.approx(1.0, abs=1e-6)
         assert row["input_entropy"] is not None  # inputs paired from --source
     assert result.aggregates["psnr_pooled"] == math.inf
-    paths = evaluation.write_results(result, tmp_path / "ev")
+    paths = evaluate.write_results(result, tmp_path / "ev")
     assert json.loads(paths["json"].read_text())["aggregates"]["psnr_mean"] == math.inf
     assert "| PSNR, pooled MSE / DPED (dB) | inf |" in paths["md"].read_text()
 
     with pytest.raises(ValueError, match="outputs_folder"):
-        evaluation.evaluate(None, data["source"])
+        evaluate.evaluate(None, data["source"])
 
 
 # ------------------------------------------------------------------------------------------ no-reference mode
@@ -178,7 +181,7 @@ def test_no_reference_mode(data, tmp_path):
     (data["root"] / "bad_sources").mkdir(exist_ok=True)
     sources = [data["source"], data["root"] / "bad_sources"]
     (data["root"] / "bad_sources" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    result = evaluation.evaluate(data["generator"], sources, progress=False)
+    result = evaluate.evaluate(data["generator"], sources, progress=False)
     assert [r["name"] for r in result.rows] == NAMES
     assert [s["name"] for s in result.skipped] == ["broken"]
     for row in result.rows:
@@ -189,12 +192,12 @@ def test_no_reference_mode(data, tmp_path):
         np.mean([r["entropy"] for r in result.rows]))
     assert list(result.thumbnails) == sorted(NAMES, key=lambda n: -next(
         r["entropy"] for r in result.rows if r["name"] == n))  # 6 images: all, by entropy
-    paths = evaluation.write_results(result, tmp_path / "ev")
+    paths = evaluate.write_results(result, tmp_path / "ev")
     assert paths["png"].is_file()
     md = paths["md"].read_text()
     assert "entropy (bits), mean" in md and "PSNR" not in md
 
-    limited = evaluation.evaluate(data["generator"], data["source"], limit=2, save_enhanced_to=tmp_path / "enh",
+    limited = evaluate.evaluate(data["generator"], data["source"], limit=2, save_enhanced_to=tmp_path / "enh",
                                   progress=False)
     assert [r["name"] for r in limited.rows] == NAMES[:2]
     assert sorted(p.name for p in (tmp_path / "enh").iterdir()) == ["00.png", "01.png"]
@@ -250,9 +253,9 @@ def test_sweep_over_run_checkpoints(data, run_workdir, tmp_path, capsys):
     assert (out / "run_step2" / "results.json").stat().st_mtime_ns == mtime
 
     # a training workdir as --checkpoint: its latest checkpoint
-    generator, what = generators.generator_for_flags(checkpoint=run_workdir)
+    generator, what = loading.generator_for_flags(checkpoint=run_workdir)
     assert "step 4" in what
-    exported = generators.load_exported_generator(run_workdir / "generator.npz")  # written at the run's end: step 4
+    exported = loading.load_exported_generator(run_workdir / "generator.npz")  # written at the run's end: step 4
     restored, saved = nnx.state(generator, nnx.Param), nnx.state(exported, nnx.Param)
     for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(saved), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

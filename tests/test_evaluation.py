@@ -1,4 +1,4 @@
-"""wespe.evaluation in process, on small photos written here: pairing by name, the pooled aggregates against a
+"""wespe.evaluation.evaluate in process, on small photos written here: pairing by name, the pooled aggregates against a
 float64 NumPy version, skipped photos, and the files written. (The command line and real generators:
 tests/test_evaluate_cli.py.)"""
 
@@ -10,11 +10,11 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-
-from wespe import evaluation
-from wespe.errors import UserError
-
 from test_enhance_cli import random_generator
+
+from wespe import image_paths
+from wespe.errors import UserError
+from wespe.evaluation import evaluate
 
 
 def _png(path, image):
@@ -45,17 +45,17 @@ def test_index_images_keys_by_relative_path_and_reports_duplicates(tmp_path):
     _png(tmp_path / "f" / "x.png", np.zeros((4, 4, 3), np.uint8))
     _png(tmp_path / "f" / "d" / "y.jpg", np.zeros((4, 4, 3), np.uint8))
     _png(tmp_path / "f" / "d" / "y.png", np.zeros((4, 4, 3), np.uint8))
-    index, duplicates = evaluation.index_images(tmp_path / "f")
+    index, duplicates = image_paths.index_images(tmp_path / "f")
     assert list(index) == ["d/y", "x"]
     assert [d["name"] for d in duplicates] == ["d/y"] and "same name without extension" in duplicates[0]["reason"]
-    assert list(evaluation.index_images([tmp_path / "f" / "x.png"])[0]) == ["x"]
+    assert list(image_paths.index_images([tmp_path / "f" / "x.png"])[0]) == ["x"]
     with pytest.raises(FileNotFoundError, match="nope does not exist"):
-        evaluation.index_images(tmp_path / "nope")
+        image_paths.index_images(tmp_path / "nope")
 
 
 def test_outputs_mode_scores_against_numpy_and_skips_what_it_cannot_pair(photos):
     root, refs, outs = photos
-    result = evaluation.evaluate(None, reference_folder=root / "references", outputs_folder=root / "outputs",
+    result = evaluate.evaluate(None, reference_folder=root / "references", outputs_folder=root / "outputs",
                                  progress=False)
     rows = {r["name"]: r for r in result.rows}
     assert sorted(rows) == ["a", "b", "sub/c"]
@@ -78,25 +78,25 @@ def test_outputs_mode_scores_against_numpy_and_skips_what_it_cannot_pair(photos)
 
 def test_identical_photos_and_aggregate_edge_cases(photos):
     root, _, _ = photos
-    result = evaluation.evaluate(None, reference_folder=root / "references", outputs_folder=root / "references",
+    result = evaluate.evaluate(None, reference_folder=root / "references", outputs_folder=root / "references",
                                  progress=False)
     assert result.aggregates["psnr_pooled"] == math.inf and result.aggregates["ssim_rgb_mean"] == pytest.approx(1)
-    empty = evaluation.aggregate([], num_skipped=4)
+    empty = evaluate.aggregate([], num_skipped=4)
     assert empty["psnr_pooled"] is None and empty["psnr_mean"] is None and empty["num_skipped"] == 4
 
 
 def test_no_reference_mode_ranks_by_entropy(photos):
     root, _, _ = photos
-    result = evaluation.evaluate(None, outputs_folder=root / "outputs", progress=False)
+    result = evaluate.evaluate(None, outputs_folder=root / "outputs", progress=False)
     assert not result.has_reference and result.ranking_metric == "entropy"
     assert len(result.rows) == 5 and all(r["psnr"] is None and r["entropy"] > 0 for r in result.rows)
 
 
 def test_write_results_files_agree(photos, tmp_path):
     root, _, _ = photos
-    result = evaluation.evaluate(None, reference_folder=root / "references", outputs_folder=root / "outputs",
+    result = evaluate.evaluate(None, reference_folder=root / "references", outputs_folder=root / "outputs",
                                  progress=False)
-    paths = evaluation.write_results(result, tmp_path / "ev")
+    paths = evaluate.write_results(result, tmp_path / "ev")
     saved = json.loads(paths["json"].read_text())
     assert saved["aggregates"] == pytest.approx(result.aggregates)
     assert [s["name"] for s in saved["skipped"]] == [s["name"] for s in result.skipped]
@@ -111,9 +111,9 @@ def test_write_results_files_agree(photos, tmp_path):
 def test_argument_errors(photos):
     root, _, _ = photos
     with pytest.raises(ValueError, match="give a generator"):
-        evaluation.evaluate(None, root / "outputs")  # neither a generator nor an outputs folder
+        evaluate.evaluate(None, root / "outputs")  # neither a generator nor an outputs folder
     with pytest.raises(FileNotFoundError, match="nope"):
-        evaluation.evaluate(None, reference_folder=root / "nope", outputs_folder=root / "outputs", progress=False)
+        evaluate.evaluate(None, reference_folder=root / "nope", outputs_folder=root / "outputs", progress=False)
 
 
 def test_a_results_folder_inside_the_photos_is_not_scored_on_a_rerun(photos):
@@ -125,9 +125,9 @@ def test_a_results_folder_inside_the_photos_is_not_scored_on_a_rerun(photos):
     generator = random_generator(seed=0)
     runs = []
     for _ in range(2):
-        result = evaluation.evaluate(generator, sources, save_enhanced_to=results / "enhanced", exclude=[results],
+        result = evaluate.evaluate(generator, sources, save_enhanced_to=results / "enhanced", exclude=[results],
                                      progress=False)
-        evaluation.write_results(result, results)
+        evaluate.write_results(result, results)
         runs.append(result)
     assert [r["name"] for r in runs[1].rows] == ["a", "b", "orphan", "sub/c", "wrong_size"]
     assert runs[1].rows == runs[0].rows and runs[1].aggregates == runs[0].aggregates
@@ -136,21 +136,21 @@ def test_a_results_folder_inside_the_photos_is_not_scored_on_a_rerun(photos):
 
 def test_check_inputs_before_a_model_loads(photos):
     root, _, _ = photos
-    evaluation.check_inputs({"--source": root / "outputs", "--reference": None}, root / "outputs" / "ev")
+    evaluate.check_inputs({"--source": root / "outputs", "--reference": None}, root / "outputs" / "ev")
     with pytest.raises(FileNotFoundError, match="--reference=.*nope does not exist"):
-        evaluation.check_inputs({"--source": root / "outputs", "--reference": root / "nope"})
+        evaluate.check_inputs({"--source": root / "outputs", "--reference": root / "nope"})
     with pytest.raises(UserError, match="--output_dir=.* is the --reference folder"):
-        evaluation.check_inputs({"--source": root / "outputs", "--reference": root / "references"},
+        evaluate.check_inputs({"--source": root / "outputs", "--reference": root / "references"},
                                 root / "references")
     with pytest.raises(UserError, match="--output_dir=.* holds the --outputs folder"):
-        evaluation.check_inputs({"--outputs": [root / "outputs"]}, root)
+        evaluate.check_inputs({"--outputs": [root / "outputs"]}, root)
 
 
 def test_a_symlink_loop_is_skipped_with_its_reason(photos):
     root, _, _ = photos
     os.symlink("x.png", root / "outputs" / "y.png")
     os.symlink("y.png", root / "outputs" / "x.png")
-    result = evaluation.evaluate(None, outputs_folder=root / "outputs", progress=False)  # no reference: all read
+    result = evaluate.evaluate(None, outputs_folder=root / "outputs", progress=False)  # no reference: all read
     assert [r["name"] for r in result.rows] == ["a", "b", "orphan", "sub/c", "wrong_size"]
     reasons = {s["name"]: s["reason"] for s in result.skipped}
     assert reasons["x"].endswith("x.png: symlink loop") and reasons["y"].endswith("y.png: symlink loop")

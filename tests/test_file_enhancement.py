@@ -1,4 +1,5 @@
-"""wespe.file_enhancement in process: a folder of photos enhanced into mirrored paths, in their own formats, the
+"""wespe.inference.file_enhancement in process: a folder of photos enhanced into mirrored paths, in their own formats,
+the
 pixels those of ``wespe.enhance``; a bad file reported, the others done; the checks made before any work.
 (The command line: tests/test_enhance_cli.py; the read-ahead / write-behind threads: tests/test_file_pipeline.py.)"""
 
@@ -8,12 +9,12 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-
-from wespe import file_enhancement, image_io
-from wespe.errors import UserError
-from wespe.inference import enhance
-
 from test_enhance_cli import pattern, random_generator
+
+from wespe import image_io
+from wespe.errors import UserError
+from wespe.inference import file_enhancement
+from wespe.inference.enhance import enhance
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""wespe/file_pipeline.py: reads ahead and writes behind in order, bounded, with errors kept per item; and
+"""wespe/inference/file_pipeline.py: reads ahead and writes behind in order, bounded, with errors kept per item; and
 file_enhancement.enhance_files through it (a photo that cannot be written is reported, the others written)."""
 
 import threading
@@ -7,10 +7,9 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-
 from test_enhance_cli import pattern, random_generator
 
-from wespe import file_enhancement, file_pipeline
+from wespe.inference import file_enhancement, file_pipeline
 
 
 def test_read_ahead_keeps_order_and_errors_and_reads_at_most_one_ahead():

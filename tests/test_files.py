@@ -1,11 +1,11 @@
-"""wespe.files.atomic_write: all-or-nothing writes with the permissions a plain open() would give."""
+"""wespe.atomic_write.atomic_write: all-or-nothing writes with the permissions a plain open() would give."""
 
 import os
 import stat
 
 import pytest
 
-from wespe.files import atomic_write, current_umask
+from wespe.atomic_write import atomic_write, current_umask
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

@@ -1,10 +1,11 @@
-"""Quality in the loop (wespe/heldout.py): the noise estimate, aligned held-out crops, the logged numbers."""
+"""Quality in the loop (wespe/training/heldout.py): the noise estimate, aligned held-out crops, the logged numbers."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from wespe import data_scan, heldout, metrics
+from wespe import metrics
+from wespe.training import heldout, scan
 
 
 def test_noise_sigma_recovers_gaussian_noise():
@@ -36,7 +37,7 @@ def test_paired_crops_are_aligned_and_sized(tmp_path):
     alone, none = heldout.paired_crops(tmp_path / "photos", None, n=2, size=32, seed=0, min_size=16)
     assert alone.shape == (2, 32, 32, 3) and none is None
     _write(tmp_path / "other", "zzz", rng.integers(0, 256, (64, 64, 3), np.uint8))
-    with pytest.raises(data_scan.DataError, match="heldout_reference.*no file name matches"):
+    with pytest.raises(scan.DataError, match="heldout_reference.*no file name matches"):
         heldout.paired_crops(tmp_path / "photos", tmp_path / "other", n=2, size=32, seed=0)
 
 

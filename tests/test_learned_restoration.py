@@ -16,7 +16,10 @@ import pytest
 from PIL import Image
 
 from wespe import config as configs
-from wespe import generators, loop, metrics, quality_data
+from wespe import metrics
+from wespe.evaluation import quality_data
+from wespe.inference import loading
+from wespe.training import loop
 
 NOISE = 0.05  # of [0, 1]: a noisy phone in low light (the quality benchmark's noisy_phone camera: 0.04-0.07)
 
@@ -53,7 +56,7 @@ def test_default_recipe_learns_to_denoise_beyond_its_colour_path(tmp_path):
     assert c.weights.restoration > 0 and c.generator.norm == "none"
     loop.run_training(c, tmp_path / "run")
 
-    g = generators.load_exported_generator(tmp_path / "run")
+    g = loading.load_exported_generator(tmp_path / "run")
     x = (heldout / 255.0).astype(np.float32)[None]
     colour_path = np.clip(np.asarray(g.color(x))[0], 0, 1)  # G before training: the fitted colour map alone
     enhanced = np.clip(np.asarray(g(x))[0], 0, 1)

@@ -1,4 +1,5 @@
-"""wespe.loop.run_training in-process: bit-exact resume, config changes on resume, NaN stops, early input errors.
+"""wespe.training.loop.run_training in-process: bit-exact resume, config changes on resume, NaN stops, early input
+errors.
 
 Every run uses a tiny unpaired config (four width-4 one-block networks, 16x16 patches, batch 2, random VGG up to
 relu1_2, the rng-driven ``dped_softmax`` adversarial form, 6 random 40x40 PNGs per side). Each ``run_training``
@@ -19,8 +20,9 @@ import pytest
 from PIL import Image
 
 from wespe import config as configs
-from wespe import data_scan, loop, train
+from wespe import train_step
 from wespe.checkpoint import Checkpointer
+from wespe.training import loop, scan
 from wespe.vgg import VGGWeightsError
 
 LOSS_KEYS = {"loss/content", "loss/color", "loss/texture", "loss/tv", "loss/generator",
@@ -71,7 +73,7 @@ def _step_key(config, preprocessing):
 
 @pytest.fixture(autouse=True)
 def _reuse_compiled_steps(monkeypatch):
-    real = train.make_train_step
+    real = train_step.make_train_step
 
     def make_train_step(config, graphdefs, vgg_weights, preprocessing, layout=None, color_pools=None, *,
                         degradation=None):
@@ -84,12 +86,12 @@ def _reuse_compiled_steps(monkeypatch):
         pools = None if color_pools is None else {k: jnp.asarray(v) for k, v in color_pools.items()}
         return lambda state, batch, rng: jitted(state, placed_vgg, batch, rng, pools)
 
-    monkeypatch.setattr(train, "make_train_step", make_train_step)
+    monkeypatch.setattr(train_step, "make_train_step", make_train_step)
 
 
 def restore(workdir, config, step=None):
     with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
-        like = train.create_train_state(config)[0]
+        like = train_step.create_train_state(config)[0]
         return ckpt.restore(step, like=like)
 
 
@@ -193,7 +195,7 @@ def test_resume_with_a_changed_config(folders, tmp_path, monkeypatch, caplog):
         raise AssertionError("the networks were built before the saved config was checked")
 
     with monkeypatch.context() as m:
-        m.setattr(train, "create_train_state", no_state)
+        m.setattr(train_step, "create_train_state", no_state)
         for overrides, names in [({"generator.width": 8}, ["generator.width: 4 -> 8"]),
                                  ({"weights.tv": 1e6}, ["weights.tv: 10.0 -> 1000000.0"]),
                                  ({"weights.tv": 1e6, "batch_size": 4, "num_steps": 9},
@@ -231,7 +233,7 @@ def test_resume_with_a_changed_config(folders, tmp_path, monkeypatch, caplog):
 def _poison(monkeypatch, at_step, how):
     """Wraps the step: on step ``at_step`` either the batch is NaN (inside the compiled step: every loss and the
     state become NaN) or only the reported TV loss is."""
-    real = train.make_train_step
+    real = train_step.make_train_step
 
     def make_train_step(*args, **kwargs):
         step_fn = real(*args, **kwargs)
@@ -247,7 +249,7 @@ def _poison(monkeypatch, at_step, how):
 
         return step
 
-    monkeypatch.setattr(train, "make_train_step", make_train_step)
+    monkeypatch.setattr(train_step, "make_train_step", make_train_step)
 
 
 @pytest.mark.parametrize("how", ["batch", "tv"])
@@ -278,8 +280,8 @@ def nothing_compiles(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("got as far as building/compiling the networks")
 
-    monkeypatch.setattr(train, "create_train_state", fail)
-    monkeypatch.setattr(train, "make_train_step", fail)
+    monkeypatch.setattr(train_step, "create_train_state", fail)
+    monkeypatch.setattr(train_step, "make_train_step", fail)
 
 
 def test_bad_inputs_fail_before_anything_compiles(folders, tmp_path, nothing_compiles):
@@ -292,15 +294,15 @@ def test_bad_inputs_fail_before_anything_compiles(folders, tmp_path, nothing_com
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bad / "tiny.png")
     missing = tmp_path / "missing"
     cases = [
-        ({"data.source": str(missing)}, data_scan.DataError, ["--source", str(missing), "does not exist"]),
-        ({"data.target": str(missing)}, data_scan.DataError, ["--target", str(missing), "does not exist"]),
-        ({"data.source": str(empty)}, data_scan.DataError, ["--source", str(empty), "no image files"]),
-        ({"data.target": str(source)}, data_scan.DataError, ["--source", "--target", "same folder"]),
-        ({"data.target": str(bad)}, data_scan.DataError, ["--target", str(bad), "no usable image", "too small"]),
-        ({"data.source": None}, data_scan.DataError, ["--source", "--target"]),
-        ({"data.heldout": str(missing)}, data_scan.DataError,
+        ({"data.source": str(missing)}, scan.DataError, ["--source", str(missing), "does not exist"]),
+        ({"data.target": str(missing)}, scan.DataError, ["--target", str(missing), "does not exist"]),
+        ({"data.source": str(empty)}, scan.DataError, ["--source", str(empty), "no image files"]),
+        ({"data.target": str(source)}, scan.DataError, ["--source", "--target", "same folder"]),
+        ({"data.target": str(bad)}, scan.DataError, ["--target", str(bad), "no usable image", "too small"]),
+        ({"data.source": None}, scan.DataError, ["--source", "--target"]),
+        ({"data.heldout": str(missing)}, scan.DataError,
          ["--config.data.heldout", str(missing), "does not exist"]),
-        ({"data.dped_root": str(tmp_path)}, data_scan.DataError, ["--source", "--config.data.dped_root", "not both"]),
+        ({"data.dped_root": str(tmp_path)}, scan.DataError, ["--source", "--config.data.dped_root", "not both"]),
         ({"vgg_weights": None}, VGGWeightsError, ["--config.vgg_weights"]),
         ({"vgg_weights": str(missing / "vgg19.mat")}, VGGWeightsError, [str(missing / "vgg19.mat"), "does not exist",
                                                                       "--config.vgg_weights"]),

@@ -1,4 +1,4 @@
-"""wespe.no_reference: the NIQE-style features against a plain float64 reimplementation written here (loops,
+"""wespe.evaluation.no_reference: the NIQE-style features against a plain float64 reimplementation written here (loops,
 scipy.ndimage, MATLAB's imresize algorithm), the GGD / AGGD fits on samples of known parameters, the distances'
 order on made degradations, determinism and stability, and launch/evaluate.py --target end to end.
 
@@ -19,10 +19,8 @@ import scipy.stats
 from PIL import Image
 from test_cli_errors import run_cli  # forked command lines
 
-from wespe import no_reference as nr
 from wespe.errors import UserError
-
-
+from wespe.evaluation import no_reference as nr
 
 # ---------------------------------------------------------------------------------- a plain reimplementation
 
@@ -328,7 +326,7 @@ def test_evaluate_cli_target(tmp_path):
     assert outputs["noise_log2_ratio"] > inputs["noise_log2_ratio"] + 0.5  # the "enhancer" added noise
     assert outputs["niqe_set"] > inputs["niqe_set"]
 
-    def read(folder):  # as arrays: a folder would import wespe.evaluation (JAX) into this process
+    def read(folder):  # as arrays: a folder would import wespe.evaluation.evaluate (JAX) into this process
         return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir())]
 
     expected = nr.report(read(folders["outputs"]), nr.fit_target_model(read(folders["target"])))

@@ -1,5 +1,6 @@
-"""Issue 28, second slice: the sweep's no-reference columns and best cell (wespe/sweep.py, launch/sweep.py
---target), and the quality benchmark's no-reference columns and PSNR rank agreement (wespe/quality.py).
+"""Issue 28, second slice: the sweep's no-reference columns and best cell (wespe/evaluation/sweep.py, launch/sweep.py
+--target), and the quality benchmark's no-reference columns and PSNR rank agreement
+(wespe/evaluation/quality_benchmark.py).
 
 Tiny data: two random textured 96x128 source photos (one NIQE patch row each), a target folder of two 192x192
 textured photos, and tests/test_sweep.py's two exported width-8 generators (the identity and the official output
@@ -11,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import script_server
 from flax import nnx
 from PIL import Image
 from scipy.stats import spearmanr
 
-import script_server
-from wespe import no_reference, quality, sweep
-from wespe.export import save_generator
+from wespe.evaluation import no_reference, quality_benchmark, sweep
+from wespe.inference.export import save_generator
 from wespe.models import Generator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +109,7 @@ def test_quality_rank_agreement_matches_scipy_and_is_in_the_report():
     methods = {"input": _method("input", [row(None)]), **{f"b{i}": _method("classical", [row(None)])
                                                           for i in range(4)},
                "p": _method("trained", [row(0), row(1)]), "q": _method("trained", [row(0), row(1)])}
-    agreement = quality.rank_agreement(methods, [0, 1])
+    agreement = quality_benchmark.rank_agreement(methods, [0, 1])
     closer = {"niqe_set": lambda v: -v, "color_distance": lambda v: -v, "noise_log2_ratio": lambda v: -abs(v),
               "sharpness_log2_ratio": lambda v: -abs(v)}
     fixed = [m["per_seed"][0] for m in methods.values() if m["kind"] != "trained"]
@@ -122,20 +123,22 @@ def test_quality_rank_agreement_matches_scipy_and_is_in_the_report():
             want = spearmanr([r["psnr_mean"] for r in rows], [f(r[key]) for r in rows]).statistic
             assert got[key] == pytest.approx(want, abs=1e-12), (group, key)
     # ties share their average rank, as scipy's; a constant column or < 3 rows has no correlation
-    assert quality.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(spearmanr([1, 2, 2, 3], [1, 3, 2, 4])[0])
-    assert quality.spearman([1, 2, 3], [5, 5, 5]) is None and quality.spearman([1, 2], [1, 2]) is None
+    spearman = quality_benchmark.spearman
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(spearmanr([1, 2, 2, 3], [1, 3, 2, 4])[0])
+    assert spearman([1, 2, 3], [5, 5, 5]) is None and spearman([1, 2], [1, 2]) is None
 
     for m in methods.values():
-        m["mean"], m["std"] = quality.summarize(m["per_seed"])
+        m["mean"], m["std"] = quality_benchmark.summarize(m["per_seed"])
         m["n"] = len(m["per_seed"])
-        m["delta_vs_input"] = dict.fromkeys(quality.METRICS)
+        m["delta_vs_input"] = dict.fromkeys(quality_benchmark.METRICS)
     results = {"methods": methods, "clean": {"noise_mean": 1.0},
-               "no_reference": {"rank_agreement": agreement, "clean": dict.fromkeys(quality.NO_REFERENCE, 0.5)}}
-    table = quality.summary_table(results).splitlines()
+               "no_reference": {"rank_agreement": agreement,
+                                "clean": dict.fromkeys(quality_benchmark.NO_REFERENCE, 0.5)}}
+    table = quality_benchmark.summary_table(results).splitlines()
     header = [c.strip() for c in table[0].strip("|").split("|")]
     cells = [c.strip() for c in table[2].strip("|").split("|")]
     assert cells[header.index("NIQE→target")] == f"{methods['input']['mean']['niqe_set']:.3f}"
-    lines = quality.rank_agreement_lines(results)
+    lines = quality_benchmark.rank_agreement_lines(results)
     pooled = next(line for line in lines if line.startswith("- pooled"))
     assert f"niqe_set {agreement['pooled']['niqe_set']:+.3f}" in pooled and "(9 rows)" in pooled
     assert any(line.startswith("- seed 1 (7 rows)") for line in lines)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import script_server
 from PIL import Image
 
-import script_server
 from wespe import parallel
 
 ROOT = Path(__file__).resolve().parent.parent

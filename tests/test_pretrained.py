@@ -1,7 +1,7 @@
 """Reading TensorFlow tensor-bundle checkpoints without TensorFlow, and the official DPED generators.
 
 The synthetic tests write their own small bundles with a minimal SSTable + protobuf writer defined here
-(independent of wespe.pretrained), so the reader runs in CI without the official files. The tests on the
+(independent of wespe.inference.pretrained), so the reader runs in CI without the official files. The tests on the
 official checkpoints and the TensorFlow reference output need ``../shared/dped_pretrained`` next to the
 repository and are skipped without it.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wespe.generators import load_dped_generator, load_generator
-from wespe.pretrained import PRETRAINED, dped_variable_map
-from wespe.tf_checkpoint import TFCheckpointError, crc32c, masked_crc32c, read_tf_checkpoint
+from wespe.inference.loading import load_dped_generator, load_generator
+from wespe.inference.pretrained import PRETRAINED, dped_variable_map
+from wespe.inference.tf_checkpoint import TFCheckpointError, crc32c, masked_crc32c, read_tf_checkpoint
 
 SHARED = Path(__file__).parents[1] / ".." / "shared" / "dped_pretrained"
 needs_shared = pytest.mark.skipif(

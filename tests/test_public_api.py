@@ -35,17 +35,38 @@ def test_user_level_calls_are_public():
 def test_import_is_cheap():
     """``import wespe`` imports none of the heavy libraries; enhancing photos does not load orbax or grain."""
     code = ("import sys, wespe; heavy = [m for m in ('jax', 'orbax', 'grain', 'optax') if m in sys.modules]; "
-            "assert not heavy, heavy; import wespe.file_enhancement, wespe.generators; "
+            "assert not heavy, heavy; import wespe.inference.file_enhancement, wespe.inference.loading; "
             "assert 'orbax' not in sys.modules and 'grain' not in sys.modules, 'inference pulled in training'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_readme_layout_lists_every_module():
-    """Each ``wespe/*.py`` module appears in the README's layout section with its job, and nothing else does."""
+    """Each module of ``wespe/`` and its packages appears in the README's layout tables, by its path under
+    ``wespe/``, and nothing else does."""
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"`(\w+)\.py`", section.split("`launch/`", 1)[0]))
-    modules = {p.stem for p in (REPO / "wespe").glob("*.py") if p.stem != "__init__"}
+    listed = set(re.findall(r"`((?:\w+/)?\w+\.py)`", section.split("`launch/`", 1)[0]))
+    package = REPO / "wespe"
+    modules = {p.relative_to(package).as_posix() for p in package.rglob("*.py") if p.name != "__init__.py"}
     assert listed == modules, (f"missing from the README layout: {sorted(modules - listed)}; "
                                f"listed but not in wespe/: {sorted(listed - modules)}")
+
+
+def test_packages_import_only_downwards():
+    """core <- inference <- training <- evaluation: no module imports from a package above its own (a module-level
+    or deferred import alike), so each package can be read, and used, without those above it."""
+    import ast
+    floor = {"": 0, "inference": 1, "training": 2, "evaluation": 3}
+    package = REPO / "wespe"
+    wrong = []
+    for path in package.rglob("*.py"):
+        own = path.relative_to(package).parts[0] if len(path.relative_to(package).parts) > 1 else ""
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "wespe" and len(parts) > 1 and parts[1] in floor and floor[parts[1]] > floor[own]:
+                    wrong.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not wrong, wrong

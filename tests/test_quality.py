@@ -1,4 +1,5 @@
-"""The real-photo quality benchmark (wespe.quality, wespe.quality_data, wespe.baselines, wespe.camera,
+"""The real-photo quality benchmark (wespe.evaluation.quality_benchmark, wespe.evaluation.quality_data,
+wespe.evaluation.baselines, wespe.training.synthetic_camera,
 launch/quality.py).
 
 Camera model against its ranges and the demo's old inline formula; prepared folders (train photos cut in
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import script_server
 from PIL import Image
 
-import script_server
-from wespe import baselines, benchmark_metrics, camera, demo, metrics, quality, quality_data
 from wespe import config as configs
+from wespe import metrics
+from wespe.evaluation import baselines, quality_benchmark, quality_data, quality_metrics
+from wespe.training import demo, synthetic_camera
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "quality_tiny_config.py"
@@ -29,7 +32,8 @@ TINY = REPO / "tests" / "quality_tiny_config.py"
 # ------------------------------------------------------------------------------------------------ camera model
 
 def _old_degrade(image, seed):
-    """wespe.demo.degrade as it was before it called wespe.camera.apply_camera (copied verbatim)."""
+    """wespe.training.demo.degrade as it was before it called wespe.training.synthetic_camera.apply_camera (copied
+    verbatim)."""
     import scipy.ndimage
     x = image.astype(np.float64) / 255.0
     x = np.stack([scipy.ndimage.gaussian_filter(x[..., c], 1.2, mode="reflect") for c in range(3)], -1)
@@ -49,7 +53,7 @@ def test_demo_degrade_bit_identical_to_the_old_inline_formula():
 
 
 def _in_ranges(params):
-    r = camera.CAMERA_RANGES
+    r = synthetic_camera.CAMERA_RANGES
     assert r["blur_sigma"][0] <= params["blur_sigma"] <= r["blur_sigma"][1]
     assert r["contrast"][0] <= params["contrast"] <= r["contrast"][1]
     assert r["brightness"][0] <= params["brightness"] <= r["brightness"][1]
@@ -61,13 +65,13 @@ def _in_ranges(params):
 
 def test_camera_model_deterministic_per_seed_different_per_photo_and_inside_its_ranges():
     photo = quality_data.load_photo("astronaut")[:96, :128]
-    a, pa = camera.camera_model(photo, np.random.default_rng([0, 0]))
-    b, pb = camera.camera_model(photo, np.random.default_rng([0, 0]))
+    a, pa = synthetic_camera.camera_model(photo, np.random.default_rng([0, 0]))
+    b, pb = synthetic_camera.camera_model(photo, np.random.default_rng([0, 0]))
     np.testing.assert_array_equal(a, b)
     assert pa == pb and a.shape == photo.shape and a.dtype == np.uint8
-    np.testing.assert_array_equal(camera.apply_camera(photo, pa, pa["noise_seed"]), a)  # params reproduce it
+    np.testing.assert_array_equal(synthetic_camera.apply_camera(photo, pa, pa["noise_seed"]), a)  # params reproduce it
     assert json.loads(json.dumps(pa)) == pa  # JSON round trip is exact
-    draws = [camera.draw_camera(np.random.default_rng([0, k])) for k in range(50)]
+    draws = [synthetic_camera.draw_camera(np.random.default_rng([0, k])) for k in range(50)]
     for params in draws:
         _in_ranges(params)
     assert len({p["blur_sigma"] for p in draws}) == 50 and len({p["jpeg_quality"] for p in draws}) > 5
@@ -75,9 +79,9 @@ def test_camera_model_deterministic_per_seed_different_per_photo_and_inside_its_
     for key, value in [("blur_sigma", demo.BLUR_SIGMA), ("contrast", demo.CONTRAST), ("brightness", demo.BRIGHTNESS),
                        ("gain_r", demo.COLOUR_GAINS[0]), ("gain_b", demo.COLOUR_GAINS[2]),
                        ("noise_sigma", demo.NOISE_SIGMA)]:
-        assert np.mean(camera.CAMERA_RANGES[key]) == pytest.approx(value), key
+        assert np.mean(synthetic_camera.CAMERA_RANGES[key]) == pytest.approx(value), key
     with pytest.raises(ValueError, match="jpeg_quality"):
-        camera.apply_camera(photo, {k: v for k, v in pa.items() if k != "jpeg_quality"}, 0)
+        synthetic_camera.apply_camera(photo, {k: v for k, v in pa.items() if k != "jpeg_quality"}, 0)
 
 
 # ---------------------------------------------------------------------------------------------------- prepare
@@ -95,7 +99,7 @@ def test_prepare_layout_halves_idempotent_and_a_draw_per_photo(tmp_path):
     assert sorted(cameras) == sorted(train + test) and sorted(halves) == sorted(train)
     assert len({c["blur_sigma"] for c in cameras.values()}) == len(cameras)  # a different draw per photo
     for k, name in enumerate(train + test):  # per-photo seeding [seed, k]: train photos first, then test photos
-        assert cameras[name] == camera.draw_camera(np.random.default_rng([3, k])), name
+        assert cameras[name] == synthetic_camera.draw_camera(np.random.default_rng([3, k])), name
         _in_ranges(cameras[name])
 
     # test photos: whole, the clean one downscaled (max_side), the degraded one its camera applied to it
@@ -105,13 +109,13 @@ def test_prepare_layout_halves_idempotent_and_a_draw_per_photo(tmp_path):
         assert max(clean.shape[:2]) == 64
         params = cameras[name]
         np.testing.assert_array_equal(load(data.test_degraded, name),
-                                      camera.apply_camera(clean, params, params["noise_seed"]))
+                                      synthetic_camera.apply_camera(clean, params, params["noise_seed"]))
 
     # train photos: downscaled, degraded whole, then cut at width // 2; the source half alternates left / right
     for k, name in enumerate(train):
         clean = quality_data._downscale(quality_data.load_photo(name), 64)
         params = cameras[name]
-        degraded = camera.apply_camera(clean, params, params["noise_seed"])
+        degraded = synthetic_camera.apply_camera(clean, params, params["noise_seed"])
         cut = clean.shape[1] // 2
         left, right = slice(0, cut), slice(cut, None)
         source_half, target_half = (left, right) if k % 2 == 0 else (right, left)
@@ -202,22 +206,22 @@ def test_unsharp_equals_scikit_image(photo):
 # ------------------------------------------------------------------------------------------------ presets
 
 def test_parse_presets_and_bad_presets(tmp_path):
-    assert quality.parse_presets("a=x.py, b = y.py,") == {"a": "x.py", "b": "y.py"}
-    assert quality.parse_presets("") == {}
+    assert quality_benchmark.parse_presets("a=x.py, b = y.py,") == {"a": "x.py", "b": "y.py"}
+    assert quality_benchmark.parse_presets("") == {}
     for text, match in [("a", "not name=config_path"), ("=x.py", "not name"), ("a=x.py,a=y.py", "twice")]:
-        with pytest.raises(quality.PresetError, match=match):
-            quality.parse_presets(text)
-    with pytest.raises(quality.PresetError, match="no such config file"):
-        quality.load_preset_config(tmp_path / "missing.py")
+        with pytest.raises(quality_benchmark.PresetError, match=match):
+            quality_benchmark.parse_presets(text)
+    with pytest.raises(quality_benchmark.PresetError, match="no such config file"):
+        quality_benchmark.load_preset_config(tmp_path / "missing.py")
     (tmp_path / "empty.py").write_text("x = 1\n")
-    with pytest.raises(quality.PresetError, match="no get_config"):
-        quality.load_preset_config(tmp_path / "empty.py")
+    with pytest.raises(quality_benchmark.PresetError, match="no get_config"):
+        quality_benchmark.load_preset_config(tmp_path / "empty.py")
     for name, match in [("unsharp", "another method"), ("bandpass_transfer_base_nlm", "another method"),
                         ("../x", "letters")]:
-        with pytest.raises(quality.PresetError, match=match):
-            quality.run_benchmark(tmp_path / "out", {name: str(TINY)}, [0])
-    with pytest.raises(quality.PresetError, match="no such config file"):  # before any data is prepared
-        quality.run_benchmark(tmp_path / "out", {"a": str(tmp_path / "missing.py")}, [0])
+        with pytest.raises(quality_benchmark.PresetError, match=match):
+            quality_benchmark.run_benchmark(tmp_path / "out", {name: str(TINY)}, [0])
+    with pytest.raises(quality_benchmark.PresetError, match="no such config file"):  # before any data is prepared
+        quality_benchmark.run_benchmark(tmp_path / "out", {"a": str(tmp_path / "missing.py")}, [0])
     assert not (tmp_path / "out").exists()
 
 
@@ -242,8 +246,9 @@ def test_every_preset_is_checked_with_its_overrides_before_any_work(tmp_path, te
     (and the key), before any photo is prepared; the good presets before it do not change that."""
     preset = tmp_path / "preset.py"
     preset.write_text(text)
-    with pytest.raises(quality.PresetError) as raised:
-        quality.run_benchmark(tmp_path / "out", {"tiny": str(TINY), "p": str(preset)}, seeds, steps, progress=False)
+    with pytest.raises(quality_benchmark.PresetError) as raised:
+        quality_benchmark.run_benchmark(tmp_path / "out", {"tiny": str(TINY), "p": str(preset)}, seeds, steps,
+                                        progress=False)
     assert message.format(f=preset) in str(raised.value) and "\n" not in str(raised.value)
     assert not (tmp_path / "out").exists()
 
@@ -251,13 +256,13 @@ def test_every_preset_is_checked_with_its_overrides_before_any_work(tmp_path, te
 def test_preset_config_overrides(tmp_path):
     folders = ("root", "s", "t", "td", "tc", "ps", "pt", "c.json")
     data = quality_data.BenchmarkData(*(str(tmp_path / k) for k in folders))
-    c = quality.preset_config(TINY, data, seed=5, steps=7)
+    c = quality_benchmark.preset_config(TINY, data, seed=5, steps=7)
     assert (c.data.source, c.data.target, c.data.heldout) == (data.source, data.target, data.test_degraded)
     assert (c.seed, c.num_steps, c.vgg_weights, c.data.builtin, c.data.dped_root) == (5, 7, "random", None, None)
     if "heldout_reference" in c.data:
         assert c.data.heldout_reference == data.test_clean
-    assert quality.preset_config(TINY, data, seed=0).num_steps == 3  # the config's own
-    d = quality.preset_config(REPO / "experiments" / "dped_paired.py", data, seed=1, vgg_weights="w.mat")
+    assert quality_benchmark.preset_config(TINY, data, seed=0).num_steps == 3  # the config's own
+    d = quality_benchmark.preset_config(REPO / "experiments" / "dped_paired.py", data, seed=1, vgg_weights="w.mat")
     assert d.mode == "dped" and d.data.paired is True and d.vgg_weights == "w.mat"
     assert (d.data.source, d.data.target) == (data.paired_source, data.paired_target)
 
@@ -271,7 +276,7 @@ SMALL_SPLIT = {"test": ["chelsea", "flower"], "train": ["astronaut", "coffee", "
 
 
 def _bench(out):
-    return quality.run_benchmark(out, {"tiny": str(TINY)}, seeds=[0], max_side=200, split=SMALL_SPLIT,
+    return quality_benchmark.run_benchmark(out, {"tiny": str(TINY)}, seeds=[0], max_side=200, split=SMALL_SPLIT,
                                  progress=False)
 
 
@@ -311,11 +316,11 @@ def test_run_benchmark_end_to_end(bench):
         rows = methods[name]["per_seed"][0]["per_image"]
         for row, n in zip(rows, names):
             output, clean = np.asarray(Image.open(folder / n)), np.asarray(Image.open(data / "clean" / n))
-            assert row["detail_psnr"] == pytest.approx(benchmark_metrics.detail_psnr(output, clean), abs=1e-9)
-            assert row["noise"] == pytest.approx(benchmark_metrics.noise_level(output), abs=1e-9)
+            assert row["detail_psnr"] == pytest.approx(quality_metrics.detail_psnr(output, clean), abs=1e-9)
+            assert row["noise"] == pytest.approx(quality_metrics.noise_level(output), abs=1e-9)
         for key in ("detail_psnr", "noise"):
             assert methods[name]["mean"][f"{key}_mean"] == pytest.approx(np.mean([r[key] for r in rows]))
-    clean_noise = [benchmark_metrics.noise_level(np.asarray(Image.open(data / "clean" / n))) for n in names]
+    clean_noise = [quality_metrics.noise_level(np.asarray(Image.open(data / "clean" / n))) for n in names]
     assert results["clean"]["noise_mean"] == pytest.approx(np.mean(clean_noise))
     assert "detail_psnr" in results["protocol"] and "noise" in results["protocol"]
 
@@ -374,15 +379,15 @@ def test_camera_colour_inverse_undoes_the_colour_steps():
     """colour_inverse is the exact inverse of apply_camera's steps 2-3, checked against them written out here."""
     rng = np.random.default_rng(3)
     x = rng.random((50, 3))
-    for params in (camera.draw_camera(rng), camera.centre_camera(), {"contrast": 0.8, "brightness": 0.05,
-                                                                     "gains": [0.85, 1.0, 1.15]}):
+    for params in (synthetic_camera.draw_camera(rng), synthetic_camera.centre_camera(),
+                   {"contrast": 0.8, "brightness": 0.05, "gains": [0.85, 1.0, 1.15]}):
         degraded = np.asarray(params["gains"]) * (0.5 + params["contrast"] * (x - 0.5) + params["brightness"])
-        matrix, bias = camera.colour_inverse(params)
+        matrix, bias = synthetic_camera.colour_inverse(params)
         np.testing.assert_allclose(degraded @ matrix.T + bias, x, atol=1e-12)
-    centre = camera.centre_camera()
-    assert centre["contrast"] == pytest.approx(np.mean(camera.CAMERA_RANGES["contrast"]))
-    assert centre["gains"] == pytest.approx([np.mean(camera.CAMERA_RANGES["gain_r"]), 1.0,
-                                             np.mean(camera.CAMERA_RANGES["gain_b"])])
+    centre = synthetic_camera.centre_camera()
+    assert centre["contrast"] == pytest.approx(np.mean(synthetic_camera.CAMERA_RANGES["contrast"]))
+    assert centre["gains"] == pytest.approx([np.mean(synthetic_camera.CAMERA_RANGES["gain_r"]), 1.0,
+                                             np.mean(synthetic_camera.CAMERA_RANGES["gain_b"])])
 
 
 def test_oracle_rows_invert_each_photo_camera():
@@ -394,10 +399,10 @@ def test_oracle_rows_invert_each_photo_camera():
     degraded = np.broadcast_to(np.asarray(cam["gains"]) * (0.5 + cam["contrast"] * (clean - 0.5)
                                                            + cam["brightness"]), (20, 24, 3))
     start = lambda x: 0.9 * x + 0.05  # noqa: E731 (a stand-in for the fitted colour start)
-    rows = baselines.oracle_baselines(cam, camera.CAMERA_RANGES, start)
+    rows = baselines.oracle_baselines(cam, synthetic_camera.CAMERA_RANGES, start)
     assert tuple(rows) == baselines.ORACLE_NAMES
     np.testing.assert_allclose(rows["oracle_photo_colour"](degraded), np.broadcast_to(clean, (20, 24, 3)), atol=1e-5)
-    matrix, bias = camera.colour_inverse(camera.centre_camera(camera.CAMERA_RANGES))
+    matrix, bias = synthetic_camera.colour_inverse(synthetic_camera.centre_camera(synthetic_camera.CAMERA_RANGES))
     np.testing.assert_allclose(rows["oracle_set_colour"](degraded)[5, 5], degraded[5, 5] @ matrix.T + bias, atol=1e-5)
     photo = np.random.default_rng(2).random((24, 32, 3))
     np.testing.assert_array_equal(rows["oracle_photo_colour_nlm"](photo),
@@ -425,18 +430,20 @@ def test_cli_bad_preset_path_is_one_line_and_exit_2(tmp_path):
 
 # ------------------------------------------------------------------- experiments/quality/unseen_camera.py's flags
 
-# Runs the script's main with wespe.quality.run_benchmark replaced by a recorder: what it would benchmark (the
+# Runs the script's main with wespe.evaluation.quality_benchmark.run_benchmark replaced by a recorder: what it would
+# benchmark (the
 # camera ranges draw_camera reads, the presets, the split) without preparing photos or training.
 _UNSEEN_RECORDER = """
 import json, sys
-from wespe import camera, quality
+from wespe.evaluation import quality_benchmark
+from wespe.training import synthetic_camera
 def record(out_dir, presets, seeds, split, data_seed):
     script = sys._getframe(1).f_globals  # main's module: the script's own tables, to compare with
-    print(json.dumps({"ranges": camera.CAMERA_RANGES, "presets": presets, "seeds": seeds, "split": split,
+    print(json.dumps({"ranges": synthetic_camera.CAMERA_RANGES, "presets": presets, "seeds": seeds, "split": split,
                       "data_seed": data_seed, "CAMERAS": script["CAMERAS"], "UNSEEN_SPLIT": script["UNSEEN_SPLIT"],
                       "PRESETS": script["PRESETS"]}))
     sys.exit(0)
-quality.run_benchmark = record
+quality_benchmark.run_benchmark = record
 """
 
 
@@ -459,14 +466,15 @@ def test_unseen_camera_script_draws_the_chosen_camera_family(tmp_path):
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["ranges"] == seen["CAMERAS"]["cool_overexposed"] and seen["presets"] == seen["PRESETS"]
     for camera_family in seen["CAMERAS"].values():  # every family sets every parameter the camera model draws
-        assert set(camera_family) == set(camera.CAMERA_RANGES)
+        assert set(camera_family) == set(synthetic_camera.CAMERA_RANGES)
         assert all(low < high for low, high in camera_family.values())
 
 
 # ------------------------------------------------------------------- experiments/quality/colour_estimators.py
 
 def test_colour_estimators_script_scores_every_estimator_and_the_true_map(tmp_path):
-    from wespe import color_pool
+    from wespe import color_map
+    from wespe.training import color_pool
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     script = [sys.executable, "experiments/quality/colour_estimators.py", f"--output_dir={tmp_path}",
               "--max_side=96"]
@@ -477,10 +485,11 @@ def test_colour_estimators_script_scores_every_estimator_and_the_true_map(tmp_pa
     for name, row in rows.items():
         data = quality_data.folders(tmp_path / name)
         ranges = json.loads(Path(data.camera_params).read_text())["ranges"]
-        assert ranges == {k: list(v) for k, v in camera.CAMERA_FAMILIES[row["family"]].items()}  # its own cameras
+        assert ranges == {k: list(v) for k, v in synthetic_camera.CAMERA_FAMILIES[row["family"]].items()}  # its own
+        # cameras
         pools = color_pool.build_color_pools(data.source, data.target, band=True)
-        for estimator in color_pool.ESTIMATORS:  # the maps the recipe would start from on these folders
-            matrix, bias = color_pool.fitted_colour_map(pools, estimator)
+        for estimator in color_map.ESTIMATORS:  # the maps the recipe would start from on these folders
+            matrix, bias = color_map.fitted_colour_map(pools, estimator)
             np.testing.assert_allclose(row[estimator]["gains"], np.diag(matrix), atol=1e-4)
             np.testing.assert_allclose(row[estimator]["bias"], bias, atol=1e-4)
 
@@ -494,7 +503,7 @@ def test_colour_estimators_script_scores_every_estimator_and_the_true_map(tmp_pa
         g, b = np.asarray(row["w2_affine"]["gains"]), np.asarray(row["w2_affine"]["bias"])
         for c in range(3):
             best = w2(g, b, c)
-            others = [(np.asarray(row[e]["gains"]), np.asarray(row[e]["bias"])) for e in color_pool.ESTIMATORS]
+            others = [(np.asarray(row[e]["gains"]), np.asarray(row[e]["bias"])) for e in color_map.ESTIMATORS]
             others += [(g * np.where(np.arange(3) == c, f, 1.0), b) for f in (0.98, 1.02)]
             others += [(g, b + np.where(np.arange(3) == c, d, 0.0)) for d in (-0.01, 0.01)]
             assert all(best <= w2(og, ob, c) + 1e-6 for og, ob in others), (c, best)

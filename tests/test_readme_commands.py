@@ -43,7 +43,6 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-
 import script_server
 from test_train_cli import write_pngs
 from test_vgg import write_matconvnet

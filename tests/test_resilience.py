@@ -22,15 +22,14 @@ import socket
 import subprocess
 
 import pytest
-
 import script_server
 from test_checkpoint import flip_bytes, largest_array_file
 from test_train_cli import REPO, TIMEOUT, checkpoint_steps, env, metrics, train_command, write_pngs  # noqa: F401
 
 from wespe import config as configs
-from wespe import loop
 from wespe.errors import UserError
-from wespe.workdir_lock import LOCK_FILE, WorkdirLock
+from wespe.training import loop
+from wespe.training.lock import LOCK_FILE, WorkdirLock
 
 pytestmark = pytest.mark.slow  # several short training runs: start them first under pytest -n
 

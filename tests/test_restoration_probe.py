@@ -1,4 +1,5 @@
-"""The restoration probe (wespe.restoration_probe, launch/benchmark.py --mode=restoration_probe): G trained alone to
+"""The restoration probe (wespe.evaluation.restoration_probe, launch/benchmark.py --mode=restoration_probe): G trained
+alone to
 undo a degradation on crops, scored on whole held-out photos."""
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 from tests.test_benchmark_cli import _run
 from tests.test_texture_probe import _smooth_photos
 from wespe import config as configs
-from wespe import degradation, restoration_probe
+from wespe import degradation
+from wespe.evaluation import restoration_probe
 
 # Sensor noise only (no blur; JPEG at 95 barely changes a photo): what a small network learns to remove quickly.
 NOISE_ONLY = {"blur_sigma": (0.0, 0.0), "noise_sigma": (0.08, 0.08), "jpeg_quality": (95, 95)}

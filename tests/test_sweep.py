@@ -1,4 +1,5 @@
-"""Sweeps (wespe/sweep.py) in-process: sweep files, cell expansion, the evaluation loop and its resume, the tables
+"""Sweeps (wespe/evaluation/sweep.py) in-process: sweep files, cell expansion, the evaluation loop and its resume, the
+tables
 and the plots.
 
 Tiny data: three random 48x64 photos, their references the same photos brightened by 20 levels; two exported
@@ -17,9 +18,9 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from wespe import sweep
 from wespe.errors import PathNotFoundError, UserError
-from wespe.export import save_generator
+from wespe.evaluation import sweep
+from wespe.inference.export import save_generator
 from wespe.models import Generator
 
 REPO = Path(__file__).resolve().parents[1]

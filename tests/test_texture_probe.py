@@ -1,4 +1,5 @@
-"""The texture adversary's views (wespe.ops.texture_view) and the probe that trains it alone (wespe.texture_probe,
+"""The texture adversary's views (wespe.ops.texture_view) and the probe that trains it alone
+(wespe.evaluation.texture_probe,
 launch/benchmark.py --mode=texture_probe)."""
 
 import json
@@ -8,9 +9,10 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from wespe import config as configs
-from wespe import ops, texture_probe
 from tests.test_benchmark_cli import _run
+from wespe import config as configs
+from wespe import ops
+from wespe.evaluation import texture_probe
 
 
 def test_highpass_view_is_scaled_luma_minus_its_normalised_blur():

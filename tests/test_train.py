@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from wespe import config as configs
-from wespe import benchmarking, parallel, train, vgg
+from wespe import parallel, train_step, vgg
+from wespe.evaluation import speed_benchmark
 
 
 def tiny_config(preset, **overrides):
@@ -32,11 +33,11 @@ def fixed_batch(config, seed=0):
 
 
 def setup(config):
-    state, graphdefs = train.create_train_state(config)
-    weights, pre = train.load_content_network(config)
+    state, graphdefs = train_step.create_train_state(config)
+    weights, pre = train_step.load_content_network(config)
     # wespe_plus's restoration term needs a camera model (a run fits one to its photos): the one benchmarks use
-    step = train.make_train_step(config, graphdefs, weights, pre,
-                                 degradation=benchmarking.typical_degradation(config))
+    step = train_step.make_train_step(config, graphdefs, weights, pre,
+                                 degradation=speed_benchmark.typical_degradation(config))
     return state, step, weights
 
 
@@ -45,21 +46,21 @@ def test_state_initialisation_compiles_cheaply_into_the_same_bits(monkeypatch):
     about half the compile time of the default level 3) into the very state XLA's default options give, bit for
     bit, and ``create_train_state`` uses them; a caller's ``jax_disable_most_optimizations`` is left alone."""
     config = tiny_config("wespe_plus")  # every kind of leaf: identity-start and colour-path generators, EMA, Adam
-    init = lambda: train._init_train_state(config, {})  # noqa: E731
+    init = lambda: train_step._init_train_state(config, {})  # noqa: E731
     as_users = {"xla_cpu_use_fusion_emitters": True}  # how users compile (this suite's workers turn them off)
-    monkeypatch.setattr(train, "INIT_CPU_OPTIONS", {**train.INIT_CPU_OPTIONS, **as_users})
+    monkeypatch.setattr(train_step, "INIT_CPU_OPTIONS", {**train_step.INIT_CPU_OPTIONS, **as_users})
     before = jax.config.read("jax_disable_most_optimizations")
     try:
         jax.config.update("jax_disable_most_optimizations", False)
-        assert train.init_compiler_options("cpu") == train.INIT_CPU_OPTIONS
+        assert train_step.init_compiler_options("cpu") == train_step.INIT_CPU_OPTIONS
         default = jax.jit(init, compiler_options=as_users)()
         layout = parallel.Layout(parallel.make_mesh({"data": 1}, jax.devices()[:1]))
-        cheap, _ = train.create_train_state(config, layout)
+        cheap, _ = train_step.create_train_state(config, layout)
         jax.config.update("jax_disable_most_optimizations", True)
-        assert train.init_compiler_options("cpu") == {}
+        assert train_step.init_compiler_options("cpu") == {}
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
-    assert train.init_compiler_options("gpu") == {} and train.init_compiler_options("tpu") == {}
+    assert train_step.init_compiler_options("gpu") == {} and train_step.init_compiler_options("tpu") == {}
     leaves, cheap_leaves = jax.tree.leaves(default), jax.tree.leaves(cheap)
     assert len(leaves) == len(cheap_leaves) > 50
     for a, b in zip(leaves, cheap_leaves):
@@ -125,17 +126,17 @@ def test_overfit_fixed_patches(preset):
 def test_paper_presets_need_vgg_weights_before_anything_compiles():
     for preset in ("wespe_paper", "dped_code"):
         with pytest.raises(vgg.VGGWeightsError, match="vgg_weights") as err:
-            train.load_content_network(configs.preset(preset))
+            train_step.load_content_network(configs.preset(preset))
         assert "imagenet-vgg-verydeep-19.mat" in str(err.value)
 
 
 def test_invalid_config_names_the_key():
     with pytest.raises(ValueError, match="config.adversarial_form"):
-        train.create_train_state(tiny_config("wespe_paper", adversarial_form="wgan"))
+        train_step.create_train_state(tiny_config("wespe_paper", adversarial_form="wgan"))
     config = tiny_config("wespe_paper")
     config.generator.norm = "group"
     with pytest.raises(ValueError, match="config.generator.norm"):
-        train.create_train_state(config)
+        train_step.create_train_state(config)
 
 
 def test_default_size_step_runs_with_official_head():
@@ -199,11 +200,11 @@ def test_ema_update_rule_against_numpy():
     p = {"w": jnp.array([3.0, 0.0]), "b": jnp.array(-0.5)}
     for step, decay in [(0, 0.999), (5, 0.999), (10_000, 0.999), (10_000, 0.9)]:
         d = min(decay, (1 + step) / (10 + step))
-        out = train.ema_update(a, p, jnp.asarray(step), decay)
+        out = train_step.ema_update(a, p, jnp.asarray(step), decay)
         for k in a:
             np.testing.assert_allclose(np.asarray(out[k]), d * np.asarray(a[k]) + (1 - d) * np.asarray(p[k]),
                                        rtol=1e-6)
-        plain = train.ema_update(a, p, jnp.asarray(step), decay, warmup=False)
+        plain = train_step.ema_update(a, p, jnp.asarray(step), decay, warmup=False)
         np.testing.assert_allclose(np.asarray(plain["w"]), decay * np.asarray(a["w"]) + (1 - decay) * np.asarray(p["w"]),
                                    rtol=1e-6)
 
@@ -216,12 +217,12 @@ def test_wespe_plus_step_identity_start_ema_and_colour_learning_rate():
     c.optimizer.warmup_steps = 0
     c.optimizer.global_color_lr_scale = 100.0  # the preset freezes the colour path (tested below); learn it here
     c.weights.color_distribution = 100.0
-    state, graphdefs = train.create_train_state(c)
-    weights, pre = train.load_content_network(c)
-    step = train.make_train_step(c, graphdefs, weights, pre, degradation=benchmarking.typical_degradation(c))
+    state, graphdefs = train_step.create_train_state(c)
+    weights, pre = train_step.load_content_network(c)
+    step = train_step.make_train_step(c, graphdefs, weights, pre, degradation=speed_benchmark.typical_degradation(c))
     assert set(state.ema) == {"generator"}
     batch = fixed_batch(c)
-    g0 = train.generator_from_state(state, graphdefs)
+    g0 = train_step.generator_from_state(state, graphdefs)
     np.testing.assert_allclose(np.asarray(g0(batch["source"])), np.asarray(batch["source"]), atol=1e-6)
     p0 = jax.tree.map(np.asarray, state.params["generator"])
     e0 = jax.tree.map(np.asarray, state.ema["generator"])
@@ -238,8 +239,8 @@ def test_wespe_plus_step_identity_start_ema_and_colour_learning_rate():
     e1 = jax.tree.map(np.asarray, state.ema["generator"])
     d = min(0.9, 1 / 10)  # the warm-up at step 0
     jax.tree.map(lambda e, a, p: np.testing.assert_allclose(e, d * a + (1 - d) * p, rtol=1e-5, atol=1e-7), e1, e0, p1)
-    ema_g = train.generator_from_state(state, graphdefs)
-    raw_g = train.generator_from_state(state, graphdefs, use_ema=False)
+    ema_g = train_step.generator_from_state(state, graphdefs)
+    raw_g = train_step.generator_from_state(state, graphdefs, use_ema=False)
     np.testing.assert_allclose(np.asarray(ema_g.conv_out.kernel[...]), e1["conv_out"]["kernel"])
     np.testing.assert_allclose(np.asarray(raw_g.conv_out.kernel[...]), p1["conv_out"]["kernel"])
     lr = c.optimizer.lr_generator

@@ -25,11 +25,11 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import script_server
 from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
-import script_server
 import wespe
 from wespe.checkpoint import Checkpointer
 

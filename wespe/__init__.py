@@ -14,10 +14,11 @@ import importlib
 _OWNERS = {
     # the user-level calls
     "dped_code": "config", "laptop_scale": "config", "preset": "config", "wespe_paper": "config",
-    "wespe_plus": "config", "run_training": "loop", "load_generator": "generators",
-    "load_dped_generator": "generators", "load_exported_generator": "generators",
-    "load_checkpoint_generator": "generators", "save_generator": "export", "enhance": "inference",
-    "enhance_files": "file_enhancement", "evaluate": "evaluation", "write_results": "evaluation",
+    "wespe_plus": "config", "run_training": "training.loop", "load_generator": "inference.loading",
+    "load_dped_generator": "inference.loading", "load_exported_generator": "inference.loading",
+    "load_checkpoint_generator": "inference.loading", "save_generator": "inference.export",
+    "enhance": "inference.enhance", "enhance_files": "inference.file_enhancement", "evaluate": "evaluation.evaluate",
+    "write_results": "evaluation.evaluate",
     "list_images": "image_paths", "read_image": "image_io", "write_image": "image_io",
     # building blocks
     "Generator": "models", "Discriminator": "models", "InstanceNorm": "models", "count_parameters": "models",
@@ -25,8 +26,8 @@ _OWNERS = {
     "content_loss": "losses", "discriminator_batch": "losses", "discriminator_loss": "losses",
     "generator_adversarial_loss": "losses", "texture_distribution_loss": "losses", "tv_loss": "losses",
     "blur": "ops", "grayscale": "ops", "total_variation": "ops", "Layout": "parallel",
-    "initialize_distributed": "parallel", "make_mesh": "parallel", "TrainState": "train",
-    "create_train_state": "train", "load_content_network": "train", "make_train_step": "train",
+    "initialize_distributed": "parallel", "make_mesh": "parallel", "TrainState": "train_step",
+    "create_train_state": "train_step", "load_content_network": "train_step", "make_train_step": "train_step",
     "load_vgg19": "vgg",
 }
 __all__ = sorted(_OWNERS)

@@ -1,4 +1,4 @@
-"""Training checkpoints: the whole :class:`wespe.train.TrainState` plus JSON metadata, via orbax.
+"""Training checkpoints: the whole :class:`wespe.train_step.TrainState` plus JSON metadata, via orbax.
 
 This is the only module of the project that imports orbax. A checkpoint directory holds one sub-directory per
 saved step::
@@ -435,7 +435,7 @@ class Checkpointer:
         """Moves the finished checkpoint ``step`` out of the directory, to ``into/<step>`` (``into/<step>.1``, ...
         if taken), so that it is no longer listed and its step can be saved again; returns the new path.
 
-        For a checkpoint that cannot be read back (see :func:`wespe.loop` resuming from the newest intact one):
+        For a checkpoint that cannot be read back (see :func:`wespe.training.loop` resuming from the newest intact one):
         it is kept for inspection rather than deleted. Local directories only; call on one process.
         """
         if self.read_only:

@@ -109,14 +109,14 @@ def base_config() -> ml_collections.ConfigDict:
     # themselves (False).
     c.color_distribution_blur = True
     # With generator.global_color: ``identity``, ``moments`` or ``bandpass``: a fresh run starts the colour path
-    # at the per-channel mean/std transfer from the source to the target colours (wespe.color_pool; F gets the
+    # at the per-channel mean/std transfer from the source to the target colours (wespe.training.color_pool; F gets the
     # inverse), measured steadier and better than learning it from batches; ``bandpass`` takes the gains from
     # the two sets' band-pass contrast instead of their global std (less tied to the scenes' layout: +0.2 to
-    # +1.0 dB on three cameras, wespe.color_pool.fitted_colour_map).
+    # +1.0 dB on three cameras, wespe.color_map.fitted_colour_map).
     c.color_init = "identity"
     # With weights.color_distribution and generator.global_color: False = compare the batch's blurred G(x) with
     # its target patches; True = fit the colour path to whole sets instead: colour(source colour pool) vs the
-    # target colour pool (wespe.color_pool; the batch term drops).
+    # target colour pool (wespe.training.color_pool; the batch term drops).
     c.color_distribution_pool = False
     # Photos per side read (shrunken whole) for the colour pools of color_init / color_distribution_pool.
     c.color_pool_photos = 128

@@ -56,8 +56,8 @@ import jaxlib
 import numpy as np
 from absl import logging
 
+from wespe.atomic_write import atomic_write
 from wespe.errors import UserError
-from wespe.files import atomic_write
 
 CHOICE_ENV = "WESPE_CONV_CHOICE"
 CACHE_ENV = "WESPE_CONV_CACHE"

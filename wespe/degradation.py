@@ -15,7 +15,7 @@ The camera model D (:func:`degrade`, pure JAX, per image of a batch):
 
   1. optics blur: a Gaussian of ``blur_sigma`` px (edge-extended borders);
   2. colour and tone: the per-channel colour map from the target to the source colours, the exact inverse of G's
-     colour start (:func:`wespe.color_pool.fitted_colour_map` with the run's estimator), so G's colour path maps
+     colour start (:func:`wespe.color_map.fitted_colour_map` with the run's estimator), so G's colour path maps
      it back;
   3. sensor noise: Gaussian, ``noise_sigma`` per RGB channel;
   4. 8-bit rounding, then JPEG at ``jpeg_quality`` (0 = none): YCbCr, 4:2:0 chroma, 8x8 DCT quantised with the
@@ -47,7 +47,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 
 # The example quantisation tables of the JPEG standard (ITU T.81 Annex K), which libjpeg scales by the quality.
 LUMA_TABLE = np.array([
@@ -359,7 +358,7 @@ def fit(source_crops: np.ndarray, target_crops: np.ndarray, color_matrix: np.nda
 
 
 def save(path: str | Path, fitted: Degradation, record: dict) -> None:
-    from wespe.files import atomic_write
+    from wespe.atomic_write import atomic_write
     with atomic_write(Path(path)) as f:
         f.write((json.dumps({"degradation": fitted.to_json(), "fit": record}, indent=2) + "\n").encode())
 

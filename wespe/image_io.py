@@ -54,8 +54,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin
 
+from wespe.atomic_write import atomic_write
 from wespe.errors import UserError
-from wespe.files import atomic_write
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
 WRITABLE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "BMP"})

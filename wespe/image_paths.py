@@ -150,3 +150,30 @@ def _check_distinct(pairs: Sequence[tuple[Path, Path]]) -> None:
             raise UserError(f"inputs {owners[key]} and {source} would both be written to {target}; "
                              "enhance them into separate output folders")
         owners[key] = source
+
+
+def index_images(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 exclude: Sequence[str | os.PathLike] = ()) -> tuple[dict[str, Path], list[dict]]:
+    """``{key: path}`` for the photos named by ``inputs`` (a folder, a file, or a list of both). The key is the
+    path relative to its folder without extension (a file named directly: its stem). Duplicate keys are
+    returned as skipped entries. Photos found under an ``exclude`` folder are left out."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    index: dict[str, Path] = {}
+    duplicates: list[dict] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = [(p, p.relative_to(item).with_suffix("").as_posix())
+                     for p in list_images([item], exclude=exclude)]
+        elif item.exists():
+            found = [(item, item.stem)]
+        else:
+            raise PathNotFoundError(f"{item} does not exist")
+        for path, key in found:
+            if key in index:
+                duplicates.append({"name": key, "path": str(path),
+                                   "reason": f"another file has the same name without extension ({index[key]})"})
+            else:
+                index[key] = path
+    return dict(sorted(index.items())), duplicates

@@ -10,7 +10,7 @@ with two named axes:
 
 Mesh sizes come from ``config.mesh`` (``data=-1`` = every device left over). With both axes the batch is split
 over ``data * fsdp`` devices; everything else is replicated unless FSDP is on. XLA's SPMD partitioner inserts the
-collectives (gradient all-reduce, parameter all-gather), so the step in ``wespe.train`` is written once for
+collectives (gradient all-reduce, parameter all-gather), so the step in ``wespe.train_step`` is written once for
 every layout and equals the single-device step up to float reduction order.
 """
 
@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from wespe.errors import UserError
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from wespe import conv
+from wespe.atomic_write import atomic_write
 from wespe.errors import UserError
-from wespe.files import atomic_write
 
 # (name, in, out) of the 16 conv layers; a pool follows the last conv of each of the first four blocks.
 CONV_LAYERS = (

@@ -1,11 +1,14 @@
-"""wespe_plus's colour start, fitted by each estimator of wespe.color_pool, on seven cameras: no training, ~1 min.
+"""wespe_plus's colour start, fitted by each estimator of wespe.training.color_pool, on seven cameras: no training, ~1
+min.
 
     python experiments/quality/colour_estimators.py --output_dir=runs/colour_estimators
 
 The colour start is the generator before its first step: a per-channel colour map fitted to the two unpaired
-training sets, applied to a Gaussian base layer (wespe.baselines.base_colour_path). Each row prepares the quality
-benchmark's photos (wespe.quality_data) with a camera family of wespe.camera.CAMERA_FAMILIES, a split and a data
-seed, fits the map with every estimator (wespe.color_pool.ESTIMATORS) and scores the held-out photos (PSNR mean
+training sets, applied to a Gaussian base layer (wespe.evaluation.baselines.base_colour_path). Each row prepares the
+quality
+benchmark's photos (wespe.evaluation.quality_data) with a camera family of
+wespe.training.synthetic_camera.CAMERA_FAMILIES, a split and a data
+seed, fits the map with every estimator (wespe.color_map.ESTIMATORS) and scores the held-out photos (PSNR mean
 per image and SSIM on RGB, wespe.metrics, as launch/quality.py does), beside the input and the true set-level
 map (the inverse of the family's centre camera: what a fit to many photos would approach) and the per-channel map
 that matches the two sets' colour distributions best (``w2_affine``: what a colour adversary that matched them
@@ -20,9 +23,11 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-from wespe import camera, cli, color_pool, metrics, quality_data
-from wespe.baselines import apply_uint8, base_colour_path
+from wespe import cli, color_map, metrics
+from wespe.evaluation import quality_data
+from wespe.evaluation.baselines import apply_uint8, base_colour_path
 from wespe.image_io import read_image
+from wespe.training import color_pool, synthetic_camera
 
 # name -> (camera family, split, data seed)
 SETTINGS = {
@@ -43,13 +48,14 @@ FLAGS = flags.FLAGS
 
 
 def prepare(root: Path, family: str, split: dict, data_seed: int, max_side: int | None) -> quality_data.BenchmarkData:
-    """The benchmark's folders with ``family``'s cameras (draw_camera reads wespe.camera.CAMERA_RANGES)."""
-    saved = dict(camera.CAMERA_RANGES)
-    camera.CAMERA_RANGES.update(camera.CAMERA_FAMILIES[family])
+    """The benchmark's folders with ``family``'s cameras (draw_camera reads
+    wespe.training.synthetic_camera.CAMERA_RANGES)."""
+    saved = dict(synthetic_camera.CAMERA_RANGES)
+    synthetic_camera.CAMERA_RANGES.update(synthetic_camera.CAMERA_FAMILIES[family])
     try:
         return quality_data.prepare(root, data_seed, split=split, max_side=max_side)
     finally:
-        camera.CAMERA_RANGES.update(saved)
+        synthetic_camera.CAMERA_RANGES.update(saved)
 
 
 def w2_affine(source: np.ndarray, target: np.ndarray, levels: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -88,11 +94,12 @@ def main(argv):
         family, split, data_seed = SETTINGS[name]
         data = prepare(out / name, family, split, data_seed, FLAGS.max_side)
         pools = color_pool.build_color_pools(data.source, data.target, band=True)
-        true_map = camera.colour_inverse(camera.centre_camera(camera.CAMERA_FAMILIES[family]))
+        centre = synthetic_camera.centre_camera(synthetic_camera.CAMERA_FAMILIES[family])
+        true_map = synthetic_camera.colour_inverse(centre)
         row = {"family": family, "split": {k: list(v) for k, v in split.items()}, "data_seed": data_seed,
                "input": score(lambda x: x, data)}
-        for estimator in color_pool.ESTIMATORS:
-            matrix, bias = color_pool.fitted_colour_map(pools, estimator)
+        for estimator in color_map.ESTIMATORS:
+            matrix, bias = color_map.fitted_colour_map(pools, estimator)
             row[estimator] = {**score(base_colour_path(matrix, bias), data),
                               "gains": np.diag(matrix).round(4).tolist(), "bias": bias.round(4).tolist()}
         w2_map = w2_affine(pools["source"], pools["target"])
@@ -103,7 +110,7 @@ def main(argv):
                                   "bias": true_map[1].round(4).tolist()}
         rows[name] = row
         print(name, {k: v for k, v in row.items() if isinstance(v, dict) and "psnr" in v}, flush=True)
-    columns = ["input", *color_pool.ESTIMATORS, "w2_affine", "true_set_colour"]
+    columns = ["input", *color_map.ESTIMATORS, "w2_affine", "true_set_colour"]
     lines = ["# wespe_plus's colour start by estimator (PSNR dB / SSIM on the held-out photos, no training)", "",
              "Rerun: `python experiments/quality/colour_estimators.py --output_dir=runs/colour_estimators`", "",
              "| camera (family, data seed) | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]

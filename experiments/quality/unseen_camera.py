@@ -4,7 +4,8 @@
     python experiments/quality/unseen_camera.py --output_dir=runs/quality_noisy --camera=noisy_phone \
         --presets=wespe_restore=experiments/quality/wespe_restore.py
 
-The benchmark's camera (wespe/camera.py) is warm, dark, low-contrast, noisy and JPEG 30-45, and its held-out
+The benchmark's camera (wespe/training/synthetic_camera.py) is warm, dark, low-contrast, noisy and JPEG 30-45, and its
+held-out
 photos are chelsea, grace_hopper and flower. Here every draw is a cool cast (R gain 0.80-0.90, B gain 1.10-1.20),
 over-exposed (brightness +0.03..+0.08), mildly flat (contrast 0.8-0.9), less blurred and noisy, JPEG 60-80, and
 the photos swap roles: astronaut, coffee and rocket are held out; chelsea, grace_hopper, flower,
@@ -18,9 +19,11 @@ the noise into blocks.
 
 from absl import flags
 
-from wespe import camera, cli, quality, quality_data
+from wespe import cli
+from wespe.evaluation import quality_benchmark, quality_data
+from wespe.training import synthetic_camera
 
-CAMERAS = {name: camera.CAMERA_FAMILIES[name] for name in ("cool_overexposed", "noisy_phone")}
+CAMERAS = {name: synthetic_camera.CAMERA_FAMILIES[name] for name in ("cool_overexposed", "noisy_phone")}
 UNSEEN_SPLIT = {k: list(v) for k, v in quality_data.UNSEEN_SPLIT.items()}
 PRESETS = {"wespe_plus": "experiments/quality/wespe_plus.py", "dped_paired": "experiments/quality/dped_paired.py"}
 
@@ -36,11 +39,12 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     cli.start(argv, tune_malloc=False)  # as launch/quality.py: a bad --presets is one line, exit 2
-    camera.CAMERA_RANGES.update(CAMERAS[FLAGS.camera])  # draw_camera reads the module's ranges; in results.json
-    presets = quality.parse_presets(FLAGS.presets) if FLAGS.presets else PRESETS
-    results = quality.run_benchmark(FLAGS.output_dir, presets, seeds=[int(s) for s in FLAGS.seeds],
+    synthetic_camera.CAMERA_RANGES.update(CAMERAS[FLAGS.camera])  # draw_camera reads the module's ranges; in
+    # results.json
+    presets = quality_benchmark.parse_presets(FLAGS.presets) if FLAGS.presets else PRESETS
+    results = quality_benchmark.run_benchmark(FLAGS.output_dir, presets, seeds=[int(s) for s in FLAGS.seeds],
                                     split=UNSEEN_SPLIT, data_seed=FLAGS.data_seed)
-    print(quality.summary_table(results))
+    print(quality_benchmark.summary_table(results))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Quality benchmark preset: the recommended recipe (experiments/quality/wespe_plus.py) trained 5x longer.
 
-    python launch/quality.py --output_dir=runs/quality_restore --presets=wespe_restore=experiments/quality/wespe_restore.py
+    python launch/quality.py --output_dir=runs/quality_restore
+    --presets=wespe_restore=experiments/quality/wespe_restore.py
 
 wespe_plus learns local restoration from the unpaired sets (weights.restoration: the source camera's blur, noise
 and JPEG fitted to the two sets degrade each batch's target patches, and an L1 term, the largest of G's loss, asks

@@ -55,7 +55,7 @@ Protocol (:data:`PROTOCOL` says the same in ``results.json``):
   the square root of the mean of their squares, in [0, 1] RGB units. (Not :func:`wespe.losses.color_distribution_loss`,
   the held-out curve's measure: that is JAX float32 on two equally large pixel sets and 8 fixed directions; the
   units are the same, so the numbers are of the same size, but not equal.)
-* **Noise**: :func:`wespe.benchmark_metrics.noise_level` (Immerkaer, BT.601 luma, 8-bit units) of each photo.
+* **Noise**: :func:`wespe.evaluation.quality_metrics.noise_level` (Immerkaer, BT.601 luma, 8-bit units) of each photo.
 * **Sharpness**: the RMS luma gradient of each photo, ``sqrt(mean(dx^2) + mean(dy^2))`` of forward differences,
   8-bit units: blur lowers it, sharpening raises it; noise raises it too, which is why noise is reported beside.
   A set's noise and sharpness are means over its photos (every photo counts once).
@@ -75,11 +75,12 @@ import scipy.linalg
 import scipy.ndimage
 from scipy.special import gammaln
 
-from wespe import benchmark_metrics, image_io
+from wespe import image_io, image_paths
 from wespe.errors import UserError
+from wespe.evaluation import quality_metrics
 
-__all__ = ["COLOR_PIXELS", "COLOR_PROJECTIONS", "FEATURE_NAMES", "PATCH", "PROTOCOL", "SUMMARY_COLUMNS", "Likeness", "SetStats",
-           "TargetModel", "fit_aggd", "fit_ggd", "fit_target_model", "halve", "luma", "markdown", "mscn",
+__all__ = ["COLOR_PIXELS", "COLOR_PROJECTIONS", "FEATURE_NAMES", "PATCH", "PROTOCOL", "SUMMARY_COLUMNS", "Likeness",
+           "SetStats", "TargetModel", "fit_aggd", "fit_ggd", "fit_target_model", "halve", "luma", "markdown", "mscn",
            "mvg_distance", "patch_features", "report", "sharpness", "sliced_wasserstein"]
 
 PATCH = 96
@@ -121,7 +122,7 @@ PROTOCOL = {
     "color_distance": f"sliced Wasserstein-2 of RGB in [0, 1]: {COLOR_PIXELS} seeded pixels per photo, "
                       f"{COLOR_PROJECTIONS} seeded random directions, exact 1-D W2 per direction, sqrt of the mean "
                       f"of the squares",
-    "noise": "wespe.benchmark_metrics.noise_level (Immerkaer on BT.601 luma, 8-bit units), mean over photos",
+    "noise": "wespe.evaluation.quality_metrics.noise_level (Immerkaer on BT.601 luma, 8-bit units), mean over photos",
     "sharpness": "RMS forward-difference gradient of luma (8-bit units), mean over photos",
     "log2_ratio": "log2(set value / target value): 0 = like the target camera",
     "target_floor": "target_niqe_set / target_niqe_per_image_mean: the target photos' own distances scored the same "
@@ -352,8 +353,7 @@ def _iter_images(images, exclude: Sequence = ()) -> Iterator[tuple[str, np.ndarr
     8-bit RGB, sorted by relative path) or for arrays (a sequence, named by position, or a name -> array map)."""
     if isinstance(images, (str, os.PathLike)) or (
             isinstance(images, Sequence) and images and all(isinstance(p, (str, os.PathLike)) for p in images)):
-        from wespe.evaluation import index_images  # here: wespe.evaluation imports JAX, which arrays need not
-        index, duplicates = index_images(images, exclude=exclude)
+        index, duplicates = image_paths.index_images(images, exclude=exclude)
         for d in duplicates:
             yield d["name"], None, d["reason"]
         for name, path in index.items():
@@ -403,7 +403,7 @@ class SetStats:
             else:
                 self.skipped.append({"name": name, "reason": "no NIQE number: every 96x96 patch is flat"})
         self.colors.append(_color_sample(image, self.seed, len(self.colors)))
-        self.noise.append(benchmark_metrics.noise_level(image))
+        self.noise.append(quality_metrics.noise_level(image))
         self.sharpness.append(sharpness(image))
 
     def add_all(self, images, exclude: Sequence = ()) -> SetStats:
@@ -477,7 +477,7 @@ class TargetModel:
 
 def fit_target_model(images, *, seed: int = 0, exclude: Sequence = ()) -> TargetModel:
     """A :class:`TargetModel` of the target camera's photos: a folder, a file or a list of them (``exclude``:
-    folders whose photos are left out, as in :func:`wespe.evaluation.index_images`), or arrays.
+    folders whose photos are left out, as in :func:`wespe.image_paths.index_images`), or arrays.
     Raises :class:`wespe.errors.UserError` when there is no photo that can be read. Without a single 96x96 patch
     with detail (thumbnails, flat pictures) the model has no NIQE part, and says so in ``notes``; colour, noise
     and sharpness are still compared."""
@@ -511,7 +511,7 @@ def fit_target_model(images, *, seed: int = 0, exclude: Sequence = ()) -> Target
 def target_for_flag(folder, output_dir) -> TargetModel:
     """The target model of a command's ``--target=folder`` (photos under ``output_dir`` left out), fitted before
     any model loads; a missing folder or one without usable photos is a :class:`UserError` naming the flag."""
-    from wespe.evaluation import check_inputs
+    from wespe.evaluation.evaluate import check_inputs
     check_inputs({"--target": folder}, output_dir)
     try:
         return fit_target_model(folder, exclude=[output_dir])
@@ -530,7 +530,8 @@ def report(images, model: TargetModel, *, seed: int | None = None, patches: str 
 
 
 class Likeness:
-    """``visit`` for :func:`wespe.evaluation.evaluate`: gathers the enhanced photos and their inputs one at a time;
+    """``visit`` for :func:`wespe.evaluation.evaluate.evaluate`: gathers the enhanced photos and their inputs one at a
+    time;
     :meth:`section` is the ``no_reference`` section of ``results.json``."""
 
     def __init__(self, model: TargetModel):

@@ -1,6 +1,6 @@
 """Training batches: random patches from two folders of photos (source camera, target camera) as a grain pipeline.
 
-:func:`make_train_iterator` checks both folders before anything compiles (:mod:`wespe.data_scan`: which files are
+:func:`make_train_iterator` checks both folders before anything compiles (:mod:`wespe.training.scan`: which files are
 usable, how paired files match, the data report), then builds, per process::
 
     MapDataset.source(indices).seed(s).repeat().shuffle().random_map(load + crop + augment)
@@ -12,7 +12,7 @@ and returns ``(iterator, report)``. Each ``next(iterator)`` is ``{"source": (B, 
 elements are drawn close to uniformly over the files (not in exact epochs), which is fast for any set size.
 
 * **Unpaired** (WESPE): the two folders are shuffled and cropped independently (seeds derived from ``seed``).
-* **Paired** (DPED): both images of a pair (:func:`wespe.data_scan.pair_files`) get the same crop offsets, flips
+* **Paired** (DPED): both images of a pair (:func:`wespe.training.scan.pair_files`) get the same crop offsets, flips
   and rotation.
 * **Randomness** comes only from the per-element generator grain hands to ``random_map`` (keyed by the seed and
   the element's global position), so a seed gives the same stream on any number of threads, and the per-process
@@ -42,11 +42,24 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from wespe.data_scan import (REPORT_FILE, TOO_SMALL, DataError, DataReport, Pairing, ScanResult, check_folder,
-                             full_decode_check, pair_files, require_pairs, scan_training_folders, training_report,
-                             without_path_prefix, write_report)
 from wespe.image_io import ImageReadError, read_image
 from wespe.image_paths import list_images
+from wespe.training.scan import (
+    REPORT_FILE,
+    TOO_SMALL,
+    DataError,
+    DataReport,
+    Pairing,
+    ScanResult,
+    check_folder,
+    full_decode_check,
+    pair_files,
+    require_pairs,
+    scan_training_folders,
+    training_report,
+    without_path_prefix,
+    write_report,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ The exact method
   al.'s parallel-variance formula: the whole image's biased variance, as ``InstanceNorm.statistics``.
   Two ways to get there, both exact:
 
-  - ``staged`` (the default): :mod:`wespe.staged_tiling` runs the network stage by stage (norm to norm) over
+  - ``staged`` (the default): :mod:`wespe.inference.staged_tiling` runs the network stage by stage (norm to norm) over
     tiles and keeps the two width-channel activations between stages in host memory (512 bytes per pixel at
     width 64), so every conv is computed once and each stage's tiles need only that stage's 1-6 px halo: about
     one forward pass of work plus copies. On a CPU whose budget does not hold the buffers beside the tiles, one
@@ -46,7 +46,7 @@ and ``norm='none'`` need no statistics: a single tiled pass.
 Memory and devices
 ------------------
 The memory budget per device is ``memory_budget_mb`` if given, else the ``WESPE_ENHANCE_MEMORY_MB`` environment
-variable, else what the machine has free (:mod:`wespe.device_memory`: half the host's available memory on a
+variable, else what the machine has free (:mod:`wespe.inference.device_memory`: half the host's available memory on a
 CPU, cgroup limits respected; 80% of an accelerator's free memory), else 1024 MiB when the machine says
 nothing. What a whole image needs is not guessed: the whole-image program is compiled for the photo's size and
 XLA's memory analysis of it (temporaries + output + input) is compared with the budget; an image that fits runs
@@ -70,11 +70,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wespe import device_memory, staged_tiling
 from wespe.errors import UserError
+from wespe.inference import device_memory, staged_tiling
+from wespe.inference.staged_tiling import even_tiles
+from wespe.inference.streamed_tiling import StreamedTiler, instance_norm_indices, receptive_halo
 from wespe.models import inference_view
-from wespe.staged_tiling import even_tiles
-from wespe.streamed_tiling import StreamedTiler, instance_norm_indices, receptive_halo
 
 __all__ = ["DEFAULT_MEMORY_BUDGET_MB", "MEMORY_BUDGET_ENV", "TILINGS", "choose_tile", "enhance", "whole_image_bytes"]
 
@@ -254,7 +254,7 @@ def enhance(generator: nnx.Module, image, *, tile: int | tuple[int, int] | None 
     BatchNorm generators run on their running averages. ``compute_dtype``: dtype of activations and convs
     (``bfloat16`` halves activation memory on accelerators; parameters and norm statistics stay float32).
     ``tiling`` (when tiles are used): ``staged`` runs the network stage by stage with its activations in host
-    memory, about one forward pass of work (:mod:`wespe.staged_tiling`); ``streamed`` keeps nothing but tiles
+    memory, about one forward pass of work (:mod:`wespe.inference.staged_tiling`); ``streamed`` keeps nothing but tiles
     and recomputes the network once per instance norm; ``auto`` (default) is ``staged``, its buffers in host
     memory when they fit the budget beside the tiles, else (on a CPU) spilled to a temporary file, and
     ``streamed`` only when the temporary folder has no room for them either. All are exact.

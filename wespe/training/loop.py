@@ -28,15 +28,16 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from wespe import color_map, degradation, errors, parallel, train_step
 from wespe import config as configs
-from wespe import color_pool, data, data_scan, degradation, errors, heldout, parallel, train, visualize
-from wespe.checkpoint import CheckpointError, CheckpointMismatchError, Checkpointer
+from wespe.atomic_write import atomic_write
+from wespe.checkpoint import Checkpointer, CheckpointError, CheckpointMismatchError
 from wespe.config import RESUME_SAFE_KEYS, validate
 from wespe.errors import UserError
-from wespe.export import save_generator
-from wespe.files import atomic_write
+from wespe.inference.export import save_generator
 from wespe.models import inference_view
-from wespe.workdir_lock import WorkdirLock
+from wespe.training import color_pool, data, heldout, scan, visualize
+from wespe.training.lock import WorkdirLock
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +63,18 @@ def check_folders(config: ml_collections.ConfigDict) -> None:
     d = config.data
     for key in ("source", "target", "heldout", "heldout_reference", "dped_root"):
         if d[key]:
-            data_scan.check_folder(d[key], f"--{key}" if key in ("source", "target") else f"--config.data.{key}")
+            scan.check_folder(d[key], f"--{key}" if key in ("source", "target") else f"--config.data.{key}")
     if d.dped_root and (d.source or d.target):  # one would be silently ignored
-        raise data_scan.DataError("give either --source/--target or --config.data.dped_root (the DPED layout), "
+        raise scan.DataError("give either --source/--target or --config.data.dped_root (the DPED layout), "
                                   "not both")
     if d.heldout_reference and not d.heldout:
-        raise data_scan.DataError("--config.data.heldout_reference needs --config.data.heldout (the photos the "
+        raise scan.DataError("--config.data.heldout_reference needs --config.data.heldout (the photos the "
                                   "references belong to)")
     if d.builtin and bool(d.source) != bool(d.target):
-        raise data_scan.DataError("give both --source and --target to train the built-in config on your own "
+        raise scan.DataError("give both --source and --target to train the built-in config on your own "
                                   "folders (only one was given)")
     if d.builtin and d.builtin != "demo":
-        raise data_scan.DataError(f"--config.data.builtin={d.builtin!r}: the only built-in data set is 'demo'")
+        raise scan.DataError(f"--config.data.builtin={d.builtin!r}: the only built-in data set is 'demo'")
 
 
 def trains_on_builtin_demo(config: ml_collections.ConfigDict) -> bool:
@@ -89,16 +90,16 @@ def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[s
     check_folders(config)
     d = config.data
     if trains_on_builtin_demo(config):
-        from wespe import demo
+        from wespe.training import demo
         source, target = demo.prepare(workdir / "demo_data", seed=config.seed)
         if d.heldout:
             return source, target, d.heldout, d.heldout_reference
         return source, target, str(workdir / "demo_data" / "heldout" / "degraded"), str(
             workdir / "demo_data" / "heldout" / "clean")
     if d.dped_root:
-        source, target = (str(p) for p in data_scan.dped_folders(d.dped_root, d.dped_phone))
+        source, target = (str(p) for p in scan.dped_folders(d.dped_root, d.dped_phone))
     elif not d.source or not d.target:
-        raise data_scan.DataError("both --source and --target folders are needed (or --config.data.dped_root, "
+        raise scan.DataError("both --source and --target folders are needed (or --config.data.dped_root, "
                                   "or --config=experiments/demo.py for the built-in demo)")
     else:
         source, target = d.source, d.target
@@ -263,14 +264,14 @@ class _Writers:
             self.tb.close()
 
 
-def _host_generators(state: train.TrainState, graphdefs: dict) -> dict:
+def _host_generators(state: train_step.TrainState, graphdefs: dict) -> dict:
     """The generators as NNX modules holding NumPy copies of their (possibly sharded, multi-host) weights.
 
     Every process must call it (it may all-gather); the modules then run locally, e.g. on process 0 only.
     """
-    names = [n for n in train.GENERATORS["wespe"] if n in state.params]
+    names = [n for n in train_step.GENERATORS["wespe"] if n in state.params]
     # G's moving average when the run keeps one: it is what samples, the export and evaluation use.
-    host = parallel.to_host({n: (train.inference_params(state, n), state.batch_stats[n]) for n in names})
+    host = parallel.to_host({n: (train_step.inference_params(state, n), state.batch_stats[n]) for n in names})
     return {n: nnx.merge(graphdefs[n], *host[n]) for n in names}
 
 
@@ -345,10 +346,10 @@ def _leave_new_workdir_as_found(workdir: Path, lock: WorkdirLock, created: list[
 
 
 def build_color_pools(config: ml_collections.ConfigDict, source: str, target: str) -> dict:
-    """The run's colour pools (``wespe.color_pool.build_color_pools``), with the band-pass contrast where its
+    """The run's colour pools (``wespe.training.color_pool.build_color_pools``), with the band-pass contrast where its
     colour estimator needs it."""
     return color_pool.build_color_pools(source, target, photos=config.color_pool_photos, seed=config.seed,
-                                        band=train.colour_estimator(config) == "bandpass")
+                                        band=train_step.colour_estimator(config) == "bandpass")
 
 
 def fitted_degradation(config: ml_collections.ConfigDict, workdir: Path, source: str, target: str, report,
@@ -357,7 +358,7 @@ def fitted_degradation(config: ml_collections.ConfigDict, workdir: Path, source:
     ``workdir/degradation.json`` by this run's start (a resumed run trains on the same camera model), else fitted
     to crops of the two training sets (:func:`wespe.degradation.fit`), with ``config.degradation``'s fixed values
     taking the place of fitted ones, and saved there."""
-    if not train.uses_degradation(config):
+    if not train_step.uses_degradation(config):
         return None
     path = workdir / degradation.FIT_FILE
     if path.exists():
@@ -366,7 +367,7 @@ def fitted_degradation(config: ml_collections.ConfigDict, workdir: Path, source:
         return fitted
     if color_pools is None:
         color_pools = build_color_pools(config, source, target)
-    matrix, bias = color_pool.fitted_colour_map(color_pools, train.colour_estimator(config), reverse=True)
+    matrix, bias = color_map.fitted_colour_map(color_pools, train_step.colour_estimator(config), reverse=True)
     fitted, record = fit_degradation(config, report["source"]["used"], report["target"]["used"], matrix, bias)
     logger.info("degradation fitted to the training sets (%d crops a side): %s", config.degradation.fit_crops,
                 fitted.describe())
@@ -400,7 +401,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
         cache_max_bytes=config.data.cache_max_bytes, workdir=workdir if is_writer else None)
     logger.info(parallel.describe(layout))  # after the data scan: a user error there is the only line printed
     logger.info(report.summary_line())
-    vgg_weights, preprocessing = train.load_content_network(config)
+    vgg_weights, preprocessing = train_step.load_content_network(config)
 
     config_dict = json.loads(config.to_json_best_effort())
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
@@ -412,7 +413,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
         _set_aside_unreadable(checkpointer, unreadable, None, workdir, is_writer)
     if latest is not None:
         _check_same_config(checkpointer, saved_meta, config, config_dict, workdir)
-    state, graphdefs = train.create_train_state(config, layout)  # after the config check: building is slow
+    state, graphdefs = train_step.create_train_state(config, layout)  # after the config check: building is slow
     while latest is not None:
         try:
             state, meta = checkpointer.restore(latest, like=state)
@@ -434,14 +435,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
     if is_writer:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
 
-    step_pools = train.uses_color_pools(config)
+    step_pools = train_step.uses_color_pools(config)
     color_pools = None
     if step_pools or (start == 0 and config.color_init != "identity"):
         color_pools = build_color_pools(config, source, target)
         if start == 0:  # a resumed run has the colour path it trained
-            state = train.init_global_color(state, config, color_pools)
+            state = train_step.init_global_color(state, config, color_pools)
     fitted = fitted_degradation(config, workdir, source, target, report, color_pools, is_writer)
-    step_fn = train.make_train_step(config, graphdefs, vgg_weights, preprocessing, layout,
+    step_fn = train_step.make_train_step(config, graphdefs, vgg_weights, preprocessing, layout,
                                     color_pools if step_pools else None, degradation=fitted)
     def usable(folder: str) -> str | list[str]:
         """A training folder as the list of its usable files (the data report already named the bad ones)."""
@@ -461,7 +462,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
     try:
         quality_target = data.fixed_eval_crops(report["target"]["used"], QUALITY_CROPS, quality_x.shape[1],
                                                seed=config.seed + 2)
-    except data_scan.DataError:  # every target photo is smaller than the crops: no colour distance to log
+    except scan.DataError:  # every target photo is smaller than the crops: no colour distance to log
         quality_target = None
     writers = _Writers(workdir, is_writer, start)
     base_key = jax.random.key(config.seed)
@@ -559,5 +560,5 @@ def _demo_report(config: ml_collections.ConfigDict, generator, workdir: Path) ->
                     "--config.data.heldout, else of the source folder; PSNR / SSIM with "
                     "--config.data.heldout_reference)")
         return {}
-    from wespe import demo
+    from wespe.training import demo
     return demo.evaluate(generator, workdir)

@@ -9,7 +9,8 @@
   5. clip to [0, 1], round to 8 bits;
   6. JPEG compression at ``jpeg_quality`` (Pillow), decoded back to RGB.
 
-The built-in demo's camera (:data:`wespe.demo.DEMO_CAMERA`, :func:`wespe.demo.degrade`) is one fixed set of
+The built-in demo's camera (:data:`wespe.training.demo.DEMO_CAMERA`, :func:`wespe.training.demo.degrade`) is one fixed
+set of
 parameters. :func:`camera_model` draws a different camera per photo from :data:`CAMERA_RANGES`, ranges centred
 on the demo's camera, so a benchmark's source photos are not all degraded identically (a model cannot learn one
 fixed inverse filter):
@@ -59,7 +60,7 @@ CAMERA_FAMILIES = {
     "dim": {"blur_sigma": (0.8, 1.2), "contrast": (0.7, 0.8), "brightness": (-0.08, -0.04),
             "gain_r": (0.85, 0.95), "gain_b": (0.85, 0.95), "noise_sigma": (0.03, 0.05), "jpeg_quality": (50, 70)},
 }
-# The parameters apply_camera needs (wespe.demo.DEMO_CAMERA has exactly these).
+# The parameters apply_camera needs (wespe.training.demo.DEMO_CAMERA has exactly these).
 CAMERA_KEYS = ("blur_sigma", "contrast", "brightness", "gains", "noise_sigma", "jpeg_quality")
 
 
@@ -91,7 +92,7 @@ def colour_inverse(params: dict) -> tuple[np.ndarray, np.ndarray]:
     """The exact inverse of :func:`apply_camera`'s colour steps (2 and 3) as ``(matrix, bias)`` for
     ``x = matrix @ x' + bias``: from ``x' = gains * (0.5 + contrast * (x - 0.5) + brightness)``,
     ``x = x' / (gains * contrast) + 0.5 - (0.5 + brightness) / contrast`` per channel. float64; ``matrix`` is
-    diagonal (the same form as :func:`wespe.color_pool.moment_transfer`'s fit)."""
+    diagonal (the same form as :func:`wespe.color_map.moment_transfer`'s fit)."""
     gains = np.asarray(params["gains"], np.float64)
     contrast, brightness = float(params["contrast"]), float(params["brightness"])
     return np.diag(1.0 / (gains * contrast)), np.full(3, 0.5 - (0.5 + brightness) / contrast)

@@ -20,10 +20,10 @@ Format (version 1), an uncompressed NumPy ``.npz`` archive (``np.load(path, allo
   ``conv_out.kernel``. Kernels are HWIO, as in :mod:`wespe.models`.
 
 A *directory* may stand for the file: :func:`save_generator` given a path without the ``.npz`` suffix writes
-``<dir>/generator.npz``, and :func:`wespe.generators.load_exported_generator` given a directory reads
+``<dir>/generator.npz``, and :func:`wespe.inference.loading.load_exported_generator` given a directory reads
 ``<dir>/generator.npz`` (a training work directory carries its exported generator there).
 
-:func:`wespe.generators.load_exported_generator` rebuilds ``Generator(**config)`` and fills every variable; a
+:func:`wespe.inference.loading.load_exported_generator` rebuilds ``Generator(**config)`` and fills every variable; a
 missing or unreadable file, a file that is not an exported generator, a newer format version, missing or
 unexpected variables, and shape mismatches each raise :class:`ExportFormatError` naming the file (and the
 variable).
@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from wespe.atomic_write import atomic_write
 from wespe.errors import UserError
 from wespe.models import Generator
-from wespe.files import atomic_write
 
 FORMAT_NAME = "wespe-generator"
 FORMAT_VERSION = 1
@@ -102,7 +102,7 @@ def save_generator(generator: Generator, path: str | os.PathLike) -> Path:
 
 def read_export(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """The metadata and arrays of an exported generator file, checked as far as the file alone allows (format
-    name, version, a config object); :func:`wespe.generators.load_exported_generator` builds the generator."""
+    name, version, a config object); :func:`wespe.inference.loading.load_exported_generator` builds the generator."""
     if not path.exists():
         raise ExportFormatError(f"exported generator {path} does not exist")
     if not path.is_file():
@@ -118,7 +118,7 @@ def read_export(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     raw = arrays.pop(METADATA_KEY, None)
     if raw is None:
         raise ExportFormatError(f"{path}: a .npz archive without the {METADATA_KEY!r} entry; not a generator "
-                                "written by wespe.export.save_generator")
+                                "written by wespe.inference.export.save_generator")
     try:
         metadata = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

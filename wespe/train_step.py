@@ -29,7 +29,7 @@ from flax import nnx
 
 from wespe import conv, conv_tuning, losses, ops, parallel, vgg
 from wespe import degradation as degradation_lib
-from wespe.color_pool import fitted_colour_map
+from wespe.color_map import fitted_colour_map
 from wespe.config import validate
 from wespe.models import Discriminator, Generator
 
@@ -80,7 +80,7 @@ def _global_color_labels(params):
 
 def init_global_color(state: TrainState, config: ml_collections.ConfigDict, pools: dict) -> TrainState:
     """A fresh state with ``config.color_init`` applied: ``moments`` / ``bandpass`` set G's colour path to that
-    estimator's colour map from the source pool to the target pool (``wespe.color_pool.fitted_colour_map``) and
+    estimator's colour map from the source pool to the target pool (``wespe.color_map.fitted_colour_map``) and
     F's (wespe mode) to the reverse one."""
     if config.color_init == "identity":
         return state
@@ -92,7 +92,7 @@ def init_global_color(state: TrainState, config: ml_collections.ConfigDict, pool
 
 
 def colour_estimator(config: ml_collections.ConfigDict) -> str:
-    """The ``wespe.color_pool.fitted_colour_map`` estimator of a run's colour maps (G's colour start and the
+    """The ``wespe.color_map.fitted_colour_map`` estimator of a run's colour maps (G's colour start and the
     degradation's colour steps): ``config.color_init``, or ``moments`` where the colour path starts at identity."""
     return "moments" if config.color_init == "identity" else config.color_init
 
@@ -259,7 +259,7 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
             # path it would fight the contrast and exposure correction the colour losses ask for.
             terms["tv"] = losses.tv_loss(enhanced - color + jax.lax.stop_gradient(color))
         if mode == "wespe" and config.weights.color_distribution > 0 and color_pools is not None:
-            # The colour path against whole sets (wespe.color_pool): the same comparison every step.
+            # The colour path against whole sets (wespe.training.color_pool): the same comparison every step.
             fitted = nets["generator"].affine(color_pools["source"])[None, None]
             terms["color_distribution"] = losses.color_distribution_loss(fitted, color_pools["target"][None, None])
         elif mode == "wespe" and config.weights.color_distribution > 0:
@@ -334,7 +334,7 @@ def ema_update(average, params, step: jax.Array, decay: float, *, warmup: bool =
 
 
 def uses_color_pools(config: ml_collections.ConfigDict) -> bool:
-    """Whether the step fits G's colour path to wespe.color_pool's pools (and so needs them)."""
+    """Whether the step fits G's colour path to wespe.training.color_pool's pools (and so needs them)."""
     return config.mode == "wespe" and config.weights.color_distribution > 0 and bool(config.color_distribution_pool)
 
 
@@ -354,17 +354,17 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
     the mesh, the VGG weights are placed once (replicated, or FSDP-split), and the metrics come back replicated.
     Sums and means over the batch are over the global batch (XLA inserts the all-reduces), so the result equals
     the single-device step up to float reduction order.
-    ``color_pools``: ``wespe.color_pool.build_color_pools`` output, exactly when :func:`uses_color_pools`.
+    ``color_pools``: ``wespe.training.color_pool.build_color_pools`` output, exactly when :func:`uses_color_pools`.
     ``degradation``: the source camera model (:mod:`wespe.degradation`), exactly when :func:`uses_degradation`.
     """
     validate(config)
     conv_tuning.policy()  # a bad WESPE_CONV_CHOICE fails here, not inside the step's trace (where it is used)
     if (degradation is not None) != uses_degradation(config):
         raise ValueError("pass degradation exactly when config.weights.restoration > 0 (wespe mode): fit it with "
-                         "wespe.degradation.fit (wespe.loop.fitted_degradation)")
+                         "wespe.degradation.fit (wespe.training.loop.fitted_degradation)")
     if (color_pools is not None) != uses_color_pools(config):
         raise ValueError("pass color_pools exactly when config.color_distribution_pool is on (wespe mode, "
-                         "weights.color_distribution > 0): build them with wespe.color_pool.build_color_pools")
+                         "weights.color_distribution > 0): build them with wespe.training.color_pool.build_color_pools")
     if color_pools is not None:
         color_pools = {k: jnp.asarray(v, jnp.float32) for k, v in color_pools.items()}
     unbanded = layout is not None and layout.mesh.size > 1

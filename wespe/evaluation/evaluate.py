@@ -3,7 +3,7 @@
 :func:`evaluate` has three input modes:
 
 * **model**: ``generator`` given; every source photo is read upright as 8-bit RGB, enhanced at full resolution
-  (:func:`wespe.inference.enhance`, exact tiled inference when ``tile`` is set or the photo exceeds the memory
+  (:func:`wespe.inference.enhance.enhance`, exact tiled inference when ``tile`` is set or the photo exceeds the memory
   budget) and quantised like a saved photo, ``round(clip(y, 0, 1) * 255)``; the metrics are taken on that
   8-bit image, so they equal what ``--outputs`` mode gives for the photos ``launch/enhance.py`` writes.
 * **outputs**: ``generator=None`` and ``outputs_folder`` given: a folder of already enhanced photos, evaluated
@@ -25,7 +25,7 @@ the DPED convention (PSNR of the MSE pooled over every pixel of the set; pixel-w
 :func:`wespe.metrics.psnr_pooled` whenever all images have the same size, as DPED's 100x100 patches do); SSIM on
 RGB and on luma; MS-SSIM on every image as the DPED code computes it (below 176 px a side its coarse scales use
 a shrunken filter; such rows carry a note); entropy and PNG bits per pixel of the 8-bit output (and input).
-Sweeps over many models are :mod:`wespe.sweep`.
+Sweeps over many models are :mod:`wespe.evaluation.sweep`.
 
 :func:`write_results` writes ``results.json`` (rows, skipped, aggregates, protocol), ``results.csv`` (per-image
 rows, skipped rows, then aggregate rows), ``results.md`` (aggregates as a Markdown table) and ``best_worst.png``
@@ -45,11 +45,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 from PIL import Image
+from tqdm import tqdm
 
-from wespe import file_pipeline, image_io, image_paths, metrics
+from wespe import image_io, image_paths, metrics
 from wespe.errors import PathNotFoundError, UserError
+from wespe.inference import file_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class EvalResult:
     aggregates: dict = dataclasses.field(default_factory=dict)
     # name -> (input, enhanced, reference) thumbnails (uint8 or None), kept for the best/worst grid only
     thumbnails: dict = dataclasses.field(default_factory=dict, repr=False)
-    # likeness to a target camera's photos (wespe.no_reference; launch/evaluate.py --target), or None
+    # likeness to a target camera's photos (wespe.evaluation.no_reference; launch/evaluate.py --target), or None
     no_reference: dict | None = None
 
     @property
@@ -118,33 +119,6 @@ class EvalResult:
 
 
 # -------------------------------------------------------------------------------------------- pairing by name
-
-def index_images(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
-                 exclude: Sequence[str | os.PathLike] = ()) -> tuple[dict[str, Path], list[dict]]:
-    """``{key: path}`` for the photos named by ``inputs`` (a folder, a file, or a list of both). The key is the
-    path relative to its folder without extension (a file named directly: its stem). Duplicate keys are
-    returned as skipped entries. Photos found under an ``exclude`` folder are left out."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    index: dict[str, Path] = {}
-    duplicates: list[dict] = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            found = [(p, p.relative_to(item).with_suffix("").as_posix())
-                     for p in image_paths.list_images([item], exclude=exclude)]
-        elif item.exists():
-            found = [(item, item.stem)]
-        else:
-            raise PathNotFoundError(f"{item} does not exist")
-        for path, key in found:
-            if key in index:
-                duplicates.append({"name": key, "path": str(path),
-                                   "reason": f"another file has the same name without extension ({index[key]})"})
-            else:
-                index[key] = path
-    return dict(sorted(index.items())), duplicates
-
 
 def _as_list(inputs) -> list:
     return [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs or [])
@@ -239,12 +213,13 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
     ``generator=None``) against ``reference_folder`` (or without one). See the module docstring.
 
     ``sources``: a folder, a file, or a list of them (required in model mode; optional in outputs mode, where it
-    gives the inputs). ``tile`` / ``memory_budget_mb``: for :func:`wespe.inference.enhance`. ``limit``: only the
+    gives the inputs). ``tile`` / ``memory_budget_mb``: for :func:`wespe.inference.enhance.enhance`. ``limit``: only the
     first N photos (sorted by name). ``save_enhanced_to``: also write the enhanced photos there (model mode).
     ``exclude``: folders whose photos are never inputs (give the results folder: a rerun then does not score its
     own ``best_worst.png``); ``save_enhanced_to`` is always excluded. ``visit``: called as
     ``visit(name, enhanced, source)`` (8-bit arrays; ``source`` None when there is no input) for every photo
-    scored, so a caller can gather more numbers without the photos being kept (:class:`wespe.no_reference.SetStats`).
+    scored, so a caller can gather more numbers without the photos being kept
+    (:class:`wespe.evaluation.no_reference.SetStats`).
     Raises ``ValueError`` for a bad combination of arguments, ``FileNotFoundError`` for a missing folder;
     problems with single photos are reported in the result instead.
     """
@@ -258,11 +233,11 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
     result = EvalResult(mode=mode, has_reference=reference_folder is not None)
 
     exclude = [*exclude, *([save_enhanced_to] if save_enhanced_to is not None else [])]
-    source_index, dup = index_images(sources, exclude=exclude) if sources is not None else ({}, [])
+    source_index, dup = image_paths.index_images(sources, exclude=exclude) if sources is not None else ({}, [])
     result.skipped += dup
-    items, dup = (source_index, []) if mode == "model" else index_images(outputs_folder, exclude=exclude)
+    items, dup = (source_index, []) if mode == "model" else image_paths.index_images(outputs_folder, exclude=exclude)
     result.skipped += dup
-    reference_index, dup = (index_images(reference_folder, exclude=exclude) if reference_folder is not None
+    reference_index, dup = (image_paths.index_images(reference_folder, exclude=exclude) if reference_folder is not None
                             else ({}, []))
     duplicate_references = {d["name"]: d for d in dup}
     if limit is not None:
@@ -312,7 +287,7 @@ def _evaluate_one(generator, name, path, source_index, reference_index, duplicat
         if name not in reference_index:
             raise _Skip(f"no reference image named {name}.* in the reference folder")
     if generator is not None:
-        from wespe.inference import enhance
+        from wespe.inference.enhance import enhance
         source, info = loaded if loaded is not None else image_io.read_image(path)
         enhanced = image_io.to_uint8(enhance(generator, source, tile=tile, memory_budget_mb=memory_budget_mb))
         if save_enhanced_to is not None:
@@ -396,7 +371,7 @@ AGGREGATE_LABELS = {
 
 def write_results(result: EvalResult, output_dir: str | os.PathLike) -> dict[str, Path]:
     """Write results.json, results.csv, results.md and best_worst.png into ``output_dir``; returns their paths."""
-    from wespe.files import atomic_write
+    from wespe.atomic_write import atomic_write
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: output_dir / f"results.{k}" for k in ("json", "csv", "md")}
@@ -427,7 +402,7 @@ def write_results(result: EvalResult, output_dir: str | os.PathLike) -> dict[str
     md = [f"# Evaluation ({result.mode} mode, {'with' if result.has_reference else 'no'} reference)\n",
           markdown_table(["metric", "value"], [(AGGREGATE_LABELS[k], a.get(k)) for k in keys])]
     if result.no_reference is not None:
-        from wespe import no_reference
+        from wespe.evaluation import no_reference
         md.append("\n" + no_reference.markdown(result.no_reference))
     if result.skipped:
         md.append("\nSkipped:\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wespe.quality_data import BenchmarkData
+from wespe.evaluation.quality_data import BenchmarkData
 
 # ITU-R BT.601 luma weights to 3 digits, for autocontrast's percentiles. Not wespe.ops.GRAYSCALE_WEIGHTS: that is
 # tf.image.rgb_to_grayscale's 4-digit rounding (0.2989, ...) the losses follow; these keep the baselines' recorded
@@ -78,8 +78,8 @@ NLM_H_PER_SIGMA = 0.8
 def nlm_denoise(x: np.ndarray, sigma: float | None = None) -> np.ndarray:
     """Non-local means (:func:`skimage.restoration.denoise_nl_means`, fast mode, 5x5 patches, search distance 6,
     all three channels in one patch distance) of a float RGB image, its strength set from the image itself: sigma
-    is the mean over the channels of :func:`wespe.benchmark_metrics.noise_sigma` (Immerkær's estimator; scikit-
-    image's ``estimate_sigma`` would need PyWavelets), ``h = 0.8 sigma``. ``x`` is clipped to [0, 1] first: the
+    is the mean over the channels of :func:`wespe.evaluation.quality_metrics.noise_sigma` (Immerkær's estimator;
+    scikit-image's ``estimate_sigma`` would need PyWavelets), ``h = 0.8 sigma``. ``x`` is clipped to [0, 1] first: the
     saved output is clipped anyway, and out-of-range values would count as noise. Deterministic.
 
     The estimator sees pixel-scale noise only. After a strong JPEG (the benchmark's camera: quality 30-45) what
@@ -89,7 +89,7 @@ def nlm_denoise(x: np.ndarray, sigma: float | None = None) -> np.ndarray:
     estimate."""
     from skimage.restoration import denoise_nl_means
 
-    from wespe.benchmark_metrics import noise_sigma
+    from wespe.evaluation.quality_metrics import noise_sigma
     x = np.clip(np.asarray(x, np.float64), 0, 1)
     if sigma is None:  # one sigma for all channels: denoise_nl_means compares whole RGB patches with one h
         sigma = float(np.mean(noise_sigma(x)))
@@ -101,19 +101,20 @@ def nlm_denoise(x: np.ndarray, sigma: float | None = None) -> np.ndarray:
 
 def fitted_baselines(data: BenchmarkData) -> dict:
     """Colour transfers fitted to the unpaired training sets, no network: the per-channel mean/std transfer of
-    :func:`wespe.color_pool.moment_transfer` from the source set's colours to the target set's (the pools
+    :func:`wespe.color_map.moment_transfer` from the source set's colours to the target set's (the pools
     wespe_plus builds), applied to every pixel (``moment_transfer``) or, as wespe_plus's colour path does, to a
     Gaussian base layer with the detail passed through (``moment_transfer_base``: exactly wespe_plus's
     generator before its first training step with ``color_init="moments"``); ``bandpass_transfer_base`` is the
-    same with ``wespe.color_pool.fitted_colour_map``'s ``bandpass`` estimator (wespe_plus's colour start,
+    same with ``wespe.color_map.fitted_colour_map``'s ``bandpass`` estimator (wespe_plus's colour start,
     :data:`COLOUR_START`), and ``bandpass_transfer_base_nlm`` that colour start followed by the classical
     denoiser :func:`nlm_denoise` (sigma estimated on the colour-fitted photo, whose colour map scales the noise).
     They show what the trained networks add to the colour fit, and to a colour fit plus a denoiser."""
-    from wespe import color_pool
+    from wespe import color_map
+    from wespe.training import color_pool
 
     pools = color_pool.build_color_pools(data.source, data.target, band=True)
-    matrix, bias = color_pool.fitted_colour_map(pools, "moments")
-    bandpass_transfer_base = base_colour_path(*color_pool.fitted_colour_map(pools, "bandpass"))
+    matrix, bias = color_map.fitted_colour_map(pools, "moments")
+    bandpass_transfer_base = base_colour_path(*color_map.fitted_colour_map(pools, "bandpass"))
 
     def moment_transfer(x):
         return np.asarray(x, np.float64) @ matrix.T.astype(np.float64) + bias
@@ -143,7 +144,8 @@ ORACLE_NAMES = ("oracle_nlm", "oracle_set_colour", "oracle_photo_colour", "oracl
 
 
 def oracle_baselines(camera: dict, ranges: dict, colour_start) -> dict:
-    """The :data:`ORACLE_NAMES` for one test photo degraded by ``camera`` (its :func:`wespe.camera.draw_camera`
+    """The :data:`ORACLE_NAMES` for one test photo degraded by ``camera`` (its
+    :func:`wespe.training.synthetic_camera.draw_camera`
     draw) from the family ``ranges``, each reading something of ``camera`` that no unpaired fit can know:
 
     * ``oracle_nlm``: ``colour_start`` (the fitted :data:`COLOUR_START`), then :func:`nlm_denoise` at the
@@ -152,7 +154,8 @@ def oracle_baselines(camera: dict, ranges: dict, colour_start) -> dict:
 
     and the same colour path as :data:`COLOUR_START` (:func:`base_colour_path`) with a true colour map:
 
-    * ``oracle_set_colour``: the exact inverse of the family's centre camera (:func:`wespe.camera.centre_camera`):
+    * ``oracle_set_colour``: the exact inverse of the family's centre camera
+    (:func:`wespe.training.synthetic_camera.centre_camera`):
       the one set-level map a fit to many photos of the family would approach. Its gap to
       :data:`COLOUR_START` is the error of estimating the set-level colour from the training sets;
     * ``oracle_photo_colour``: the exact inverse of this photo's own colour steps: a per-photo colour correction;
@@ -160,7 +163,7 @@ def oracle_baselines(camera: dict, ranges: dict, colour_start) -> dict:
     * ``oracle_photo_colour_nlm``: that, then :func:`nlm_denoise` at the camera's own noise level (not
       estimated): what a denoiser adds once the colour is right.
     """
-    from wespe import camera as camera_model
+    from wespe.training import synthetic_camera as camera_model
     set_colour = base_colour_path(*camera_model.colour_inverse(camera_model.centre_camera(ranges)))
     photo_colour = base_colour_path(*camera_model.colour_inverse(camera))
     sigma = float(camera["noise_sigma"])

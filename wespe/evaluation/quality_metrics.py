@@ -8,7 +8,8 @@
                   8-bit units (x 255): compared with the clean references' own value, whether a method left
                   noise in (above it) or smoothed texture away (below it).
 
-:func:`noise_sigma` is the per-channel estimator itself, also used by :mod:`wespe.baselines` to set the strength
+:func:`noise_sigma` is the per-channel estimator itself, also used by :mod:`wespe.evaluation.baselines` to set the
+strength
 of its non-local-means denoiser from the photo. NumPy / SciPy in float64, host side: the benchmark scores a few
 whole photos, so nothing here is worth a jit (unlike :mod:`wespe.metrics`, which the training loop calls).
 """
@@ -22,7 +23,7 @@ import numpy as np
 __all__ = ["DETAIL_SIGMA", "detail_psnr", "high_pass", "noise_level", "noise_sigma"]
 
 DETAIL_SIGMA = 2.0
-# BT.601 luma, the weights of wespe.baselines' autocontrast and of wespe.metrics' SSIM on luma.
+# BT.601 luma, the weights of wespe.evaluation.baselines' autocontrast and of wespe.metrics' SSIM on luma.
 _LUMA = np.array([0.299, 0.587, 0.114])
 # Immerkær's kernel: the difference of two 3x3 Laplacians, equal to the outer product of [1, -2, 1] with itself
 # (a second difference along x times one along y). It is zero on any image that is locally a + b x + c y + d xy
@@ -73,7 +74,7 @@ def noise_level(image) -> float:
 def high_pass(image, sigma: float = DETAIL_SIGMA) -> np.ndarray:
     """``x - gaussian(x, sigma)`` per channel of an ``(H, W, C)`` image on [0, 1] floats (uint8 is scaled): the
     Gaussian of :func:`scipy.ndimage.gaussian_filter` (truncated at 4 sigma, border mode ``reflect``, as
-    :func:`wespe.baselines.unsharp`)."""
+    :func:`wespe.evaluation.baselines.unsharp`)."""
     import scipy.ndimage
     x = _as_float(image)
     if x.ndim != 3:

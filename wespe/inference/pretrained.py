@@ -1,9 +1,9 @@
 """The official DPED pretrained generators: their names, files and variable names.
 
 DPED (github.com/aiff22/DPED, folder ``models_orig/``) ships one generator per phone as a TensorFlow 1.x
-checkpoint (read by :mod:`wespe.tf_checkpoint`). This module says where a name's files are
+checkpoint (read by :mod:`wespe.inference.tf_checkpoint`). This module says where a name's files are
 (:func:`checkpoint_prefix`) and which official variable fills which parameter of :class:`wespe.models.Generator`
-(:func:`dped_variable_map`); :func:`wespe.generators.load_dped_generator` puts the two together.
+(:func:`dped_variable_map`); :func:`wespe.inference.loading.load_dped_generator` puts the two together.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from wespe.tf_checkpoint import TFCheckpointError
+from wespe.inference.tf_checkpoint import TFCheckpointError
 
-# Name accepted by wespe.generators.load_dped_generator -> file stem of the official checkpoint in DPED's models_orig/.
+# Name accepted by wespe.inference.loading.load_dped_generator -> file stem of the official checkpoint in DPED's
+# models_orig/.
 PRETRAINED = {
     "dped_iphone": "iphone_orig",
     "dped_blackberry": "blackberry_orig",

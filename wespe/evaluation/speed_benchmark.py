@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wespe import conv, conv_tuning, degradation, parallel, train
+from wespe import conv, conv_tuning, degradation, parallel, train_step
 from wespe.errors import JobFailed, UserError
 
 # Dense peak FLOP/s per device by jax device_kind and compute dtype (vendor figures, no sparsity).
@@ -71,8 +71,8 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, layout: parallel.
     """
     layout = layout or parallel.Layout(parallel.make_mesh(config.mesh))
     layout.check_batch(config.batch_size)
-    state, graphdefs = train.create_train_state(config, layout)
-    weights, pre = train.load_content_network(config)
+    state, graphdefs = train_step.create_train_state(config, layout)
+    weights, pre = train_step.load_content_network(config)
     step = _make_step(config, graphdefs, weights, pre, layout)
     rng = np.random.default_rng(0)
     shape = (config.batch_size, config.patch_size, config.patch_size, 3)
@@ -161,9 +161,9 @@ def _device_memory_limit(devices) -> int | None:
 
 
 def _synthetic_color_pools(config: ml_collections.ConfigDict) -> dict | None:
-    """Random stand-ins for wespe.color_pool's pools when the config fits its colour path to them (timing and
+    """Random stand-ins for wespe.training.color_pool's pools when the config fits its colour path to them (timing and
     memory do not depend on the pixels)."""
-    if not train.uses_color_pools(config):
+    if not train_step.uses_color_pools(config):
         return None
     rng = np.random.default_rng(0)
     return {k: rng.random((65536, 3), dtype=np.float32) for k in ("source", "target")}
@@ -171,14 +171,14 @@ def _synthetic_color_pools(config: ml_collections.ConfigDict) -> dict | None:
 
 def _make_step(config: ml_collections.ConfigDict, graphdefs: dict, weights: dict, pre: str, layout):
     """The training step as training builds it, with stand-ins for what it would fit to photos."""
-    return train.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config),
+    return train_step.make_train_step(config, graphdefs, weights, pre, layout, _synthetic_color_pools(config),
                                  degradation=typical_degradation(config))
 
 
 def typical_degradation(config: ml_collections.ConfigDict) -> degradation.Degradation | None:
     """A camera model like the benchmark's fit, when the config trains on one (``weights.restoration``): the
     step's cost does not depend on its values, and fitting one needs photos."""
-    return degradation.Degradation(1.2, 0.03, 35.0) if train.uses_degradation(config) else None
+    return degradation.Degradation(1.2, 0.03, 35.0) if train_step.uses_degradation(config) else None
 
 
 def step_memory_bytes(config: ml_collections.ConfigDict, layout: parallel.Layout, step=None) -> int:
@@ -186,9 +186,9 @@ def step_memory_bytes(config: ml_collections.ConfigDict, layout: parallel.Layout
 
     arguments + outputs - donated (aliased) buffers + temporaries, from ``compiled.memory_analysis()``.
     """
-    abstract, graphdefs = train.abstract_train_state(config)
+    abstract, graphdefs = train_step.abstract_train_state(config)
     if step is None:
-        weights, pre = train.load_content_network(config)
+        weights, pre = train_step.load_content_network(config)
         step = _make_step(config, graphdefs, weights, pre, layout)
     shape = (config.batch_size, config.patch_size, config.patch_size, 3)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=layout.batch) for k in ("source", "target")}
@@ -213,8 +213,8 @@ def largest_batch(config: ml_collections.ConfigDict, layout: parallel.Layout, *,
         raise UserError(f"{devices[0].device_kind} reports no memory limit: give one (--memory_limit_gb)")
     budget = int(limit * fraction)
     unit = layout.batch_devices
-    _, graphdefs = train.abstract_train_state(config)
-    weights, pre = train.load_content_network(config)
+    _, graphdefs = train_step.abstract_train_state(config)
+    weights, pre = train_step.load_content_network(config)
     step = _make_step(config, graphdefs, weights, pre, layout)
     tried: dict[int, int] = {}
 
@@ -263,7 +263,7 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
     wheel) the PyTorch reference generator's forward (``torch_script``'s ``bench_g_forward``, channels_last)
     runs at each size in a subprocess too, with its own peak RSS, and whole-image rows get ``vs_torch``.
     """
-    from wespe.inference import budget_bytes, enhance, whole_image_bytes
+    from wespe.inference.enhance import budget_bytes, enhance, whole_image_bytes
 
     if torch_python is not None:
         for path, flag in ((torch_python, "--torch_python"), (torch_script, "--torch_script")):
@@ -422,7 +422,7 @@ def benchmark_suite(config: ml_collections.ConfigDict, *, megapixels: list[float
     * ``enhance``: whole-image and staged-tiled inference of the config's generator, float32 and bfloat16, at
       ``megapixels``.
     """
-    from wespe.train import build_networks
+    from wespe.train_step import build_networks
 
     peak_flops = peak_flops or {}
     result: dict = {"train_step": {}}

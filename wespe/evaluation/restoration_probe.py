@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from wespe import degradation as degradation_lib
 from wespe import metrics
+from wespe.evaluation.texture_probe import random_patches
 from wespe.models import Generator
-from wespe.texture_probe import random_patches
 
 # Degrades a batch of clean crops (N, s, s, 3) float32 in [0, 1]; returns 8-bit values in [0, 1], float32.
 Degrader = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -51,10 +51,11 @@ def fitted_degrader(fitted: degradation_lib.Degradation, jitter: float) -> Degra
 
 def camera_degrader(ranges: dict, color_matrix: np.ndarray, color_bias: np.ndarray) -> Degrader:
     """A known camera family's blur, sensor noise and JPEG (each crop its own draw from ``ranges``, the keys of
-    :data:`wespe.camera.CAMERA_RANGES`), with the colour map ``x -> color_matrix @ x + color_bias`` in place of
+    :data:`wespe.training.synthetic_camera.CAMERA_RANGES`), with the colour map ``x -> color_matrix @ x + color_bias``
+    in place of
     the family's colour steps, so that G's fixed colour path is its exact inverse: the degradation a perfect fit
     would find. Pillow's JPEG, as the benchmark's camera."""
-    from wespe.camera import gaussian_blur
+    from wespe.training.synthetic_camera import gaussian_blur
     m, b = np.asarray(color_matrix, np.float64), np.asarray(color_bias, np.float64)
 
     def one(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:

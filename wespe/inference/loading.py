@@ -5,7 +5,8 @@
 :func:`load_dped_generator`                 the DPED authors' released generators (``dped_iphone``,
                                             ``dped_blackberry``, ``dped_sony`` in ``weights_dir``), or any
                                             TensorFlow checkpoint prefix of that network
-:func:`load_exported_generator`             a file written by :func:`wespe.export.save_generator` (``.npz``), or
+:func:`load_exported_generator`             a file written by :func:`wespe.inference.export.save_generator` (``.npz``),
+or
                                             a folder holding ``generator.npz``
 :func:`load_checkpoint_generator`           G of a training checkpoint of a workdir (its moving average when the
                                             run keeps one), built with the config saved in that checkpoint; by
@@ -14,8 +15,9 @@
                                             ``--weights_dir`` name, with a description to print
 ==========================================  ====================================================================
 
-The file formats themselves live in :mod:`wespe.tf_checkpoint` (TensorFlow bundles), :mod:`wespe.pretrained`
-(DPED's variable names), :mod:`wespe.export` (wespe's ``.npz``) and :mod:`wespe.checkpoint` (orbax); this
+The file formats themselves live in :mod:`wespe.inference.tf_checkpoint` (TensorFlow bundles),
+:mod:`wespe.inference.pretrained`
+(DPED's variable names), :mod:`wespe.inference.export` (wespe's ``.npz``) and :mod:`wespe.checkpoint` (orbax); this
 module turns each into a :class:`wespe.models.Generator`. Every loader builds the network abstractly
 (``nnx.eval_shape``: no random initialiser runs) and fills every variable, or raises a
 :class:`wespe.errors.UserError` naming the file and what is wrong with it.
@@ -32,11 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wespe import conv_tuning, export, pretrained
+from wespe import conv_tuning
 from wespe.errors import UserError
-from wespe.export import ExportFormatError
+from wespe.inference import export, pretrained
+from wespe.inference.export import ExportFormatError
+from wespe.inference.tf_checkpoint import TFCheckpointError, read_tf_checkpoint
 from wespe.models import Generator
-from wespe.tf_checkpoint import TFCheckpointError, read_tf_checkpoint
 
 __all__ = ["checkpoint_steps", "generator_for_flags", "load_checkpoint_generator", "load_dped_generator",
            "load_exported_generator", "load_generator"]
@@ -74,8 +77,9 @@ def load_dped_generator(name_or_prefix: str | os.PathLike,
 
 
 def load_exported_generator(path: str | os.PathLike) -> Generator:
-    """Rebuild the generator :func:`wespe.export.save_generator` stored at ``path`` (a ``.npz`` file, or a
-    directory holding ``generator.npz``); :class:`wespe.export.ExportFormatError` for anything that does not fit."""
+    """Rebuild the generator :func:`wespe.inference.export.save_generator` stored at ``path`` (a ``.npz`` file, or a
+    directory holding ``generator.npz``); :class:`wespe.inference.export.ExportFormatError` for anything that does not
+    fit."""
     path = Path(path)
     file = path / export.DEFAULT_FILENAME if path.is_dir() else path
     if path.is_dir() and not file.exists():
@@ -132,7 +136,7 @@ def load_checkpoint_generator(workdir: str | os.PathLike, step: int | None = Non
     By default: the newest finished checkpoint that reads back intact; a damaged newer one (a file that differs
     from its checksum, a truncated file) is skipped with a warning naming it and why. Only read: nothing is
     moved (a training run resuming there sets damaged checkpoints aside itself)."""
-    from wespe.checkpoint import CheckpointError, CheckpointMismatchError, Checkpointer
+    from wespe.checkpoint import Checkpointer, CheckpointError, CheckpointMismatchError
 
     workdir = Path(workdir)
     with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
@@ -160,18 +164,19 @@ def load_checkpoint_generator(workdir: str | os.PathLike, step: int | None = Non
 
 def _checkpoint_generator(ckpt, step: int) -> Generator:
     """G of checkpoint ``step`` of the read-only :class:`wespe.checkpoint.Checkpointer` ``ckpt``."""
-    from wespe import config as configs, train
+    from wespe import config as configs
+    from wespe import train_step
     from wespe.checkpoint import CheckpointError
 
     metadata = ckpt.metadata(step)
     if "config" not in metadata:
         raise CheckpointError(f"could not read checkpoint {ckpt.step_directory(step)}: its metadata has no config")
     config = configs.from_saved(metadata["config"])
-    abstract, graphdefs = train.abstract_train_state(config)  # traced only: no initialiser runs
+    abstract, graphdefs = train_step.abstract_train_state(config)  # traced only: no initialiser runs
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
     state, _ = ckpt.restore(step, like=like)
-    return train.generator_from_state(state, graphdefs)
+    return train_step.generator_from_state(state, graphdefs)
 
 
 def _is_tf_prefix(source: str) -> bool:

@@ -3,10 +3,11 @@
 For instance norm ``k`` (in network order) every tile is run up to the pre-norm activation of norm ``k`` (with the
 already-known statistics of norms ``0..k-1``, and a halo of just the receptive field up to that conv); each tile's
 core pixels inside the image are reduced on the device to per-channel (count, mean, M2) and combined across tiles on
-the host in float64 (:class:`wespe.staged_tiling.RunningMoments`); a final pass produces the output. Windows are cut
+the host in float64 (:class:`wespe.inference.staged_tiling.RunningMoments`); a final pass produces the output. Windows
+are cut
 from the zero-padded image and activations outside the true image are reset to zero after every layer that feeds a
 conv (:meth:`wespe.models.Generator.forward`), so the result equals the whole-image pass to float32 rounding. See
-:mod:`wespe.inference` for when it runs and :mod:`wespe.staged_tiling` for the default tiler.
+:mod:`wespe.inference.enhance` for when it runs and :mod:`wespe.inference.staged_tiling` for the default tiler.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wespe import staged_tiling
 from wespe.errors import UserError
+from wespe.inference import staged_tiling
+from wespe.inference.staged_tiling import MAX_TILES_PER_BATCH, conv_radius, tiles_per_batch
 from wespe.models import BASE_TAPS, InstanceNorm
-from wespe.staged_tiling import MAX_TILES_PER_BATCH, conv_radius, tiles_per_batch
 
 __all__ = ["StreamedTiler", "instance_norm_indices", "norm_layers", "receptive_halo"]
 

@@ -1,6 +1,6 @@
 """Exact tiled inference at about the cost of one forward pass: the generator run stage by stage over tiles.
 
-:mod:`wespe.streamed_tiling` needs no memory beyond its tiles, but recomputes the network from the input
+:mod:`wespe.inference.streamed_tiling` needs no memory beyond its tiles, but recomputes the network from the input
 once per instance norm (about 4.6x one pass at the defaults). This tiler instead keeps the two width-channel
 activations the network carries between norms in host memory, one full-resolution float32 array each (``H``,
 the residual stream; ``A``, the pre-norm conv output), so each conv is computed once:
@@ -23,7 +23,7 @@ Stages that rewrite the buffers they read (``mid``, ``next``) write in place, on
 row's results are stored only once every tile whose window overlaps it has been read (``ceil(halo / tile
 height)`` rows later), so no window ever sees a half-updated neighbour. Host memory: ``2 * width * 4`` bytes per
 pixel (512 B at width 64: 1.5 GB at 3 MP, 6.1 GB at 12 MP) plus one tile row; :func:`host_bytes` says how much,
-and :mod:`wespe.inference` uses this tiler only when that fits the host's budget.
+and :mod:`wespe.inference.enhance` uses this tiler only when that fits the host's budget.
 """
 
 from __future__ import annotations

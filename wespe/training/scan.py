@@ -1,6 +1,6 @@
 """Checking training photo folders: which files are usable, how paired files match, and the data report.
 
-Everything here runs before training starts and decides *which files* the pipeline of :mod:`wespe.data` draws
+Everything here runs before training starts and decides *which files* the pipeline of :mod:`wespe.training.data` draws
 from; nothing here cuts patches.
 
 * **Folders**: :func:`check_folder` (exists, is a folder; errors name the flag, e.g. ``--source``),
@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from wespe.atomic_write import atomic_write
 from wespe.errors import UserError
-from wespe.files import atomic_write
 from wespe.image_io import CORRUPT, IMAGE_EXTENSIONS, ImageReadError, read_image, upright_size
 from wespe.image_paths import list_images
 

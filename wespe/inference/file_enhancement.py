@@ -2,7 +2,7 @@
 
 :func:`enhance_files` is the loop behind ``launch/enhance.py``: every photo named by the inputs (files, or
 folders searched recursively, see :func:`wespe.image_paths.plan_outputs`) is read upright as 8-bit RGB
-(:func:`wespe.image_io.read_image`), enhanced at full size by :func:`wespe.inference.enhance`, converted with
+(:func:`wespe.image_io.read_image`), enhanced at full size by :func:`wespe.inference.enhance.enhance`, converted with
 ``round(clip(y, 0, 1) * 255)`` and written under the output folder with the same relative path, file name and
 format, EXIF (orientation 1) and ICC profile kept. With ``save_raw`` the unclipped float32 output is also saved
 as ``<stem>.npy`` beside it.
@@ -13,11 +13,12 @@ command again resumes an interrupted folder run.
 
 A file that cannot be read, enhanced or written is logged with the reason and skipped; the others are still
 done. On an accelerator the next photo is decoded and the previous one written in background threads while one
-computes (:mod:`wespe.file_pipeline`); the progress bar shows photos and megapixels per second. Problems found
+computes (:mod:`wespe.inference.file_pipeline`); the progress bar shows photos and megapixels per second. Problems found
 before any work (a missing input, no photo at all, two inputs that would be written to the same output, an output
 that would overwrite its input, an output folder that is an input folder) raise instead (:func:`plan`).
 
-The generator comes from :mod:`wespe.generators` (``launch/enhance.py``: :func:`wespe.generators.generator_for_flags`).
+The generator comes from :mod:`wespe.inference.loading` (``launch/enhance.py``:
+:func:`wespe.inference.loading.generator_for_flags`).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from wespe import file_pipeline, image_io, image_paths
+from wespe import image_io, image_paths
+from wespe.atomic_write import atomic_write
 from wespe.errors import UserError
-from wespe.inference import enhance
+from wespe.inference import file_pipeline
+from wespe.inference.enhance import enhance
 from wespe.models import Generator
-from wespe.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +114,8 @@ def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], out
                   save_raw: bool = False, overwrite: bool = False, progress: bool = True) -> EnhanceReport:
     """Enhance every photo named by ``inputs`` into ``output_dir`` (see the module docstring); returns the report.
 
-    ``tile``, ``memory_budget_mb``, ``devices``: passed to :func:`wespe.inference.enhance` (``tile=None``: chosen
+    ``tile``, ``memory_budget_mb``, ``devices``: passed to :func:`wespe.inference.enhance.enhance` (``tile=None``:
+    chosen
     from the memory budget). ``overwrite``: replace output files already there (else their photos are skipped).
     ``progress``: show a tqdm bar (images, rate, ETA) on stderr.
     """

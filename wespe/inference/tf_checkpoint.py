@@ -11,7 +11,7 @@ A checkpoint ``<stem>`` is ``<stem>.index`` and ``<stem>.data-SSSSS-of-NNNNN``:
 
 Every block trailer and every tensor checksum is verified; any inconsistency raises
 :class:`TFCheckpointError` naming the file (and the variable, where there is one). The DPED generators'
-variable names are mapped onto :class:`wespe.models.Generator` in :mod:`wespe.pretrained`.
+variable names are mapped onto :class:`wespe.models.Generator` in :mod:`wespe.inference.pretrained`.
 
 Public API: :func:`read_tf_checkpoint`, :class:`TFCheckpointError`, :func:`crc32c`, :func:`masked_crc32c`.
 """

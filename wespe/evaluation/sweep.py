@@ -7,7 +7,7 @@ with "name" and one of: "pretrained" (an official DPED name; "weights_dir" from 
 cell per checkpoint step, named <name>_step<N>). A cell may override the shared settings; a cell with none of
 pretrained/checkpoint/workdir takes the shared "workdir".
 
-Each cell is one :func:`wespe.evaluation.evaluate` run written to its own folder; finished cells are read back,
+Each cell is one :func:`wespe.evaluation.evaluate.evaluate` run written to its own folder; finished cells are read back,
 not recomputed. Before any model loads, :func:`check_cells` checks what every cell still to run needs (its
 folders and model files, ``tile`` and ``limit``), so a mistake there is one error, not one failure per cell. The
 output folder may lie inside the source or reference folder: what is under it is never scored as a photo.
@@ -29,17 +29,25 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from wespe import no_reference, pretrained
-from wespe.data_scan import check_folder
 from wespe.errors import PathNotFoundError, UserError, call_python_file
-from wespe.evaluation import (AGGREGATE_FIELDS, AGGREGATE_LABELS, COUNT_FIELDS, check_inputs, evaluate,
-                              markdown_table, write_results)
-from wespe.generators import checkpoint_steps, generator_for_flags, load_checkpoint_generator
+from wespe.evaluation import no_reference
+from wespe.evaluation.evaluate import (
+    AGGREGATE_FIELDS,
+    AGGREGATE_LABELS,
+    COUNT_FIELDS,
+    check_inputs,
+    evaluate,
+    markdown_table,
+    write_results,
+)
+from wespe.inference import pretrained
+from wespe.inference.loading import checkpoint_steps, generator_for_flags, load_checkpoint_generator
+from wespe.training.scan import check_folder
 
 logger = logging.getLogger(__name__)
 SWEEP_SHARED_KEYS = ("source", "reference", "weights_dir", "workdir", "tile", "limit")
 # With a target model (launch/sweep.py --target), the no-reference numbers of each cell's outputs
-# (wespe.no_reference.Likeness; the "no_reference" section of the cell's results.json).
+# (wespe.evaluation.no_reference.Likeness; the "no_reference" section of the cell's results.json).
 LIKENESS_FIELDS = no_reference.SUMMARY_COLUMNS
 SWEEP_FIELDS = (("cell", "kind", "model", "run", "step", "status") + AGGREGATE_FIELDS + COUNT_FIELDS
                 + LIKENESS_FIELDS + ("error",))
@@ -149,7 +157,7 @@ def _check_setting(cell: dict, key: str) -> None:
 def check_cells(cells: Sequence[dict], output_dir: str | os.PathLike) -> None:
     """What every cell still to run (no ``results.json`` yet) needs, checked before any model loads: its source
     photos (given, and there) and reference (there, if given), not the output folder nor inside it
-    (:func:`wespe.evaluation.check_inputs`); its model's files (an official generator's in ``weights_dir``, a
+    (:func:`wespe.evaluation.evaluate.check_inputs`); its model's files (an official generator's in ``weights_dir``, a
     checkpoint file, a workdir holding the step); ``tile`` and ``limit`` whole numbers >= 1. Raises
     :class:`wespe.errors.UserError` naming the cell and the setting; a finished cell is read back, so it needs
     none of these."""
@@ -181,8 +189,9 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
     then write sweep.csv, sweep.md and the plots. Returns one row per cell (``status`` ok or error). Raises
     :class:`wespe.errors.UserError` before any model loads for what :func:`check_cells` finds.
 
-    ``target``: a :class:`wespe.no_reference.TargetModel` (fitted once by the caller): every cell evaluated is
-    also scored against it (:class:`wespe.no_reference.Likeness`, the ``no_reference`` section of its
+    ``target``: a :class:`wespe.evaluation.no_reference.TargetModel` (fitted once by the caller): every cell evaluated
+    is
+    also scored against it (:class:`wespe.evaluation.no_reference.Likeness`, the ``no_reference`` section of its
     results.json) and its outputs' :data:`LIKENESS_FIELDS` become columns; a finished cell gives them if its
     results.json has that section."""
     output_dir = Path(output_dir)
@@ -233,14 +242,14 @@ def best_cell(rows: Sequence[dict]) -> tuple[dict | None, str]:
             best = (max if sense == "max" else min)(scored, key=lambda r: r[key])
             why = ("highest pooled PSNR against the references" if how == "reference" else
                    "no references: lowest NIQE-style distance of its outputs to the target photos (niqe_set; "
-                   "no-reference, a weak guide: see wespe/sweep.py BEST_BY)")
+                   "no-reference, a weak guide: see wespe/evaluation/sweep.py BEST_BY)")
             return best, f"best cell: {best['cell']} ({key} {best[key]:.4f}; {why})"
     return None, "best cell: none (no cell has a PSNR or, without references, a --target likeness to rank by)"
 
 
 def write_sweep_tables(rows: Sequence[dict], output_dir: str | os.PathLike) -> None:
     """sweep.csv (every field) and sweep.md (the fields that have a value in some row)."""
-    from wespe.files import atomic_write
+    from wespe.atomic_write import atomic_write
     output_dir = Path(output_dir)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SWEEP_FIELDS, lineterminator="\n")

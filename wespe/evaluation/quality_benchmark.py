@@ -6,25 +6,28 @@
 
 This module owns the presets, their training, the scoring and the report; the photos, their licences, the split
 (whole held-out test photos, training photos cut in halves, one per side) and the camera that degrades them are
-:mod:`wespe.quality_data`'s, the baselines :mod:`wespe.baselines`'.
+:mod:`wespe.evaluation.quality_data`'s, the baselines :mod:`wespe.evaluation.baselines`'.
 
-Methods, all scored by :func:`wespe.evaluation.evaluate` on the whole held-out photos against the clean ones:
+Methods, all scored by :func:`wespe.evaluation.evaluate.evaluate` on the whole held-out photos against the clean ones:
 
 * ``input``: the degraded photo itself (the bar to beat);
-* classical baselines (:data:`wespe.baselines.BASELINES`, pure NumPy, deterministic): grey-world + autocontrast,
+* classical baselines (:data:`wespe.evaluation.baselines.BASELINES`, pure NumPy, deterministic): grey-world +
+autocontrast,
   unsharp mask, both; their outputs are written as PNGs and scored in outputs mode;
-* colour transfers fitted to the training sets (:func:`wespe.baselines.fitted_baselines`, no network): what
+* colour transfers fitted to the training sets (:func:`wespe.evaluation.baselines.fitted_baselines`, no network): what
   wespe_plus's colour path does before training, so the table shows what training adds; and that colour fit
   followed by a classical denoiser (non-local means, strength estimated from each photo), so it shows what
   training adds beyond colour plus denoising;
-* oracle rows (:func:`wespe.baselines.oracle_baselines`, kind ``oracle``): the same colour path with colour maps
+* oracle rows (:func:`wespe.evaluation.baselines.oracle_baselines`, kind ``oracle``): the same colour path with colour
+maps
   read from each test photo's true camera (camera_params.json), and the colour start denoised at the camera's
   true noise level - not methods, bounds that split the gap between the colour start and the clean photo into
   set-level colour, per-photo colour and noise; not in the grid;
 * trained presets (``name -> experiment config file``), one training run per seed (:func:`preset_config` says
   what is overridden), scored in model mode; a finished run in ``runs/<preset>/seed_<s>`` is reused.
 
-Beside evaluate's metrics, two of :mod:`wespe.benchmark_metrics` say what kind of change a method made: the PSNR
+Beside evaluate's metrics, two of :mod:`wespe.evaluation.quality_metrics` say what kind of change a method made: the
+PSNR
 of the fine detail (high-pass residuals) against the clean photo's, and the noise level of the output, next to
 the clean photos' own (``results["clean"]``).
 
@@ -50,31 +53,43 @@ from PIL import Image
 from tqdm import tqdm
 
 from wespe import config as configs
-from wespe import benchmark_metrics, evaluation, image_io, loop, no_reference
-from wespe.baselines import (BASELINES, COLOUR_START, FITTED_NAMES, ORACLE_NAMES, apply_uint8, fitted_baselines,
-                             oracle_baselines)
+from wespe import image_io, image_paths
+from wespe.atomic_write import atomic_write
 from wespe.errors import JobFailed, UserError, call_python_file
-from wespe.generators import load_exported_generator
-from wespe.files import atomic_write
-from wespe.quality_data import PHOTOS, TRAIN_LAYOUT, BenchmarkData, folders, prepare, write_png
+from wespe.evaluation import evaluate, no_reference, quality_metrics
+from wespe.evaluation.baselines import (
+    BASELINES,
+    COLOUR_START,
+    FITTED_NAMES,
+    ORACLE_NAMES,
+    apply_uint8,
+    fitted_baselines,
+    oracle_baselines,
+)
+from wespe.evaluation.quality_data import PHOTOS, TRAIN_LAYOUT, BenchmarkData, folders, prepare, write_png
+from wespe.inference.loading import load_exported_generator
+from wespe.training import loop
 
 METRICS = ("psnr_mean", "psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy_mean", "detail_psnr_mean",
            "noise_mean")
-# No-reference likeness of a method's outputs to the target-side training photos (wespe.no_reference), and how
+# No-reference likeness of a method's outputs to the target-side training photos (wespe.evaluation.no_reference), and
+# how
 # much the ranking of the methods by each agrees with their ranking by PSNR (:func:`rank_agreement`).
 NO_REFERENCE = no_reference.SUMMARY_COLUMNS
 PER_IMAGE = ("name", "psnr", "ssim_rgb", "ms_ssim", "entropy", "detail_psnr", "noise")
 PROTOCOL = {
     "detail_psnr": "PSNR (data range 1) of the high-pass residuals x - gaussian(x, sigma=2) (per channel, [0, 1] "
-                   "floats) of the output and the clean photo (wespe.benchmark_metrics.detail_psnr); mean per image",
+                   "floats) of the output and the clean photo (wespe.evaluation.quality_metrics.detail_psnr); "
+                   "mean per image",
     "noise": "noise std of the output's BT.601 luma by Immerkaer's fast estimator, x 255 "
-             "(wespe.benchmark_metrics.noise_level); mean per image; the clean photos' own value is "
+             "(wespe.evaluation.quality_metrics.noise_level); mean per image; the clean photos' own value is "
              "results['clean']['noise_mean']",
-    "no_reference": "niqe_set, color_distance, noise_log2_ratio, sharpness_log2_ratio: wespe.no_reference.report of "
+    "no_reference": "niqe_set, color_distance, noise_log2_ratio, sharpness_log2_ratio: "
+                    "wespe.evaluation.no_reference.report of "
                     "the method's outputs (the whole held-out photos) against a target model fitted to the "
                     "benchmark's clean target-side training photos (data/target: what the unpaired methods train "
                     "towards); no reference photo is read. results['no_reference']['target'] is that model, "
-                    "results['no_reference']['protocol'] wespe.no_reference.PROTOCOL",
+                    "results['no_reference']['protocol'] wespe.evaluation.no_reference.PROTOCOL",
     "rank_agreement": "Spearman rank correlation (average ranks for ties) across the scored rows between "
                       "psnr_mean and each no-reference column made a 'closer to target is higher' score: "
                       "-niqe_set, -color_distance, -|noise_log2_ratio|, -|sharpness_log2_ratio|; per seed (the "
@@ -240,21 +255,21 @@ def _read(path) -> np.ndarray:
 
 def detail_and_noise(outputs_folder, reference_folder) -> dict[str, dict]:
     """``{name: {"detail_psnr", "noise"}}`` of the photos of ``outputs_folder`` against ``reference_folder``
-    (paired by name without extension, as :func:`wespe.evaluation.evaluate`); ``reference_folder=None``: only
+    (paired by name without extension, as :func:`wespe.evaluation.evaluate.evaluate`); ``reference_folder=None``: only
     ``noise`` (the clean photos' own).
 
     Computed here from the saved outputs rather than inside evaluate: every method of the benchmark has its
     8-bit outputs on disk as lossless PNGs (the very images evaluate scored), and evaluate's rows and aggregates
-    are also the fields of launch/evaluate.py's CSV and of wespe.sweep's tables, which these benchmark
+    are also the fields of launch/evaluate.py's CSV and of wespe.evaluation.sweep's tables, which these benchmark
     diagnostics would change for every other user."""
-    outputs, _ = evaluation.index_images(outputs_folder)
-    references = evaluation.index_images(reference_folder)[0] if reference_folder is not None else {}
+    outputs, _ = image_paths.index_images(outputs_folder)
+    references = image_paths.index_images(reference_folder)[0] if reference_folder is not None else {}
     scores = {}
     for name, path in outputs.items():
         image = _read(path)
-        scores[name] = {"noise": benchmark_metrics.noise_level(image)}
+        scores[name] = {"noise": quality_metrics.noise_level(image)}
         if name in references:
-            scores[name]["detail_psnr"] = benchmark_metrics.detail_psnr(image, _read(references[name]))
+            scores[name]["detail_psnr"] = quality_metrics.detail_psnr(image, _read(references[name]))
     return scores
 
 
@@ -263,7 +278,7 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _per_seed(result: evaluation.EvalResult, outputs_folder, reference_folder, seed, steps, minutes,
+def _per_seed(result: evaluate.EvalResult, outputs_folder, reference_folder, seed, steps, minutes,
               target: no_reference.TargetModel | None = None) -> dict:
     """One scoring of a method: evaluate's aggregates of :data:`METRICS`, the detail PSNR and noise level of its
     outputs (:func:`detail_and_noise`, averaged over the photos as evaluate's means are), per-image rows and, with
@@ -346,7 +361,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
     total = 1 + len(baselines) + len(presets) * len(seeds)
     with tqdm(total=total, unit="run", desc="quality benchmark", disable=not progress, dynamic_ncols=True) as bar:
         bar.set_postfix_str("input")
-        result = evaluation.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=data.test_degraded,
+        result = evaluate.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=data.test_degraded,
                                      progress=False)
         methods["input"] = {"kind": "input", "per_seed": [_per_seed(result, data.test_degraded, data.test_clean,
                                                                      None, None, None, target)]}
@@ -357,7 +372,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
             for path in sorted(Path(data.test_degraded).glob("*.png")):
                 write_png(folder / path.name, apply_uint8(method_for(path.stem),
                                                           np.asarray(Image.open(path).convert("RGB"))))
-            result = evaluation.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=folder,
+            result = evaluate.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=folder,
                                          progress=False)
             methods[name] = {"kind": kind, "per_seed": [_per_seed(result, folder, data.test_clean, None, None,
                                                                   None, target)]}
@@ -371,7 +386,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
                 workdir = out_dir / "runs" / name / f"seed_{seed}"
                 record = train_preset(preset_config(path, data, seed, steps, vgg_weights, name=name), workdir)
                 enhanced = out_dir / "methods" / name / f"seed_{seed}"
-                result = evaluation.evaluate(load_exported_generator(workdir), data.test_degraded, data.test_clean,
+                result = evaluate.evaluate(load_exported_generator(workdir), data.test_degraded, data.test_clean,
                                              save_enhanced_to=enhanced, progress=False)
                 methods[name]["per_seed"].append(_per_seed(result, enhanced, data.test_clean, seed,
                                                            record["num_steps"], record["train_minutes"],
@@ -400,7 +415,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
         "camera_params": cameras["cameras"], "camera_ranges": cameras["ranges"], "halves": cameras["halves"],
         "train_layout": TRAIN_LAYOUT, "data_seed": data_seed,
         "max_side": max_side, "seeds": seeds, "steps": steps, "vgg_weights": vgg_weights,
-        "protocol": {**evaluation.PROTOCOL, **PROTOCOL,
+        "protocol": {**evaluate.PROTOCOL, **PROTOCOL,
                      "std": "sample standard deviation over seeds (ddof 1); 0 for one seed or a deterministic "
                             "method", "delta_vs_input": "method mean minus the input's"},
     }
@@ -527,7 +542,8 @@ def markdown(results: dict) -> str:
         f"so the steps from {COLOUR_START} down to them show how much of what is left is set-level colour, "
         f"per-photo colour and noise. "
         f"The →target columns read no reference: the outputs' distance to the clean target-side training photos "
-        f"(wespe.no_reference: NIQE-style distance, colour SW2 distance, log2 of the noise and sharpness ratios; "
+        f"(wespe.evaluation.no_reference: NIQE-style distance, colour SW2 distance, log2 of the noise and "
+        f"sharpness ratios; "
         f"0 is the target camera's).\n",
         summary_table(results),
         *rank_agreement_lines(results),
@@ -557,7 +573,7 @@ def _label_strip(labels: list[str], width: int, gap: int) -> np.ndarray:
 def save_grid(outputs: dict[str, str], data: BenchmarkData, path: str | Path, crop: int = GRID_CROP) -> Path:
     """One row per test photo, the same centre crop in every column: input | each method of ``outputs``
     (method -> folder of PNGs named as the test photos) | clean reference; a label strip on top."""
-    from wespe import visualize
+    from wespe.training import visualize
     names = sorted(p.name for p in Path(data.test_clean).glob("*.png"))
     clean = [np.asarray(Image.open(Path(data.test_clean) / n).convert("RGB")) for n in names]
     side = min([crop] + [min(c.shape[:2]) for c in clean])

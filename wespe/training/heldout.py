@@ -25,9 +25,10 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from wespe import data_scan, evaluation, losses, metrics
+from wespe import image_paths, losses, metrics
 from wespe.image_io import ImageReadError, read_image
 from wespe.ops import GRAYSCALE_WEIGHTS
+from wespe.training import scan
 
 # Immerkaer (1996), "Fast noise variance estimation": the difference of two Laplacians cancels image
 # structure up to second order, leaving mostly noise.
@@ -60,15 +61,15 @@ def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike 
     are the centre of each, then seeded random positions in turn.
     Returns float32 arrays in [0, 1]; the second is None without ``reference_folder``.
     """
-    folder = data_scan.check_folder(folder, "--config.data.heldout")
-    photos = evaluation.index_images(folder)[0]  # pairing as launch/evaluate.py pairs
+    folder = scan.check_folder(folder, "--config.data.heldout")
+    photos = image_paths.index_images(folder)[0]  # pairing as launch/evaluate.py pairs
     references = None
     if reference_folder is not None:
-        reference_folder = data_scan.check_folder(reference_folder, "--config.data.heldout_reference")
-        references = evaluation.index_images(reference_folder)[0]
+        reference_folder = scan.check_folder(reference_folder, "--config.data.heldout_reference")
+        references = image_paths.index_images(reference_folder)[0]
         names = sorted(set(photos) & set(references))
         if not names:
-            raise data_scan.DataError(f"--config.data.heldout_reference={reference_folder}: no file name matches a "
+            raise scan.DataError(f"--config.data.heldout_reference={reference_folder}: no file name matches a "
                                       f"photo in --config.data.heldout={folder} (pairs by relative path without "
                                       "extension)")
     else:
@@ -88,7 +89,7 @@ def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike 
             continue
         pairs.append((x, ref))
     if not pairs:
-        raise data_scan.DataError(f"--config.data.heldout={folder}: no readable photo of at least {min_size} px a "
+        raise scan.DataError(f"--config.data.heldout={folder}: no readable photo of at least {min_size} px a "
                                   "side" + (" with a same-size reference" if references is not None else ""))
     size = min([size] + [min(x.shape[:2]) for x, _ in pairs])
     xs, refs = [], []

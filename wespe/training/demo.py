@@ -14,7 +14,8 @@ demo: sky-blue rocket and grey motorcycle as the target) teach "make it blue-gre
 worse whatever the method (matching the colour moments of those sets: 18.3 dB vs the input's 22.7 dB; of the
 halves: 26.2 dB). Real unpaired sets (thousands of photos per camera) share scene statistics by their size.
 
-Camera model of :func:`degrade` (:func:`wespe.camera.apply_camera` with these parameters, in this order, on RGB
+Camera model of :func:`degrade` (:func:`wespe.training.synthetic_camera.apply_camera` with these parameters, in this
+order, on RGB
 in [0, 1]):
   1. optics blur: Gaussian, sigma 1.2 px;
   2. low contrast and underexposure: ``0.5 + 0.65 * (x - 0.5) - 0.05``;
@@ -33,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wespe.camera import apply_camera
-from wespe.files import atomic_write
+from wespe.atomic_write import atomic_write
+from wespe.training.synthetic_camera import apply_camera
 
 DEMO_TRAIN = ("astronaut", "coffee", "motorcycle_left", "rocket")
 DEMO_HELDOUT = ("chelsea",)
@@ -88,7 +89,7 @@ def prepare(root: str | Path, seed: int = 0) -> tuple[str, str]:
             with atomic_write(root / relative) as f:
                 Image.fromarray(image).save(f, format="PNG")
         with atomic_write(done) as f:
-            f.write(b"demo data written by wespe.demo.prepare\n")
+            f.write(b"demo data written by wespe.training.demo.prepare\n")
     return str(root / "source"), str(root / "target")
 
 
@@ -109,7 +110,9 @@ def heldout_crops(root: str | Path, size: int = 128) -> tuple[np.ndarray, np.nda
 def evaluate(generator, workdir: str | Path) -> dict:
     """PSNR and SSIM of x and of G(x) against the clean held-out crops; writes demo_result.json and demo_grid.png."""
     import jax.numpy as jnp
-    from wespe import metrics, visualize
+
+    from wespe import metrics
+    from wespe.training import visualize
 
     workdir = Path(workdir)
     x, clean = heldout_crops(workdir / "demo_data")
