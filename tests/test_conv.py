@@ -1,4 +1,5 @@
-"""wespe.conv: the convolution whose kernel gradient is computed in bands of rows on CPU."""
+"""wespe.conv: the convolution whose kernel gradient is computed in bands of rows on CPU (and
+wespe.compiler_options: the training step's options that decide which convolutions YNNPACK takes)."""
 
 import math
 
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wespe import conv
+from wespe import compiler_options, conv
 
 
 def _numpy_kernel_grad(x: np.ndarray, g: np.ndarray, ks: int, stride: int) -> np.ndarray:
@@ -196,9 +197,10 @@ def _convolution_outputs(hlo: str) -> tuple[list[int], list[int]]:
 def test_each_cpu_convolution_runs_on_the_library_faster_for_its_shape(monkeypatch):
     """With the training step's options, YNNPACK takes the stride-1 convolutions with few outputs (conv2d keeps
     the others on Eigen: conv.EIGEN_MIN_OUTPUT_CHANNELS), forward and backward; other platforms get no options."""
-    options = conv.train_step_compiler_options("cpu")
-    assert options == conv.TRAIN_STEP_CPU_OPTIONS
-    assert conv.train_step_compiler_options("gpu") == {} == conv.train_step_compiler_options("tpu")
+    options = compiler_options.train_step_compiler_options("cpu")
+    assert options == compiler_options.TRAIN_STEP_CPU_OPTIONS
+    assert compiler_options.train_step_compiler_options("gpu") == {}
+    assert compiler_options.train_step_compiler_options("tpu") == {}
 
     def compiled(f, *args):
         return jax.jit(f, compiler_options=options).lower(*args).compile().as_text()
@@ -225,9 +227,10 @@ def test_each_cpu_convolution_runs_on_the_library_faster_for_its_shape(monkeypat
 
 def test_an_xla_without_the_options_compiles_with_its_defaults(monkeypatch):
     """An option this XLA does not know (checked once on a tiny program) leaves the step on XLA's defaults."""
-    monkeypatch.setattr(conv, "TRAIN_STEP_CPU_OPTIONS", {"xla_cpu_no_such_option_for_wespe_tests": "1"})
-    conv.train_step_compiler_options.cache_clear()
+    unknown = {"xla_cpu_no_such_option_for_wespe_tests": "1"}
+    monkeypatch.setattr(compiler_options, "TRAIN_STEP_CPU_OPTIONS", unknown)
+    compiler_options.train_step_compiler_options.cache_clear()
     try:
-        assert conv.train_step_compiler_options("cpu") == {}
+        assert compiler_options.train_step_compiler_options("cpu") == {}
     finally:
-        conv.train_step_compiler_options.cache_clear()
+        compiler_options.train_step_compiler_options.cache_clear()

@@ -67,7 +67,8 @@ def test_every_formulation_equals_xla_and_float64_numpy(ks, stride, cin, cout, h
     shape = conv_tuning.ConvShape.of(x.shape, k.shape, stride, x.dtype)
 
     def xla(x_, k_):
-        return jax.lax.conv_general_dilated(x_, k_, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(x_, k_, (stride, stride), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     xla_out, xla_vjp = jax.vjp(xla, jnp.asarray(x), jnp.asarray(k))
     xla_dx, xla_dk = xla_vjp(jnp.asarray(g))

@@ -1,13 +1,13 @@
 """2-D convolution (NHWC / HWIO, SAME padding) that is fast on XLA:CPU.
 
 XLA:CPU computes a convolution's kernel gradient as one convolution whose window is the whole image (the
-batch and pixels are the contraction), and Eigen runs that shape at 5-7 GFLOP/s on the 2-core test machine:
-~1 s for one 3x3 64->64 layer at batch 8 of 100x100, 10x its forward pass. That alone made the WESPE step
-~2.4x slower than PyTorch's (``launch/benchmark.py --mode=torch_ratio``). The same gradient written as a loop
-over bands of output rows, each band an im2col patch matrix small enough to stay in cache times the output
-gradient (``dk = patches^T @ g``), runs at the forward's speed (80 GFLOP/s; 12x faster for that layer). A
-layer with few output channels (the generators' 9x9 64->3 output layer) instead gets XLA's kernel-gradient
-convolution with the batch and the output channels swapped (few_output_kernel_grad; 4x faster than XLA's).
+batch and pixels are the contraction), a shape Eigen runs many times slower than the forward pass; that alone
+made the WESPE step much slower than PyTorch's (``launch/benchmark.py --mode=torch_ratio``). The same gradient
+written as a loop over bands of output rows, each band an im2col patch matrix small enough to stay in cache
+times the output gradient (``dk = patches^T @ g``), runs at about the forward's speed. A layer with few output
+channels (the generators' 9x9 64->3 output layer) instead gets XLA's kernel-gradient convolution with the batch
+and the output channels swapped (few_output_kernel_grad, faster than XLA's own there). The timings are in the
+README's Benchmarks.
 
 On CPU each stride-1 convolution (forward and input gradient) also picks the faster of XLA:CPU's two
 convolution libraries for its shape. Which formulation each part of each convolution takes (library, kernel-gradient
@@ -23,7 +23,8 @@ under the name scope :data:`CPU_ONLY_SCOPE` so that HLO text, profiles and tests
 
 The band loop sums over the batch inside each iteration, so a program partitioned over several devices would
 all-reduce once per band (and with many forced CPU devices on few cores the rendezvous can time out): code that
-traces a multi-device program wraps it in ``with kernel_gradient("xla"):`` (``train.make_train_step`` does).
+traces a multi-device program wraps it in ``with kernel_gradient("xla"):``
+(``wespe.train_step.make_train_step`` does).
 """
 
 from __future__ import annotations
@@ -35,11 +36,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-from absl import logging
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-# Bytes of one band's patch matrix: small enough to stay in a core's L2/L3 while it is multiplied (measured:
-# 2-4 MiB bands run 3-4x faster than one whole-image patch matrix, 16 MiB bands 2x slower than 2 MiB).
+# Bytes of one band's patch matrix: small enough to stay in a core's L2/L3 while it is multiplied (measured
+# faster than one whole-image patch matrix, and than much larger bands).
 BAND_BYTES = 2 * 2**20
 # The band sizes a measured choice (wespe.conv_tuning) tries: the right one depends on the CPU's caches.
 BAND_CANDIDATES = (2**19, 2**21, 2**23)
@@ -53,19 +53,16 @@ YNN_MIN_FEATURES = 17
 # band loop (small test networks compile many steps).
 MIN_BANDED_MACS = 2**27
 KERNEL_GRADIENTS = ("banded", "xla")
-# XLA:CPU hands f32 convolutions and dots to YNNPACK by default. On the 2-core AVX2 test machine YNNPACK ran the
-# generators' 3x3 64->64 layers (most of the step's FLOPs) at 90-110 GFLOP/s, XLA's Eigen convolution at ~160
-# (oneDNN in PyTorch: ~195), but Eigen is ~3x slower than YNNPACK on convolutions with few output channels (the
-# generators' 9x9 64->3 output layer, the input gradient of their 9x9 3->64 input layer). XLA picks one library
-# for all convolutions of a program, so each convolution chooses here: YNNPACK takes a convolution only if its
-# output is no larger than its input (``IsConvolutionOpSupportedByYnn``), and a stride-1 convolution with at
-# least EIGEN_MIN_OUTPUT_CHANNELS outputs is computed with one extra output row (sliced off), which keeps it on
-# Eigen. Results equal XLA's plain convolution up to float summation order.
+# XLA:CPU hands f32 convolutions and dots to YNNPACK by default (the training step's options,
+# wespe.compiler_options, keep it for dots and convolutions). On the 2-core AVX2 test machine YNNPACK ran the
+# generators' 3x3 64->64 layers (most of the step's FLOPs) slower than XLA's Eigen convolution, but Eigen is
+# several times slower than YNNPACK on convolutions with few output channels (the generators' 9x9 64->3 output
+# layer, the input gradient of their 9x9 3->64 input layer; timings in the README's Benchmarks). XLA picks one
+# library for all convolutions of a program, so each convolution chooses here: YNNPACK takes a convolution only
+# if its output is no larger than its input (``IsConvolutionOpSupportedByYnn``), and a stride-1 convolution with
+# at least EIGEN_MIN_OUTPUT_CHANNELS outputs is computed with one extra output row (sliced off), which keeps it
+# on Eigen. Results equal XLA's plain convolution up to float summation order.
 EIGEN_MIN_OUTPUT_CHANNELS = 8
-# ``jax.jit`` compiler options of the CPU training step: YNNPACK for dots and (the few-channel) convolutions only,
-# not for elementwise or reduction fusions (those measured no faster over the whole step).
-TRAIN_STEP_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
 _KERNEL_GRADIENT = contextvars.ContextVar("wespe_conv_kernel_gradient", default="banded")
 # Name scope of every CPU-only formulation (in the op names / locations of lowered programs).
 CPU_ONLY_SCOPE = "wespe_cpu_only"
@@ -83,23 +80,6 @@ def kernel_gradient(mode: str):
         yield
     finally:
         _KERNEL_GRADIENT.reset(token)
-
-
-@functools.cache
-def train_step_compiler_options(platform: str) -> dict:
-    """``jax.jit`` compiler options for a training step compiled for ``platform``: :data:`TRAIN_STEP_CPU_OPTIONS`
-    on CPU where this XLA knows them (an XLA that does not rejects them: checked once on a tiny program and
-    logged), none elsewhere."""
-    if platform != "cpu":
-        return {}
-    try:
-        probe = jax.jit(lambda x: x + 1, compiler_options=TRAIN_STEP_CPU_OPTIONS)
-        probe.lower(jnp.zeros((), jnp.float32)).compile()
-    except jax.errors.JaxRuntimeError as error:
-        logging.warning("this XLA does not take the training step's CPU options %s (%s); compiling with its "
-                        "defaults", TRAIN_STEP_CPU_OPTIONS, str(error).splitlines()[0])
-        return {}
-    return dict(TRAIN_STEP_CPU_OPTIONS)
 
 
 def _on_cpu(*args, cpu, default):
@@ -311,11 +291,11 @@ def few_output_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, 
     convolution with the roles of the batch and the output channels swapped.
 
     XLA's own is a convolution over the whole image with the batch as input features and the few output
-    channels as output features, which Eigen runs at ~18 GFLOP/s (138 ms for the generators' 9x9 64->3 layer at
-    batch 8 of 100x100 on the 2-core test machine). Here the output channels are the batch and the input
+    channels as output features, which Eigen runs slowly. Here the output channels are the batch and the input
     channels the output features: ``dk[i, j, c, d] = sum_{n, u, v} gpad[d, i' + u, j' + v, n] x[u, v, n, c]``
-    with ``i' = kh - 1 - i``, 35 ms. It is split into chunks of fewer than YNN_MIN_FEATURES images and input
-    channels, summed over the image chunks: YNNPACK would take the whole one and runs it 6x slower than Eigen.
+    with ``i' = kh - 1 - i`` (several times faster for the generators' 9x9 64->3 layer; timings in the README's
+    Benchmarks). It is split into chunks of fewer than YNN_MIN_FEATURES images and input channels, summed over
+    the image chunks: YNNPACK would take the whole one and runs it much slower than Eigen.
     """
     n, cin = x.shape[0], x.shape[3]
     pads = _transposed_pads(x.shape, kernel_shape)

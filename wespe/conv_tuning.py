@@ -6,11 +6,11 @@ whole-image convolution, the transposed one (``few_output``) or a loop over band
 Which is fastest depends on the CPU and the shape (the thresholds in :mod:`wespe.conv` were tuned on a 2-core
 AVX2 AMD EPYC), so here each shape's candidates are timed once per machine (CPU model, ISA flags, cores) and
 jaxlib, the fastest kept in a JSON file under the user's cache folder, and reused by every later run: training,
-inference and the benchmark alike. Measured on a quiet 2-core AVX-512 Xeon (launch/benchmark.py
---mode=torch_ratio, --conv_choice=remeasure vs heuristic): the WESPE step 6.98 vs 7.07 s at batch 8, 25.9 vs
-25.3 s at batch 30, after 67 / 96 s of measuring once: there the thresholds were already right for the layers
-that matter. Measure on a quiet machine: under load (another job on the cores) the ranking of close candidates
-flips (a loaded measurement picked YNNPACK for the 3x3 64->64 layers, a quiet one Eigen).
+inference and the benchmark alike. On a quiet 2-core AVX-512 Xeon (launch/benchmark.py --mode=torch_ratio,
+--conv_choice=remeasure vs heuristic) the measured choice ran the WESPE step as fast as the thresholds, which
+were already right there for the layers that matter (the timings are in the README's Benchmarks). Measure on a
+quiet machine: under load (another job on the cores) the ranking of close candidates flips (a loaded measurement
+picked YNNPACK for the 3x3 64->64 layers, a quiet one Eigen).
 
 The choice is made when a convolution is traced (``wespe.conv._choose``), for the shape it is traced with. A shape
 not measured yet is measured right then, in a worker thread (outside the trace that asked): compiled once, then
@@ -57,6 +57,7 @@ import numpy as np
 from absl import logging
 
 from wespe.atomic_write import atomic_write
+from wespe.compiler_options import train_step_compiler_options
 from wespe.errors import UserError
 
 CHOICE_ENV = "WESPE_CONV_CHOICE"
@@ -77,8 +78,8 @@ GIVE_UP_RATIO = 3
 # image: throughput per pixel is steady by then, and timing a 12 MP layer would take seconds per candidate.
 MAX_MEASURED_PIXELS = 2**19
 _CROP = 512
-# Below this many multiply-adds a part takes well under a millisecond whatever its form, and timing its candidates
-# (a compile each, ~0.3 s) would cost more than any choice could save: such parts take the thresholds.
+# Below this many multiply-adds a part is fast whatever its form, and timing its candidates (a compile each)
+# would cost more than any choice could save: such parts take the thresholds.
 MIN_MEASURED_MACS = 2**25
 
 
@@ -396,12 +397,11 @@ def time_formulation(shape: ConvShape, part: str, form: str, give_up_after: floa
     compiler options, which decide which convolutions YNNPACK takes), run once (a warm-up, but also a probe: past
     ``give_up_after`` seconds that time is returned at once), then at least REPEATS times and MIN_TIMED_S in all
     (a sub-millisecond layer is timed over many runs, or its median is noise)."""
-    from wespe import conv
     fn, shapes = _program(shape, part, form)
     device = jax.devices("cpu")[0]
     rng = np.random.default_rng(0)
     args = [jax.device_put(rng.standard_normal(s).astype(shape.dtype), device) for s in shapes]
-    compiled = jax.jit(fn, compiler_options=conv.train_step_compiler_options("cpu")).lower(*args).compile()
+    compiled = jax.jit(fn, compiler_options=train_step_compiler_options("cpu")).lower(*args).compile()
 
     def run() -> float:
         t0 = time.perf_counter()

@@ -30,6 +30,7 @@ from flax import nnx
 from wespe import conv, conv_tuning, losses, ops, parallel, vgg
 from wespe import degradation as degradation_lib
 from wespe.color_map import fitted_colour_map
+from wespe.compiler_options import train_step_compiler_options
 from wespe.config import validate
 from wespe.models import Discriminator, Generator
 
@@ -380,7 +381,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphdefs: dict, vgg_weig
     # (jax.export drops them), and wespe.conv's CPU formulations are chosen when the step is lowered, so a step
     # built on a CPU still exports clean GPU/TPU programs (tests/test_accelerator_lowering.py).
     platform = (jax.default_backend() if layout is None else layout.mesh.devices.flat[0].platform)
-    options = conv.train_step_compiler_options(platform)
+    options = train_step_compiler_options(platform)
     if layout is None:
         jitted = jax.jit(step, donate_argnums=0, compiler_options=options)
     else:
