@@ -12,16 +12,29 @@ for inputs. ``launch/enhance.py``, ``launch/evaluate.py`` and ``launch/sweep.py`
 
 A file that cannot be resolved (a symlink loop: ``a.jpg -> b.jpg -> a.jpg``) is listed like any other, so that
 reading it reports it as a bad file (:func:`wespe.image_io.read_image` says "symlink loop") and the others go on.
+
+**Pairing** (the one rule of training's paired mode, the held-out references and evaluation's references): a
+photo's *key* is its path relative to the folder it was found in, without the extension (``sub/0001.jpg`` ->
+``sub/0001``; a file named directly: its stem). :func:`match_pairs` pairs the photos whose key is held by exactly
+one photo on each side, then, among the photos left, those whose file stem is held by exactly one photo on each
+side (``sub/0001.jpg`` <-> ``0001.png``, a folder nested on one side only). A key or stem held by two photos of a
+side (``a.jpg`` + ``a.png``) pairs neither: which one was meant is a guess. :func:`index_images` keys the photos of
+an input for evaluation, keeping the first of a duplicated key and reporting the others.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from wespe.errors import PathNotFoundError, UserError
 from wespe.image_io import IMAGE_EXTENSIONS
+
+S = TypeVar("S")
+T = TypeVar("T")
 
 
 def _is_hidden(name: str) -> bool:
@@ -152,28 +165,79 @@ def _check_distinct(pairs: Sequence[tuple[Path, Path]]) -> None:
         owners[key] = source
 
 
-def index_images(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
-                 exclude: Sequence[str | os.PathLike] = ()) -> tuple[dict[str, Path], list[dict]]:
-    """``{key: path}`` for the photos named by ``inputs`` (a folder, a file, or a list of both). The key is the
-    path relative to its folder without extension (a file named directly: its stem). Duplicate keys are
-    returned as skipped entries. Photos found under an ``exclude`` folder are left out."""
+def image_key(path: Path, folder: Path | None = None) -> str:
+    """The pairing key of ``path`` (module docstring): its path relative to ``folder`` without the extension, or,
+    for a file named directly (``folder`` None), its stem."""
+    return path.relative_to(folder).with_suffix("").as_posix() if folder is not None else path.stem
+
+
+def keyed_images(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 exclude: Sequence[str | os.PathLike] = ()) -> list[tuple[str, Path]]:
+    """``(key, path)`` of every photo named by ``inputs`` (a folder, a file, or a list of both; see
+    :func:`list_images` for what a folder yields and ``exclude``), in the order of ``inputs``, each folder's photos
+    sorted. A missing input raises ``FileNotFoundError``."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    index: dict[str, Path] = {}
-    duplicates: list[dict] = []
+    found: list[tuple[str, Path]] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found = [(p, p.relative_to(item).with_suffix("").as_posix())
-                     for p in list_images([item], exclude=exclude)]
+            found += [(image_key(p, item), p) for p in list_images([item], exclude=exclude)]
         elif item.exists():
-            found = [(item, item.stem)]
+            found.append((image_key(item), item))
         else:
             raise PathNotFoundError(f"{item} does not exist")
-        for path, key in found:
-            if key in index:
-                duplicates.append({"name": key, "path": str(path),
-                                   "reason": f"another file has the same name without extension ({index[key]})"})
-            else:
-                index[key] = path
+    return found
+
+
+def index_keyed(found: Iterable[tuple[str, Path]]) -> tuple[dict[str, Path], list[dict]]:
+    """``({key: path}, duplicates)`` of :func:`keyed_images` output: the first photo of a key is kept (the index is
+    sorted by key) and each later one is a skipped entry (``name``, ``path``, ``reason``)."""
+    index: dict[str, Path] = {}
+    duplicates: list[dict] = []
+    for key, path in found:
+        if key in index:
+            duplicates.append({"name": key, "path": str(path),
+                               "reason": f"another file has the same name without extension ({index[key]})"})
+        else:
+            index[key] = path
     return dict(sorted(index.items())), duplicates
+
+
+def index_images(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 exclude: Sequence[str | os.PathLike] = ()) -> tuple[dict[str, Path], list[dict]]:
+    """``{key: path}`` for the photos named by ``inputs`` (a folder, a file, or a list of both), keyed as the
+    module docstring says. Duplicate keys are returned as skipped entries. Photos found under an ``exclude``
+    folder are left out."""
+    return index_keyed(keyed_images(inputs, exclude=exclude))
+
+
+def _stem(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+def match_pairs(source: Sequence[tuple[str, S]], target: Sequence[tuple[str, T]]
+                ) -> tuple[list[tuple[S, T]], list[S], list[T]]:
+    """Pair ``(key, item)`` entries of two sides by the rule of the module docstring: by key, then the rest by
+    stem (the key's last component), each only where it is held by exactly one entry on each side.
+
+    Returns ``(pairs, unpaired source items, unpaired target items)``: the pairs in the order of ``source``, the
+    unpaired items in their input order."""
+    partner: dict[int, int] = {}  # source position -> target position
+    left_s, left_t = list(range(len(source))), list(range(len(target)))
+    for name_of in (lambda key: key, _stem):
+        by_s: dict[str, list[int]] = collections.defaultdict(list)
+        by_t: dict[str, list[int]] = collections.defaultdict(list)
+        for i in left_s:
+            by_s[name_of(source[i][0])].append(i)
+        for j in left_t:
+            by_t[name_of(target[j][0])].append(j)
+        for name, ss in by_s.items():
+            ts = by_t.get(name, [])
+            if len(ss) == 1 and len(ts) == 1:
+                partner[ss[0]] = ts[0]
+        paired_t = set(partner.values())
+        left_s = [i for i in left_s if i not in partner]
+        left_t = [j for j in left_t if j not in paired_t]
+    pairs = [(source[i][1], target[partner[i]][1]) for i in sorted(partner)]
+    return pairs, [source[i][1] for i in left_s], [target[j][1] for j in left_t]

@@ -11,10 +11,12 @@
 * **no reference**: ``reference_folder=None``: only the no-reference metrics (entropy, PNG bits per pixel) of
   the enhanced photos, with the same numbers for the inputs beside them for comparison.
 
-Pairing is by relative path without extension: ``out/a/0.png`` pairs with ``ref/a/0.jpg``. This is DPED's test
-layout as is: ``test_data/patches/<phone>/<n>.jpg`` against ``test_data/patches/canon/<n>.jpg``. A photo without
-a reference, a file that cannot be read, two files with the same name but different extensions, and an output
-whose size differs from its reference are listed in :attr:`EvalResult.skipped` with the reason, never fatal.
+Pairing is :func:`wespe.image_paths.match_pairs`'s, as in paired training: by relative path without extension
+(``out/a/0.png`` pairs with ``ref/a/0.jpg``), then the rest by file stem where that is unique on both sides. This
+is DPED's test layout as is: ``test_data/patches/<phone>/<n>.jpg`` against ``test_data/patches/canon/<n>.jpg``. A
+photo without a reference, a file that cannot be read, two files with the same name but different extensions, and
+an output whose size differs from its reference are listed in :attr:`EvalResult.skipped` with the reason, never
+fatal.
 Photos under the ``exclude`` folders (where the results go) and under ``save_enhanced_to`` are never inputs, so a
 results folder inside the photo folders does not have its ``best_worst.png`` and enhanced photos scored on a
 rerun (the mechanism of :mod:`wespe.image_paths`; :func:`check_inputs` refuses a results folder that *is* an
@@ -237,9 +239,13 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
     result.skipped += dup
     items, dup = (source_index, []) if mode == "model" else image_paths.index_images(outputs_folder, exclude=exclude)
     result.skipped += dup
-    reference_index, dup = (image_paths.index_images(reference_folder, exclude=exclude) if reference_folder is not None
-                            else ({}, []))
-    duplicate_references = {d["name"]: d for d in dup}
+    # Every photo of the reference folder takes part in the pairing, duplicates included: a name two references
+    # share pairs with neither (and is reported as ambiguous).
+    found_references = (image_paths.keyed_images(reference_folder, exclude=exclude) if reference_folder is not None
+                        else [])
+    duplicate_references = {d["name"]: d for d in image_paths.index_keyed(found_references)[1]}
+    references = _partners(items, found_references)
+    inputs = _partners(items, list(source_index.items())) if mode == "outputs" else {}
     if limit is not None:
         items = dict(list(items.items())[:limit])
 
@@ -249,7 +255,7 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
               disable=not progress) as bar:
         def read_input(item):  # model mode, on an accelerator: the next photo decodes while this one computes
             name, path = item
-            needed = not result.has_reference or (name in reference_index and name not in duplicate_references)
+            needed = not result.has_reference or name in references
             return image_io.read_image(path) if generator is not None and needed else None
 
         for (name, path), loaded, read_error in file_pipeline.read_ahead(items.items(), read_input,
@@ -257,7 +263,7 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
             try:
                 if read_error is not None:
                     raise read_error
-                row = _evaluate_one(generator, name, path, source_index, reference_index, duplicate_references,
+                row = _evaluate_one(generator, name, path, inputs, references, duplicate_references,
                                     result.has_reference, tile, memory_budget_mb, save_enhanced_to,
                                     best_worst=best_worst, loaded=loaded, visit=visit)
                 result.rows.append(row)
@@ -274,17 +280,26 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
     return result
 
 
+def _partners(items: dict[str, Path], found: list[tuple[str, Path]]) -> dict[str, Path]:
+    """``{name: path}``: the photo of ``found`` (``(key, path)`` entries) that each of ``items`` pairs with, by
+    :func:`wespe.image_paths.match_pairs`; names without a partner are absent."""
+    pairs, _, _ = image_paths.match_pairs([(name, name) for name in items], found)
+    return dict(pairs)
+
+
 class _Skip(ValueError):
     """A photo that is reported and skipped (no reference, size mismatch)."""
 
 
-def _evaluate_one(generator, name, path, source_index, reference_index, duplicate_references, has_reference,
+def _evaluate_one(generator, name, path, inputs, references, duplicate_references, has_reference,
                   tile, memory_budget_mb, save_enhanced_to, *, best_worst, loaded=None, visit=None) -> dict:
+    """``inputs`` / ``references``: ``{name: path}`` of the photos paired with the evaluated ones (outputs mode's
+    inputs; the references)."""
     reference = None
     if has_reference:  # before the (expensive) enhancement: a missing pair costs nothing
         if name in duplicate_references:
             raise _Skip(f"ambiguous reference: {duplicate_references[name]['reason']}")
-        if name not in reference_index:
+        if name not in references:
             raise _Skip(f"no reference image named {name}.* in the reference folder")
     if generator is not None:
         from wespe.inference.enhance import enhance
@@ -297,16 +312,16 @@ def _evaluate_one(generator, name, path, source_index, reference_index, duplicat
     else:
         enhanced, _ = image_io.read_image(path)
         source = None
-        if name in source_index:
+        if name in inputs:
             try:
-                source, _ = image_io.read_image(source_index[name])
+                source, _ = image_io.read_image(inputs[name])
             except image_io.ImageReadError as e:
                 logger.warning("input of %s unreadable, input metrics left out: %s", name, e)
     if has_reference:
-        reference, _ = image_io.read_image(reference_index[name])
+        reference, _ = image_io.read_image(references[name])
         if reference.shape != enhanced.shape:
             raise _Skip(f"size mismatch: enhanced {enhanced.shape[0]}x{enhanced.shape[1]}, reference "
-                        f"{reference.shape[0]}x{reference.shape[1]} ({reference_index[name]})")
+                        f"{reference.shape[0]}x{reference.shape[1]} ({references[name]})")
     height, width = enhanced.shape[:2]
     row = dict.fromkeys(ROW_FIELDS)
     row.update(name=name, status="ok", height=height, width=width)

@@ -10,9 +10,9 @@ from; nothing here cuts patches.
   image, is corrupt or truncated, or is smaller than the patch on a side after EXIF orientation. A header-only scan
   (:func:`wespe.image_io.upright_size`) is cheap; :func:`full_decode_check` decodes in full (catching bad pixel data)
   and hands back the arrays for an in-memory cache.
-* **Pairing** (DPED's paired training): :func:`pair_files` matches files by path relative to their folder without
-  the extension (``sub/0001.jpg`` <-> ``sub/0001.png``), then the rest by file stem where that is unique; names found
-  on one side only, and pairs whose two images differ in size, are left out and reported.
+* **Pairing** (DPED's paired training): :func:`pair_files` matches the files by :func:`wespe.image_paths.match_pairs`
+  (the rule evaluation pairs by too); names found on one side only, and pairs whose two images differ in size, are
+  left out and reported.
 * **The report** (``<workdir>/data_report.json``, :class:`DataReport`) names, per side, the files ``used`` (for
   paired data: those of the usable pairs) and the ``bad`` ones, each with its reason and kind; a file that fails at
   run time moves from the first list to the second (:meth:`DataReport.record_runtime_failure`).
@@ -38,8 +38,14 @@ from tqdm import tqdm
 
 from wespe.atomic_write import atomic_write
 from wespe.errors import UserError
-from wespe.image_io import CORRUPT, IMAGE_EXTENSIONS, ImageReadError, read_image, upright_size
-from wespe.image_paths import list_images
+from wespe.image_io import (
+    CORRUPT,
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    read_image,
+    upright_size,
+)
+from wespe.image_paths import image_key, list_images, match_pairs
 
 REPORT_FILE = "data_report.json"
 SCAN_THREADS = max(2, min(4, os.cpu_count() or 2))
@@ -311,35 +317,6 @@ class Pairing:
         self.usable, self.unusable = _usable_pairs(self.matched, scans)
 
 
-def _match_pairs(source_dir: Path, source_files: Sequence[Path], target_dir: Path, target_files: Sequence[Path]
-                 ) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
-    """Pairs by relative path without extension, then by unique stem; returns (pairs, unmatched_s, unmatched_t)."""
-    pairs: list[tuple[Path, Path]] = []
-    left_s, left_t = list(source_files), list(target_files)
-    keys: list[Callable[[Path, Path], str]] = [
-        lambda folder, p: p.relative_to(folder).with_suffix("").as_posix(),
-        lambda folder, p: p.stem,
-    ]
-    for key in keys:
-        by_s = collections.defaultdict(list)
-        by_t = collections.defaultdict(list)
-        for p in left_s:
-            by_s[key(source_dir, p)].append(p)
-        for p in left_t:
-            by_t[key(target_dir, p)].append(p)
-        matched_s, matched_t = set(), set()
-        for k, ss in by_s.items():
-            ts = by_t.get(k, [])
-            if len(ss) == 1 and len(ts) == 1:  # an ambiguous name (a.jpg + a.png) is left unmatched
-                pairs.append((ss[0], ts[0]))
-                matched_s.add(ss[0])
-                matched_t.add(ts[0])
-        left_s = [p for p in left_s if p not in matched_s]
-        left_t = [p for p in left_t if p not in matched_t]
-    pairs.sort(key=lambda pair: str(pair[0]))
-    return pairs, left_s, left_t
-
-
 def _usable_pairs(pairs: Sequence[tuple[Path, Path]], scans: dict[str, ScanResult]
                   ) -> tuple[list[tuple[Path, Path]], list[dict]]:
     good_s, good_t = set(scans["source"].good), set(scans["target"].good)
@@ -361,7 +338,8 @@ def pair_files(scans: dict[str, ScanResult]) -> Pairing:
     """Match every scanned file (good or bad, so that a bad one is reported as an unusable pair, not unmatched)."""
     all_s = sorted(list(scans["source"].good) + [Path(b["path"]) for b in scans["source"].bad], key=str)
     all_t = sorted(list(scans["target"].good) + [Path(b["path"]) for b in scans["target"].bad], key=str)
-    pairs, left_s, left_t = _match_pairs(scans["source"].folder, all_s, scans["target"].folder, all_t)
+    pairs, left_s, left_t = match_pairs([(image_key(p, scans["source"].folder), p) for p in all_s],
+                                        [(image_key(p, scans["target"].folder), p) for p in all_t])
     pairing = Pairing(matched=pairs, unmatched={"count": len(left_s) + len(left_t), "source": [str(p) for p in left_s],
                                                 "target": [str(p) for p in left_t]})
     pairing.refresh(scans)
