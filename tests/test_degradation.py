@@ -172,5 +172,5 @@ def test_training_fits_saves_and_reuses_the_degradation(folders, tmp_path):
     # A resumed (longer) run trains on the saved camera model, not a new fit.
     marker = dict(saved, degradation={**saved["degradation"], "noise_sigma": 0.0123})
     (tmp_path / "run" / dg.FIT_FILE).write_text(json.dumps(marker))
-    assert loop.fitted_degradation(c, tmp_path / "run", c.data.source, c.data.target, None, None, False
+    assert loop.fitted_degradation(c, tmp_path / "run", c.data.source, c.data.target, None, False
                                    ).noise_sigma == 0.0123

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from wespe import config as configs
-from wespe.training import loop, scan
+from wespe.training import folders, loop, scan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,14 +47,14 @@ def test_source_and_target_override_the_builtin_data(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     c.data.source, c.data.target = str(tmp_path / "a"), str(tmp_path / "b")
-    assert loop.resolve_folders(c, tmp_path / "w") == (str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a"),
-                                                       None)
+    assert folders.resolve_folders(c, tmp_path / "w") == (str(tmp_path / "a"), str(tmp_path / "b"),
+                                                          str(tmp_path / "a"), None)
     assert not (tmp_path / "w" / "demo_data").exists()  # the built-in photos were not even written
     c.data.target = None
     with pytest.raises(scan.DataError, match="both --source and --target"):
-        loop.resolve_folders(c, tmp_path / "w")
+        folders.resolve_folders(c, tmp_path / "w")
     c.data.source = None
-    source, target, heldout, reference = loop.resolve_folders(c, tmp_path / "w")
+    source, target, heldout, reference = folders.resolve_folders(c, tmp_path / "w")
     assert Path(source).parent == Path(reference).parent.parent == tmp_path / "w" / "demo_data"
 
 
@@ -64,11 +64,11 @@ def test_the_demo_report_is_for_the_builtin_photos_only(tmp_path, caplog):
     tests/test_readme_commands.py trains it end to end)."""
     c = configs.laptop_scale(configs.wespe_plus())
     c.data.builtin = "demo"
-    assert loop.trains_on_builtin_demo(c)
+    assert folders.trains_on_builtin_demo(c)
     c.data.source, c.data.target = str(tmp_path / "phone"), str(tmp_path / "dslr")
-    assert not loop.trains_on_builtin_demo(c)
+    assert not folders.trains_on_builtin_demo(c)
     with caplog.at_level(logging.INFO, logger="wespe.training.loop"):
         assert loop._demo_report(c, generator=None, workdir=tmp_path) == {}
     assert "no demo_result.json" in caplog.text and not list(tmp_path.iterdir())
     c.data.builtin = None
-    assert not loop.trains_on_builtin_demo(c) and loop._demo_report(c, None, tmp_path) == {}
+    assert not folders.trains_on_builtin_demo(c) and loop._demo_report(c, None, tmp_path) == {}

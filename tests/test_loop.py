@@ -22,7 +22,7 @@ from PIL import Image
 from wespe import config as configs
 from wespe import train_step
 from wespe.checkpoint import Checkpointer
-from wespe.training import loop, scan
+from wespe.training import loop, metrics_log, scan
 from wespe.vgg import VGGWeightsError
 
 LOSS_KEYS = {"loss/content", "loss/color", "loss/texture", "loss/tv", "loss/generator",
@@ -123,11 +123,11 @@ def test_rewind_metrics_drops_what_an_interrupted_run_logged_after_the_checkpoin
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": s, "loss": s / 10}) for s in (10, 20, 30, 40)]
     path.write_text("\n".join(lines) + "\n" + '{"step": 5')  # a line torn by a kill
-    assert loop.rewind_metrics(path, 20) == 3
+    assert metrics_log.rewind_metrics(path, 20) == 3
     assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
-    assert loop.rewind_metrics(path, 20) == 0  # nothing more to drop: the file is left as it is
-    assert loop.rewind_metrics(path, 0) == 2 and path.read_text() == ""  # restarting from scratch
-    assert loop.rewind_metrics(tmp_path / "absent.jsonl", 3) == 0 and not (tmp_path / "absent.jsonl").exists()
+    assert metrics_log.rewind_metrics(path, 20) == 0  # nothing more to drop: the file is left as it is
+    assert metrics_log.rewind_metrics(path, 0) == 2 and path.read_text() == ""  # restarting from scratch
+    assert metrics_log.rewind_metrics(tmp_path / "absent.jsonl", 3) == 0 and not (tmp_path / "absent.jsonl").exists()
 
 
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(folders, tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ BAND_SIDE = 512
 def shrunk_photo(path: Path, side: int) -> np.ndarray:
     """A photo as ``(h, w, 3)`` float32 in [0, 1], box-averaged to at most ``side`` px on its longer side
     (aspect kept; a smaller photo is used as it is). JPEGs are decoded at reduced scale (a decode at 1/8 is
-    itself a block average), so reading 2 x 128 camera photos at start-up takes seconds, not a minute."""
+    itself a block average): a run reads up to 2 x ``config.color_pool_photos`` camera photos at start-up."""
     image, _ = read_image(path, draft_side=side)
     h, w = image.shape[:2]
     scale = side / max(h, w)
@@ -62,9 +63,9 @@ def photo_band_energy(path: Path, side: int = BAND_SIDE) -> tuple[np.ndarray, in
 
     Computed in the DCT domain: a DCT-II sees the photo mirrored at its borders (scipy's ``reflect``), where a
     Gaussian filter multiplies coefficient k of an axis of length n by exp(-(sigma pi k / n)^2 / 2), and the
-    orthonormal transform keeps sums of squares (Parseval): 5x faster than filtering at sigma 12 (128 photos a
-    side are read at start-up), equal to the spatial filter but for its truncation at 4 sigma (~1e-4)."""
-    import scipy.fft  # here, not at the top: ~0.3 s of every entry point's start-up, needed by bandpass fits only
+    orthonormal transform keeps sums of squares (Parseval): cheaper than filtering at sigma 12 (every photo of the
+    pools is read at start-up), and equal to the spatial filter but for its truncation at 4 sigma (~1e-4)."""
+    import scipy.fft  # here, not at the top: importing it slows every entry point's start; bandpass fits only
 
     x = shrunk_photo(path, side).astype(np.float64)
     h, w = x.shape[:2]
@@ -78,10 +79,21 @@ def photo_band_energy(path: Path, side: int = BAND_SIDE) -> tuple[np.ndarray, in
     return np.sum((coefficients * band[..., None]) ** 2, axis=(0, 1)), h * w
 
 
-def sampled_photos(folder: str | os.PathLike, photos: int, seed: int, read):
-    """``read(path)`` of up to ``photos`` seeded-random readable photos of ``folder``, in that order. Unreadable
-    files are skipped with a warning. Raises ``ValueError`` if no photo is readable."""
-    files = list_images([folder])
+Photos = str | os.PathLike | Sequence[str | os.PathLike]  # a folder (searched as list_images does) or its files
+
+
+def _files(photos: Photos) -> tuple[list[Path], str]:
+    """The files ``photos`` names, and how a message names them."""
+    if isinstance(photos, (str, os.PathLike)):
+        return list_images([photos]), str(photos)
+    return [Path(p) for p in photos], f"{len(photos)} files"
+
+
+def sampled_photos(folder: Photos, photos: int, seed: int, read):
+    """``read(path)`` of up to ``photos`` seeded-random readable photos of ``folder`` (a folder, or its files: the
+    training scan's usable ones), in that order. Unreadable files are skipped with a warning. Raises
+    ``ValueError`` if no photo is readable."""
+    files, label = _files(folder)
     order = np.random.default_rng(seed).permutation(len(files))
     values = []
     for i in order:
@@ -93,16 +105,16 @@ def sampled_photos(folder: str | os.PathLike, photos: int, seed: int, read):
         if len(values) == photos:
             break
     if not values:
-        raise ValueError(f"{folder}: no readable photo for the colour pool")
+        raise ValueError(f"{label}: no readable photo for the colour pool")
     return values
 
 
-def folder_colors(folder: str | os.PathLike, photos: int, side: int, seed: int) -> np.ndarray:
+def folder_colors(folder: Photos, photos: int, side: int, seed: int) -> np.ndarray:
     """The colours of up to ``photos`` seeded-random photos of ``folder`` (see :func:`photo_colors`), stacked."""
     return np.concatenate(sampled_photos(folder, photos, seed, lambda path: photo_colors(path, side)))
 
 
-def folder_band_std(folder: str | os.PathLike, photos: int, seed: int, side: int = BAND_SIDE) -> np.ndarray:
+def folder_band_std(folder: Photos, photos: int, seed: int, side: int = BAND_SIDE) -> np.ndarray:
     """The per-channel band-pass contrast of up to ``photos`` seeded-random photos of ``folder`` (the same
     photos as :func:`folder_colors` for the seed): the root mean square of :func:`photo_band_energy` over all
     their pixels, float64 (3,)."""
@@ -110,9 +122,11 @@ def folder_band_std(folder: str | os.PathLike, photos: int, seed: int, side: int
     return np.sqrt(sum(e for e, _ in energies) / sum(n for _, n in energies))
 
 
-def build_color_pools(source: str | os.PathLike, target: str | os.PathLike, *, photos: int = 128, side: int = 64,
+def build_color_pools(source: Photos, target: Photos, *, photos: int = 128, side: int = 64,
                       pixels: int = 65536, seed: int = 0, band: bool = False) -> dict[str, np.ndarray]:
-    """``{"source": (P, 3), "target": (P, 3)}`` float32 colour samples of the two folders (module docstring).
+    """``{"source": (P, 3), "target": (P, 3)}`` float32 colour samples of the two sides (module docstring): each a
+    folder, or the list of its files to draw from (a training run passes its data scan's usable files, so a file
+    the scan skipped is never read here; the same files in the same order give the same pools as the folder).
 
     ``P = min(pixels, pixels available on either side)``; the pixels are drawn without replacement with
     ``seed``, so the pools are the same for a seed and the same files (a resumed run rebuilds them exactly).

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +39,9 @@ _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
 
 def noise_sigma(images: np.ndarray) -> float:
     """Immerkaer's estimate of the Gaussian noise sigma of (N, H, W, 3) images in [0, 1] (on luma, mean over N)."""
-    from scipy import signal  # here, not at the top: it adds ~1 s to every entry point's start
+    from scipy import (
+        signal,  # here, not at the top: importing it slows every entry point's start
+    )
 
     luma = np.asarray(images, np.float64) @ np.asarray(GRAYSCALE_WEIGHTS)
     out = []
@@ -51,38 +55,42 @@ def noise_sigma(images: np.ndarray) -> float:
 
 
 def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike | None, n: int, size: int,
-                 seed: int, min_size: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+                 seed: int, min_size: int = 1, files: Sequence[str | os.PathLike] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``n`` fixed square crops of the photos in ``folder`` and the same crops of their references.
 
-    Photos pair with references by relative path without extension; only paired photos are used when references
-    are given (an error names the folders if none pair). The crop side is ``size``, or the smallest photo's
-    shorter side if that is less; photos under ``min_size`` a side (or unreadable, or of another size than their
-    reference) are skipped. The photos are taken in a seeded order and read only until ``n`` are usable; crops
-    are the centre of each, then seeded random positions in turn.
+    ``files``: the photos of ``folder`` to take (a training folder's usable files, as its data scan found them)
+    instead of listing it. The folders are the caller's to check (the training run checks every folder flag
+    once, before anything is written). Photos pair with references by :func:`wespe.image_paths.match_pairs`, as
+    evaluation pairs; only paired photos are used when references are given (an error names the folders if none
+    pair). The crop side is ``size``, or the smallest photo's shorter side if that is less; photos under
+    ``min_size`` a side (or unreadable, or of another size than their reference) are skipped. The photos are
+    taken in a seeded order and read only until ``n`` are usable; crops are the centre of each, then seeded
+    random positions in turn.
     Returns float32 arrays in [0, 1]; the second is None without ``reference_folder``.
     """
-    folder = scan.check_folder(folder, "--config.data.heldout")
-    photos = image_paths.index_images(folder)[0]  # pairing as launch/evaluate.py pairs
-    references = None
-    if reference_folder is not None:
-        reference_folder = scan.check_folder(reference_folder, "--config.data.heldout_reference")
-        references = image_paths.index_images(reference_folder)[0]
-        names = sorted(set(photos) & set(references))
-        if not names:
-            raise scan.DataError(f"--config.data.heldout_reference={reference_folder}: no file name matches a "
-                                      f"photo in --config.data.heldout={folder} (pairs by relative path without "
-                                      "extension)")
+    folder = Path(folder)
+    found = (image_paths.keyed_images(folder) if files is None
+             else [(image_paths.image_key(Path(p), folder), Path(p)) for p in files])
+    photos = list(image_paths.index_keyed(found)[0].items())
+    if reference_folder is None:
+        candidates = [(path, None) for _, path in photos]
     else:
-        names = sorted(photos)
+        references = image_paths.index_images(reference_folder)[0]
+        candidates, _, _ = image_paths.match_pairs(photos, list(references.items()))
+        if not candidates:
+            raise scan.DataError(f"--config.data.heldout_reference={reference_folder}: no file name matches a "
+                                 f"photo in --config.data.heldout={folder} (pairs by relative path without "
+                                 "extension, then by file stem)")
     pairs = []
     rng = np.random.default_rng(seed)
-    for i in rng.permutation(len(names)):  # read only until n photos are usable: a held-out folder may be large
+    for i in rng.permutation(len(candidates)):  # read only until n photos are usable: a held-out folder may be large
         if len(pairs) == n:
             break
-        name = names[i]
+        photo, reference = candidates[i]
         try:
-            x, _ = read_image(photos[name])
-            ref = read_image(references[name])[0] if references is not None else None
+            x, _ = read_image(photo)
+            ref = read_image(reference)[0] if reference is not None else None
         except ImageReadError:
             continue  # the data report covers unreadable files; the monitor just uses the others
         if min(x.shape[:2]) < min_size or (ref is not None and ref.shape != x.shape):
@@ -90,7 +98,7 @@ def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike 
         pairs.append((x, ref))
     if not pairs:
         raise scan.DataError(f"--config.data.heldout={folder}: no readable photo of at least {min_size} px a "
-                                  "side" + (" with a same-size reference" if references is not None else ""))
+                             "side" + (" with a same-size reference" if reference_folder is not None else ""))
     size = min([size] + [min(x.shape[:2]) for x, _ in pairs])
     xs, refs = [], []
     for k in range(n):
@@ -103,8 +111,8 @@ def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike 
         xs.append(x[top:top + size, left:left + size])
         if ref is not None:
             refs.append(ref[top:top + size, left:left + size])
-    to_float = lambda a: np.stack(a).astype(np.float32) / 255.0  # noqa: E731
-    return to_float(xs), (to_float(refs) if references is not None else None)
+    to_float = lambda a: np.stack(a).astype(np.float32) / 255.0
+    return to_float(xs), (to_float(refs) if reference_folder is not None else None)
 
 
 def quality_metrics(x: np.ndarray, enhanced: np.ndarray, reference: np.ndarray | None,

@@ -1,7 +1,10 @@
 """The training loop: folders of photos in, checkpoints, logs and pictures out.
 
-Order of work, so that every user error surfaces before anything compiles: config check -> data scan ->
-VGG weights -> resume check (saved config vs this one) -> state (fresh or restored) -> compile -> steps.
+Order of work, so that every user error surfaces before anything compiles: config check -> folder flags
+(:func:`wespe.training.folders.check_folders`, once) -> workdir lock -> folders resolved -> data scan (once; its
+usable files are what the pipeline, the colour pools, the degradation fit and the held-out crops read) -> VGG
+weights -> resume check (saved config vs this one) -> state (fresh or restored) -> compile -> steps. Logs and
+sample PNGs are :mod:`wespe.training.metrics_log`'s.
 
 Every step: NaN/inf check on the host (a bad loss stops the run naming the term and step; the last good
 checkpoint stays). Every ``log_every``: metrics.jsonl and TensorBoard. Every ``sample_every``: a sample grid
@@ -18,8 +21,10 @@ import logging
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,13 +35,20 @@ from tqdm import tqdm
 
 from wespe import color_map, degradation, errors, parallel, train_step
 from wespe import config as configs
-from wespe.atomic_write import atomic_write
 from wespe.checkpoint import Checkpointer, CheckpointError, CheckpointMismatchError
 from wespe.config import RESUME_SAFE_KEYS, validate
 from wespe.errors import UserError
 from wespe.inference.export import save_generator
 from wespe.models import inference_view
-from wespe.training import color_pool, data, heldout, scan, visualize
+from wespe.training import (
+    color_pool,
+    data,
+    folders,
+    heldout,
+    metrics_log,
+    scan,
+    visualize,
+)
 from wespe.training.lock import WorkdirLock
 
 logger = logging.getLogger(__name__)
@@ -56,54 +68,6 @@ class RunResult:
     step: int
     metrics: dict
     workdir: Path
-
-
-def check_folders(config: ml_collections.ConfigDict) -> None:
-    """The folder settings' mistakes that can be found without writing anything (before the workdir is made)."""
-    d = config.data
-    for key in ("source", "target", "heldout", "heldout_reference", "dped_root"):
-        if d[key]:
-            scan.check_folder(d[key], f"--{key}" if key in ("source", "target") else f"--config.data.{key}")
-    if d.dped_root and (d.source or d.target):  # one would be silently ignored
-        raise scan.DataError("give either --source/--target or --config.data.dped_root (the DPED layout), "
-                                  "not both")
-    if d.heldout_reference and not d.heldout:
-        raise scan.DataError("--config.data.heldout_reference needs --config.data.heldout (the photos the "
-                                  "references belong to)")
-    if d.builtin and bool(d.source) != bool(d.target):
-        raise scan.DataError("give both --source and --target to train the built-in config on your own "
-                                  "folders (only one was given)")
-    if d.builtin and d.builtin != "demo":
-        raise scan.DataError(f"--config.data.builtin={d.builtin!r}: the only built-in data set is 'demo'")
-
-
-def trains_on_builtin_demo(config: ml_collections.ConfigDict) -> bool:
-    """Whether the run trains on the built-in demo photos: ``data.builtin='demo'`` without ``--source`` and
-    ``--target`` (given both, the demo's recipe trains on those folders instead)."""
-    return config.data.builtin == "demo" and not config.data.source
-
-
-def resolve_folders(config: ml_collections.ConfigDict, workdir: Path) -> tuple[str, str, str, str | None]:
-    """The source, target, held-out and held-out reference folders from flags/config, the DPED layout, or the
-    built-in demo. ``--source`` and ``--target`` (both) win over ``data.builtin``: the demo's recipe then trains
-    on the user's folders (with their own held-out folder, if any)."""
-    check_folders(config)
-    d = config.data
-    if trains_on_builtin_demo(config):
-        from wespe.training import demo
-        source, target = demo.prepare(workdir / "demo_data", seed=config.seed)
-        if d.heldout:
-            return source, target, d.heldout, d.heldout_reference
-        return source, target, str(workdir / "demo_data" / "heldout" / "degraded"), str(
-            workdir / "demo_data" / "heldout" / "clean")
-    if d.dped_root:
-        source, target = (str(p) for p in scan.dped_folders(d.dped_root, d.dped_phone))
-    elif not d.source or not d.target:
-        raise scan.DataError("both --source and --target folders are needed (or --config.data.dped_root, "
-                                  "or --config=experiments/demo.py for the built-in demo)")
-    else:
-        source, target = d.source, d.target
-    return source, target, d.heldout or source, d.heldout_reference
 
 
 def _newest_with_metadata(checkpointer: Checkpointer, steps: list[int], unreadable: list
@@ -202,68 +166,6 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def rewind_metrics(path: Path, step: int) -> int:
-    """Drop the lines of ``metrics.jsonl`` logged after ``step`` (and a torn last line), atomically. Returns how
-    many lines were dropped; a missing file is left missing."""
-    if not path.exists():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            logged = int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            logged = None  # torn by a kill mid-write
-        if logged is not None and logged <= step:
-            kept.append(line + "\n")
-        else:
-            dropped += 1
-    if dropped:
-        with atomic_write(path) as f:
-            f.write("".join(kept).encode())
-        logger.info("metrics.jsonl: dropped %d line(s) logged after step %d by the interrupted run", dropped, step)
-    return dropped
-
-
-class _Writers:
-    """metrics.jsonl, TensorBoard and sample PNGs, written by process 0 only."""
-
-    def __init__(self, workdir: Path, enabled: bool, start_step: int = 0):
-        """``start_step``: the step training (re)starts from; lines and events logged after it by an earlier,
-        interrupted process are dropped, so a resumed run's logs read as one uninterrupted run's."""
-        self.enabled = enabled
-        if not enabled:
-            return
-        (workdir / "samples").mkdir(parents=True, exist_ok=True)
-        rewind_metrics(workdir / "metrics.jsonl", start_step)
-        self.jsonl = open(workdir / "metrics.jsonl", "a")
-        from tensorboardX import SummaryWriter
-        # purge_step: TensorBoard hides the events at and after it that earlier writers left in the log folder
-        self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
-        self.samples = workdir / "samples"
-
-    def scalars(self, step: int, metrics: dict) -> None:
-        if not self.enabled:
-            return
-        self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n")
-        self.jsonl.flush()
-        for k, v in metrics.items():
-            self.tb.add_scalar(k, v, step)
-
-    def grid(self, step: int, grid: np.ndarray) -> Path | None:
-        if not self.enabled:
-            return None
-        path = self.samples / f"step_{step}.png"
-        visualize.save_png(grid, path)
-        self.tb.add_image("samples", grid, step, dataformats="HWC")
-        self.tb.flush()
-        return path
-
-    def close(self) -> None:
-        if self.enabled:
-            self.jsonl.close()
-            self.tb.close()
-
-
 def _host_generators(state: train_step.TrainState, graphdefs: dict) -> dict:
     """The generators as NNX modules holding NumPy copies of their (possibly sharded, multi-host) weights.
 
@@ -290,7 +192,7 @@ QUALITY_CROPS = 8
 def run_training(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
     """Train (or resume) in ``workdir`` as ``config`` says. Returns when finished or preempted."""
     validate(config)
-    check_folders(config)  # before anything is written
+    folders.check_folders(config)  # the one check of the folder flags, before anything is written
     workdir = Path(workdir)
     is_writer = jax.process_index() == 0
     created = _missing_folders(workdir)
@@ -324,8 +226,9 @@ def _missing_folders(workdir: Path) -> list[Path]:
 
 
 def _training_started(workdir: Path) -> bool:
-    """Whether the run got as far as its training loop: :class:`_Writers` creates ``samples/`` just before."""
-    return (workdir / "samples").exists()
+    """Whether the run got as far as its training loop: :class:`metrics_log.RunWriters` creates ``samples/`` just
+    before."""
+    return (workdir / metrics_log.SAMPLES).exists()
 
 
 def _leave_new_workdir_as_found(workdir: Path, lock: WorkdirLock, created: list[Path]) -> None:
@@ -345,18 +248,19 @@ def _leave_new_workdir_as_found(workdir: Path, lock: WorkdirLock, created: list[
                 break
 
 
-def build_color_pools(config: ml_collections.ConfigDict, source: str, target: str) -> dict:
-    """The run's colour pools (``wespe.training.color_pool.build_color_pools``), with the band-pass contrast where its
-    colour estimator needs it."""
+def build_color_pools(config: ml_collections.ConfigDict, source, target) -> dict:
+    """The run's colour pools (``wespe.training.color_pool.build_color_pools``) of the ``source`` and ``target``
+    photos (folders or file lists), with the band-pass contrast where its colour estimator needs it."""
     return color_pool.build_color_pools(source, target, photos=config.color_pool_photos, seed=config.seed,
                                         band=train_step.colour_estimator(config) == "bandpass")
 
 
-def fitted_degradation(config: ml_collections.ConfigDict, workdir: Path, source: str, target: str, report,
-                       color_pools: dict | None, is_writer: bool) -> degradation.Degradation | None:
+def fitted_degradation(config: ml_collections.ConfigDict, workdir: Path, source, target, color_pools: dict | None,
+                       is_writer: bool) -> degradation.Degradation | None:
     """The source camera's degradation for ``weights.restoration`` (None when that term is off): the one saved in
     ``workdir/degradation.json`` by this run's start (a resumed run trains on the same camera model), else fitted
-    to crops of the two training sets (:func:`wespe.degradation.fit`), with ``config.degradation``'s fixed values
+    to crops of the ``source`` and ``target`` photos (the data scan's usable files; :func:`wespe.degradation.fit`)
+    and the colour map of ``color_pools`` (built from them if None), with ``config.degradation``'s fixed values
     taking the place of fitted ones, and saved there."""
     if not train_step.uses_degradation(config):
         return None
@@ -368,7 +272,7 @@ def fitted_degradation(config: ml_collections.ConfigDict, workdir: Path, source:
     if color_pools is None:
         color_pools = build_color_pools(config, source, target)
     matrix, bias = color_map.fitted_colour_map(color_pools, train_step.colour_estimator(config), reverse=True)
-    fitted, record = fit_degradation(config, report["source"]["used"], report["target"]["used"], matrix, bias)
+    fitted, record = fit_degradation(config, source, target, matrix, bias)
     logger.info("degradation fitted to the training sets (%d crops a side): %s", config.degradation.fit_crops,
                 fitted.describe())
     if is_writer:
@@ -389,23 +293,23 @@ def fit_degradation(config: ml_collections.ConfigDict, source, target, matrix: n
     return degradation.fit(*crops, matrix, bias, seed=config.seed, fixed=fixed)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) -> RunResult:
-    layout = parallel.Layout(parallel.make_mesh(config.mesh))
-    layout.check_batch(config.batch_size)
-    source, target, sample_folder, reference_folder = resolve_folders(config, workdir)
+def _training_data(config: ml_collections.ConfigDict, run_folders: folders.RunFolders, workdir: Path,
+                   is_writer: bool) -> tuple[data.grain.DatasetIterator, scan.DataReport]:
+    """The one scan of the training folders, and the batches drawn from its usable files."""
     paired = config.mode == "dped" if config.data.paired is None else bool(config.data.paired)
-    iterator, report = data.make_train_iterator(
-        source, target, paired=paired, patch_size=config.patch_size, global_batch_size=config.batch_size,
-        seed=config.seed, flips=config.data.flips, rot90=config.data.rot90,
+    return data.make_train_iterator(
+        run_folders.source, run_folders.target, paired=paired, patch_size=config.patch_size,
+        global_batch_size=config.batch_size, seed=config.seed, flips=config.data.flips, rot90=config.data.rot90,
         process_index=jax.process_index(), process_count=jax.process_count(),
         cache_max_bytes=config.data.cache_max_bytes, workdir=workdir if is_writer else None)
-    logger.info(parallel.describe(layout))  # after the data scan: a user error there is the only line printed
-    logger.info(report.summary_line())
-    vgg_weights, preprocessing = train_step.load_content_network(config)
 
-    config_dict = json.loads(config.to_json_best_effort())
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    start = 0
+
+def _restored_or_new_state(config: ml_collections.ConfigDict, config_dict: dict, layout: parallel.Layout,
+                           checkpointer: Checkpointer, workdir: Path, iterator, report: scan.DataReport,
+                           is_writer: bool) -> tuple[train_step.TrainState, dict, int]:
+    """``(state, graphdefs, start step)``: the newest intact checkpoint of ``workdir`` restored (and the data
+    iterator moved to its position), or a fresh state at step 0. A changed config is refused before the (slow)
+    state is built; unreadable checkpoints are set aside."""
     unreadable: list[tuple[int, str]] = []  # (step, why) of checkpoints that cannot be read back
     candidates = checkpointer.all_steps()[::-1]  # newest first
     latest, saved_meta = _newest_with_metadata(checkpointer, candidates, unreadable)
@@ -425,68 +329,51 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
             latest, _ = _newest_with_metadata(checkpointer, [s for s in candidates if s < latest], unreadable)
     if unreadable:
         _set_aside_unreadable(checkpointer, unreadable, latest, workdir, is_writer)
-    if latest is not None:
-        iterator.set_state(data.iterator_state_from_json(meta["data_state"]))
-        start = int(state.step)
-        logger.info("resumed %s at step %d", workdir, start)
-        if meta.get("data_fingerprint") not in (None, report["fingerprint"]):
-            logger.warning("the usable files in the data folders changed since step %d was saved: the data stream "
-                           "resumes at the same position of a different file list (not bit-identical)", start)
-    if is_writer:
-        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+    if latest is None:
+        return state, graphdefs, 0
+    iterator.set_state(data.iterator_state_from_json(meta["data_state"]))
+    start = int(state.step)
+    logger.info("resumed %s at step %d", workdir, start)
+    if meta.get("data_fingerprint") not in (None, report["fingerprint"]):
+        logger.warning("the usable files in the data folders changed since step %d was saved: the data stream "
+                       "resumes at the same position of a different file list (not bit-identical)", start)
+    return state, graphdefs, start
 
-    step_pools = train_step.uses_color_pools(config)
-    color_pools = None
-    if step_pools or (start == 0 and config.color_init != "identity"):
-        color_pools = build_color_pools(config, source, target)
-        if start == 0:  # a resumed run has the colour path it trained
-            state = train_step.init_global_color(state, config, color_pools)
-    fitted = fitted_degradation(config, workdir, source, target, report, color_pools, is_writer)
-    step_fn = train_step.make_train_step(config, graphdefs, vgg_weights, preprocessing, layout,
-                                    color_pools if step_pools else None, degradation=fitted)
-    def usable(folder: str) -> str | list[str]:
-        """A training folder as the list of its usable files (the data report already named the bad ones)."""
-        for side in ("source", "target"):
-            if Path(folder).resolve() == Path(report[side]["folder"]).resolve():
-                return report[side]["used"]
-        return folder
 
-    sample_crops = data.fixed_eval_crops(usable(sample_folder), config.num_sample_crops, config.patch_size,
-                                         seed=config.seed)
-    target_mean = data.fixed_eval_crops(report["target"]["used"], 16, config.patch_size,
-                                        seed=config.seed + 1).reshape(-1, 3).mean(0)
-    # Quality in the loop: larger fixed crops of the held-out photos (and of their references, if given).
-    quality_x, quality_ref = heldout.paired_crops(sample_folder, reference_folder, QUALITY_CROPS,
-                                                  max(config.patch_size, QUALITY_CROP), seed=config.seed,
-                                                  min_size=config.patch_size)
-    try:
-        quality_target = data.fixed_eval_crops(report["target"]["used"], QUALITY_CROPS, quality_x.shape[1],
-                                               seed=config.seed + 2)
-    except scan.DataError:  # every target photo is smaller than the crops: no colour distance to log
-        quality_target = None
-    writers = _Writers(workdir, is_writer, start)
-    base_key = jax.random.key(config.seed)
+class _Monitor:
+    """The fixed crops the loop shows and measures G on: the sample grid's (of the held-out folder), larger
+    held-out crops (and their references) for the quality numbers, and target crops for the colour distance
+    and the collapse checks. A training folder is read through the data scan's usable files."""
 
-    def save(step: int) -> None:
-        checkpointer.save(step, state, {"config": config_dict, "data_state": data.iterator_state_to_json(
-            iterator.get_state()), "data_fingerprint": report["fingerprint"], "seed": config.seed,
-            "saved_at": time.time()})
+    def __init__(self, config: ml_collections.ConfigDict, run_folders: folders.RunFolders, report: scan.DataReport):
+        heldout_files = folders.usable_files(run_folders.heldout, report)
+        target_files = report["target"]["used"]
+        self.sample_crops = data.fixed_eval_crops(
+            run_folders.heldout if heldout_files is None else heldout_files, config.num_sample_crops,
+            config.patch_size, seed=config.seed)
+        self.target_mean = data.fixed_eval_crops(target_files, 16, config.patch_size,
+                                                 seed=config.seed + 1).reshape(-1, 3).mean(0)
+        self.quality_x, self.quality_ref = heldout.paired_crops(
+            run_folders.heldout, run_folders.heldout_reference, QUALITY_CROPS, max(config.patch_size, QUALITY_CROP),
+            seed=config.seed, min_size=config.patch_size, files=heldout_files)
+        try:
+            self.quality_target = data.fixed_eval_crops(target_files, QUALITY_CROPS, self.quality_x.shape[1],
+                                                        seed=config.seed + 2)
+        except scan.DataError:  # every target photo is smaller than the crops: no colour distance to log
+            self.quality_target = None
 
-    def samples(step: int, measure: bool = True) -> dict:
-        """The sample grid, the collapse checks and (``measure``) the held-out quality numbers of this step."""
-        generators = _host_generators(state, graphdefs)  # every process: it may all-gather
-        if not is_writer:
-            return {}
-        columns = _sample(generators, sample_crops)
+    def samples(self, generators: dict, writers: metrics_log.RunWriters, step: int, measure: bool) -> dict:
+        """Write the sample grid, log the collapse checks and (``measure``) return the held-out quality numbers."""
+        columns = _sample(generators, self.sample_crops)
         path = writers.grid(step, visualize.image_grid(columns))
-        for warning in visualize.collapse_warnings(columns[0], columns[1], target_mean):
+        for warning in visualize.collapse_warnings(columns[0], columns[1], self.target_mean):
             logger.warning("step %d: %s", step, warning)
         if path is not None:
             logger.info("samples: %s", path)
         if not measure:
             return {}
-        enhanced = np.asarray(inference_view(generators["generator"])(jnp.asarray(quality_x)))
-        quality = heldout.quality_metrics(quality_x, enhanced, quality_ref, quality_target)
+        enhanced = np.asarray(inference_view(generators["generator"])(jnp.asarray(self.quality_x)))
+        quality = heldout.quality_metrics(self.quality_x, enhanced, self.quality_ref, self.quality_target)
         warning = heldout.regression_warning(quality)
         if warning:
             logger.warning("step %d: %s", step, warning)
@@ -496,56 +383,134 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) ->
                         quality["quality/ssim_enhanced"], quality["quality/ssim_input"])
         return quality
 
-    status, host = "finished", {}
+
+@dataclass
+class _Run:
+    """A training run set up to step: what the loop reads and updates."""
+
+    config: ml_collections.ConfigDict
+    config_dict: dict
+    workdir: Path
+    is_writer: bool
+    layout: parallel.Layout
+    checkpointer: Checkpointer
+    iterator: Any
+    report: scan.DataReport
+    state: train_step.TrainState
+    graphdefs: dict
+    step_fn: Callable
+    monitor: _Monitor
+    writers: metrics_log.RunWriters
+
+    def save(self, step: int) -> None:
+        self.checkpointer.save(step, self.state, {
+            "config": self.config_dict, "data_state": data.iterator_state_to_json(self.iterator.get_state()),
+            "data_fingerprint": self.report["fingerprint"], "seed": self.config.seed, "saved_at": time.time()})
+
+    def samples(self, step: int, measure: bool = True) -> dict:
+        """The sample grid, the collapse checks and (``measure``) the held-out quality numbers of this step."""
+        generators = _host_generators(self.state, self.graphdefs)  # every process: it may all-gather
+        if not self.is_writer:
+            return {}
+        return self.monitor.samples(generators, self.writers, step, measure)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, is_writer: bool) -> RunResult:
+    layout = parallel.Layout(parallel.make_mesh(config.mesh))
+    layout.check_batch(config.batch_size)
+    run_folders = folders.resolve_folders(config, workdir)
+    iterator, report = _training_data(config, run_folders, workdir, is_writer)
+    logger.info(parallel.describe(layout))  # after the data scan: a user error there is the only line printed
+    logger.info(report.summary_line())
+    vgg_weights, preprocessing = train_step.load_content_network(config)
+
+    config_dict = json.loads(config.to_json_best_effort())
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    state, graphdefs, start = _restored_or_new_state(config, config_dict, layout, checkpointer, workdir, iterator,
+                                                     report, is_writer)
+    if is_writer:
+        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+
+    source_files, target_files = report["source"]["used"], report["target"]["used"]
+    step_pools = train_step.uses_color_pools(config)
+    color_pools = None
+    if step_pools or (start == 0 and config.color_init != "identity"):
+        color_pools = build_color_pools(config, source_files, target_files)
+        if start == 0:  # a resumed run has the colour path it trained
+            state = train_step.init_global_color(state, config, color_pools)
+    fitted = fitted_degradation(config, workdir, source_files, target_files, color_pools, is_writer)
+    step_fn = train_step.make_train_step(config, graphdefs, vgg_weights, preprocessing, layout,
+                                         color_pools if step_pools else None, degradation=fitted)
+    monitor = _Monitor(config, run_folders, report)
+    run = _Run(config, config_dict, workdir, is_writer, layout, checkpointer, iterator, report, state, graphdefs,
+               step_fn, monitor, metrics_log.RunWriters(workdir, is_writer, start))
+    return _run_steps(run, start)
+
+
+def _progress(bar: tqdm, config: ml_collections.ConfigDict, host: dict, rate: float) -> None:
+    bar.set_postfix({"img/s": f"{rate * config.batch_size:.1f}", "G": f"{host['loss/generator']:.3g}",
+                     "content": f"{host['loss/content']:.3g}",
+                     "D_t acc": f"{host['accuracy/texture_discriminator']:.2f}"})
+
+
+def _run_steps(run: _Run, start: int) -> RunResult:
+    """Step from ``start`` to ``config.num_steps`` (or to a stop signal), logging, sampling and checkpointing as
+    the module docstring says; then the final checkpoint, grid and exported generator."""
+    config = run.config
+    base_key = jax.random.key(config.seed)
+    status, host, final_generator = "finished", {}, None
     step = start
-    bar = tqdm(total=config.num_steps, initial=start, unit="step", disable=not is_writer, dynamic_ncols=True)
+    bar = tqdm(total=config.num_steps, initial=start, unit="step", disable=not run.is_writer, dynamic_ncols=True)
     try:
         with _StopFlag() as stop:
             t_last, n_last = time.perf_counter(), start
             while step < config.num_steps:
-                batch = layout.global_batch(next(iterator))
-                state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
+                batch = run.layout.global_batch(next(run.iterator))
+                run.state, metrics = run.step_fn(run.state, batch, jax.random.fold_in(base_key, step))
                 step += 1
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 _check_finite(host, step)
                 bar.update(1)
                 now = time.perf_counter()
                 if now - t_last > 1.0 or step == config.num_steps:
-                    rate = (step - n_last) / (now - t_last)
-                    bar.set_postfix({"img/s": f"{rate * config.batch_size:.1f}", "G": f"{host['loss/generator']:.3g}",
-                                     "content": f"{host['loss/content']:.3g}",
-                                     "D_t acc": f"{host['accuracy/texture_discriminator']:.2f}"})
+                    _progress(bar, config, host, (step - n_last) / (now - t_last))
                     t_last, n_last = now, step
                 # Held-out quality every sample_every steps (not at a run's last step unless it falls there, so
                 # a resumed run logs exactly the lines of an uninterrupted one), in the same line as the losses.
-                quality = samples(step) if step % config.sample_every == 0 else {}
+                quality = run.samples(step) if step % config.sample_every == 0 else {}
                 if quality or step % config.log_every == 0 or step == config.num_steps:
-                    writers.scalars(step, {**host, **quality})
+                    run.writers.scalars(step, {**host, **quality})
                 if parallel.any_process(stop.signal is not None):  # all processes save together
                     logger.warning("%s received: saving a checkpoint at step %d and exiting",
                                    stop.signal or "a stop signal on another process", step)
-                    save(step)
+                    run.save(step)
                     status = "preempted"
                     break
                 if step % config.checkpoint_every == 0 and step < config.num_steps:
-                    save(step)
+                    run.save(step)
             if status == "finished":
-                if checkpointer.latest_step() != step:
-                    save(step)
-                if step % config.sample_every != 0:  # else this step's grid exists already
-                    samples(step, measure=False)
-                final_generator = _host_generators(state, graphdefs)["generator"]
-                if is_writer:
-                    path = save_generator(final_generator, workdir / "generator.npz")
-                    logger.info("exported the generator to %s (wespe.load_generator)", path)
+                final_generator = _finish(run, step)
     finally:
         bar.close()
-        checkpointer.wait()
-        checkpointer.close()
-        writers.close()
-    if status == "finished" and is_writer:
-        host.update(_demo_report(config, final_generator, workdir))
-    return RunResult(status, step, host, workdir)
+        run.checkpointer.wait()
+        run.checkpointer.close()
+        run.writers.close()
+    if status == "finished" and run.is_writer:
+        host.update(_demo_report(config, final_generator, run.workdir))
+    return RunResult(status, step, host, run.workdir)
+
+
+def _finish(run: _Run, step: int):
+    """The finished run's last checkpoint and grid, and its generator exported; returns the generator."""
+    if run.checkpointer.latest_step() != step:
+        run.save(step)
+    if step % run.config.sample_every != 0:  # else this step's grid exists already
+        run.samples(step, measure=False)
+    final_generator = _host_generators(run.state, run.graphdefs)["generator"]
+    if run.is_writer:
+        path = save_generator(final_generator, run.workdir / "generator.npz")
+        logger.info("exported the generator to %s (wespe.load_generator)", path)
+    return final_generator
 
 
 def _demo_report(config: ml_collections.ConfigDict, generator, workdir: Path) -> dict:
@@ -554,7 +519,7 @@ def _demo_report(config: ml_collections.ConfigDict, generator, workdir: Path) ->
     folders ends as every other config does, its held-out quality logged as quality/* while it trained."""
     if config.data.builtin != "demo":
         return {}
-    if not trains_on_builtin_demo(config):
+    if not folders.trains_on_builtin_demo(config):
         logger.info("no demo_result.json / demo_grid.png: that report is on the built-in demo's held-out photo; "
                     "trained on --source/--target, held-out quality is in metrics.jsonl as quality/* (crops of "
                     "--config.data.heldout, else of the source folder; PSNR / SSIM with "
