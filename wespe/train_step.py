@@ -17,8 +17,10 @@ alternates on two different batches; with a fresh batch every step the two are s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -182,11 +184,10 @@ def create_train_state(config: ml_collections.ConfigDict, layout: parallel.Layou
     return state, graphdefs
 
 
-# The state's initialisation runs once, in well under a second, but XLA:CPU's full optimisation (level 3) spent
-# 7.0 s compiling it for the demo's state (12.9M values: a threefry stream and its float transform per leaf);
-# level 2 compiles it in 2.7 s into the same bits (measured on the demo's and the presets' states;
-# tests/test_train.py compares them). Level 0 (jax_disable_most_optimizations) rounds some values differently,
-# so a caller's choice of it is kept.
+# The state's initialisation runs once and is cheap to run, but XLA:CPU's full optimisation (level 3) spends
+# long compiling it (a threefry stream and its float transform per leaf); level 2 compiles it faster into the same
+# bits (tests/test_train.py compares them; the timings are in the README's Benchmarks). Level 0
+# (jax_disable_most_optimizations) rounds some values differently, so a caller's choice of it is kept.
 INIT_CPU_OPTIONS = {"xla_backend_optimization_level": 2}
 
 
@@ -205,109 +206,158 @@ def load_content_network(config: ml_collections.ConfigDict) -> tuple[dict, str]:
     return vgg.as_jax(weights), pre
 
 
+@dataclasses.dataclass(frozen=True)
+class _StepContext:
+    """What the pieces of one traced training step share: the state it starts from, the content network and the
+    config's choices of views and precision."""
+
+    state: TrainState
+    vgg_weights: dict
+    config: ml_collections.ConfigDict
+    graphdefs: dict
+    preprocessing: str
+
+    @property
+    def compute_dtype(self):
+        # Mixed precision: networks compute in compute_dtype from float32 parameters (cast per use, so gradients
+        # and Adam stay float32); every loss is computed in float32 from their float32-cast outputs.
+        return jnp.dtype(self.config.compute_dtype)
+
+    def blur(self, x):
+        return ops.blur(x, mode=self.config.blur)
+
+    def texture_view(self, x):
+        return ops.texture_view(x, texture_input=self.config.discriminator.texture_input)
+
+    def content_features(self, images):
+        features = vgg.features(self.vgg_weights, images.astype(self.compute_dtype), self.config.content_layer,
+                                self.preprocessing)
+        return features.astype(jnp.float32)
+
+    def network(self, name, params):
+        # Fresh copies of the batch statistics: BatchNorm updates them in place, and NNX refuses to mutate a
+        # Variable created outside the current (grad) trace.
+        return nnx.merge(self.graphdefs[name], params, jax.tree.map(lambda x: x, self.state.batch_stats[name]))
+
+    def run(self, net, x):
+        return net(x.astype(self.compute_dtype)).astype(jnp.float32)
+
+
+def _generator_terms(ctx: _StepContext, nets: dict, batch: Batch, rng: jax.Array, color_pools: dict | None,
+                     degradation: degradation_lib.Degradation | None) -> tuple[dict[str, jax.Array], jax.Array]:
+    """The unweighted generator loss terms of the module docstring, and G(x)."""
+    config, run, blur = ctx.config, ctx.run, ctx.blur
+    mode, form, norm = config.mode, config.adversarial_form, config.loss_normalization
+    source, target = batch["source"], batch["target"]
+    disc = {n: ctx.network(n, ctx.state.params[n]) for n in DISCRIMINATORS[mode]}
+    enhanced = run(nets["generator"], source)
+    color = nets["generator"].color(source)  # the global colour path alone (x itself without one)
+    terms = {}
+    if config.weights.residual_lowpass > 0:
+        # Division of labour: the convolutional residual may sharpen and denoise (high frequencies) but not
+        # repaint colours locally; global colour and tone go through generator.global_color.
+        terms["residual_lowpass"] = jnp.mean(jnp.square(blur(enhanced - color)))
+    if mode == "wespe":
+        reconstructed = run(nets["inverse_generator"], enhanced)
+        terms["content"] = losses.content_loss(jax.lax.stop_gradient(ctx.content_features(source)),
+                                               ctx.content_features(reconstructed))
+        if config.weights.color > 0:  # off in wespe_plus (weights.color_distribution instead)
+            terms["color"] = losses.generator_adversarial_loss(
+                run(disc["color_discriminator"], blur(enhanced)), form, norm)
+    else:
+        terms["content"] = losses.content_loss(ctx.content_features(enhanced),
+                                               jax.lax.stop_gradient(ctx.content_features(target)))
+        terms["color"] = losses.color_loss(blur(enhanced), blur(target), norm)
+    terms["texture"] = losses.generator_adversarial_loss(
+        run(disc["texture_discriminator"], ctx.texture_view(enhanced)), form, norm)
+    if config.tv_through_color or config.generator.global_color == "none":
+        terms["tv"] = losses.tv_loss(enhanced)
+    else:
+        # Same value, but only the residual path is smoothed: TV grows with contrast, so through the colour
+        # path it would fight the contrast and exposure correction the colour losses ask for.
+        terms["tv"] = losses.tv_loss(enhanced - color + jax.lax.stop_gradient(color))
+    if mode == "wespe":
+        terms.update(_wespe_extra_terms(ctx, nets, batch, enhanced, rng, color_pools, degradation))
+    return terms, enhanced
+
+
+def _wespe_extra_terms(ctx: _StepContext, nets: dict, batch: Batch, enhanced: jax.Array, rng: jax.Array,
+                       color_pools: dict | None, degradation: degradation_lib.Degradation | None
+                       ) -> dict[str, jax.Array]:
+    """The terms WESPE's recipes add to the paper's (each off at weight 0), in the order they are summed."""
+    config, run = ctx.config, ctx.run
+    source, target = batch["source"], batch["target"]
+    terms = {}
+    if config.weights.color_distribution > 0 and color_pools is not None:
+        # The colour path against whole sets (wespe.training.color_pool): the same comparison every step.
+        fitted = nets["generator"].affine(color_pools["source"])[None, None]
+        terms["color_distribution"] = losses.color_distribution_loss(fitted, color_pools["target"][None, None])
+    elif config.weights.color_distribution > 0:
+        view = ctx.blur if config.color_distribution_blur else (lambda x: x)
+        terms["color_distribution"] = losses.color_distribution_loss(view(enhanced), view(target))
+    if config.weights.texture_distribution > 0:
+        terms["texture_distribution"] = losses.texture_distribution_loss(enhanced, target)
+    if config.weights.identity > 0:
+        # CycleGAN's identity term (off in the papers): G leaves target photos alone, F source photos.
+        terms["identity"] = (losses.identity_loss(run(nets["generator"], target), target)
+                             + losses.identity_loss(run(nets["inverse_generator"], source), source))
+    if degradation is not None:
+        # Paired examples from the clean side: the target patches degraded by the fitted source camera.
+        degraded = jax.lax.stop_gradient(degradation_lib.degrade_batch(
+            target, degradation, jax.random.fold_in(rng, RESTORATION_STREAM), config.degradation.jitter))
+        terms["restoration"] = jnp.mean(jnp.abs(run(nets["generator"], degraded) - target))
+    return terms
+
+
+def _generator_objective(ctx: _StepContext, gen_params: dict, batch: Batch, rng: jax.Array,
+                         color_pools: dict | None, degradation: degradation_lib.Degradation | None):
+    """``(weighted total, (terms, G(x), the generators' updated batch statistics))``: what ``value_and_grad``
+    differentiates with respect to ``gen_params``."""
+    nets = {n: ctx.network(n, gen_params[n]) for n in GENERATORS[ctx.config.mode]}
+    terms, enhanced = _generator_terms(ctx, nets, batch, rng, color_pools, degradation)
+    total = sum(ctx.config.weights[k] * v for k, v in terms.items())
+    new_stats = {n: nnx.state(net, nnx.Not(nnx.Param)) for n, net in nets.items()}
+    return total, (terms, enhanced, new_stats)
+
+
+def _discriminator_objective(ctx: _StepContext, disc_params: dict, fake: jax.Array, target: jax.Array,
+                             rng: jax.Array):
+    """``(summed loss, {loss/<name>, accuracy/<name>})`` of the discriminators on ``target`` (real) vs ``fake``."""
+    config = ctx.config
+    form, norm = config.adversarial_form, config.loss_normalization
+    views = {"color_discriminator": ctx.blur, "texture_discriminator": ctx.texture_view}
+    total, out = 0.0, {}
+    # i: each adversary keeps its rng stream whichever are trained
+    for i, name in enumerate(DISCRIMINATORS[config.mode]):
+        if name == "color_discriminator" and config.weights.color == 0:
+            # Nothing uses this adversary (wespe_plus): skip its forward/backward; its gradient is then 0 and
+            # Adam leaves its weights as they are.
+            continue
+        view = views[name]
+        inputs, labels = losses.discriminator_batch(view(target), view(fake), form, jax.random.fold_in(rng, i))
+        loss, acc = losses.discriminator_loss(ctx.run(ctx.network(name, disc_params[name]), inputs), labels, form,
+                                              norm)
+        total = total + loss
+        out[f"loss/{name}"], out[f"accuracy/{name}"] = loss, acc
+    return total, out
+
+
 def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Array, color_pools: dict | None, *,
                 config: ml_collections.ConfigDict, graphdefs: dict, preprocessing: str,
                 degradation: degradation_lib.Degradation | None = None) -> tuple[TrainState, Metrics]:
-    mode, form, norm = config.mode, config.adversarial_form, config.loss_normalization
-    gen_names, disc_names = GENERATORS[mode], DISCRIMINATORS[mode]
-    tx_g, tx_d = make_optimizers(config)
-    source, target = batch["source"], batch["target"]
-    blur = functools.partial(ops.blur, mode=config.blur)
-    texture_view = functools.partial(ops.texture_view, texture_input=config.discriminator.texture_input)
-    # Mixed precision: networks compute in compute_dtype from float32 parameters (cast per use, so gradients
-    # and Adam stay float32); every loss is computed in float32 from their float32-cast outputs.
-    compute_dtype = jnp.dtype(config.compute_dtype)
-
-    def content_features(images):
-        features = vgg.features(vgg_weights, images.astype(compute_dtype), config.content_layer, preprocessing)
-        return features.astype(jnp.float32)
-
-    def network(name, params):
-        # Fresh copies of the batch statistics: BatchNorm updates them in place, and NNX refuses to mutate a
-        # Variable created outside the current (grad) trace.
-        return nnx.merge(graphdefs[name], params, jax.tree.map(lambda x: x, state.batch_stats[name]))
-
-    def run(net, x):
-        return net(x.astype(compute_dtype)).astype(jnp.float32)
-
-    def generator_objective(gen_params):
-        nets = {n: network(n, gen_params[n]) for n in gen_names}
-        disc = {n: network(n, state.params[n]) for n in disc_names}
-        enhanced = run(nets["generator"], source)
-        color = nets["generator"].color(source)  # the global colour path alone (x itself without one)
-        terms = {}
-        if config.weights.residual_lowpass > 0:
-            # Division of labour: the convolutional residual may sharpen and denoise (high frequencies) but not
-            # repaint colours locally; global colour and tone go through generator.global_color.
-            terms["residual_lowpass"] = jnp.mean(jnp.square(blur(enhanced - color)))
-        if mode == "wespe":
-            reconstructed = run(nets["inverse_generator"], enhanced)
-            terms["content"] = losses.content_loss(jax.lax.stop_gradient(content_features(source)),
-                                                   content_features(reconstructed))
-            if config.weights.color > 0:  # off in wespe_plus (weights.color_distribution instead)
-                terms["color"] = losses.generator_adversarial_loss(
-                    run(disc["color_discriminator"], blur(enhanced)), form, norm)
-        else:
-            terms["content"] = losses.content_loss(content_features(enhanced),
-                                                   jax.lax.stop_gradient(content_features(target)))
-            terms["color"] = losses.color_loss(blur(enhanced), blur(target), norm)
-        terms["texture"] = losses.generator_adversarial_loss(
-            run(disc["texture_discriminator"], texture_view(enhanced)), form, norm)
-        if config.tv_through_color or config.generator.global_color == "none":
-            terms["tv"] = losses.tv_loss(enhanced)
-        else:
-            # Same value, but only the residual path is smoothed: TV grows with contrast, so through the colour
-            # path it would fight the contrast and exposure correction the colour losses ask for.
-            terms["tv"] = losses.tv_loss(enhanced - color + jax.lax.stop_gradient(color))
-        if mode == "wespe" and config.weights.color_distribution > 0 and color_pools is not None:
-            # The colour path against whole sets (wespe.training.color_pool): the same comparison every step.
-            fitted = nets["generator"].affine(color_pools["source"])[None, None]
-            terms["color_distribution"] = losses.color_distribution_loss(fitted, color_pools["target"][None, None])
-        elif mode == "wespe" and config.weights.color_distribution > 0:
-            view = blur if config.color_distribution_blur else (lambda x: x)
-            terms["color_distribution"] = losses.color_distribution_loss(view(enhanced), view(target))
-        if mode == "wespe" and config.weights.texture_distribution > 0:
-            terms["texture_distribution"] = losses.texture_distribution_loss(enhanced, target)
-        if mode == "wespe" and config.weights.identity > 0:
-            # CycleGAN's identity term (off in the papers): G leaves target photos alone, F source photos.
-            terms["identity"] = (losses.identity_loss(run(nets["generator"], target), target)
-                                 + losses.identity_loss(run(nets["inverse_generator"], source), source))
-        if mode == "wespe" and degradation is not None:
-            # Paired examples from the clean side: the target patches degraded by the fitted source camera.
-            degraded = jax.lax.stop_gradient(degradation_lib.degrade_batch(
-                target, degradation, jax.random.fold_in(rng, RESTORATION_STREAM), config.degradation.jitter))
-            terms["restoration"] = jnp.mean(jnp.abs(run(nets["generator"], degraded) - target))
-        total = sum(config.weights[k] * v for k, v in terms.items())
-        new_stats = {n: nnx.state(net, nnx.Not(nnx.Param)) for n, net in nets.items()}
-        return total, (terms, enhanced, new_stats)
-
-    def discriminator_objective(disc_params, fake):
-        views = {"color_discriminator": blur, "texture_discriminator": texture_view}
-        total, out = 0.0, {}
-        for i, name in enumerate(disc_names):  # i: each adversary keeps its rng stream whichever are trained
-            if name == "color_discriminator" and config.weights.color == 0:
-                # Nothing uses this adversary (wespe_plus): skip its forward/backward; its gradient is then 0 and
-                # Adam leaves its weights as they are.
-                continue
-            view = views[name]
-            inputs, labels = losses.discriminator_batch(view(target), view(fake), form, jax.random.fold_in(rng, i))
-            loss, acc = losses.discriminator_loss(run(network(name, disc_params[name]), inputs), labels, form, norm)
-            total = total + loss
-            out[f"loss/{name}"], out[f"accuracy/{name}"] = loss, acc
-        return total, out
-
-    gen_params = {n: state.params[n] for n in gen_names}
-    disc_params = {n: state.params[n] for n in disc_names}
+    ctx = _StepContext(state, vgg_weights, config, graphdefs, preprocessing)
+    gen_params = {n: state.params[n] for n in GENERATORS[config.mode]}
+    disc_params = {n: state.params[n] for n in DISCRIMINATORS[config.mode]}
+    generator_objective = functools.partial(_generator_objective, ctx, batch=batch, rng=rng, color_pools=color_pools,
+                                            degradation=degradation)
     (g_total, (terms, enhanced, new_stats)), g_grads = jax.value_and_grad(generator_objective, has_aux=True)(gen_params)
     # The discriminators train on the pre-update G(x) of this batch (simultaneous updates).
     fake = jax.lax.stop_gradient(enhanced)
+    discriminator_objective = functools.partial(_discriminator_objective, ctx, target=batch["target"], rng=rng)
     (_, d_metrics), d_grads = jax.value_and_grad(discriminator_objective, has_aux=True)(disc_params, fake)
 
-    g_updates, opt_g = tx_g.update(g_grads, state.opt_state["generators"], gen_params)
-    d_updates, opt_d = tx_d.update(d_grads, state.opt_state["discriminators"], disc_params)
-    params = {**optax.apply_updates(gen_params, g_updates), **optax.apply_updates(disc_params, d_updates)}
+    params, opt_state = _adam_updates(state, config, gen_params, disc_params, g_grads, d_grads)
     batch_stats = {**state.batch_stats, **new_stats}
-
     metrics = {f"loss/{k}": v for k, v in terms.items()}
     metrics["loss/generator"] = g_total
     metrics.update(d_metrics)
@@ -317,8 +367,17 @@ def _train_step(state: TrainState, vgg_weights: dict, batch: Batch, rng: jax.Arr
     if state.ema:
         ema = {"generator": ema_update(state.ema["generator"], params["generator"], state.step, config.ema_decay,
                                        warmup=config.ema_warmup)}
-    new_state = TrainState(state.step + 1, params, batch_stats, {"generators": opt_g, "discriminators": opt_d}, ema)
-    return new_state, metrics
+    return TrainState(state.step + 1, params, batch_stats, opt_state, ema), metrics
+
+
+def _adam_updates(state: TrainState, config: ml_collections.ConfigDict, gen_params: dict, disc_params: dict,
+                  g_grads: dict, d_grads: dict) -> tuple[dict, dict]:
+    """``(params, opt_state)`` after one simultaneous update of the generators and the discriminators."""
+    tx_g, tx_d = make_optimizers(config)
+    g_updates, opt_g = tx_g.update(g_grads, state.opt_state["generators"], gen_params)
+    d_updates, opt_d = tx_d.update(d_grads, state.opt_state["discriminators"], disc_params)
+    params = {**optax.apply_updates(gen_params, g_updates), **optax.apply_updates(disc_params, d_updates)}
+    return params, {"generators": opt_g, "discriminators": opt_d}
 
 
 def ema_update(average, params, step: jax.Array, decay: float, *, warmup: bool = True):
