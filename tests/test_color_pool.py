@@ -2,6 +2,7 @@
 uses them (the colour path's initialisation and the pool colour term)."""
 
 import logging
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -239,3 +240,29 @@ def test_bandpass_init_sets_g_and_f_to_the_bandpass_maps():
     np.testing.assert_array_equal(np.asarray(new.params["inverse_generator"]["color_matrix"][...]), mi)
     assert train_step.colour_estimator(c) == "bandpass"
     assert train_step.colour_estimator(tiny_config("wespe_plus", color_init="identity")) == "moments"
+
+
+def test_pools_from_the_scans_usable_files_equal_the_folders_and_skip_what_it_skipped(tmp_path, monkeypatch):
+    """A training run passes the data scan's usable files: for a clean folder the same files in the same order,
+    so the same pools; a file the scan skipped is never read."""
+    from wespe.training import scan
+
+    rng = np.random.default_rng(4)
+    for i in range(5):
+        _write(tmp_path / "src" / ("nested" if i % 2 else ""), f"s{i}", rng.integers(0, 128, (40, 44, 3), np.uint8))
+        _write(tmp_path / "tgt", f"t{i}", rng.integers(128, 256, (36, 30, 3), np.uint8))
+    scans = scan.scan_training_folders(tmp_path / "src", tmp_path / "tgt", 16, progress=False)
+    usable = {side: [str(p) for p in scans[side].good] for side in ("source", "target")}
+    from_folders = color_pool.build_color_pools(tmp_path / "src", tmp_path / "tgt", photos=3, pixels=2000, seed=7,
+                                                band=True)
+    from_files = color_pool.build_color_pools(usable["source"], usable["target"], photos=3, pixels=2000, seed=7,
+                                              band=True)
+    assert sorted(from_files) == sorted(from_folders)
+    for key in from_folders:
+        np.testing.assert_array_equal(from_files[key], from_folders[key])
+    (tmp_path / "src" / "broken.png").write_bytes(b"skipped by the scan")
+    read = []
+    real = color_pool.read_image
+    monkeypatch.setattr(color_pool, "read_image", lambda path, **kw: (read.append(path), real(path, **kw))[1])
+    color_pool.build_color_pools(usable["source"], usable["target"], photos=10, pixels=2000, seed=7)
+    assert read and tmp_path / "src" / "broken.png" not in {Path(p) for p in read}

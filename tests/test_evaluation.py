@@ -53,6 +53,52 @@ def test_index_images_keys_by_relative_path_and_reports_duplicates(tmp_path):
         image_paths.index_images(tmp_path / "nope")
 
 
+@pytest.fixture
+def tricky(tmp_path):
+    """Two folders that exercise every case of the pairing rule: same relative path (``x``, ``sub/y``), a folder
+    nested on one side only (``deep/z`` <-> ``z``: the stem fallback), a name two files of a side share (``a.jpg``
+    + ``a.png``) and a stem two nested files share (``one/w``, ``two/w``)."""
+    rng = np.random.default_rng(3)
+    image = lambda: rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    for name in ("x.png", "sub/y.png", "a.jpg", "a.png", "deep/z.png", "one/w.png", "two/w.png"):
+        _png(tmp_path / "left" / name, image())
+    for name in ("x.png", "sub/y.png", "a.png", "z.png", "w.png"):
+        _png(tmp_path / "right" / name, image())
+    return tmp_path / "left", tmp_path / "right"
+
+
+def test_one_pairing_rule_for_training_and_evaluation(tricky):
+    left, right = tricky
+    pairs, unpaired_left, unpaired_right = image_paths.match_pairs(image_paths.keyed_images(left),
+                                                                   image_paths.keyed_images(right))
+    as_names = lambda paths, root: [p.relative_to(root).as_posix() for p in paths]
+    assert [(a.relative_to(left).as_posix(), b.relative_to(right).as_posix()) for a, b in pairs] == [
+        ("deep/z.png", "z.png"), ("sub/y.png", "sub/y.png"), ("x.png", "x.png")]
+    assert as_names(unpaired_left, left) == ["a.jpg", "a.png", "one/w.png", "two/w.png"]
+    assert as_names(unpaired_right, right) == ["a.png", "w.png"]
+
+    from wespe.training import scan  # training's paired mode pairs the same files
+    scans = scan.scan_training_folders(left, right, 16, progress=False)
+    assert scan.pair_files(scans).matched == pairs
+
+    # Evaluation scores the first of a duplicated name (a.jpg, reporting a.png) and pairs by the same rule: it
+    # gained the stem fallback (deep/z was "no reference image named deep/z.*" before) and an ambiguous stem
+    # (one/w, two/w against w) still pairs neither.
+    result = evaluate.evaluate(None, reference_folder=right, outputs_folder=left, progress=False)
+    assert sorted(r["name"] for r in result.rows) == ["a", "deep/z", "sub/y", "x"]
+    skipped = {s["name"]: s["reason"] for s in result.skipped}
+    assert "same name without extension" in skipped["a"]
+    assert "no reference image named one/w.*" in skipped["one/w"] and "two/w" in skipped
+
+
+def test_an_ambiguous_reference_is_reported_not_paired(tmp_path):
+    for name in ("out/a.png", "ref/a.png", "ref/a.jpg"):
+        _png(tmp_path / name, np.zeros((8, 8, 3), np.uint8))
+    result = evaluate.evaluate(None, reference_folder=tmp_path / "ref", outputs_folder=tmp_path / "out",
+                               progress=False)
+    assert not result.rows and "ambiguous reference" in result.skipped[0]["reason"]
+
+
 def test_outputs_mode_scores_against_numpy_and_skips_what_it_cannot_pair(photos):
     root, refs, outs = photos
     result = evaluate.evaluate(None, reference_folder=root / "references", outputs_folder=root / "outputs",

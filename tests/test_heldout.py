@@ -55,3 +55,25 @@ def test_quality_metrics_and_regression_warning():
     assert "quality/color_distance" not in worse
     assert "worse than its input" in heldout.regression_warning(worse)
     assert heldout.regression_warning(heldout.quality_metrics(x, x, None, None)) is None  # no references
+
+
+def test_paired_crops_read_only_the_given_files_and_pair_by_the_shared_rule(tmp_path, monkeypatch):
+    """``files`` (a training folder's usable files, from its data scan) are the only photos read; references
+    pair as evaluation pairs them, a folder nested on one side only included (the stem fallback)."""
+    rng = np.random.default_rng(2)
+    clean = rng.integers(0, 256, (40, 40, 3), np.uint8)
+    _write(tmp_path / "photos" / "nested", "a", 255 - clean)
+    _write(tmp_path / "ref", "a", clean)
+    (tmp_path / "photos" / "broken.png").write_bytes(b"skipped by the scan")
+    read = []
+
+    def spy(path, *args, **kwargs):
+        read.append(path)
+        return real(path, *args, **kwargs)
+
+    real = heldout.read_image
+    monkeypatch.setattr(heldout, "read_image", spy)
+    x, ref = heldout.paired_crops(tmp_path / "photos", tmp_path / "ref", n=2, size=32, seed=0,
+                                  files=[tmp_path / "photos" / "nested" / "a.png"])
+    np.testing.assert_allclose(x, 1.0 - ref, atol=1e-6)
+    assert tmp_path / "photos" / "broken.png" not in read

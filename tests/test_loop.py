@@ -12,6 +12,7 @@ persistent compilation cache would. jit still compiles per input signature: a ru
 import json
 import logging
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,8 @@ from PIL import Image
 from wespe import config as configs
 from wespe import train_step
 from wespe.checkpoint import Checkpointer
-from wespe.training import loop, metrics_log, scan
+from wespe.training import color_pool, data, heldout, loop, metrics_log, scan
+from wespe.training import folders as folder_flags
 from wespe.vgg import VGGWeightsError
 
 LOSS_KEYS = {"loss/content", "loss/color", "loss/texture", "loss/tv", "loss/generator",
@@ -344,3 +346,52 @@ def test_sample_grids_come_from_the_heldout_folder(folders, tmp_path):
     for row in range(2):  # num_sample_crops=2 rows of 16 px patches, 2 px gaps; column 0 is the input
         crop = grid[row * 18:row * 18 + 16, 0:16].reshape(-1, 3)
         assert (crop == (40, 150, 230)).all(), row  # the held-out photo, not the noise photos of --source
+
+
+# ------------------------------------------------------------------------------- one check, one listing
+
+def test_the_folder_flags_are_checked_once_and_a_missing_source_stops_before_the_workdir(tmp_path, monkeypatch):
+    checks = []
+    real_check = folder_flags.check_folders
+    monkeypatch.setattr(folder_flags, "check_folders", lambda c: (checks.append(c), real_check(c))[1])
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("scanned the folders after a folder flag failed its check")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(scan, "scan_training_folders", no_scan)
+        config = tiny_config((tmp_path / "missing", tmp_path))
+        with pytest.raises(scan.DataError) as e:
+            loop.run_training(config, tmp_path / "new" / "run")
+    assert str(e.value) == f"--source={tmp_path / 'missing'} does not exist"
+    assert len(checks) == 1 and not (tmp_path / "new").exists()
+    # Resolving the folders checks nothing again: check_folders did, once.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.setattr(scan, "check_folder", lambda *a: pytest.fail("a folder flag was checked twice"))
+    assert folder_flags.resolve_folders(tiny_config((tmp_path / "a", tmp_path / "b")), tmp_path / "w") == (
+        str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a"), None)
+
+
+def test_after_the_scan_only_its_usable_files_are_read(tmp_path, monkeypatch):
+    """A file the data scan skips is never read again: the colour pools, the sample and held-out crops and the
+    batches all draw from the scan's list of usable files (the held-out folder defaults to the source one)."""
+    source = write_pngs(tmp_path / "phone", seed=1)
+    target = write_pngs(tmp_path / "dslr", seed=2)
+    (source / "broken.png").write_bytes(b"not a png at all")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(target / "tiny.png")  # under the patch size: skipped
+    skipped = {source / "broken.png", target / "tiny.png"}
+    read = []
+    for module in (color_pool, heldout, data):
+        def spy(path, *args, _real=module.read_image, **kwargs):
+            read.append(Path(path))
+            return _real(path, *args, **kwargs)
+        monkeypatch.setattr(module, "read_image", spy)
+    config = tiny_config((source, target), num_steps=1, **{"generator.output": "residual",
+                                                            "generator.global_color": "affine",
+                                                            "color_init": "moments"})
+    loop.run_training(config, tmp_path / "run")
+    report = json.loads((tmp_path / "run" / scan.REPORT_FILE).read_text())
+    assert {Path(b["path"]) for side in ("source", "target") for b in report[side]["bad"]} == skipped
+    assert {p.parent for p in read} == {source, target}  # the pools, crops and batches did read photos
+    assert not skipped & set(read)
