@@ -12,24 +12,21 @@ Methods, all scored by :func:`wespe.evaluation.evaluate.evaluate` on the whole h
 
 * ``input``: the degraded photo itself (the bar to beat);
 * classical baselines (:data:`wespe.evaluation.baselines.BASELINES`, pure NumPy, deterministic): grey-world +
-autocontrast,
-  unsharp mask, both; their outputs are written as PNGs and scored in outputs mode;
+  autocontrast, unsharp mask, both; their outputs are written as PNGs and scored in outputs mode;
 * colour transfers fitted to the training sets (:func:`wespe.evaluation.baselines.fitted_baselines`, no network): what
-  wespe_plus's colour path does before training, so the table shows what training adds; and that colour fit
-  followed by a classical denoiser (non-local means, strength estimated from each photo), so it shows what
-  training adds beyond colour plus denoising;
+  wespe_plus's colour path does before training, so the table shows what training adds; and that colour fit followed by
+  a classical denoiser (non-local means, strength estimated from each photo), so it shows what training adds beyond
+  colour plus denoising;
 * oracle rows (:func:`wespe.evaluation.baselines.oracle_baselines`, kind ``oracle``): the same colour path with colour
-maps
-  read from each test photo's true camera (camera_params.json), and the colour start denoised at the camera's
-  true noise level - not methods, bounds that split the gap between the colour start and the clean photo into
-  set-level colour, per-photo colour and noise; not in the grid;
+  maps read from each test photo's true camera (camera_params.json), and the colour start denoised at the camera's true
+  noise level - not methods, bounds that split the gap between the colour start and the clean photo into set-level
+  colour, per-photo colour and noise; not in the grid;
 * trained presets (``name -> experiment config file``), one training run per seed (:func:`preset_config` says
   what is overridden), scored in model mode; a finished run in ``runs/<preset>/seed_<s>`` is reused.
 
 Beside evaluate's metrics, two of :mod:`wespe.evaluation.quality_metrics` say what kind of change a method made: the
-PSNR
-of the fine detail (high-pass residuals) against the clean photo's, and the noise level of the output, next to
-the clean photos' own (``results["clean"]``).
+PSNR of the fine detail (high-pass residuals) against the clean photo's, and the noise level of the output, next to the
+clean photos' own (``results["clean"]``).
 
 :func:`run_benchmark` writes ``results.json`` (per-seed aggregates, mean and std over seeds, deltas vs the
 input, camera draws, halves, split, licences, the command to rerun), ``results.md`` (one row per method) and
@@ -73,8 +70,7 @@ from wespe.training import loop
 METRICS = ("psnr_mean", "psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy_mean", "detail_psnr_mean",
            "noise_mean")
 # No-reference likeness of a method's outputs to the target-side training photos (wespe.evaluation.no_reference), and
-# how
-# much the ranking of the methods by each agrees with their ranking by PSNR (:func:`rank_agreement`).
+# how much the ranking of the methods by each agrees with their ranking by PSNR (:func:`rank_agreement`).
 NO_REFERENCE = no_reference.SUMMARY_COLUMNS
 PER_IMAGE = ("name", "psnr", "ssim_rgb", "ms_ssim", "entropy", "detail_psnr", "noise")
 PROTOCOL = {
@@ -336,46 +332,68 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
     """
     out_dir = Path(out_dir)
     seeds = [int(s) for s in seeds]
-    if not skip_training:
-        if not seeds:
-            raise UserError("give at least one seed")
-        for name, path in presets.items():
-            check_preset(name, path, out_dir / "data", seeds, steps, vgg_weights)
-    else:
-        presets = {}
+    presets = _checked_presets(out_dir, presets, seeds, steps, vgg_weights, skip_training)
     data = prepare(out_dir / "data", data_seed, split=split, max_side=max_side)
     split = json.loads(Path(data.root, "READY").read_text())["split"]
     command = rerun_command(out_dir, presets, seeds, steps, vgg_weights, skip_training, data_seed, max_side)
 
     target = no_reference.fit_target_model(data.target)  # the clean target-side training photos
-    outputs: dict[str, str] = {"input": data.test_degraded}  # method -> folder of its outputs (first seed)
-    methods: dict[str, dict] = {}
     cameras = json.loads(Path(data.camera_params).read_text())
-    # name -> (kind, photo name -> method): the oracle rows' methods differ per photo (each reads its own camera)
+    methods, outputs = _score_methods(out_dir, data, target, _baseline_methods(data, cameras), presets, seeds,
+                                      steps, vgg_weights, progress)
+    _summarize_methods(methods)
+    results = {"command": command, "cwd": str(Path.cwd()), "methods": methods, "input": methods["input"]["mean"],
+               **_reference_numbers(data, target, methods, seeds),
+               **_run_record(split, cameras, data_seed, max_side, seeds, steps, vgg_weights)}
+    with atomic_write(out_dir / "results.json") as f:
+        f.write((json.dumps(results, indent=2) + "\n").encode())
+    with atomic_write(out_dir / "results.md") as f:
+        f.write(markdown(results).encode())
+    save_grid(outputs, data, out_dir / "grid.png")
+    return results
+
+
+def _checked_presets(out_dir: Path, presets: dict[str, str], seeds: list[int], steps: int | None, vgg_weights: str,
+                     skip_training: bool) -> dict[str, str]:
+    """The presets to train: none with ``skip_training``, else all of them, each checked for every seed first
+    (:func:`check_preset`)."""
+    if skip_training:
+        return {}
+    if not seeds:
+        raise UserError("give at least one seed")
+    for name, path in presets.items():
+        check_preset(name, path, out_dir / "data", seeds, steps, vgg_weights)
+    return presets
+
+
+def _baseline_methods(data: BenchmarkData, cameras: dict) -> dict[str, tuple]:
+    """Every untrained method: ``name -> (kind, photo name -> method)`` (the oracle rows' methods differ per
+    photo: each reads its own camera), classical, then fitted to the training sets, then oracle."""
     fitted = fitted_baselines(data)
     oracles = functools.cache(lambda photo: oracle_baselines(cameras["cameras"][photo], cameras["ranges"],
                                                              fitted[COLOUR_START]))  # once a photo
-    baselines = {**{n: ("classical", lambda _, f=f: f) for n, f in BASELINES.items()},
-                 **{n: ("fitted", lambda _, f=f: f) for n, f in fitted.items()},
-                 **{n: ("oracle", lambda photo, n=n: oracles(photo)[n]) for n in ORACLE_NAMES}}
+    return {**{n: ("classical", lambda _, f=f: f) for n, f in BASELINES.items()},
+            **{n: ("fitted", lambda _, f=f: f) for n, f in fitted.items()},
+            **{n: ("oracle", lambda photo, n=n: oracles(photo)[n]) for n in ORACLE_NAMES}}
+
+
+def _score_methods(out_dir: Path, data: BenchmarkData, target: no_reference.TargetModel, baselines: dict,
+                   presets: dict[str, str], seeds: list[int], steps: int | None, vgg_weights: str,
+                   progress: bool) -> tuple[dict[str, dict], dict[str, str]]:
+    """``input``, each baseline and each preset's run of each seed scored, in that order: ``(methods, outputs)``,
+    method -> ``{"kind", "per_seed", ...}`` and method -> the folder of its outputs (first seed; no oracle)."""
+    outputs: dict[str, str] = {"input": data.test_degraded}
+    methods: dict[str, dict] = {}
     total = 1 + len(baselines) + len(presets) * len(seeds)
     with tqdm(total=total, unit="run", desc="quality benchmark", disable=not progress, dynamic_ncols=True) as bar:
         bar.set_postfix_str("input")
-        result = evaluate.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=data.test_degraded,
-                                     progress=False)
-        methods["input"] = {"kind": "input", "per_seed": [_per_seed(result, data.test_degraded, data.test_clean,
-                                                                     None, None, None, target)]}
+        methods["input"] = {"kind": "input", "per_seed": [_score_outputs(data.test_degraded, data, target)]}
         bar.update(1)
         for name, (kind, method_for) in baselines.items():
             bar.set_postfix_str(name)
             folder = out_dir / "methods" / name
-            for path in sorted(Path(data.test_degraded).glob("*.png")):
-                write_png(folder / path.name, apply_uint8(method_for(path.stem),
-                                                          np.asarray(Image.open(path).convert("RGB"))))
-            result = evaluate.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=folder,
-                                         progress=False)
-            methods[name] = {"kind": kind, "per_seed": [_per_seed(result, folder, data.test_clean, None, None,
-                                                                  None, target)]}
+            _write_baseline_outputs(method_for, data, folder)
+            methods[name] = {"kind": kind, "per_seed": [_score_outputs(folder, data, target)]}
             if kind != "oracle":  # the grid shows methods; the oracle rows are bounds (see the table's note)
                 outputs[name] = str(folder)
             bar.update(1)
@@ -383,34 +401,70 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
             methods[name] = {"kind": "trained", "config": str(path), "per_seed": []}
             for seed in seeds:
                 bar.set_postfix_str(f"{name} seed {seed}")
-                workdir = out_dir / "runs" / name / f"seed_{seed}"
-                record = train_preset(preset_config(path, data, seed, steps, vgg_weights, name=name), workdir)
-                enhanced = out_dir / "methods" / name / f"seed_{seed}"
-                result = evaluate.evaluate(load_exported_generator(workdir), data.test_degraded, data.test_clean,
-                                             save_enhanced_to=enhanced, progress=False)
-                methods[name]["per_seed"].append(_per_seed(result, enhanced, data.test_clean, seed,
-                                                           record["num_steps"], record["train_minutes"],
-                                                           target))
-                methods[name]["reused_runs"] = methods[name].get("reused_runs", 0) + bool(record["reused"])
+                enhanced = _train_and_score(methods[name], name, path, seed, out_dir, data, target, steps,
+                                            vgg_weights)
                 outputs.setdefault(name, str(enhanced))
                 bar.update(1)
+    return methods, outputs
 
+
+def _write_baseline_outputs(method_for, data: BenchmarkData, folder: Path) -> None:
+    """A baseline applied to every degraded test photo, written as PNGs of the same names into ``folder``."""
+    for path in sorted(Path(data.test_degraded).glob("*.png")):
+        write_png(folder / path.name, apply_uint8(method_for(path.stem), np.asarray(Image.open(path).convert("RGB"))))
+
+
+def _score_outputs(folder, data: BenchmarkData, target: no_reference.TargetModel) -> dict:
+    """The one scoring of an untrained method whose outputs are the PNGs of ``folder``."""
+    result = evaluate.evaluate(None, data.test_degraded, data.test_clean, outputs_folder=folder, progress=False)
+    return _per_seed(result, folder, data.test_clean, None, None, None, target)
+
+
+def _train_and_score(method: dict, name: str, path: str, seed: int, out_dir: Path, data: BenchmarkData,
+                     target: no_reference.TargetModel, steps: int | None, vgg_weights: str) -> Path:
+    """Preset ``name``'s run of ``seed`` trained (or reused) and scored into ``method``; returns the folder of
+    its enhanced photos."""
+    workdir = out_dir / "runs" / name / f"seed_{seed}"
+    record = train_preset(preset_config(path, data, seed, steps, vgg_weights, name=name), workdir)
+    enhanced = out_dir / "methods" / name / f"seed_{seed}"
+    result = evaluate.evaluate(load_exported_generator(workdir), data.test_degraded, data.test_clean,
+                               save_enhanced_to=enhanced, progress=False)
+    method["per_seed"].append(_per_seed(result, enhanced, data.test_clean, seed, record["num_steps"],
+                                        record["train_minutes"], target))
+    method["reused_runs"] = method.get("reused_runs", 0) + bool(record["reused"])
+    return enhanced
+
+
+def _summarize_methods(methods: dict[str, dict]) -> None:
+    """Each method's mean and std over seeds (:func:`summarize`), number of scorings and mean minus the input's."""
     base, _ = summarize(methods["input"]["per_seed"])
     for entry in methods.values():
         entry["mean"], entry["std"] = summarize(entry["per_seed"])
         entry["n"] = len(entry["per_seed"])
         entry["delta_vs_input"] = {k: (entry["mean"][k] - base[k] if None not in (entry["mean"][k], base[k])
                                        else None) for k in METRICS + NO_REFERENCE}
-    clean = detail_and_noise(data.test_clean, None)  # the level a method's noise column is read against
+
+
+def _reference_numbers(data: BenchmarkData, target: no_reference.TargetModel, methods: dict,
+                       seeds: list[int]) -> dict:
+    """results.json's ``clean`` (the clean photos' noise level, which a method's noise column is read against)
+    and ``no_reference`` (the target model, the clean photos' own likeness, the rank agreement)."""
+    clean = detail_and_noise(data.test_clean, None)
     clean_likeness = no_reference.report(data.test_clean, target)
-    results = {
-        "command": command, "cwd": str(Path.cwd()), "methods": methods, "input": methods["input"]["mean"],
+    return {
         "clean": {"noise_mean": _mean(v["noise"] for v in clean.values()),
                   "per_image": [{"name": n, "noise": v["noise"]} for n, v in clean.items()]},
         "no_reference": {"target": target.summary(), "protocol": no_reference.PROTOCOL,
                          # the clean test photos' own numbers: what a perfect method scores (scene content differs)
                          "clean": {k: clean_likeness.get(k) for k in NO_REFERENCE},
                          "rank_agreement": rank_agreement(methods, seeds)},
+    }
+
+
+def _run_record(split: dict, cameras: dict, data_seed: int, max_side: int | None, seeds: list[int],
+                steps: int | None, vgg_weights: str) -> dict:
+    """results.json's record of the run: split, photos and their licences, camera draws, settings, protocol."""
+    return {
         "split": split, "photos": {n: PHOTOS[n] for names in split.values() for n in names},
         "camera_params": cameras["cameras"], "camera_ranges": cameras["ranges"], "halves": cameras["halves"],
         "train_layout": TRAIN_LAYOUT, "data_seed": data_seed,
@@ -419,12 +473,6 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
                      "std": "sample standard deviation over seeds (ddof 1); 0 for one seed or a deterministic "
                             "method", "delta_vs_input": "method mean minus the input's"},
     }
-    with atomic_write(out_dir / "results.json") as f:
-        f.write((json.dumps(results, indent=2) + "\n").encode())
-    with atomic_write(out_dir / "results.md") as f:
-        f.write(markdown(results).encode())
-    save_grid(outputs, data, out_dir / "grid.png")
-    return results
 
 
 # --------------------------------------------------------------------------------------------------- reporting
