@@ -4,8 +4,7 @@
     python launch/train.py --config=experiments/demo.py --workdir=runs/mine --source=phone_dir --target=dslr_dir
 
 Built-in data (wespe/training/demo.py): halves of scikit-image photos, degraded by a documented camera model on the
-source
-side and clean on the target side, and a held-out photo (the cat) with its clean reference, so the run logs
+source side and clean on the target side, and a held-out photo (the cat) with its clean reference, so the run logs
 held-out PSNR / SSIM as it trains and ends with demo_grid.png (input | G(input) | clean) and demo_result.json.
 Given --source and --target, the same recipe trains on those folders instead (add
 --config.data.heldout=... [--config.data.heldout_reference=...] to watch your own held-out photos).

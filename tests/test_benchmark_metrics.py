@@ -1,8 +1,6 @@
 """The quality benchmark's detail PSNR and noise level (wespe.evaluation.quality_metrics), the colour fit + non-local
-means
-baseline (wespe.evaluation.baselines.nlm_denoise) and the table columns they fill
-(wespe.evaluation.quality_benchmark.summary_table). Small
-synthetic images, NumPy / SciPy only: seconds."""
+means baseline (wespe.evaluation.baselines.nlm_denoise) and the table columns they fill
+(wespe.evaluation.quality_benchmark.summary_table). Small synthetic images, NumPy / SciPy only: seconds."""
 
 import math
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableException
 def state_shapes():
     """The TrainState structure of a tiny WESPE config with batch norm (so batch_stats is not empty).
 
-    ``jax.eval_shape`` of :func:`train.create_train_state` gives exactly its tree, dtypes and shapes in well
+    ``jax.eval_shape`` of :func:`wespe.train_step.create_train_state` gives exactly its tree, dtypes and shapes in well
     under a second (building it eagerly compiles dozens of small initialisers on CPU).
     """
     c = configs.wespe_paper()

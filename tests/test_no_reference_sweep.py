@@ -102,9 +102,9 @@ def test_quality_rank_agreement_matches_scipy_and_is_in_the_report():
     rng = np.random.default_rng(1)
 
     def row(seed):
-        return {"seed": seed, "steps": None, "psnr_mean": float(rng.normal(22, 2)), "niqe_set": float(rng.uniform(2, 30)),
-                "color_distance": float(rng.uniform(0, 0.2)), "noise_log2_ratio": float(rng.normal(0, 1)),
-                "sharpness_log2_ratio": float(rng.normal(0, 1))}
+        return {"seed": seed, "steps": None, "psnr_mean": float(rng.normal(22, 2)),
+                "niqe_set": float(rng.uniform(2, 30)), "color_distance": float(rng.uniform(0, 0.2)),
+                "noise_log2_ratio": float(rng.normal(0, 1)), "sharpness_log2_ratio": float(rng.normal(0, 1))}
 
     methods = {"input": _method("input", [row(None)]), **{f"b{i}": _method("classical", [row(None)])
                                                           for i in range(4)},

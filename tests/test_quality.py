@@ -431,8 +431,7 @@ def test_cli_bad_preset_path_is_one_line_and_exit_2(tmp_path):
 # ------------------------------------------------------------------- experiments/quality/unseen_camera.py's flags
 
 # Runs the script's main with wespe.evaluation.quality_benchmark.run_benchmark replaced by a recorder: what it would
-# benchmark (the
-# camera ranges draw_camera reads, the presets, the split) without preparing photos or training.
+# benchmark (the camera ranges draw_camera reads, the presets, the split) without preparing photos or training.
 _UNSEEN_RECORDER = """
 import json, sys
 from wespe.evaluation import quality_benchmark
@@ -485,8 +484,8 @@ def test_colour_estimators_script_scores_every_estimator_and_the_true_map(tmp_pa
     for name, row in rows.items():
         data = quality_data.folders(tmp_path / name)
         ranges = json.loads(Path(data.camera_params).read_text())["ranges"]
-        assert ranges == {k: list(v) for k, v in synthetic_camera.CAMERA_FAMILIES[row["family"]].items()}  # its own
-        # cameras
+        # its own cameras
+        assert ranges == {k: list(v) for k, v in synthetic_camera.CAMERA_FAMILIES[row["family"]].items()}
         pools = color_pool.build_color_pools(data.source, data.target, band=True)
         for estimator in color_map.ESTIMATORS:  # the maps the recipe would start from on these folders
             matrix, bias = color_map.fitted_colour_map(pools, estimator)

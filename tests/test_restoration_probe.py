@@ -1,6 +1,5 @@
 """The restoration probe (wespe.evaluation.restoration_probe, launch/benchmark.py --mode=restoration_probe): G trained
-alone to
-undo a degradation on crops, scored on whole held-out photos."""
+alone to undo a degradation on crops, scored on whole held-out photos."""
 
 import numpy as np
 import pytest

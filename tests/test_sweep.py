@@ -1,6 +1,5 @@
 """Sweeps (wespe/evaluation/sweep.py) in-process: sweep files, cell expansion, the evaluation loop and its resume, the
-tables
-and the plots.
+tables and the plots.
 
 Tiny data: three random 48x64 photos, their references the same photos brightened by 20 levels; two exported
 width-8 one-block generators: the identity (residual output, zero-initialised last conv, so its scores are the

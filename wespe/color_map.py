@@ -29,9 +29,8 @@ CLIPPED = 0.5 / 255
 
 def fitted_colour_map(pools: dict, estimator: str = "moments", *,
                       reverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The per-channel affine colour map from the source set to the target set (``reverse``: target to source)
-    fitted to :func:`wespe.training.color_pool.build_color_pools` output, as :func:`moment_transfer`'s ``(matrix,
-    bias)``:
+    """The per-channel affine colour map from the source set to the target set (``reverse``: target to source) fitted to
+    :func:`wespe.training.color_pool.build_color_pools` output, as :func:`moment_transfer`'s ``(matrix, bias)``:
 
     * ``moments``: the pools' mean and standard deviation (:func:`moment_transfer`);
     * ``bandpass``: the gains ``target_band_std / source_band_std`` (pools built with ``band=True``), and the
@@ -40,15 +39,9 @@ def fitted_colour_map(pools: dict, estimator: str = "moments", *,
 
     Why: a mean and a global standard deviation of a few photos are their scenes' as much as the camera's; the
     band-pass contrast and the black point (most photos have some shadow near the camera's black) depend less on
-    what was photographed. Measured as the only change to the held-out photos (wespe_plus's colour start: the
-    map on a Gaussian base layer; PSNR of 3 test photos, 5 training photos a side, seed-0 data), ``moments`` ->
-    ``bandpass`` on the three cameras it was chosen on: the quality benchmark's 23.00 -> 23.21 dB, the cool
-    over-exposed camera's 23.17 -> 27.38, the noisy phone's 22.61 -> 24.65; then on four it was not chosen on
-    (its band was): a warm contrasty camera 23.07 -> 26.77, a dim one 22.47 -> 24.74, the benchmark's camera on
-    the other split 21.47 -> 23.19 and on another data seed 22.32 -> 24.21 (the true set-level map: 27.63, 25.89,
-    24.38, 23.40); the built-in demo's held-out crops 26.87 -> 26.80. With the sigma-2 band, the gains were
-    nearer the true ones than the standard deviations' on 20 of the 21 channels. SSIM moved by -0.02 to +0.03
-    (SSIM of a colour start is mostly its noise: the true map scores below the moments on two of the seven).
+    what was photographed. Measured as the only change to the held-out photos (wespe_plus's colour start),
+    ``bandpass`` beat ``moments`` on the three cameras it was chosen on and on four it was not, and its gains were
+    nearer the true ones (measured: see the README's Results; experiments/quality/colour_estimators.py reruns it).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown colour estimator {estimator!r}; expected one of {ESTIMATORS}")
@@ -80,9 +73,8 @@ def anchored_bias(source: np.ndarray, target: np.ndarray, gain: np.ndarray) -> n
 
 def band_gain(source_band_std: np.ndarray, target_band_std: np.ndarray) -> np.ndarray:
     """Per-channel gains ``target / source`` of two :func:`wespe.training.color_pool.folder_band_std` results; 1, with a
-    warning, where
-    either side has no band-pass contrast (flat or tiny photos: a ratio would scale the channel by 0 or without
-    bound, and the offsets still match the two sets' levels)."""
+    warning, where either side has no band-pass contrast (flat or tiny photos: a ratio would scale the channel by 0 or
+    without bound, and the offsets still match the two sets' levels)."""
     s, t = np.asarray(source_band_std, np.float64), np.asarray(target_band_std, np.float64)
     flat = (s <= 1e-6) | (t <= 1e-6)
     if flat.any():
@@ -98,10 +90,9 @@ def moment_transfer(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray,
     ``mean_t - gain * mean_s``, float32, for ``colour(x) = matrix @ x + bias``. Computed in float64. A channel
     that does not vary in ``source`` keeps gain 1 (only its mean moves).
 
-    Measured on the quality benchmark (launch/quality.py, training sets of 5 photos a side), as the only change
-    to the held-out photos: input 19.72 dB / SSIM 0.6255; this map 22.70 / 0.662; the full 3x3 Gaussian (Monge)
-    map 22.43 / 0.636; per-channel histogram matching 21.09 / 0.631 (curves from a few photos overfit their
-    content); the colour path learned from batches 21.5-22.3, varying with the seed.
+    Measured on the quality benchmark as the only change to the held-out photos, it beat the full 3x3 Gaussian
+    (Monge) map, per-channel histogram matching (curves from a few photos overfit their content) and the colour
+    path learned from batches (measured: see the README's Results).
     """
     s, t = np.asarray(source, np.float64), np.asarray(target, np.float64)
     std_s, std_t = s.std(axis=0), t.std(axis=0)

@@ -350,7 +350,7 @@ def fit(source_crops: np.ndarray, target_crops: np.ndarray, color_matrix: np.nda
     identity = scores[(0.0, 0.0, 0.0)]
     record = {"source_statistics": source_stats.tolist(),
               "clean_target_statistics": np.asarray(texture_statistics(clean)).tolist(),
-              "fit_statistics": statistics[best].tolist(),  # as scored (a separate program cost ~2 s to compile)
+              "fit_statistics": statistics[best].tolist(),  # as scored (a separate program would cost another compile)
               "distance": scores[best], "distance_undegraded": identity,
               "candidates": len(scores), "fixed": fixed,
               "statistics": list(STATISTICS)}

@@ -3,16 +3,16 @@
 XLA:CPU's worker threads allocate each program's outputs and temporaries in glibc's per-thread arenas, where an
 allocation above 64 MiB cannot fit a heap and is served by ``mmap``, then handed back to the kernel by
 ``munmap`` when freed. The next call faults the same amount in again, page by page: staged tiled inference of a
-1 MP photo took 4 million minor faults (16 GB, 12 s of system time, half its run) per photo on a 2-core VM;
+1 MP photo took millions of minor faults per photo on a 2-core VM, much of its run spent in the kernel;
 ``mmap``-ing virtualised machines make each fault especially dear. One arena that never ``mmap``-s and
-trims only above 2 GiB of free top-of-heap removes them (0 faults; 1 MP staged 16.9 s -> 9.2 s, whole image
-7.9 s -> 6.8 s on that machine). The PyTorch reference step does the same (``--tune-malloc``).
+trims only above 2 GiB of free top-of-heap removes them (no faults left; staged and whole-image inference
+measured faster). The PyTorch reference step does the same (``--tune-malloc``).
 
 Training (:func:`tune_for_training`) asks glibc, through its start-up tunables, for one arena and for
 transparent huge pages on what malloc maps: the step frees and faults in gigabytes of activations each time
-(7 million minor faults per batch-30 run), and in 2 MiB pages, kept by one arena, that costs next to nothing.
-Batch 30 on the 2-core AVX-512 test machine: 13.5 s -> 11.5 s per step with huge pages (system time 4.7 s ->
-2.0 s), 10.0-10.5 s with one arena as well (system time 0.02-0.07 s) against 11.1-11.7 s without it.
+(millions of minor faults per batch-30 run), and in 2 MiB pages, kept by one arena, that costs next to nothing:
+huge pages, and one arena as well, each measured faster per step, with next to no system time left (the timings
+are in the README's Benchmarks).
 
 Process-wide, so only the entry points call :func:`tune` / :func:`tune_for_training` (first thing, before JAX
 starts its threads), and ``WESPE_TUNE_MALLOC=0`` turns both off; libraries importing wespe keep their own

@@ -128,8 +128,8 @@ def read_image(path: str | os.PathLike, *, draft_side: int | None = None) -> tup
     """Read a photo as an upright ``uint8`` array of shape (H, W, 3) plus the metadata to write it back.
 
     ``draft_side``: the caller only needs the photo at about this many pixels a side, so a JPEG may be decoded
-    at 1/2, 1/4 or 1/8 scale (Pillow's draft mode, still at least ``draft_side`` on each side; ~8x faster for a
-    12 MP photo): the array and ``info.size`` are then the reduced ones. Other formats decode in full."""
+    at 1/2, 1/4 or 1/8 scale (Pillow's draft mode, still at least ``draft_side`` on each side; much faster for a
+    large photo): the array and ``info.size`` are then the reduced ones. Other formats decode in full."""
     path = Path(path)
     if not path.exists():
         raise missing_file_error(path)

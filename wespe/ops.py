@@ -69,7 +69,7 @@ def effective_sigma(taps: np.ndarray) -> float:
 
 def _filter_axis(x: jnp.ndarray, taps: np.ndarray, axis: int) -> jnp.ndarray:
     # Shifted-slice sum with zero padding ("SAME", as tf.nn.depthwise_conv2d). A grouped/depthwise conv
-    # would do the same per channel but is ~7x slower on XLA:CPU.
+    # would do the same per channel but is much slower on XLA:CPU.
     size = len(taps)
     half = size // 2
     pad = [(0, 0)] * x.ndim

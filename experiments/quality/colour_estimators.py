@@ -1,19 +1,16 @@
-"""wespe_plus's colour start, fitted by each estimator of wespe.training.color_pool, on seven cameras: no training, ~1
-min.
+"""wespe_plus's colour start, fitted by each estimator of wespe.training.color_pool, on seven cameras (no training).
 
     python experiments/quality/colour_estimators.py --output_dir=runs/colour_estimators
 
-The colour start is the generator before its first step: a per-channel colour map fitted to the two unpaired
-training sets, applied to a Gaussian base layer (wespe.evaluation.baselines.base_colour_path). Each row prepares the
-quality
+The colour start is the generator before its first step: a per-channel colour map fitted to the two unpaired training
+sets, applied to a Gaussian base layer (wespe.evaluation.baselines.base_colour_path). Each row prepares the quality
 benchmark's photos (wespe.evaluation.quality_data) with a camera family of
-wespe.training.synthetic_camera.CAMERA_FAMILIES, a split and a data
-seed, fits the map with every estimator (wespe.color_map.ESTIMATORS) and scores the held-out photos (PSNR mean
-per image and SSIM on RGB, wespe.metrics, as launch/quality.py does), beside the input and the true set-level
-map (the inverse of the family's centre camera: what a fit to many photos would approach) and the per-channel map
-that matches the two sets' colour distributions best (``w2_affine``: what a colour adversary that matched them
-exactly would reach with G's affine colour path). The first three rows
-are the cameras the estimators were chosen on (launch/quality.py and experiments/quality/unseen_camera.py's
+wespe.training.synthetic_camera.CAMERA_FAMILIES, a split and a data seed, fits the map with every estimator
+(wespe.color_map.ESTIMATORS) and scores the held-out photos (PSNR mean per image and SSIM on RGB, wespe.metrics, as
+launch/quality.py does), beside the input and the true set-level map (the inverse of the family's centre camera: what a
+fit to many photos would approach) and the per-channel map that matches the two sets' colour distributions best
+(``w2_affine``: what a colour adversary that matched them exactly would reach with G's affine colour path). The first
+three rows are the cameras the estimators were chosen on (launch/quality.py and experiments/quality/unseen_camera.py's
 data); the last four were drawn afterwards to check them. Writes results.json and results.md to --output_dir.
 """
 

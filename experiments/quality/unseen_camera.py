@@ -5,11 +5,10 @@
         --presets=wespe_restore=experiments/quality/wespe_restore.py
 
 The benchmark's camera (wespe/training/synthetic_camera.py) is warm, dark, low-contrast, noisy and JPEG 30-45, and its
-held-out
-photos are chelsea, grace_hopper and flower. Here every draw is a cool cast (R gain 0.80-0.90, B gain 1.10-1.20),
-over-exposed (brightness +0.03..+0.08), mildly flat (contrast 0.8-0.9), less blurred and noisy, JPEG 60-80, and
-the photos swap roles: astronaut, coffee and rocket are held out; chelsea, grace_hopper, flower,
-motorcycle_left and china are cut into the training halves. Results in experiments/quality/results/unseen_camera.md.
+held-out photos are chelsea, grace_hopper and flower. Here every draw is a cool cast (R gain 0.80-0.90, B gain
+1.10-1.20), over-exposed (brightness +0.03..+0.08), mildly flat (contrast 0.8-0.9), less blurred and noisy, JPEG 60-80,
+and the photos swap roles: astronaut, coffee and rocket are held out; chelsea, grace_hopper, flower, motorcycle_left and
+china are cut into the training halves. Results in experiments/quality/results/unseen_camera.md.
 
 --camera=noisy_phone keeps that split and draws a camera whose damage is mostly sensor noise that survives a
 mild JPEG (noise 0.04-0.07, quality 85-95, little blur, a mild cast): the case of real phone photos, where a

@@ -82,7 +82,7 @@ def nlm_denoise(x: np.ndarray, sigma: float | None = None) -> np.ndarray:
     scikit-image's ``estimate_sigma`` would need PyWavelets), ``h = 0.8 sigma``. ``x`` is clipped to [0, 1] first: the
     saved output is clipped anyway, and out-of-range values would count as noise. Deterministic.
 
-    The estimator sees pixel-scale noise only. After a strong JPEG (the benchmark's camera: quality 30-45) what
+    The estimator sees pixel-scale noise only. After a strong JPEG (the quality benchmark's camera: quality 30-45) what
     is left of the noise sits in the 8x8 blocks' low frequencies, so sigma comes out about a tenth of the camera's
     noise and the denoiser changes little: the result of this self-calibrating recipe there, kept as it is rather
     than tuned on the test photos. ``sigma`` given (the oracle rows: the camera's own noise level) replaces the

@@ -531,8 +531,7 @@ def report(images, model: TargetModel, *, seed: int | None = None, patches: str 
 
 class Likeness:
     """``visit`` for :func:`wespe.evaluation.evaluate.evaluate`: gathers the enhanced photos and their inputs one at a
-    time;
-    :meth:`section` is the ``no_reference`` section of ``results.json``."""
+    time; :meth:`section` is the ``no_reference`` section of ``results.json``."""
 
     def __init__(self, model: TargetModel):
         self.model = model

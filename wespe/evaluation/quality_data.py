@@ -32,16 +32,14 @@ the same part of that scene on both sides, a few dozen pixels apart. Why halves 
 (the first split: three whole photos per side): unpaired learning matches the *distributions* of the two sides,
 so with a handful of photos a side's scene content leaks into what is learned (on the built-in demo,
 :mod:`wespe.training.demo`, matching the colour moments of whole-photo sides made the held-out photo worse, 18.3 dB vs
-the
-input's 22.7 dB; with halves of the same photos on each side, 26.2 dB). Real unpaired sets (thousands of photos
-per camera) share scene statistics by their size.
+the input's 22.7 dB; with halves of the same photos on each side, 26.2 dB). Real unpaired sets (thousands of photos per
+camera) share scene statistics by their size.
 
 The degradation is :func:`wespe.training.synthetic_camera.camera_model`: a different camera drawn for every degraded
-photo from
-ranges around the demo's camera (blur, low contrast and exposure, a warm cast, noise, JPEG 30-45) by a NumPy
-random generator seeded with ``[data_seed, k]`` for the k-th degraded photo (training photos first, then test
-photos). A training photo is degraded whole, then cut. The draws and, for every training photo, which half went
-to the source are saved as ``camera_params.json``. :func:`prepare` writes the PNG folders once.
+photo from ranges around the demo's camera (blur, low contrast and exposure, a warm cast, noise, JPEG 30-45) by a NumPy
+random generator seeded with ``[data_seed, k]`` for the k-th degraded photo (training photos first, then test photos). A
+training photo is degraded whole, then cut. The draws and, for every training photo, which half went to the source are
+saved as ``camera_params.json``. :func:`prepare` writes the PNG folders once.
 """
 
 from __future__ import annotations

@@ -9,9 +9,8 @@
                   noise in (above it) or smoothed texture away (below it).
 
 :func:`noise_sigma` is the per-channel estimator itself, also used by :mod:`wespe.evaluation.baselines` to set the
-strength
-of its non-local-means denoiser from the photo. NumPy / SciPy in float64, host side: the benchmark scores a few
-whole photos, so nothing here is worth a jit (unlike :mod:`wespe.metrics`, which the training loop calls).
+strength of its non-local-means denoiser from the photo. NumPy / SciPy in float64, host side: the quality benchmark
+scores a few whole photos, so nothing here is worth a jit (unlike :mod:`wespe.metrics`, which the training loop calls).
 """
 
 from __future__ import annotations

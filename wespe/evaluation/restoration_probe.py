@@ -8,12 +8,10 @@ the full recipe mixes: can this network learn restoration at this scale, does le
 whole photos, and is the degradation D (fitted, or the true camera family where it is known) the right one.
 ``launch/benchmark.py --mode=restoration_probe`` runs it on the quality benchmark's photos (README: Results).
 
-Measured there (seed-0 data, width 16, 2 blocks, batch 16, Adam 2e-3 after 50 warm-up steps, 1,200 steps,
-PSNR / SSIM of the whole held-out photos; the colour start is 23.00 / 0.7227): with instance norm in G's blocks,
-restoration learned from the camera family's blur, noise and JPEG makes whole photos worse (22.28 / 0.6716: a
-norm over a crop's statistics is not one over a photo's); without it 23.07 / 0.7366; from the fitted camera
-(which overestimates the damage) 22.86 / 0.7261. Held-out scores move by +-0.15 dB between evaluations at this
-batch size: one run is indicative.
+What it showed there: with instance norm in G's blocks, restoration learned from the camera family's blur, noise
+and JPEG makes whole photos worse than the colour start (a norm over a crop's statistics is not one over a
+photo's); without it, better; from the fitted camera (which overestimates the damage), about even (measured: see
+the README's Results). Held-out scores move between evaluations at a small batch size: one run is indicative.
 """
 
 from __future__ import annotations
@@ -52,9 +50,8 @@ def fitted_degrader(fitted: degradation_lib.Degradation, jitter: float) -> Degra
 def camera_degrader(ranges: dict, color_matrix: np.ndarray, color_bias: np.ndarray) -> Degrader:
     """A known camera family's blur, sensor noise and JPEG (each crop its own draw from ``ranges``, the keys of
     :data:`wespe.training.synthetic_camera.CAMERA_RANGES`), with the colour map ``x -> color_matrix @ x + color_bias``
-    in place of
-    the family's colour steps, so that G's fixed colour path is its exact inverse: the degradation a perfect fit
-    would find. Pillow's JPEG, as the benchmark's camera."""
+    in place of the family's colour steps, so that G's fixed colour path is its exact inverse: the degradation a perfect
+    fit would find. Pillow's JPEG, as the quality benchmark's camera."""
     from wespe.training.synthetic_camera import gaussian_blur
     m, b = np.asarray(color_matrix, np.float64), np.asarray(color_bias, np.float64)
 

@@ -53,10 +53,10 @@ SWEEP_FIELDS = (("cell", "kind", "model", "run", "step", "status") + AGGREGATE_F
                 + LIKENESS_FIELDS + ("error",))
 # How the best cell is picked: by PSNR (pooled) when the cells have references; without, by the no-reference
 # NIQE-style distance of the outputs to the target photos (lower is closer). Why NIQE and not the colour, noise
-# or sharpness numbers: on the quality benchmark's real photos (README, "No-reference evaluation") it is the
+# or sharpness numbers: on the quality benchmark's real photos (measured: see the README's Results) it is the
 # only one of the four that puts the clean photos themselves (the perfect output) clearly closest to the
 # target photos; the others mostly measure how the scenes differ. It is a weak guide all the same: across the
-# benchmark's methods its ranking disagrees with PSNR's (Spearman -0.66).
+# quality benchmark's methods its ranking disagrees with PSNR's.
 BEST_BY = {"reference": ("psnr_pooled", "max"), "no_reference": ("niqe_set", "min")}
 
 
@@ -190,8 +190,7 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
     :class:`wespe.errors.UserError` before any model loads for what :func:`check_cells` finds.
 
     ``target``: a :class:`wespe.evaluation.no_reference.TargetModel` (fitted once by the caller): every cell evaluated
-    is
-    also scored against it (:class:`wespe.evaluation.no_reference.Likeness`, the ``no_reference`` section of its
+    is also scored against it (:class:`wespe.evaluation.no_reference.Likeness`, the ``no_reference`` section of its
     results.json) and its outputs' :data:`LIKENESS_FIELDS` become columns; a finished cell gives them if its
     results.json has that section."""
     output_dir = Path(output_dir)

@@ -8,12 +8,10 @@ steps: the curve says whether this adversary, with this input view, normalisatio
 can learn what the generator is meant to learn. ``launch/benchmark.py --mode=texture_probe`` runs it on the
 quality benchmark's photos (README: Results).
 
-Measured on the quality benchmark (``--config.patch_size=100 --config.batch_size=8``: batches 8 + 8, Adam 5e-4,
-BCE, held-out accuracy on 256 + 256 patches of the degraded vs clean test photos at steps 100..600, one run
-each): the official adversary (instance norm, 0.01 init, ``dped_fc``) on raw grayscale 0.62, 0.69, 0.72, 0.75,
-0.67, 0.71; on the high-pass view (``discriminator.texture_input=highpass``) 0.78, 0.77, 0.87, 0.89, 0.90, 0.93;
-without normalisation and with He init 0.63-0.78 (grayscale) and 0.81-0.92 (high-pass). Raw grayscale patches
-of two sets differ mostly in scene content and shading; the high-pass removes them.
+Measured on the quality benchmark, the adversary tells the two cameras apart better on the high-pass view
+(``discriminator.texture_input=highpass``) than on raw grayscale, with the official normalisation and init or
+without (measured: see the README's Results). Raw grayscale patches of two sets differ mostly in scene content
+and shading; the high-pass removes them.
 """
 
 from __future__ import annotations
