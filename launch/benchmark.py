@@ -1,4 +1,4 @@
-"""Benchmarks, JSON out.
+"""Speed benchmarks (wespe.evaluation.speed_benchmark) and the two training probes, JSON out.
 
 --mode=train_step: images/s, median step time, compile time, XLA FLOPs, MFU, CPU user/sys time, device memory.
     python launch/benchmark.py --config.batch_size=30 --repeats=5 --out=bench.json
@@ -23,11 +23,11 @@
     photos (wespe.evaluation.texture_probe), its held-out accuracy every --eval_every steps, per --texture_inputs view:
     python launch/benchmark.py --mode=texture_probe --texture_inputs=gray,highpass \
         --config.discriminator.norm=none --config.discriminator.init=he --config.patch_size=100 --config.batch_size=8
---mode=restoration_probe: the config's generator trained alone to undo a degradation on crops of the benchmark's
+--mode=restoration_probe: the config's generator trained alone to undo a degradation on crops of the quality benchmark's
     clean target photos, its colour path fixed at the colour start, scored on the whole held-out photos every
     --eval_every steps (wespe.evaluation.restoration_probe), per --restoration_degradations (fitted: the camera model
-    fitted
-    to the two sets, as weights.restoration trains; camera: the benchmark camera family's blur, noise and JPEG):
+    fitted to the two sets, as weights.restoration trains; camera: the quality benchmark camera family's blur, noise and
+    JPEG):
     python launch/benchmark.py --mode=restoration_probe --config=experiments/quality/wespe_restore.py \
         --config.batch_size=16 --config.optimizer.lr_generator=2e-3 --probe_steps=1200 --eval_every=200
 

@@ -5,10 +5,9 @@
     python launch/quality.py --output_dir=runs/quality --skip_training       # input + classical baselines only
     python launch/quality.py --output_dir=runs/q --presets=mine=experiments/x.py --seeds=0 --steps=2000
 
-Writes results.json (per-seed numbers, mean and std over seeds, deltas vs the input, camera draws, split,
-licences, the command to rerun it), results.md and grid.png to --output_dir; the photos, the split and the
-camera model are described in wespe/evaluation/quality_data.py, the baselines in wespe/evaluation/baselines.py and the
-protocol in
+Writes results.json (per-seed numbers, mean and std over seeds, deltas vs the input, camera draws, split, licences, the
+command to rerun it), results.md and grid.png to --output_dir; the photos, the split and the camera model are described
+in wespe/evaluation/quality_data.py, the baselines in wespe/evaluation/baselines.py and the protocol in
 wespe/evaluation/quality_benchmark.py. A finished training run under --output_dir/runs is reused.
 A bad flag or preset prints one "error: ..." line and exits 2 before anything is trained.
 """

@@ -1,9 +1,10 @@
-"""Training-step and inference throughput measurement (used by ``launch/benchmark.py``).
+"""The speed benchmark: training-step and inference throughput (used by ``launch/benchmark.py``; the quality
+benchmark is :mod:`wespe.evaluation.quality_benchmark`).
 
 Times are medians over repeats after warm-up, with ``block_until_ready``; FLOPs come from XLA's cost
 analysis of the compiled step; MFU = FLOPs / step time / device peak when a peak is known or given.
 User and system CPU seconds per step are reported too: on small CPU machines a large system share means
-the allocator is returning memory to the OS every op (see the README's performance notes).
+the allocator is returning memory to the OS every op (see the README's Benchmarks).
 """
 
 from __future__ import annotations
