@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wespe import config as configs
-from wespe import parallel, train_step, vgg
+from wespe import compiler_options, parallel, train_step, vgg
 from wespe.evaluation import speed_benchmark
 
 
@@ -42,25 +42,25 @@ def setup(config):
 
 
 def test_state_initialisation_compiles_cheaply_into_the_same_bits(monkeypatch):
-    """The state's one-off initialisation is compiled with ``train.init_compiler_options`` (XLA:CPU at level 2:
-    about half the compile time of the default level 3) into the very state XLA's default options give, bit for
-    bit, and ``create_train_state`` uses them; a caller's ``jax_disable_most_optimizations`` is left alone."""
+    """The state's one-off initialisation is compiled with ``compiler_options.init_compiler_options`` (XLA:CPU at
+    level 2: about half the compile time of the default level 3) into the very state XLA's default options give,
+    bit for bit, and ``create_train_state`` uses them; a caller's ``jax_disable_most_optimizations`` is left alone."""
     config = tiny_config("wespe_plus")  # every kind of leaf: identity-start and colour-path generators, EMA, Adam
     init = lambda: train_step._init_train_state(config, {})  # noqa: E731
     as_users = {"xla_cpu_use_fusion_emitters": True}  # how users compile (this suite's workers turn them off)
-    monkeypatch.setattr(train_step, "INIT_CPU_OPTIONS", {**train_step.INIT_CPU_OPTIONS, **as_users})
+    monkeypatch.setattr(compiler_options, "INIT_CPU_OPTIONS", {**compiler_options.INIT_CPU_OPTIONS, **as_users})
     before = jax.config.read("jax_disable_most_optimizations")
     try:
         jax.config.update("jax_disable_most_optimizations", False)
-        assert train_step.init_compiler_options("cpu") == train_step.INIT_CPU_OPTIONS
+        assert compiler_options.init_compiler_options("cpu") == compiler_options.INIT_CPU_OPTIONS
         default = jax.jit(init, compiler_options=as_users)()
         layout = parallel.Layout(parallel.make_mesh({"data": 1}, jax.devices()[:1]))
         cheap, _ = train_step.create_train_state(config, layout)
         jax.config.update("jax_disable_most_optimizations", True)
-        assert train_step.init_compiler_options("cpu") == {}
+        assert compiler_options.init_compiler_options("cpu") == {}
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
-    assert train_step.init_compiler_options("gpu") == {} and train_step.init_compiler_options("tpu") == {}
+    assert compiler_options.init_compiler_options("gpu") == {} == compiler_options.init_compiler_options("tpu")
     leaves, cheap_leaves = jax.tree.leaves(default), jax.tree.leaves(cheap)
     assert len(leaves) == len(cheap_leaves) > 50
     for a, b in zip(leaves, cheap_leaves):

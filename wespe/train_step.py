@@ -32,7 +32,7 @@ from flax import nnx
 from wespe import conv, conv_tuning, losses, ops, parallel, vgg
 from wespe import degradation as degradation_lib
 from wespe.color_map import fitted_colour_map
-from wespe.compiler_options import train_step_compiler_options
+from wespe.compiler_options import init_compiler_options, train_step_compiler_options
 from wespe.config import validate
 from wespe.models import Discriminator, Generator
 
@@ -182,21 +182,6 @@ def create_train_state(config: ml_collections.ConfigDict, layout: parallel.Layou
     state = jax.jit(lambda: _init_train_state(config, {}), out_shardings=layout.state_shardings(abstract),
                     compiler_options=init_compiler_options(platform))()
     return state, graphdefs
-
-
-# The state's initialisation runs once and is cheap to run, but XLA:CPU's full optimisation (level 3) spends
-# long compiling it (a threefry stream and its float transform per leaf); level 2 compiles it faster into the same
-# bits (tests/test_train.py compares them; the timings are in the README's Benchmarks). Level 0
-# (jax_disable_most_optimizations) rounds some values differently, so a caller's choice of it is kept.
-INIT_CPU_OPTIONS = {"xla_backend_optimization_level": 2}
-
-
-def init_compiler_options(platform: str) -> dict:
-    """``jax.jit`` compiler options of the state's initialisation on ``platform``: :data:`INIT_CPU_OPTIONS` on
-    CPU unless ``jax_disable_most_optimizations`` is on, none elsewhere."""
-    if platform != "cpu" or jax.config.read("jax_disable_most_optimizations"):
-        return {}
-    return dict(INIT_CPU_OPTIONS)
 
 
 def load_content_network(config: ml_collections.ConfigDict) -> tuple[dict, str]:
