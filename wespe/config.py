@@ -138,20 +138,17 @@ def base_config() -> ml_collections.ConfigDict:
     # Where converted VGG weights are cached (None: $WESPE_CACHE_DIR or ~/.cache/wespe).
     c.vgg_cache_dir = _optional(str)
 
-    c.optimizer = ml_collections.ConfigDict()
-    # Adam (5e-4 for all networks in both papers).
-    c.optimizer.lr_generator = 5e-4
-    c.optimizer.lr_discriminator = 5e-4
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.eps = 1e-8
-    # Learning-rate multiplier of generator.global_color's 12 parameters (0 = frozen at their color_init).
-    c.optimizer.global_color_lr_scale = 1.0
-    # Adam's momentum for those parameters (0.99 averages their noisy per-batch gradient).
-    c.optimizer.global_color_b1 = 0.9
-    # Linear learning-rate warm-up from 0 (0 = none, the papers): without it Adam's first steps move every weight
-    # by ~lr at once, which throws an identity-initialised G far off its input.
-    c.optimizer.warmup_steps = 0
+    c.optimizer = ml_collections.ConfigDict({
+        # Adam (5e-4 for all networks in both papers).
+        "lr_generator": 5e-4, "lr_discriminator": 5e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+        # Learning-rate multiplier of generator.global_color's 12 parameters (0 = frozen at their color_init).
+        "global_color_lr_scale": 1.0,
+        # Adam's momentum for those parameters (0.99 averages their noisy per-batch gradient).
+        "global_color_b1": 0.9,
+        # Linear learning-rate warm-up from 0 (0 = none, the papers): without it Adam's first steps move every
+        # weight by ~lr at once, which throws an identity-initialised G far off its input.
+        "warmup_steps": 0,
+    })
 
     c.data = ml_collections.ConfigDict()
     # Folders of photos (``--source`` / ``--target`` set them): paired by file name in ``dped`` mode, unpaired
