@@ -107,7 +107,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.mode == "enhance":  # as launch/enhance.py (the training modes keep the default allocator)
+    if FLAGS.mode == "enhance":  # as launch/enhance.py (the training modes were set up by tune_for_training)
         host_malloc.tune()
     if FLAGS.conv_choice is not None:  # checked here (one clear error), then in force for this process
         conv_tuning.parse_policy(FLAGS.conv_choice, source="--conv_choice")

@@ -43,7 +43,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    cli.start(argv, tune_malloc=False)  # training: the default allocator (as launch/train.py)
+    cli.start(argv, tune_malloc=False)  # malloc already set for training at start-up (tune_for_training, above)
     # A bad preset or a missing package: one line, exit 2 before anything is trained; an interrupted run 1, a
     # diverged one 3 (cli.run).
     presets = {} if FLAGS.skip_training else quality_benchmark.parse_presets(FLAGS.presets)

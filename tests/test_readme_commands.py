@@ -1,7 +1,8 @@
-"""Every command in README.md's ```bash blocks runs as written and leaves what the README says it leaves, and every
-experiment config trains on a user's two folders.
+"""Every command in the ```bash blocks of README.md and of the long-form pages it links (experiments/results/*.md)
+runs as written and leaves what the text says it leaves, every experiment config trains on a user's two folders,
+and every link of those pages leads somewhere.
 
-The commands are parsed from README.md when the tests are collected, so a README edit that breaks a command breaks
+The commands are parsed from those files when the tests are collected, so an edit that breaks a command breaks
 a test. Each runs in a fresh folder (a workspace) that holds what the README's placeholders name: small photo
 folders (``phone_dir``, ``dslr_dir``, ``photos/``, ``folder/``, ``my_photos``, ``photo.jpg``, the DPED layout under
 ``dped/``), ``imagenet-vgg-verydeep-19.mat`` (random weights in MatConvNet's layout), ``models_orig`` and
@@ -49,11 +50,14 @@ from test_vgg import write_matconvnet
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+RESULTS = REPO / "experiments" / "results"  # the README's long form: measurements, tables, their commands
+DOCS = [README, *sorted(RESULTS.glob("*.md"))]  # every file whose commands are run here
 SHARED_WEIGHTS = REPO.parent / "shared" / "dped_pretrained"  # the official DPED generators, where CI has them
 TIMEOUT = 300  # seconds per command: generous, but a hung command fails instead of hanging CI
 
-# A pattern (re.search) of a README command -> why that command is not run here. Its ``python launch/*.py`` command
-# lines are still parsed by their scripts (``--only_check_args``): every flag and config key must exist.
+# A pattern (re.search) of a command of README.md or experiments/results/*.md -> why it is not run here. Its
+# ``python launch/*.py`` command lines are still parsed by their scripts (``--only_check_args``): every flag and config
+# key must exist.
 NOT_RUN = {
     r"python -m pytest": "the test suite itself, of which this module is part",
     r"python launch/train\.py --config=experiments/demo\.py --workdir=runs/demo$":
@@ -106,7 +110,7 @@ def _is_complete(command: str) -> bool:
     return words.count("do") == words.count("done")
 
 
-def _commands_of_block(block: str) -> list[str]:
+def _commands_of_block(block: str, doc: str = "README.md") -> list[str]:
     """The block's commands: continuation lines joined, lines accumulated until the command is complete (a ``for``
     loop, a quoted multi-line argument), comment-only lines and blank lines dropped."""
     commands, current = [], ""
@@ -117,12 +121,23 @@ def _commands_of_block(block: str) -> list[str]:
         if _is_complete(current):
             commands.append(current.strip())
             current = ""
-    assert not current, f"README.md: an unfinished command in a bash block: {current!r}"
+    assert not current, f"{doc}: an unfinished command in a bash block: {current!r}"
     return commands
 
 
-def readme_commands() -> list[str]:
-    return [c for block in _bash_blocks(README.read_text()) for c in _commands_of_block(block)]
+def doc_name(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+def readme_commands() -> dict[str, str]:
+    """Every command of README.md's bash blocks, then those of experiments/results/*.md, each once -> the file it
+    is first shown in."""
+    found = {}
+    for doc in DOCS:
+        for block in _bash_blocks(doc.read_text()):
+            for command in _commands_of_block(block, doc_name(doc)):
+                found.setdefault(command, doc_name(doc))
+    return found
 
 
 def why_not_run(command: str) -> str | None:
@@ -137,10 +152,12 @@ def without_pip_install(command: str) -> str:
 
 def _command_id(command: str) -> str:
     words = " ".join(without_pip_install(command).split())
-    return re.sub(r"^python (launch/)?", "", words)[:70]
+    where = COMMAND_DOCS.get(command, "README.md")
+    return ("" if where == "README.md" else f"{Path(where).stem}: ") + re.sub(r"^python (launch/)?", "", words)[:70]
 
 
-COMMANDS = readme_commands()
+COMMAND_DOCS = readme_commands()
+COMMANDS = list(COMMAND_DOCS)
 
 
 # ------------------------------------------------------------------------------------------------- invocations
@@ -442,10 +459,73 @@ def _needs_missing_weights(command: str) -> str | None:
 def test_the_readme_commands_are_parsed_and_every_listed_one_exists():
     assert len(COMMANDS) >= 25, COMMANDS
     assert all(re.match(r"(pip |python |srun |gcloud |for |MALLOC_)", c) for c in COMMANDS), COMMANDS
-    for pattern in NOT_RUN:  # a listed command that left the README is listed no more
-        assert any(re.search(pattern, c) for c in COMMANDS), f"NOT_RUN lists {pattern!r}, in no README command"
+    for pattern in NOT_RUN:  # a listed command that left the README and its pages is listed no more
+        assert any(re.search(pattern, c) for c in COMMANDS), f"NOT_RUN lists {pattern!r}, in no command of {DOCS}"
     two_processes = next(c for c in COMMANDS if c.startswith("for "))
     assert len(invocations(two_processes)) == 1 and two_processes.endswith("done; wait")
+
+
+def test_the_readme_keeps_the_quick_start_first():
+    readme = [c for c, doc in COMMAND_DOCS.items() if doc == "README.md"]
+    assert readme[:2] == ["pip install -e . && python launch/train.py --config=experiments/demo.py --workdir=runs/demo",
+                          'pip install -e ".[test]" && python -m pytest -n 2'], readme[:2]
+
+
+# ---------------------------------------------------------------------------- the README and its long form
+
+README_MAX_LINES = 480  # a newcomer's read (aim: ~400); long tables and measurements go to experiments/results/
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target), images too
+
+
+def _prose(path: Path) -> str:
+    """The Markdown of ``path`` without fenced code blocks (a ``# comment`` there is no heading, ``[0](x)`` no
+    link) and without inline code."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def _anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of ``path``: lower case, punctuation but - and _ dropped, spaces to
+    hyphens (inline code counts by its text)."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+def _local_links(path: Path) -> list[str]:
+    return [target for target in LINK.findall(_prose(path)) if not re.match(r"[a-z]+:", target)]
+
+
+def _target(doc: Path, link: str) -> Path:
+    target = link.partition("#")[0]
+    return (doc.parent / target).resolve() if target else doc.resolve()
+
+
+def test_the_readme_is_short_and_one_click_from_its_long_form():
+    """README.md stays a short read; each page of experiments/results/ (the moved tables, measurements and their
+    commands) is linked from it, starts with a title and links back."""
+    lines = README.read_text().count("\n")
+    assert lines <= README_MAX_LINES, (f"README.md has {lines} lines: move long material to experiments/results/ "
+                                       f"and link it (aim: ~400)")
+    assert len(DOCS) > 1, f"no long-form pages in {RESULTS}"
+    linked = {_target(README, link) for link in _local_links(README)}
+    for page in DOCS[1:]:
+        assert page.resolve() in linked, f"README.md links no {doc_name(page)}"
+        assert page.read_text().startswith("# "), f"{doc_name(page)}: no one-line title first"
+        assert README.resolve() in {_target(page, link) for link in _local_links(page)}, \
+            f"{doc_name(page)}: no link back to README.md"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=doc_name)
+def test_every_link_leads_somewhere(doc):
+    """Every relative link (and image) of the README and its pages names a file or folder that exists, and every
+    #anchor a heading of its file."""
+    for link in _local_links(doc):
+        anchor = link.partition("#")[2]
+        path = _target(doc, link)
+        assert path.exists(), f"{doc_name(doc)}: [..]({link}): no {path}"
+        if anchor:
+            assert anchor in _anchors(path), f"{doc_name(doc)}: [..]({link}): no such heading in {path.name}"
 
 
 @pytest.mark.slow
