@@ -47,12 +47,13 @@ def test_host_available_takes_the_smaller_and_falls_back_to_physical(monkeypatch
 
 def test_budget_per_platform(monkeypatch):
     monkeypatch.setattr(device_memory, "host_available", lambda: 8 * 2 ** 30)
-    assert device_memory.budget_bytes(jax.devices("cpu")[0]) == int(8 * 2 ** 30 * device_memory.CPU_FRACTION)
+    cpu = jax.devices("cpu")[0]
+    assert device_memory.machine_budget_bytes(cpu) == int(8 * 2 ** 30 * device_memory.CPU_FRACTION)
     gpu = types.SimpleNamespace(platform="gpu", memory_stats=lambda: {"bytes_limit": 80 * 2 ** 30,
                                                                       "bytes_in_use": 20 * 2 ** 30})
-    assert device_memory.budget_bytes(gpu) == int(60 * 2 ** 30 * device_memory.ACCELERATOR_FRACTION)
+    assert device_memory.machine_budget_bytes(gpu) == int(60 * 2 ** 30 * device_memory.ACCELERATOR_FRACTION)
     silent = types.SimpleNamespace(platform="tpu", memory_stats=lambda: None)
-    assert device_memory.budget_bytes(silent) is None
+    assert device_memory.machine_budget_bytes(silent) is None
 
     def broken():
         raise RuntimeError("no stats on this backend")
@@ -67,3 +68,22 @@ def test_this_machine_reports_something():
         pytest.skip("no /proc/meminfo: not Linux")
     available = device_memory.host_available()
     assert available is not None and 0 < available <= device_memory.physical_memory()
+
+
+def test_budget_bytes_from_argument_environment_machine_or_default(monkeypatch):
+    """``--memory_budget_mb`` arrives here as the argument and wins; then the environment, the machine, the
+    default where the machine says nothing; MiB in, bytes out."""
+    cpu = jax.devices("cpu")[0]
+    monkeypatch.setenv(device_memory.MEMORY_BUDGET_ENV, "64")
+    monkeypatch.setattr(device_memory, "machine_budget_bytes", lambda device: 3 * 2 ** 30)
+    assert device_memory.budget_bytes(16, cpu) == 16 * 2 ** 20
+    assert device_memory.budget_bytes(None, cpu) == 64 * 2 ** 20
+    monkeypatch.delenv(device_memory.MEMORY_BUDGET_ENV)
+    assert device_memory.budget_bytes(None, cpu) == 3 * 2 ** 30
+    monkeypatch.setattr(device_memory, "machine_budget_bytes", lambda device: None)
+    assert device_memory.budget_bytes(None, cpu) == device_memory.DEFAULT_MEMORY_BUDGET_MB * 2 ** 20
+    with pytest.raises(ValueError, match="memory_budget_mb"):
+        device_memory.budget_bytes(0, cpu)
+    monkeypatch.setenv(device_memory.MEMORY_BUDGET_ENV, "lots")
+    with pytest.raises(ValueError, match=device_memory.MEMORY_BUDGET_ENV):
+        device_memory.budget_bytes(None, cpu)

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wespe.inference import enhance, staged_tiling
-from wespe.inference.enhance import choose_tile, enhance
-from wespe.inference.streamed_tiling import StreamedTiler, instance_norm_indices, receptive_halo
-from wespe.models import Generator, InstanceNorm, inference_view
+from wespe.inference import device_memory, staged_tiling, tiles
+from wespe.inference import enhance as enhance_module
+from wespe.inference.enhance import enhance
+from wespe.inference.streamed_tiling import StreamedTiler, instance_norm_indices
+from wespe.inference.tiles import choose_tile, receptive_halo
+from wespe.models import Generator, InstanceNorm, Stage, inference_view
 
 TOL = 1e-5
 
@@ -114,7 +116,7 @@ def tiled(monkeypatch):
                     cores.spills.append(tuple(kwargs.get("spill", ())))
         return Spy
 
-    monkeypatch.setattr(enhance, "StreamedTiler", spy(StreamedTiler, "streamed"))
+    monkeypatch.setattr(enhance_module, "StreamedTiler", spy(StreamedTiler, "streamed"))
     monkeypatch.setattr(staged_tiling, "StagedTiler", spy(staged_tiling.StagedTiler, "staged"))
     return cores
 
@@ -126,9 +128,9 @@ def test_one_pass_rectangular_tiles_and_budgets(small, tiled, monkeypatch):
     np.testing.assert_allclose(ref, whole(small, x), atol=TOL)
     assert np.max(np.abs(enhance(small, x, tile=(5, 16)) - ref)) <= TOL
     # A budget too small for the whole image picks tiles itself: as an argument or from the environment.
-    half_mb = 0.5 * enhance.whole_image_bytes(small, (1, 80, 60, 3)) / 2 ** 20
+    half_mb = 0.5 * enhance_module.whole_image_bytes(small, (1, 80, 60, 3)) / 2 ** 20
     assert np.max(np.abs(enhance(small, x, memory_budget_mb=half_mb) - ref)) <= TOL
-    monkeypatch.setenv(enhance.MEMORY_BUDGET_ENV, str(half_mb))
+    monkeypatch.setenv(device_memory.MEMORY_BUDGET_ENV, str(half_mb))
     assert np.max(np.abs(enhance(small, x) - ref)) <= TOL
     assert len(tiled) == 3 and tiled[1] == tiled[2] and tiled[1] < (80, 60)
 
@@ -136,22 +138,22 @@ def test_one_pass_rectangular_tiles_and_budgets(small, tiled, monkeypatch):
 def test_whole_image_exactly_when_its_compiled_program_fits(small, tiled, monkeypatch):
     """The whole-vs-tiled decision uses XLA's memory analysis of the whole-image program; without a budget
     argument or environment variable the budget is the machine's (wespe.inference.device_memory)."""
-    monkeypatch.delenv(enhance.MEMORY_BUDGET_ENV, raising=False)
+    monkeypatch.delenv(device_memory.MEMORY_BUDGET_ENV, raising=False)
     x = image(40, 30, seed=11)
     ref = whole(small, x)
-    need = enhance.whole_image_bytes(small, (1, 40, 30, 3))
+    need = enhance_module.whole_image_bytes(small, (1, 40, 30, 3))
     assert need > 2 * x.nbytes  # temporaries, input and output
     np.testing.assert_allclose(enhance(small, x, memory_budget_mb=1.01 * need / 2 ** 20), ref, atol=TOL)
     assert tiled == []
     assert np.max(np.abs(enhance(small, x, memory_budget_mb=0.99 * need / 2 ** 20) - ref)) <= TOL
     assert len(tiled) == 1
-    monkeypatch.setattr(enhance.device_memory, "budget_bytes", lambda device: int(0.5 * need))
+    monkeypatch.setattr(device_memory, "machine_budget_bytes", lambda device: int(0.5 * need))
     assert np.max(np.abs(enhance(small, x) - ref)) <= TOL
     assert len(tiled) == 2
-    monkeypatch.setattr(enhance.device_memory, "budget_bytes", lambda device: 10 * need)
+    monkeypatch.setattr(device_memory, "machine_budget_bytes", lambda device: 10 * need)
     enhance(small, x)
     assert len(tiled) == 2
-    monkeypatch.setenv(enhance.MEMORY_BUDGET_ENV, "lots")
+    monkeypatch.setenv(device_memory.MEMORY_BUDGET_ENV, "lots")
     with pytest.raises(ValueError, match="WESPE_ENHANCE_MEMORY_MB"):
         enhance(small, x)
 
@@ -161,10 +163,10 @@ def test_auto_tiling_is_staged_when_its_buffers_fit(small, tiled, monkeypatch):
     the tiles in the budget, and falls back to the streamed tiler (recompute, no buffers) when they do not."""
     x = image(40, 30, seed=12)
     ref = whole(small, x)
-    buffers = staged_tiling.host_bytes(small, (1, 40, 30, 3), (10, 10))
+    buffers = tiles.staged_buffer_bytes(small, (1, 40, 30, 3), (10, 10))
     assert buffers == 2 * 8 * 4 * (40 + 2 * 6) * (30 + 2 * 6)  # width 8, largest halo 6 (the output stage)
     assert np.max(np.abs(enhance(small, x, tile=10) - ref)) <= TOL
-    monkeypatch.setattr(staged_tiling, "host_bytes", lambda *args: 10 ** 15)  # buffers far beyond any budget
+    monkeypatch.setattr(tiles, "staged_buffer_bytes", lambda *args: 10 ** 15)  # buffers far beyond any budget
     assert np.max(np.abs(enhance(small, x, tile=10) - ref)) <= TOL
     assert np.max(np.abs(enhance(small, x, tile=10, tiling="staged") - ref)) <= TOL  # forced: runs anyway
     assert tiled.methods == ["staged", "streamed", "staged"]
@@ -180,10 +182,10 @@ def test_staged_buffers_spill_to_a_file_when_the_budget_cannot_hold_them(small, 
     budget_mb = 4.0
     budget = budget_mb * 2 ** 20
     for buffers in (0.5 * budget, 1.2 * budget, 3 * budget):  # fits; half fits; neither half fits
-        monkeypatch.setattr(staged_tiling, "host_bytes", lambda *args, b=buffers: int(b))
+        monkeypatch.setattr(tiles, "staged_buffer_bytes", lambda *args, b=buffers: int(b))
         assert np.max(np.abs(enhance(small, x, tile=10, memory_budget_mb=budget_mb) - ref)) <= TOL
     assert tiled.methods == ["staged"] * 3 and tiled.spills == [(), ("A",), ("H", "A")]
-    monkeypatch.setattr(enhance.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 0})())
+    monkeypatch.setattr(tiles.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 0})())
     assert np.max(np.abs(enhance(small, x, tile=10, memory_budget_mb=budget_mb) - ref)) <= TOL
     assert tiled.methods[-1] == "streamed"
 
@@ -202,8 +204,9 @@ def test_spilled_buffers_give_bit_identical_results(small, spill):
 
 
 def test_staged_stages_and_statistics(small):
-    """The stage list of the module docstring, and each stage's statistics equal the whole image's norm input."""
-    assert staged_tiling.stages(small) == [("in", 0), ("mid", 0), ("next", 0), ("mid", 1), ("out", 1)]
+    """The generator's stages (staged_tiling's docstring), and each stage's statistics equal the whole image's norm
+    input."""
+    assert small.stages() == (Stage(None, 0, 5), Stage(0, 1, 1), Stage(1, 2, 1), Stage(2, 3, 1), Stage(3, None, 6))
     g = inference_view(small)
     x = image(19, 23, seed=13, n=2)
     tiler = staged_tiling.StagedTiler(g, x, (6, 5), 4, jax.devices()[:1])
@@ -215,6 +218,23 @@ def test_staged_stages_and_statistics(small):
         mean, var = InstanceNorm.statistics(a)
         np.testing.assert_allclose(tiler.means[k], mean[:, 0, 0], atol=1e-5)
         np.testing.assert_allclose(tiler.variances[k], var[:, 0, 0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_blocks", [1, 3])
+def test_other_block_counts_tile_exactly_with_halos_from_the_stages(num_blocks):
+    """The halos both tilers use come from the generator's one stage description: change the generator (here its
+    number of blocks) and both still tile exactly."""
+    g = random_generator(seed=num_blocks, width=4, num_blocks=num_blocks)
+    stages = g.stages()
+    assert [(s.applies, s.produces) for s in stages] == [(None, 0), *((k, k + 1) for k in range(2 * num_blocks - 1)),
+                                                          (2 * num_blocks - 1, None)]
+    assert receptive_halo(g) == sum(s.radius for s in stages) == 10 + 2 * num_blocks
+    assert [receptive_halo(g, k) for k in range(2 * num_blocks)] == [5 + k for k in range(2 * num_blocks)]
+    assert tiles.max_stage_halo(g) == 6
+    x = image(21, 17, seed=num_blocks)
+    ref = whole(g, x)
+    for tiling in ("staged", "streamed"):
+        assert np.max(np.abs(enhance(g, x, tile=6, tiling=tiling) - ref)) <= TOL, tiling
 
 
 def test_naive_tiling_differs(small):
@@ -275,9 +295,9 @@ def test_uint8_and_batched(small, monkeypatch):
     assert np.max(np.abs(outb - refb)) <= TOL
     assert np.max(np.abs(enhance(small, xb[1]) - refb[1])) <= TOL
     # A budget for one image but not three: whole images one at a time, no tiling.
-    monkeypatch.setattr(enhance, "StreamedTiler", None)
+    monkeypatch.setattr(enhance_module, "StreamedTiler", None)
     monkeypatch.setattr(staged_tiling, "StagedTiler", None)
-    one_image_mb = enhance.whole_image_bytes(small, (1, 13, 17, 3)) / 2 ** 20
+    one_image_mb = enhance_module.whole_image_bytes(small, (1, 13, 17, 3)) / 2 ** 20
     np.testing.assert_allclose(enhance(small, xb, memory_budget_mb=1.5 * one_image_mb), refb, atol=TOL)
 
 
@@ -312,13 +332,13 @@ def test_choose_tile():
 
 
 def test_even_tiles_and_balanced_batches():
-    assert enhance.even_tiles((512, 512), 866, 1155) == (433, 385)  # 2 x 3 tiles, none mostly past the image
-    assert enhance.even_tiles((512, 512), 300, 1024) == (300, 512)
-    assert enhance.even_tiles((1, 7), 5, 20) == (1, 7)
-    assert staged_tiling.tiles_per_batch(6, 8, 1) == 6  # one batch, no tile computed twice
-    assert staged_tiling.tiles_per_batch(12, 8, 1) == 6  # two even batches, not 8 + 4
-    assert staged_tiling.tiles_per_batch(5, 8, 2) == 6  # a multiple of the devices
-    assert staged_tiling.tiles_per_batch(100, 1, 4) == 4  # at least one tile per device
+    assert tiles.even_tiles((512, 512), 866, 1155) == (433, 385)  # 2 x 3 tiles, none mostly past the image
+    assert tiles.even_tiles((512, 512), 300, 1024) == (300, 512)
+    assert tiles.even_tiles((1, 7), 5, 20) == (1, 7)
+    assert tiles.tiles_per_batch(6, 8, 1) == 6  # one batch, no tile computed twice
+    assert tiles.tiles_per_batch(12, 8, 1) == 6  # two even batches, not 8 + 4
+    assert tiles.tiles_per_batch(5, 8, 2) == 6  # a multiple of the devices
+    assert tiles.tiles_per_batch(100, 1, 4) == 4  # at least one tile per device
 
 
 def test_two_devices():

@@ -217,3 +217,34 @@ def test_global_colour_needs_the_residual_output():
         Generator(width=4, num_blocks=0, output="dped", global_color="affine")
     with pytest.raises(ValueError, match="output"):
         Generator(width=4, num_blocks=0, output="sigmoid")
+
+
+@pytest.mark.parametrize("num_blocks, global_color", [(0, "none"), (2, "none"), (0, "base_affine"), (3, "base_affine")])
+def test_generator_stages_describe_its_layers(num_blocks, global_color):
+    """The one description of the generator's layer order: a stage per norm input plus the output, each with its
+    convolutions' radius, what it reads and writes; running them in order is the plain call."""
+    output = "residual" if global_color != "none" else "dped"
+    g = Generator(width=4, num_blocks=num_blocks, output=output, global_color=global_color, init="he",
+                  rngs=nnx.Rngs(2))
+    stages = g.stages()
+    assert len(stages) == 2 * num_blocks + 1 and g.num_norm_slots == 2 * num_blocks
+    assert stages[0].applies is None and stages[-1].produces is None
+    assert all(stages[i].produces == stages[i + 1].applies for i in range(len(stages) - 1))
+    tail = 1 + 1 + 4  # conv_mid1, conv_mid2, conv_out 9x9
+    assert [s.radius for s in stages] == ([4 + 1] + [1] * (2 * num_blocks - 1) + [tail] if num_blocks else [4 + tail])
+    assert stages[-1].image_radius == (BASE_TAPS // 2 if global_color == "base_affine" else 0)
+    assert stages[-1].halo == max(stages[-1].radius, stages[-1].image_radius)
+    assert stages[0].reads == ("x",) and stages[-1].writes == ("y",) and "x" in stages[-1].reads
+    for s in stages[1:-1]:
+        assert (s.reads, s.writes) == ((("A",), ("A",)) if s.applies % 2 == 0 else (("H", "A"), ("H", "A")))
+    x = jax.random.uniform(jax.random.key(1), (1, 11, 13, 3))
+    carried = {"x": x}
+    for s in stages:
+        carried.update(g.run_stage(s, carried))
+    np.testing.assert_array_equal(np.asarray(carried["y"]), np.asarray(g(x)))
+
+
+def test_conv_radius_needs_stride_one():
+    assert models.Conv(3, 4, 9, rngs=nnx.Rngs(0)).radius == 4
+    with pytest.raises(ValueError, match="stride"):
+        models.Conv(3, 4, 3, stride=2, rngs=nnx.Rngs(0)).radius  # noqa: B018

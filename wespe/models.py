@@ -6,8 +6,9 @@ truncated-normal(0.01) kernels and 0.01 biases.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,13 @@ class Conv(nnx.Module):
         self.bias = nnx.Param(_BIAS_INIT(rngs.params(), (out_features,)))
         self.stride = stride
         self.freeze_bias = freeze_bias
+
+    @property
+    def radius(self) -> int:
+        """Pixels of context on each side an output pixel needs: ``k // 2`` (an upper bound for even kernels)."""
+        if self.stride != 1:
+            raise ValueError("only a stride-1 convolution has a context radius (tiled inference needs stride 1)")
+        return max(self.kernel.shape[:2]) // 2
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(x.dtype)
@@ -107,10 +115,50 @@ def _apply_norm(norm: nnx.Module | None, x: jax.Array) -> jax.Array:
     return x if norm is None else norm(x)
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """The generator from one norm's input to the next: the unit that :meth:`Generator.forward` and tiled inference
+    run. Norm slot ``k`` is block ``k // 2``'s ``norm{k % 2 + 1}``.
+
+    A stage starts from the image (``applies`` None) or by normalising the carried pre-norm activation ``A`` with
+    slot ``applies``, and ends with the input of slot ``produces`` (the next ``A``) or with the output image
+    (``produces`` None). ``radius``: the context its convolutions need, pixels on each side of an output pixel;
+    ``image_radius``: the context it reads of the image itself besides (the ``base_affine`` colour path's blur).
+    """
+
+    applies: int | None
+    produces: int | None
+    radius: int
+    image_radius: int = 0
+
+    @property
+    def halo(self) -> int:
+        """How much larger than its output a window of this stage's inputs must be on each side."""
+        return max(self.radius, self.image_radius)
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """What it starts from: the image ``x``; ``A`` alone after a block's first norm (the block's inner path);
+        ``H`` (the residual stream) and ``A`` after its second norm, which adds to the stream. The output stage
+        reads ``x`` as well (the output map's input path)."""
+        if self.applies is None:
+            return ("x",)
+        starts = ("A",) if self.applies % 2 == 0 else ("H", "A")
+        return starts + ("x",) if self.produces is None else starts
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        """What it ends with: the output ``y``; ``A`` alone before a block's second norm; ``H`` and ``A`` before a
+        block's first norm (the stream it read, or made from the image, and its first conv of it)."""
+        if self.produces is None:
+            return ("y",)
+        return ("A",) if self.produces % 2 else ("H", "A")
+
+
 class ResidualBlock(nnx.Module):
     """conv3x3 -> norm -> ReLU -> conv3x3 -> norm -> ReLU, then + block input (after the ReLU, as DPED).
 
-    Its layers only: :meth:`Generator.forward` applies them (one forward for whole images and tiled windows)."""
+    Its layers only: :meth:`Generator.run_stage` applies them (one forward for whole images and tiled windows)."""
 
     def __init__(self, width: int, norm: str, *, init: str = "dped", rngs: nnx.Rngs):
         normed = norm != "none"
@@ -210,40 +258,84 @@ class Generator(nnx.Module):
             raise ValueError(f"Generator expects NHWC images, got shape {x.shape}")
         return self.forward(x)
 
-    def forward(self, x: jax.Array, *, mask: jax.Array | None = None, means: Sequence[jax.Array | None] = (),
-                variances: Sequence[jax.Array | None] = (), stop_at: int | None = None) -> jax.Array:
-        """The network; with the keywords, on a window of a larger image (exact tiled inference).
+    @property
+    def num_norm_slots(self) -> int:
+        """Two per residual block, whatever ``norm`` is (:class:`Stage` numbers them)."""
+        return 2 * len(self.blocks)
 
-        ``mask`` (N, h, w, 1) bool, True inside the true image: activations outside it are reset to zero before
-        every conv, so convs see the whole image's SAME zero padding. ``means[k]``, ``variances[k]``:
-        (N, 1, 1, width) whole-image statistics for norm slot ``k`` (block ``k // 2``, norm ``k % 2 + 1``) when
-        it is an InstanceNorm (BatchNorm must be on running averages). ``stop_at=k`` returns the pre-norm
-        activation of norm ``k`` (its conv's output) instead of the image. Without keywords this is exactly
-        the plain call (the same operations in the same order).
+    def norm_at(self, slot: int) -> nnx.Module | None:
+        """The norm layer of norm slot ``slot`` (None: ``norm='none'``)."""
+        block = self.blocks[slot // 2]
+        return block.norm2 if slot % 2 else block.norm1
+
+    def _conv_into(self, slot: int) -> Conv:
+        """The conv whose output norm slot ``slot`` normalises."""
+        block = self.blocks[slot // 2]
+        return block.conv2 if slot % 2 else block.conv1
+
+    def stages(self) -> tuple[Stage, ...]:
+        """The network as :class:`Stage` s in order: the one description of its layer order, which
+        :meth:`forward` runs and from which tiled inference takes its stages and halos."""
+        slots = self.num_norm_slots
+        tail = self.conv_mid1.radius + self.conv_mid2.radius + self.conv_out.radius
+        stages = []
+        for applies in (None, *range(slots)):  # a stage starts at each norm (and at the image), ends at the next
+            produces = 0 if applies is None else applies + 1
+            produces = None if produces == slots else produces
+            radius = (self.conv_in.radius if applies is None else 0) + (
+                tail if produces is None else self._conv_into(produces).radius)
+            image_radius = BASE_TAPS // 2 if produces is None and self.global_color == "base_affine" else 0
+            stages.append(Stage(applies, produces, radius, image_radius))
+        return tuple(stages)
+
+    def run_stage(self, stage: Stage, inputs: Mapping[str, jax.Array], *, mask: jax.Array | None = None,
+                  normalize: Callable[[nnx.Module, jax.Array, int], jax.Array] | None = None
+                  ) -> dict[str, jax.Array]:
+        """``stage`` on ``inputs`` (its :attr:`Stage.reads`); returns its :attr:`Stage.writes`.
+
+        ``mask``: see :meth:`forward`. ``normalize(norm, a, slot)``: how the stage's norm is applied (default:
+        the norm's own call); tiled inference passes whole-image statistics this way.
         """
         def keep(h):
             return h if mask is None else jnp.where(mask, h, jnp.zeros((), h.dtype))
 
-        def norm(module, h, k):
-            if module is None:
-                return h
-            if means and isinstance(module, InstanceNorm):
-                return module.normalize(h, means[k], variances[k])
-            return module(h)
-
-        h = keep(jax.nn.relu(self.conv_in(x)))
-        for b, block in enumerate(self.blocks):
-            t = block.conv1(h)
-            if stop_at == 2 * b:
-                return t
-            t = keep(jax.nn.relu(norm(block.norm1, t, 2 * b)))
-            t = block.conv2(t)
-            if stop_at == 2 * b + 1:
-                return t
-            h = keep(jax.nn.relu(norm(block.norm2, t, 2 * b + 1)) + h)
+        if stage.applies is None:
+            h = keep(jax.nn.relu(self.conv_in(inputs["x"])))
+        else:
+            norm, a = self.norm_at(stage.applies), inputs["A"]
+            if norm is not None:
+                a = normalize(norm, a, stage.applies) if normalize is not None else norm(a)
+            if stage.applies % 2 == 0:  # the block's inner path: its second conv follows
+                return {"A": self._conv_into(stage.produces)(keep(jax.nn.relu(a)))}
+            h = keep(jax.nn.relu(a) + inputs["H"])  # after the block: back into the residual stream
+        if stage.produces is not None:
+            return {"H": h, "A": self._conv_into(stage.produces)(h)}
         h = keep(jax.nn.relu(self.conv_mid1(h)))
         h = keep(jax.nn.relu(self.conv_mid2(h)))
-        return self.output_map(x, h, mask)
+        return {"y": self.output_map(inputs["x"], h, mask)}
+
+    def forward(self, x: jax.Array, *, mask: jax.Array | None = None, means: Sequence[jax.Array | None] = (),
+                variances: Sequence[jax.Array | None] = (), stop_at: int | None = None) -> jax.Array:
+        """The network, stage by stage (:meth:`stages`); with the keywords, on a window of a larger image (exact
+        tiled inference).
+
+        ``mask`` (N, h, w, 1) bool, True inside the true image: activations outside it are reset to zero before
+        every conv, so convs see the whole image's SAME zero padding. ``means[k]``, ``variances[k]``:
+        (N, 1, 1, width) whole-image statistics for norm slot ``k`` when it is an InstanceNorm (BatchNorm must
+        be on running averages). ``stop_at=k`` returns the pre-norm activation of norm slot ``k`` (its conv's
+        output) instead of the image. Without keywords this is exactly the plain call.
+        """
+        def normalize(norm, a, slot):
+            if means and isinstance(norm, InstanceNorm):
+                return norm.normalize(a, means[slot], variances[slot])
+            return norm(a)
+
+        carried = {"x": x}
+        for stage in self.stages():
+            carried.update(self.run_stage(stage, carried, mask=mask, normalize=normalize))
+            if stop_at is not None and stage.produces == stop_at:
+                return carried["A"]
+        return carried["y"]
 
 
 # (features, kernel size, stride, instance norm after the activation) of the official DPED discriminator.

@@ -8,8 +8,11 @@
   memory.usage_in_bytes``), else the physical memory from ``sysconf`` (macOS has no ``/proc``) times
   :data:`UNKNOWN_AVAILABLE_FRACTION`.
 
-:func:`budget_bytes` takes a fraction of that (:data:`CPU_FRACTION`, :data:`ACCELERATOR_FRACTION`): the
+:func:`machine_budget_bytes` takes a fraction of that (:data:`CPU_FRACTION`, :data:`ACCELERATOR_FRACTION`): the
 rest is headroom for what the caller also holds (decoded photos, outputs, the framework itself).
+:func:`budget_bytes` is the budget inference runs in: the caller's ``memory_budget_mb`` (``--memory_budget_mb``)
+if given, else the :data:`MEMORY_BUDGET_ENV` environment variable, else the machine's, else
+:data:`DEFAULT_MEMORY_BUDGET_MB` where the machine says nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from pathlib import Path
 
 import jax
 
+from wespe.errors import UserError
+
+MEMORY_BUDGET_ENV = "WESPE_ENHANCE_MEMORY_MB"
+DEFAULT_MEMORY_BUDGET_MB = 1024.0
 CPU_FRACTION = 0.5  # of the host's available memory: the photos, outputs and XLA itself share the host
 ACCELERATOR_FRACTION = 0.8  # of the device's free memory
 UNKNOWN_AVAILABLE_FRACTION = 0.25  # of physical memory when nothing says what is free
@@ -85,9 +92,26 @@ def device_available(device: jax.Device) -> int | None:
     return None
 
 
-def budget_bytes(device: jax.Device) -> int | None:
+def machine_budget_bytes(device: jax.Device) -> int | None:
     """What one computation on ``device`` may use: a fraction of :func:`device_available`, or None if unknown."""
     available = device_available(device)
     if available is None:
         return None
     return int(available * (CPU_FRACTION if device.platform == "cpu" else ACCELERATOR_FRACTION))
+
+
+def budget_bytes(memory_budget_mb: float | None, device: jax.Device) -> float:
+    """The per-device budget in bytes (module docstring: argument, environment, machine, constant)."""
+    if memory_budget_mb is None and os.environ.get(MEMORY_BUDGET_ENV):
+        try:
+            memory_budget_mb = float(os.environ[MEMORY_BUDGET_ENV])
+        except ValueError:
+            raise UserError(f"${MEMORY_BUDGET_ENV}={os.environ[MEMORY_BUDGET_ENV]!r} is not a number of MiB") from None
+    if memory_budget_mb is None:
+        machine = machine_budget_bytes(device)
+        if machine:  # None: the machine says nothing; 0 (a full cgroup) is no budget to run in either
+            return float(machine)
+        memory_budget_mb = DEFAULT_MEMORY_BUDGET_MB
+    if not memory_budget_mb > 0:
+        raise UserError(f"memory_budget_mb must be > 0, got {memory_budget_mb}")
+    return memory_budget_mb * 2 ** 20

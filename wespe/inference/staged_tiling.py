@@ -3,27 +3,31 @@
 :mod:`wespe.inference.streamed_tiling` needs no memory beyond its tiles, but recomputes the network from the input
 once per instance norm (about 4.6x one pass at the defaults). This tiler instead keeps the two width-channel
 activations the network carries between norms in host memory, one full-resolution float32 array each (``H``,
-the residual stream; ``A``, the pre-norm conv output), so each conv is computed once:
+the residual stream; ``A``, the pre-norm conv output), so each conv is computed once. Its stages are the
+generator's own (:meth:`wespe.models.Generator.stages`, run by :meth:`wespe.models.Generator.run_stage`), at the
+defaults:
 
-====================  ================================================================  ================
-stage                 computes, per tile                                                whole-image stats
-====================  ================================================================  ================
-``in``                ``H = relu(conv_in(x))``, ``A = blocks[0].conv1(H)``              norm 0
-``mid`` b             ``A = blocks[b].conv2(relu(norm1_b(A)))``                        norm 2b + 1
-``next`` b (b < B-1)  ``H = H + relu(norm2_b(A))``, ``A = blocks[b+1].conv1(H)``        norm 2b + 2
-``out``               ``H + relu(norm2_last(A))`` -> relu(mid1) -> relu(mid2) -> output   (image)
-====================  ================================================================  ================
+==============================  ==============================================================  ================
+stage (applies -> produces)     computes, per tile                                              whole-image stats
+==============================  ==============================================================  ================
+image -> slot 0                 ``H = relu(conv_in(x))``, ``A = blocks[0].conv1(H)``            norm 0
+slot 2b -> 2b + 1               ``A = blocks[b].conv2(relu(norm1_b(A)))``                      norm 2b + 1
+slot 2b + 1 -> 2b + 2           ``H = H + relu(norm2_b(A))``, ``A = blocks[b+1].conv1(H)``      norm 2b + 2
+last slot -> output             ``H + relu(norm2_last(A))`` -> relu(mid1) -> relu(mid2) -> output (image)
+==============================  ==============================================================  ================
 
-Each stage reads windows of its inputs with only its own convolutions' halo (1 px for a 3x3 conv; 5 for ``in``,
-6 for ``out``), so tiles overlap little. As in the streamed tiler, activations outside the true image are reset
-to zero before every conv (SAME padding of the whole image), and each stage's tile cores reduce the next norm's
-input to per-tile (count, mean, M2), merged on the host in float64 (Chan et al.): the whole image's statistics.
+Each stage reads windows of its inputs with only its own halo (:attr:`wespe.models.Stage.halo`: 1 px for a 3x3
+conv; 5 for the first stage, 6 for the last), so tiles overlap little. As in the streamed tiler, activations
+outside the true image are reset to zero before every conv (SAME padding of the whole image), and each stage's
+tile cores reduce the next norm's input to per-tile (count, mean, M2), merged on the host in float64 (Chan et
+al.): the whole image's statistics.
 
-Stages that rewrite the buffers they read (``mid``, ``next``) write in place, one row of tiles late: a tile
+Stages that rewrite the buffers they read (those after a norm) write in place, one row of tiles late: a tile
 row's results are stored only once every tile whose window overlaps it has been read (``ceil(halo / tile
 height)`` rows later), so no window ever sees a half-updated neighbour. Host memory: ``2 * width * 4`` bytes per
-pixel (512 B at width 64: 1.5 GB at 3 MP, 6.1 GB at 12 MP) plus one tile row; :func:`host_bytes` says how much,
-and :mod:`wespe.inference.enhance` uses this tiler only when that fits the host's budget.
+pixel (512 B at width 64: 1.5 GB at 3 MP, 6.1 GB at 12 MP) plus one tile row;
+:func:`wespe.inference.tiles.staged_buffer_bytes` says how much, and :func:`wespe.inference.tiles.staged_plan`
+decides whether they stay in memory, are spilled to a file, or the streamed tiler runs instead.
 """
 
 from __future__ import annotations
@@ -39,123 +43,24 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wespe.models import BASE_TAPS, InstanceNorm
+from wespe.inference import tiles
+from wespe.models import InstanceNorm, Stage
 
-__all__ = ["MAX_TILES_PER_BATCH", "RunningMoments", "StagedTiler", "even_tiles", "host_bytes", "max_halo", "stages",
-           "supports", "tiles_per_batch", "window_bytes", "window_pixel_bytes"]
-
-MAX_TILES_PER_BATCH = 4096  # bounds host-side batch assembly for tiny tiles
-# What a batch of windows costs in host memory while it runs, per window pixel and width channel: the window
-# arrays (two slots), their device copies, two batches of outputs in flight and XLA's temporaries. Measured at
-# 12 MP, width 64, both buffers spilled: peak RSS 2.54 GB with 250-px tiles, 4.65 GB with 500-px tiles, i.e.
-# ~11 KB per window pixel (the whole-image program needs 792 B per pixel: tiles pay for being in flight).
-WINDOW_BYTES_PER_PIXEL_CHANNEL = 176
-# Window pixels per device per batch of the staged tiler (and, unless a tile is given, per tile): a stage holds
-# ~6 KB per window pixel (windows in and out, XLA's temporaries, host copies), and bigger batches barely pay. On
-# 2 cores, 3 MP: 1 Mpx batches 25.8 s first call / 10.5 s warm at 7.9 GB peak, 0.25 Mpx 14.4 s / 11.9 s at 4.4 GB;
-# 12 MP: 1000-px tiles 77 s at 15.4 GB, 500-px tiles in 0.25 Mpx batches 60 s at 10.5 GB.
-STAGED_BATCH_PIXELS = 2 ** 18
-
-
-def even_tiles(core: tuple[int, int], height: int, width: int) -> tuple[int, int]:
-    """The same number of tiles as ``core`` needs, made as even as possible: 866 rows in tiles of 512 become two
-    of 433, not 512 + 354 valid rows and 158 computed past the image."""
-    th, tw = core
-    ny, nx = -(-height // th), -(-width // tw)
-    return -(-height // ny), -(-width // nx)
-
-
-def tiles_per_batch(total: int, most: int, num_devices: int) -> int:
-    """Tiles per batch: at most ``most`` (a multiple of ``num_devices``), as few batches as that allows, and
-    the batches as even as possible (6 tiles with room for 8: one batch of 6, not 8 with 2 computed twice)."""
-    most = max(num_devices, most // num_devices * num_devices)
-    batches = -(-total // most)
-    per_batch = -(-total // batches)
-    return -(-per_batch // num_devices) * num_devices
-
-
-
-
-def conv_radius(conv: nnx.Module) -> int:
-    """Reach of a stride-1 SAME conv: k // 2 pixels on each side (an upper bound for even kernels)."""
-    kh, kw = conv.kernel.shape[:2]
-    if getattr(conv, "stride", 1) != 1:
-        raise ValueError("tiled inference needs stride-1 convolutions")
-    return max(kh, kw) // 2
+__all__ = ["RunningMoments", "StagedTiler", "supports"]
 
 
 def supports(generator: nnx.Module) -> bool:
     """Whether this tiler applies: a generator whose every block norm is an InstanceNorm (other generators need
     no statistics and take a single tiled pass)."""
-    return len(generator.blocks) > 0 and all(
-        isinstance(n, InstanceNorm) for block in generator.blocks for n in (block.norm1, block.norm2))
-
-
-def stages(generator: nnx.Module) -> list[tuple[str, int]]:
-    """The stages in order: ``("in", 0)``, ``("mid", 0)``, ``("next", 0)``, ..., ``("mid", B-1)``, ``("out", B-1)``."""
-    num_blocks = len(generator.blocks)
-    order = [("in", 0)]
-    for b in range(num_blocks):
-        order.append(("mid", b))
-        order.append(("next", b) if b < num_blocks - 1 else ("out", b))
-    return order
-
-
-def _stage_halo(generator: nnx.Module, stage: tuple[str, int]) -> int:
-    kind, b = stage
-    if kind == "in":
-        return conv_radius(generator.conv_in) + conv_radius(generator.blocks[0].conv1)
-    if kind == "mid":
-        return conv_radius(generator.blocks[b].conv2)
-    if kind == "next":
-        return conv_radius(generator.blocks[b + 1].conv1)
-    halo = conv_radius(generator.conv_mid1) + conv_radius(generator.conv_mid2) + conv_radius(generator.conv_out)
-    if getattr(generator, "global_color", "none") == "base_affine":  # the colour path blurs the input
-        halo = max(halo, BASE_TAPS // 2)
-    return halo
-
-
-# Which buffers a stage reads and writes, and the norm slot whose statistics it applies / produces.
-_READS = {"in": ("x",), "mid": ("A",), "next": ("H", "A"), "out": ("H", "A", "x")}
-_WRITES = {"in": ("H", "A"), "mid": ("A",), "next": ("H", "A"), "out": ("y",)}
-
-
-def _applies(stage: tuple[str, int]) -> int | None:
-    kind, b = stage
-    return None if kind == "in" else 2 * b if kind == "mid" else 2 * b + 1
-
-
-def _produces(stage: tuple[str, int]) -> int | None:
-    kind, b = stage
-    return 0 if kind == "in" else 2 * b + 1 if kind == "mid" else 2 * b + 2 if kind == "next" else None
-
-
-def stage_forward(generator: nnx.Module, stage: tuple[str, int], windows: dict, mask: jax.Array, mean, var
-                  ) -> dict:
-    """One stage on windows (B, h, w, C) of its inputs (``_READS``); returns its outputs (``_WRITES``) on the same
-    windows. ``mean``, ``var``: (B, 1, 1, width) whole-image statistics of the norm the stage applies."""
-    def keep(h):
-        return jnp.where(mask, h, jnp.zeros((), h.dtype))
-
-    kind, b = stage
-    if kind == "in":
-        h = keep(jax.nn.relu(generator.conv_in(windows["x"])))
-        return {"H": h, "A": generator.blocks[0].conv1(h)}
-    block = generator.blocks[b]
-    if kind == "mid":
-        return {"A": block.conv2(keep(jax.nn.relu(block.norm1.normalize(windows["A"], mean, var))))}
-    h = keep(jax.nn.relu(block.norm2.normalize(windows["A"], mean, var)) + windows["H"])
-    if kind == "next":
-        return {"H": h, "A": generator.blocks[b + 1].conv1(h)}
-    h = keep(jax.nn.relu(generator.conv_mid1(h)))
-    h = keep(jax.nn.relu(generator.conv_mid2(h)))
-    return {"y": generator.output_map(windows["x"], h, mask)}
+    slots = generator.num_norm_slots
+    return slots > 0 and all(isinstance(generator.norm_at(slot), InstanceNorm) for slot in range(slots))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "stage", "halo", "core", "compute_dtype"))
 def _stage_pass(state, windows, sample_index, origins, image_hw, mean, var, *, graphdef, stage, halo, core,
                 compute_dtype):
-    """One batch of tiles through one stage: its outputs on the whole windows (float32; the host keeps the cores:
+    """One batch of tiles through one stage (its norm applied with the whole-image ``mean``, ``var`` of each
+    tile's sample): its outputs on the whole windows (float32; the host keeps the cores:
     slicing them here would be one more copy) and, where it produces a norm's input, per-tile (count (B,),
     mean (B, width), M2 (B, width)) over the core pixels inside the image."""
     generator = nnx.merge(graphdef, state)
@@ -166,9 +71,10 @@ def _stage_pass(state, windows, sample_index, origins, image_hw, mean, var, *, g
     rows_in, cols_in = (rows >= 0) & (rows < image_hw[0]), (cols >= 0) & (cols < image_hw[1])
     mask = rows_in[:, :, None, None] & cols_in[:, None, :, None]
     m, v = mean[sample_index][:, None, None, :], var[sample_index][:, None, None, :]
-    outs = stage_forward(generator, stage, {k: w.astype(compute_dtype) for k, w in windows.items()}, mask, m, v)
+    outs = generator.run_stage(stage, {k: w.astype(compute_dtype) for k, w in windows.items()}, mask=mask,
+                               normalize=lambda norm, a, slot: norm.normalize(a, m, v))
     outs = {k: o.astype(jnp.float32) for k, o in outs.items()}
-    if _produces(stage) is None:
+    if stage.produces is None:
         return outs, None
     in_core = jnp.arange(wh)[None, :] - halo, jnp.arange(ww)[None, :] - halo
     w = (rows_in & (in_core[0] >= 0) & (in_core[0] < th))[:, :, None, None] & (
@@ -209,36 +115,6 @@ class RunningMoments:
     @property
     def variance(self) -> np.ndarray:
         return self.m2 / np.maximum(self.n, 1)[:, None]
-
-
-def max_halo(generator: nnx.Module) -> int:
-    """The largest halo of any stage: the tiles' windows are at most this much larger than their cores."""
-    return max(_stage_halo(generator, s) for s in stages(generator))
-
-
-
-def _grid(height: int, width: int, core: tuple[int, int]) -> tuple[int, int]:
-    return -(-height // core[0]), -(-width // core[1])
-
-
-def window_pixel_bytes(generator: nnx.Module) -> int:
-    """Host memory per window pixel while its batch runs (:data:`WINDOW_BYTES_PER_PIXEL_CHANNEL`)."""
-    return generator.conv_in.kernel.shape[-1] * WINDOW_BYTES_PER_PIXEL_CHANNEL
-
-
-def window_bytes(generator: nnx.Module, core: tuple[int, int]) -> int:
-    """Host memory one window of tile ``core`` costs while its batch runs."""
-    pad = max_halo(generator)
-    return (core[0] + 2 * pad) * (core[1] + 2 * pad) * window_pixel_bytes(generator)
-
-
-def host_bytes(generator: nnx.Module, shape: tuple[int, ...], core: tuple[int, int]) -> int:
-    """Host memory of the two activation buffers for images of ``shape`` (N, H, W, C) and tiles ``core``."""
-    n, h, w, _ = shape
-    ny, nx = _grid(h, w, core)
-    pad = max_halo(generator)
-    width = generator.conv_in.kernel.shape[-1]
-    return 2 * n * (ny * core[0] + 2 * pad) * (nx * core[1] + 2 * pad) * width * 4
 
 
 class _ArrayBuffer:
@@ -292,19 +168,19 @@ class _FileBuffer:
 
 
 class StagedTiler:
-    """The stages of module docstring over tiles ``core`` of an (N, H, W, C) image batch, batched
-    ``batch_per_device`` tiles per device and sharded over ``devices``."""
+    """The generator's stages over tiles ``core`` of an (N, H, W, C) image batch, batched at most
+    ``tiles_per_device`` tiles per device and sharded over ``devices``."""
 
-    def __init__(self, generator, images, core, batch_per_device, devices, compute_dtype="float32", *,
-                 spill: Sequence[str] = (), spill_dir: str | None = None, batch_pixels: int = STAGED_BATCH_PIXELS):
+    def __init__(self, generator, images, core, tiles_per_device, devices, compute_dtype="float32", *,
+                 spill: Sequence[str] = (), spill_dir: str | None = None):
         if not supports(generator):
             raise ValueError("StagedTiler needs a generator whose block norms are all InstanceNorm")
         self.generator, self.compute_dtype, self.core = generator, compute_dtype, core
         self.graphdef, state = nnx.split(generator)
         self.n, self.h, self.w, self.c = images.shape
         th, tw = core
-        self.ny, self.nx = _grid(self.h, self.w, core)
-        self.pad = pad = max_halo(generator)
+        self.ny, self.nx = tiles.grid(self.h, self.w, core)
+        self.pad = pad = tiles.max_stage_halo(generator)
         width = generator.conv_in.kernel.shape[-1]
         # Every buffer covers the whole tile grid plus the largest halo on every side, zero outside the image.
         spatial = (self.n, self.ny * th + 2 * pad, self.nx * tw + 2 * pad)
@@ -320,16 +196,13 @@ class StagedTiler:
         s, iy, ix = np.meshgrid(np.arange(self.n), np.arange(self.ny), np.arange(self.nx), indexing="ij")
         self.sample = s.reshape(-1).astype(np.int32)
         self.origins = np.stack([iy.reshape(-1) * th, ix.reshape(-1) * tw], axis=1).astype(np.int32)
-        ndev = len(devices)
-        window = (th + 2 * pad) * (tw + 2 * pad)
-        most = min(batch_per_device, MAX_TILES_PER_BATCH // ndev, max(1, batch_pixels // window))
-        self.batch = tiles_per_batch(len(self.sample), max(1, most) * ndev, ndev)
+        self.batch = tiles.batch_size(len(self.sample), tiles_per_device, len(devices))
         mesh = Mesh(np.asarray(devices), ("tiles",))
         self.sharded = NamedSharding(mesh, PartitionSpec("tiles"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.state = jax.device_put(state, self.replicated)
         self.image_hw = jax.device_put(np.array([self.h, self.w], np.int32), self.replicated)
-        num_norms = 2 * len(generator.blocks)
+        num_norms = generator.num_norm_slots
         self.means = np.zeros((num_norms, self.n, width), np.float32)
         self.variances = np.ones((num_norms, self.n, width), np.float32)
         self._window_arrays: dict = {}
@@ -370,14 +243,13 @@ class StagedTiler:
                 else:
                     self.buffers[name].write(s, pad + y, pad + x, core)
 
-    def run_stage(self, stage: tuple[str, int], out: np.ndarray | None = None) -> None:
+    def run_stage(self, stage: Stage, out: np.ndarray | None = None) -> None:
         """Every tile through ``stage``: its outputs into the buffers (or ``out``), its statistics into
         ``self.means`` / ``self.variances``. Batches are assembled while the previous one computes."""
-        kind, _ = stage
-        halo = _stage_halo(self.generator, stage)
-        in_place = bool(set(_READS[kind]) & set(_WRITES[kind]))
+        halo = stage.halo
+        in_place = bool(set(stage.reads) & set(stage.writes))
         lag = -(-halo // self.core[0]) if in_place else 0  # tile rows a result waits before it is stored
-        applies, produces = _applies(stage), _produces(stage)
+        applies, produces = stage.applies, stage.produces
         k = applies if applies is not None else 0
         mean = jax.device_put(self.means[k], self.replicated)
         var = jax.device_put(self.variances[k], self.replicated)
@@ -401,7 +273,7 @@ class StagedTiler:
         pending = None
         for start in range(0, total, self.batch):
             idx = np.minimum(np.arange(start, start + self.batch), total - 1)  # the last batch repeats a tile
-            windows = self._gather(_READS[kind], halo, idx, slot=(start // self.batch) % 2)
+            windows = self._gather(stage.reads, halo, idx, slot=(start // self.batch) % 2)
             args = jax.device_put((windows, self.sample[idx], self.origins[idx]), self.sharded)
             result = _stage_pass(self.state, *args, self.image_hw, mean, var, graphdef=self.graphdef,
                                  stage=stage, halo=halo, core=self.core, compute_dtype=self.compute_dtype)
@@ -419,7 +291,7 @@ class StagedTiler:
     def output(self) -> np.ndarray:
         out = np.empty((self.n, self.h, self.w, self.c), np.float32)
         try:
-            for stage in stages(self.generator):
+            for stage in self.generator.stages():
                 self.run_stage(stage, out)
         finally:
             for buf in self.buffers.values():

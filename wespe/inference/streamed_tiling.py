@@ -3,11 +3,11 @@
 For instance norm ``k`` (in network order) every tile is run up to the pre-norm activation of norm ``k`` (with the
 already-known statistics of norms ``0..k-1``, and a halo of just the receptive field up to that conv); each tile's
 core pixels inside the image are reduced on the device to per-channel (count, mean, M2) and combined across tiles on
-the host in float64 (:class:`wespe.inference.staged_tiling.RunningMoments`); a final pass produces the output. Windows
-are cut
-from the zero-padded image and activations outside the true image are reset to zero after every layer that feeds a
-conv (:meth:`wespe.models.Generator.forward`), so the result equals the whole-image pass to float32 rounding. See
-:mod:`wespe.inference.enhance` for when it runs and :mod:`wespe.inference.staged_tiling` for the default tiler.
+the host in float64 (:class:`wespe.inference.staged_tiling.RunningMoments`); a final pass produces the output.
+Windows are cut from the zero-padded image and activations outside the true image are reset to zero after every
+layer that feeds a conv (:meth:`wespe.models.Generator.forward`), so the result equals the whole-image pass to
+float32 rounding. Halos and batches: :mod:`wespe.inference.tiles`. See :mod:`wespe.inference.enhance` for when it
+runs and :mod:`wespe.inference.staged_tiling` for the default tiler.
 """
 
 from __future__ import annotations
@@ -21,17 +21,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wespe.errors import UserError
-from wespe.inference import staged_tiling
-from wespe.inference.staged_tiling import MAX_TILES_PER_BATCH, conv_radius, tiles_per_batch
-from wespe.models import BASE_TAPS, InstanceNorm
+from wespe.inference import staged_tiling, tiles
+from wespe.models import InstanceNorm
 
-__all__ = ["StreamedTiler", "instance_norm_indices", "norm_layers", "receptive_halo"]
+__all__ = ["StreamedTiler", "instance_norm_indices", "norm_layers"]
 
 
 def norm_layers(generator: nnx.Module) -> list[nnx.Module | None]:
-    """The generator's norm slots in network order: block 0 norm1, norm2, block 1 norm1, ... (None: no norm)."""
-    return [norm for block in generator.blocks for norm in (block.norm1, block.norm2)]
+    """The generator's norm layers by norm slot (:class:`wespe.models.Stage`; None: no norm)."""
+    return [generator.norm_at(slot) for slot in range(generator.num_norm_slots)]
 
 
 def instance_norm_indices(generator: nnx.Module) -> list[int]:
@@ -43,24 +41,6 @@ def instance_norm_indices(generator: nnx.Module) -> list[int]:
         elif norm is not None and not isinstance(norm, nnx.BatchNorm):
             raise TypeError(f"tiled inference does not know the norm layer {type(norm).__name__}")
     return indices
-
-
-def receptive_halo(generator: nnx.Module, stop_at: int | None = None) -> int:
-    """Pixels of context each side an output pixel needs: of the final output, or of the pre-norm activation
-    of norm ``stop_at`` (index into ``norm_layers``). ``10 + 2 * num_blocks`` for the DPED generator."""
-    halo = conv_radius(generator.conv_in)
-    for b, block in enumerate(generator.blocks):
-        for j, conv in enumerate((block.conv1, block.conv2)):
-            halo += conv_radius(conv)
-            if stop_at == 2 * b + j:
-                return halo
-    if stop_at is not None:
-        raise UserError(f"stop_at={stop_at} is not a norm index (the generator has {2 * len(generator.blocks)})")
-    halo += conv_radius(generator.conv_mid1) + conv_radius(generator.conv_mid2) + conv_radius(generator.conv_out)
-    if getattr(generator, "global_color", "none") == "base_affine":  # the colour path's base-layer blur
-        halo = max(halo, BASE_TAPS // 2)
-    return halo
-
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "stop_at", "halo", "core", "compute_dtype"))
@@ -96,23 +76,21 @@ def _tile_pass(state, windows, sample_index, origins, image_hw, means, variances
 class StreamedTiler:
     """Tiles of an (N, H, W, C) image batch, batched and sharded over devices."""
 
-    def __init__(self, generator, images, core, batch_per_device, devices, compute_dtype="float32"):
+    def __init__(self, generator, images, core, tiles_per_device, devices, compute_dtype="float32"):
         self.generator = generator
         self.compute_dtype = compute_dtype
         self.graphdef, state = nnx.split(generator)
         self.n, self.h, self.w, self.c = images.shape
         self.core = core
         th, tw = core
-        self.max_halo = receptive_halo(generator)
-        ny, nx = -(-self.h // th), -(-self.w // tw)
+        self.max_halo = tiles.receptive_halo(generator)
+        ny, nx = tiles.grid(self.h, self.w, core)
         hp = self.max_halo
         self.padded = np.pad(images, ((0, 0), (hp, hp + ny * th - self.h), (hp, hp + nx * tw - self.w), (0, 0)))
         s, iy, ix = np.meshgrid(np.arange(self.n), np.arange(ny), np.arange(nx), indexing="ij")
         self.sample = s.reshape(-1).astype(np.int32)
         self.origins = np.stack([iy.reshape(-1) * th, ix.reshape(-1) * tw], axis=1).astype(np.int32)
-        ndev = len(devices)
-        self.batch = tiles_per_batch(len(self.sample), max(1, min(batch_per_device, MAX_TILES_PER_BATCH // ndev))
-                                     * ndev, ndev)
+        self.batch = tiles.batch_size(len(self.sample), tiles_per_device, len(devices))
         mesh = Mesh(np.asarray(devices), ("tiles",))
         self.sharded = NamedSharding(mesh, PartitionSpec("tiles"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
@@ -141,7 +119,7 @@ class StreamedTiler:
     def run(self, stop_at: int | None, consume) -> None:
         """Run every tile through one pass; ``consume(start, count, result)`` gets host arrays, one batch behind
         the device so that batch assembly overlaps device compute."""
-        halo = receptive_halo(self.generator, stop_at)
+        halo = tiles.receptive_halo(self.generator, stop_at)
         means = jax.device_put(self.means, self.replicated)
         variances = jax.device_put(self.variances, self.replicated)
         pending = None
