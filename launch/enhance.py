@@ -27,7 +27,8 @@ flags.DEFINE_string("checkpoint", None, "Exported generator (.npz or folder with
 flags.DEFINE_string("output", None, "Output folder (created; mirrors the input folders).")
 flags.DEFINE_integer("tile", 0, "Tile side in pixels for exact tiled inference; 0 = auto from the memory budget.",
                      lower_bound=0)
-flags.DEFINE_float("memory_budget_mb", None, "Activation memory budget per device in MiB (default: the library's).")
+flags.DEFINE_float("memory_budget_mb", None, "Memory budget per device in MiB for whole-image or tiled inference "
+                  "(default: $WESPE_ENHANCE_MEMORY_MB, else what the machine has free).")
 flags.DEFINE_bool("save_raw", False, "Also write the unclipped float32 output as <name>.npy beside each photo.")
 flags.DEFINE_bool("overwrite", False, "Replace output files already in --output. Without it a photo whose output "
                   "(or .npy with --save_raw) exists is skipped and named, so rerunning the same command resumes an "

@@ -115,8 +115,8 @@ def enhance_files(generator: Generator, inputs: Sequence[str | os.PathLike], out
     """Enhance every photo named by ``inputs`` into ``output_dir`` (see the module docstring); returns the report.
 
     ``tile``, ``memory_budget_mb``, ``devices``: passed to :func:`wespe.inference.enhance.enhance` (``tile=None``:
-    chosen
-    from the memory budget). ``overwrite``: replace output files already there (else their photos are skipped).
+    chosen from the memory budget). ``overwrite``: replace output files already there (else their photos are
+    skipped).
     ``progress``: show a tqdm bar (images, rate, ETA) on stderr.
     """
     report = EnhanceReport()

@@ -1,9 +1,9 @@
 """A folder of photos through a model with the file work off the critical path: the next photo is decoded and
 the previous one encoded and written in background threads while the current one computes.
 
-Decoding a 12 MP JPEG takes ~0.3 s and encoding it ~0.5 s on one core, next to milliseconds of network on a
-GPU, where the file work is most of the time; on a CPU (tens of seconds of network, every core busy) the work
-stays inline (:func:`overlap_depth`). Both threads hold at most a couple of photos (``ahead`` / ``pending``),
+On a GPU decoding and encoding a large photo on one core take far longer than the network, so the file work is
+most of the time; on a CPU the network takes far longer and keeps every core busy, so the work stays inline
+(:func:`overlap_depth`; timings: the README's Benchmarks). Both threads hold at most a couple of photos (``ahead`` / ``pending``),
 so memory stays bounded on any folder size. Errors stay with their photo: a
 photo that cannot be read or written is reported by the caller and the others go on.
 """
@@ -100,9 +100,8 @@ class BackgroundWriter:
 
 def overlap_depth() -> int:
     """How many photos to read ahead and write behind: 1 where the model runs on an accelerator, 0 (inline) on
-    CPU. Measured on a 2-core CPU, launch/evaluate.py on eight 0.65 MP photos with the official DPED model, three
-    runs each: overlapped 21.1-23.3 s (median 23.1) and 1.4 GB peak RSS, inline 21.0-22.5 s (median 21.8) and
-    0.95-1.4 GB. XLA:CPU already keeps every core busy; a decode beside it only competes for them."""
+    CPU: XLA:CPU already keeps every core busy, so a decode beside it only competes for them (overlapping was
+    no faster there and held more memory)."""
     import jax
     return 0 if jax.default_backend() == "cpu" else 1
 
