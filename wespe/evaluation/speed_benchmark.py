@@ -264,7 +264,8 @@ def benchmark_enhance(generator, megapixels: list[float], *, dtypes=("float32",)
     wheel) the PyTorch reference generator's forward (``torch_script``'s ``bench_g_forward``, channels_last)
     runs at each size in a subprocess too, with its own peak RSS, and whole-image rows get ``vs_torch``.
     """
-    from wespe.inference.enhance import budget_bytes, enhance, whole_image_bytes
+    from wespe.inference.device_memory import budget_bytes
+    from wespe.inference.enhance import enhance, whole_image_bytes
 
     if torch_python is not None:
         for path, flag in ((torch_python, "--torch_python"), (torch_script, "--torch_script")):
