@@ -3,9 +3,9 @@ the previous one encoded and written in background threads while the current one
 
 On a GPU decoding and encoding a large photo on one core take far longer than the network, so the file work is
 most of the time; on a CPU the network takes far longer and keeps every core busy, so the work stays inline
-(:func:`overlap_depth`; timings: the README's Benchmarks). Both threads hold at most a couple of photos (``ahead`` / ``pending``),
-so memory stays bounded on any folder size. Errors stay with their photo: a
-photo that cannot be read or written is reported by the caller and the others go on.
+(:func:`overlap_depth`; timings: the README's Benchmarks). Both threads hold at most a couple of photos
+(``ahead`` / ``pending``), so memory stays bounded on any folder size. Errors stay with their photo: a photo that
+cannot be read or written is reported by the caller and the others go on.
 """
 
 from __future__ import annotations

@@ -167,6 +167,15 @@ class _FileBuffer:
         self.file.close()
 
 
+def on_devices(state, devices: Sequence, height: int, width: int) -> tuple:
+    """A tiler's placement on ``devices`` (one mesh axis, ``tiles``): the tiles' sharding, the replicated sharding,
+    the generator's state and the image's (height, width) replicated on every device."""
+    mesh = Mesh(np.asarray(devices), ("tiles",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    image_hw = jax.device_put(np.array([height, width], np.int32), replicated)
+    return NamedSharding(mesh, PartitionSpec("tiles")), replicated, jax.device_put(state, replicated), image_hw
+
+
 class StagedTiler:
     """The generator's stages over tiles ``core`` of an (N, H, W, C) image batch, batched at most
     ``tiles_per_device`` tiles per device and sharded over ``devices``."""
@@ -193,15 +202,9 @@ class StagedTiler:
             self.buffers[name] = (_FileBuffer(spatial + (width,), spill_dir) if name in spill
                                   else _ArrayBuffer(spatial + (width,)))
         self.buffers["x"].array[:, pad:pad + self.h, pad:pad + self.w] = images
-        s, iy, ix = np.meshgrid(np.arange(self.n), np.arange(self.ny), np.arange(self.nx), indexing="ij")
-        self.sample = s.reshape(-1).astype(np.int32)
-        self.origins = np.stack([iy.reshape(-1) * th, ix.reshape(-1) * tw], axis=1).astype(np.int32)
+        self.sample, self.origins = tiles.tile_origins(self.n, self.ny, self.nx, core)
         self.batch = tiles.batch_size(len(self.sample), tiles_per_device, len(devices))
-        mesh = Mesh(np.asarray(devices), ("tiles",))
-        self.sharded = NamedSharding(mesh, PartitionSpec("tiles"))
-        self.replicated = NamedSharding(mesh, PartitionSpec())
-        self.state = jax.device_put(state, self.replicated)
-        self.image_hw = jax.device_put(np.array([self.h, self.w], np.int32), self.replicated)
+        self.sharded, self.replicated, self.state, self.image_hw = on_devices(state, devices, self.h, self.w)
         num_norms = generator.num_norm_slots
         self.means = np.zeros((num_norms, self.n, width), np.float32)
         self.variances = np.ones((num_norms, self.n, width), np.float32)

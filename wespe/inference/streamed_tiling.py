@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wespe.inference import staged_tiling, tiles
 from wespe.models import InstanceNorm
@@ -87,15 +86,10 @@ class StreamedTiler:
         ny, nx = tiles.grid(self.h, self.w, core)
         hp = self.max_halo
         self.padded = np.pad(images, ((0, 0), (hp, hp + ny * th - self.h), (hp, hp + nx * tw - self.w), (0, 0)))
-        s, iy, ix = np.meshgrid(np.arange(self.n), np.arange(ny), np.arange(nx), indexing="ij")
-        self.sample = s.reshape(-1).astype(np.int32)
-        self.origins = np.stack([iy.reshape(-1) * th, ix.reshape(-1) * tw], axis=1).astype(np.int32)
+        self.sample, self.origins = tiles.tile_origins(self.n, ny, nx, core)
         self.batch = tiles.batch_size(len(self.sample), tiles_per_device, len(devices))
-        mesh = Mesh(np.asarray(devices), ("tiles",))
-        self.sharded = NamedSharding(mesh, PartitionSpec("tiles"))
-        self.replicated = NamedSharding(mesh, PartitionSpec())
-        self.state = jax.device_put(state, self.replicated)
-        self.image_hw = jax.device_put(np.array([self.h, self.w], np.int32), self.replicated)
+        self.sharded, self.replicated, self.state, self.image_hw = staged_tiling.on_devices(state, devices, self.h,
+                                                                                           self.w)
         width = generator.conv_in.kernel.shape[-1]
         num_norms = len(norm_layers(generator))
         self.means = np.zeros((self.n, num_norms, width), np.float32)

@@ -222,3 +222,11 @@ def staged_plan(generator: nnx.Module, shape: tuple[int, ...], tile, budget_byte
     window_pixels = (core[0] + 2 * halo) * (core[1] + 2 * halo)
     tiles_per_device = min(max(1, int(tile_budget_bytes // one_window)), max(1, STAGED_BATCH_PIXELS // window_pixels))
     return TilePlan(core, tiles_per_device, spill)
+
+
+def tile_origins(num_images: int, rows: int, cols: int, core: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Every tile of a ``rows`` x ``cols`` grid of ``core``-sized tiles over each of ``num_images`` images, image
+    by image, row by row: its image index ``(T,)`` and its top-left corner ``(T, 2)`` in pixels, int32."""
+    s, iy, ix = np.meshgrid(np.arange(num_images), np.arange(rows), np.arange(cols), indexing="ij")
+    origins = np.stack([iy.reshape(-1) * core[0], ix.reshape(-1) * core[1]], axis=1)
+    return s.reshape(-1).astype(np.int32), origins.astype(np.int32)
