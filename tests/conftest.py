@@ -47,7 +47,7 @@ SUBPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_llvm_disable_ex
 # Both, in this process and in its subprocesses, also take XLA:CPU's elemental fusion code generator instead of
 # its MLIR fusion emitters (the subprocesses of tests marked ``optimized`` do not: they compile as users do; the
 # in-process ``optimized`` tests share their worker's flags, which XLA reads once per process): the tests' tiny
-# training step (tests/test_train.py, wespe_plus) compiled in 3.6 instead of 8.1 s unoptimised (16.6 -> 8.4 s of
+# training step (tests/test_train_step.py, wespe_plus) compiled in 3.6 instead of 8.1 s unoptimised (16.6 -> 8.4 s of
 # CPU for the first call, trace included) and 7.6 instead of 8.1 s at LLVM level 1, and ran as fast; results
 # change by float order only. An XLA_FLAGS entry the installed jaxlib does not know aborts every process that
 # compiles, so the process that starts the run checks once, in a subprocess, that this one parses; the pytest

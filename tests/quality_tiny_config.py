@@ -1,4 +1,5 @@
-"""A tiny unpaired preset for tests/test_quality.py: width-4 one-block networks, 32 px patches, batch 2, 3 steps."""
+"""A tiny unpaired preset for tests/test_quality_benchmark.py: width-4 one-block networks, 32 px patches, batch 2,
+3 steps."""
 
 from wespe.config import wespe_paper
 

@@ -131,7 +131,7 @@ CASES = {
     "compare_runs: not workdirs": ("compare_runs", ["{t}/not_a_workdir", "{t}/empty"], ["not_a_workdir",
                                                                                      "metrics.jsonl"]),
     # launch/quality.py: every preset checked, its file and its config with the benchmark's overrides, before any
-    # photo is prepared (more in tests/test_quality.py)
+    # photo is prepared (more in tests/test_quality_benchmark.py)
     "quality: missing preset file": ("quality", ["--output_dir={o}", "--presets=a={t}/nope.py"],
                                      ["--presets=a={t}/nope.py: no such config file"]),
     "quality: preset get_config raises": ("quality", ["--output_dir={o}", "--presets=a={t}/raises.py"],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_train import fixed_batch, tiny_config
+from tests.test_train_step import fixed_batch, tiny_config
 from wespe import color_map, losses, train_step
 from wespe.training import color_pool
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.test_loop import folders  # noqa: F401 (folders: a fixture)
 from tests.test_loop import tiny_config as loop_config
-from tests.test_train import fixed_batch, tiny_config
+from tests.test_train_step import fixed_batch, tiny_config
 from wespe import config as configs
 from wespe import degradation as dg
 from wespe import train_step

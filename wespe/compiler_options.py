@@ -39,7 +39,7 @@ def train_step_compiler_options(platform: str) -> dict:
 
 # The state's initialisation runs once and is cheap to run, but XLA:CPU's full optimisation (level 3) spends
 # long compiling it (a threefry stream and its float transform per leaf); level 2 compiles it faster into the same
-# bits (tests/test_train.py compares them; the timings are in the README's Benchmarks). Level 0
+# bits (tests/test_train_step.py compares them; the timings are in the README's Benchmarks). Level 0
 # (jax_disable_most_optimizations) rounds some values differently, so a caller's choice of it is kept.
 INIT_CPU_OPTIONS = {"xla_backend_optimization_level": 2}
 
