@@ -1,6 +1,5 @@
-"""launch/enhance.py end to end (subprocesses), plus wespe.inference.file_enhancement behind it (generator loading and
-the
-export format: tests/test_loading.py).
+"""launch/enhance.py end to end (subprocesses), plus wespe.inference.file_enhancement behind it (generator loading
+and the export format: tests/test_loading.py).
 
 The CLI runs are few on purpose (each starts JAX, ~2-5 s): one run over a folder with good and bad files (then the
 same command again, which skips what is done, and with --overwrite), the flag errors, one run where nothing

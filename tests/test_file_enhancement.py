@@ -1,6 +1,5 @@
 """wespe.inference.file_enhancement in process: a folder of photos enhanced into mirrored paths, in their own formats,
-the
-pixels those of ``wespe.enhance``; a bad file reported, the others done; the checks made before any work.
+the pixels those of ``wespe.enhance``; a bad file reported, the others done; the checks made before any work.
 (The command line: tests/test_enhance_cli.py; the read-ahead / write-behind threads: tests/test_file_pipeline.py.)"""
 
 import logging

@@ -1,6 +1,5 @@
 """The texture adversary's views (wespe.ops.texture_view) and the probe that trains it alone
-(wespe.evaluation.texture_probe,
-launch/benchmark.py --mode=texture_probe)."""
+(wespe.evaluation.texture_probe, launch/benchmark.py --mode=texture_probe)."""
 
 import json
 

@@ -312,8 +312,7 @@ def bits_per_pixel_png(images_uint8) -> np.ndarray:
     """Lossless PNG size in bits / (H * W) per image (Pillow, ``compress_level=6``, the default).
 
     Host-side. ``(N,)`` float64 for NHWC, a ``np.float64`` scalar for HWC. 1-channel images are saved as 8-bit
-    grayscale,
-    3 as RGB, 4 as RGBA.
+    grayscale, 3 as RGB, 4 as RGBA.
     """
     from PIL import Image
 

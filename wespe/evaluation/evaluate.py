@@ -12,11 +12,10 @@
   the enhanced photos, with the same numbers for the inputs beside them for comparison.
 
 Pairing is :func:`wespe.image_paths.match_pairs`'s, as in paired training: by relative path without extension
-(``out/a/0.png`` pairs with ``ref/a/0.jpg``), then the rest by file stem where that is unique on both sides. This
-is DPED's test layout as is: ``test_data/patches/<phone>/<n>.jpg`` against ``test_data/patches/canon/<n>.jpg``. A
-photo without a reference, a file that cannot be read, two files with the same name but different extensions, and
-an output whose size differs from its reference are listed in :attr:`EvalResult.skipped` with the reason, never
-fatal.
+(``out/a/0.png`` pairs with ``ref/a/0.jpg``), then the rest by file stem where that is unique on both sides. This is
+DPED's test layout as is: ``test_data/patches/<phone>/<n>.jpg`` against ``test_data/patches/canon/<n>.jpg``. A photo
+without a reference, a file that cannot be read, two files with the same name but different extensions, and an
+output whose size differs from its reference are listed in :attr:`EvalResult.skipped` with the reason, never fatal.
 Photos under the ``exclude`` folders (where the results go) and under ``save_enhanced_to`` are never inputs, so a
 results folder inside the photo folders does not have its ``best_worst.png`` and enhanced photos scored on a
 rerun (the mechanism of :mod:`wespe.image_paths`; :func:`check_inputs` refuses a results folder that *is* an

@@ -5,9 +5,8 @@
 :func:`load_dped_generator`                 the DPED authors' released generators (``dped_iphone``,
                                             ``dped_blackberry``, ``dped_sony`` in ``weights_dir``), or any
                                             TensorFlow checkpoint prefix of that network
-:func:`load_exported_generator`             a file written by :func:`wespe.inference.export.save_generator` (``.npz``),
-or
-                                            a folder holding ``generator.npz``
+:func:`load_exported_generator`             a file written by :func:`wespe.inference.export.save_generator`
+                                            (``.npz``), or a folder holding ``generator.npz``
 :func:`load_checkpoint_generator`           G of a training checkpoint of a workdir (its moving average when the
                                             run keeps one), built with the config saved in that checkpoint; by
                                             default the newest one that reads back intact
@@ -16,12 +15,10 @@ or
 ==========================================  ====================================================================
 
 The file formats themselves live in :mod:`wespe.inference.tf_checkpoint` (TensorFlow bundles),
-:mod:`wespe.inference.pretrained`
-(DPED's variable names), :mod:`wespe.inference.export` (wespe's ``.npz``) and :mod:`wespe.checkpoint` (orbax); this
-module turns each into a :class:`wespe.models.Generator`. Every loader builds the network abstractly
-(``nnx.eval_shape``: no random initialiser runs) and fills every variable, or raises a
-:class:`wespe.errors.UserError` naming the file and what is wrong with it.
-"""
+:mod:`wespe.inference.pretrained` (DPED's variable names), :mod:`wespe.inference.export` (wespe's ``.npz``) and
+:mod:`wespe.checkpoint` (orbax); this module turns each into a :class:`wespe.models.Generator`. Every loader builds
+the network abstractly (``nnx.eval_shape``: no random initialiser runs) and fills every variable, or raises a
+:class:`wespe.errors.UserError` naming the file and what is wrong with it."""
 
 from __future__ import annotations
 

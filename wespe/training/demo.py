@@ -14,9 +14,8 @@ demo: sky-blue rocket and grey motorcycle as the target) teach "make it blue-gre
 worse whatever the method (matching the colour moments of those sets: 18.3 dB vs the input's 22.7 dB; of the
 halves: 26.2 dB). Real unpaired sets (thousands of photos per camera) share scene statistics by their size.
 
-Camera model of :func:`degrade` (:func:`wespe.training.synthetic_camera.apply_camera` with these parameters, in this
-order, on RGB
-in [0, 1]):
+Camera model of :func:`degrade` (:func:`wespe.training.synthetic_camera.apply_camera` with these parameters, in
+this order, on RGB in [0, 1]):
   1. optics blur: Gaussian, sigma 1.2 px;
   2. low contrast and underexposure: ``0.5 + 0.65 * (x - 0.5) - 0.05``;
   3. colour cast: channel gains (1.10, 1.00, 0.78), a warm white balance;

@@ -10,10 +10,9 @@
   6. JPEG compression at ``jpeg_quality`` (Pillow), decoded back to RGB.
 
 The built-in demo's camera (:data:`wespe.training.demo.DEMO_CAMERA`, :func:`wespe.training.demo.degrade`) is one fixed
-set of
-parameters. :func:`camera_model` draws a different camera per photo from :data:`CAMERA_RANGES`, ranges centred
-on the demo's camera, so a benchmark's source photos are not all degraded identically (a model cannot learn one
-fixed inverse filter):
+set of parameters. :func:`camera_model` draws a different camera per photo from :data:`CAMERA_RANGES`, ranges centred
+on the demo's camera, so a benchmark's source photos are not all degraded identically (a model cannot learn one fixed
+inverse filter):
 
   ===============  ===========================  ============================
   parameter        distribution                 demo
