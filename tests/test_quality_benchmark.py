@@ -21,7 +21,7 @@ import script_server
 from PIL import Image
 
 from wespe import config as configs
-from wespe import metrics
+from wespe import image_io, metrics
 from wespe.evaluation import baselines, quality_benchmark, quality_data, quality_metrics
 from wespe.training import demo, synthetic_camera
 
@@ -511,3 +511,27 @@ def test_colour_estimators_script_scores_every_estimator_and_the_true_map(tmp_pa
     assert "| warm_contrasty (warm_contrasty, 3) |" in (tmp_path / "results.md").read_text()
     bad = script_server.run([*script, "--settings=nope"], cwd=REPO, env=env, timeout=120)
     assert bad.returncode == 2 and "--settings: unknown ['nope']" in bad.stderr
+
+
+def test_detail_and_noise_pairs_outputs_as_evaluation_does(tmp_path):
+    """The benchmark's detail PSNR pairs an output with its reference by image_paths.match_pairs, as evaluate does:
+    by path, then by a unique stem (an output one folder deeper still finds its reference); an output without a
+    reference gets its noise level only."""
+    rng = np.random.default_rng(0)
+    photos = {name: (rng.random((40, 48, 3)) * 255).astype(np.uint8) for name in ("a", "b", "z", "lonely")}
+    (tmp_path / "out" / "deep").mkdir(parents=True)
+    (tmp_path / "ref").mkdir()
+    for name, where in (("a", "out"), ("b", "out"), ("z", "out/deep"), ("lonely", "out")):
+        Image.fromarray(photos[name]).save(tmp_path / where / f"{name}.png")
+    for name in ("a", "b", "z"):
+        brighter = np.clip(photos[name].astype(int) + 3, 0, 255).astype(np.uint8)
+        Image.fromarray(brighter).save(tmp_path / "ref" / f"{name}.png")
+    scores = quality_benchmark.detail_and_noise(tmp_path / "out", tmp_path / "ref")
+    assert sorted(scores) == ["a", "b", "deep/z", "lonely"]
+    read = lambda path: image_io.read_image(path)[0]  # noqa: E731
+    expected_pairs = (("a", "out/a", "ref/a"), ("b", "out/b", "ref/b"), ("deep/z", "out/deep/z", "ref/z"))
+    for name, output, reference in expected_pairs:
+        expected = quality_metrics.detail_psnr(read(tmp_path / f"{output}.png"), read(tmp_path / f"{reference}.png"))
+        assert scores[name]["detail_psnr"] == expected
+    assert scores["a"]["detail_psnr"] != scores["b"]["detail_psnr"]  # the photos differ: a wrong pair would show
+    assert "detail_psnr" not in scores["lonely"] and scores["lonely"]["noise"] > 0

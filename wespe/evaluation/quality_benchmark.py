@@ -251,8 +251,8 @@ def _read(path) -> np.ndarray:
 
 def detail_and_noise(outputs_folder, reference_folder) -> dict[str, dict]:
     """``{name: {"detail_psnr", "noise"}}`` of the photos of ``outputs_folder`` against ``reference_folder``
-    (paired by name without extension, as :func:`wespe.evaluation.evaluate.evaluate`); ``reference_folder=None``: only
-    ``noise`` (the clean photos' own).
+    (paired as :func:`wespe.evaluation.evaluate.evaluate` pairs, :func:`wespe.image_paths.match_pairs`);
+    ``reference_folder=None``: only ``noise`` (the clean photos' own).
 
     Computed here from the saved outputs rather than inside evaluate: every method of the benchmark has its
     8-bit outputs on disk as lossless PNGs (the very images evaluate scored), and evaluate's rows and aggregates
@@ -260,12 +260,14 @@ def detail_and_noise(outputs_folder, reference_folder) -> dict[str, dict]:
     diagnostics would change for every other user."""
     outputs, _ = image_paths.index_images(outputs_folder)
     references = image_paths.index_images(reference_folder)[0] if reference_folder is not None else {}
+    pairs, _, _ = image_paths.match_pairs(list(outputs.items()), list(references.items()))
+    reference_of = dict(pairs)  # output path -> reference path
     scores = {}
     for name, path in outputs.items():
         image = _read(path)
         scores[name] = {"noise": quality_metrics.noise_level(image)}
-        if name in references:
-            scores[name]["detail_psnr"] = quality_metrics.detail_psnr(image, _read(references[name]))
+        if path in reference_of:
+            scores[name]["detail_psnr"] = quality_metrics.detail_psnr(image, _read(reference_of[path]))
     return scores
 
 
