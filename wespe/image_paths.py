@@ -241,3 +241,10 @@ def match_pairs(source: Sequence[tuple[str, S]], target: Sequence[tuple[str, T]]
         left_t = [j for j in left_t if j not in paired_t]
     pairs = [(source[i][1], target[partner[i]][1]) for i in sorted(partner)]
     return pairs, [source[i][1] for i in left_s], [target[j][1] for j in left_t]
+
+
+def partners(names: Iterable[str], found: Sequence[tuple[str, T]]) -> dict[str, T]:
+    """``{name: item}``: the entry of ``found`` (``(key, item)``) that each key of ``names`` pairs with by
+    :func:`match_pairs`; names without a partner are absent."""
+    pairs, _, _ = match_pairs([(name, name) for name in names], found)
+    return dict(pairs)

@@ -66,7 +66,9 @@ COUNT_FIELDS = ("num_evaluated", "num_skipped", "num_ms_ssim")
 
 PROTOCOL = {
     "images": "8-bit RGB, scaled to [0, 1]; model outputs quantised as round(clip(y, 0, 1) * 255) before scoring",
-    "pairing": "by relative path without extension (DPED: test_data/patches/<phone>/<n> vs .../canon/<n>)",
+    "pairing": "by relative path without extension (DPED: test_data/patches/<phone>/<n> vs .../canon/<n>), then "
+               "by a file stem unique on both sides; a name two photos of a side share pairs neither "
+               "(wespe.image_paths.match_pairs, as paired training)",
     "psnr_mean": "mean over images of 10*log10(1/MSE_i) (inf for identical images, which makes the mean inf)",
     "psnr_pooled": "DPED convention: 10*log10(1/MSE) with the MSE pooled over all pixels of the set "
                    "(pixel-weighted mean of the per-image MSEs)",
@@ -119,7 +121,7 @@ class EvalResult:
         return f"{a.get('num_evaluated', 0)} evaluated, {a.get('num_skipped', 0)} skipped: {head}"
 
 
-# -------------------------------------------------------------------------------------------- pairing by name
+# ------------------------------------------------------------------------------------------------ the inputs
 
 def _as_list(inputs) -> list:
     return [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs or [])
@@ -243,8 +245,8 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
     found_references = (image_paths.keyed_images(reference_folder, exclude=exclude) if reference_folder is not None
                         else [])
     duplicate_references = {d["name"]: d for d in image_paths.index_keyed(found_references)[1]}
-    references = _partners(items, found_references)
-    inputs = _partners(items, list(source_index.items())) if mode == "outputs" else {}
+    references = image_paths.partners(items, found_references)
+    inputs = image_paths.partners(items, list(source_index.items())) if mode == "outputs" else {}
     if limit is not None:
         items = dict(list(items.items())[:limit])
 
@@ -277,13 +279,6 @@ def evaluate(generator, sources=None, reference_folder=None, *, outputs_folder=N
     result.aggregates = aggregate(result.rows, num_skipped=len(result.skipped))
     result.thumbnails = {k: best_worst.thumbs[k] for k in _best_worst_names(best_worst.scores)}
     return result
-
-
-def _partners(items: dict[str, Path], found: list[tuple[str, Path]]) -> dict[str, Path]:
-    """``{name: path}``: the photo of ``found`` (``(key, path)`` entries) that each of ``items`` pairs with, by
-    :func:`wespe.image_paths.match_pairs`; names without a partner are absent."""
-    pairs, _, _ = image_paths.match_pairs([(name, name) for name in items], found)
-    return dict(pairs)
 
 
 class _Skip(ValueError):

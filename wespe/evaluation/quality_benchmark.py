@@ -54,15 +54,8 @@ from wespe import image_io, image_paths
 from wespe.atomic_write import atomic_write
 from wespe.errors import JobFailed, UserError, call_python_file
 from wespe.evaluation import evaluate, no_reference, quality_metrics
-from wespe.evaluation.baselines import (
-    BASELINES,
-    COLOUR_START,
-    FITTED_NAMES,
-    ORACLE_NAMES,
-    apply_uint8,
-    fitted_baselines,
-    oracle_baselines,
-)
+from wespe.evaluation.baselines import (BASELINES, COLOUR_START, FITTED_NAMES, ORACLE_NAMES, apply_uint8,
+                                       fitted_baselines, oracle_baselines)
 from wespe.evaluation.quality_data import PHOTOS, TRAIN_LAYOUT, BenchmarkData, folders, prepare, write_png
 from wespe.inference.loading import load_exported_generator
 from wespe.training import loop
@@ -260,14 +253,13 @@ def detail_and_noise(outputs_folder, reference_folder) -> dict[str, dict]:
     diagnostics would change for every other user."""
     outputs, _ = image_paths.index_images(outputs_folder)
     references = image_paths.index_images(reference_folder)[0] if reference_folder is not None else {}
-    pairs, _, _ = image_paths.match_pairs(list(outputs.items()), list(references.items()))
-    reference_of = dict(pairs)  # output path -> reference path
+    reference_of = image_paths.partners(outputs, list(references.items()))
     scores = {}
     for name, path in outputs.items():
         image = _read(path)
         scores[name] = {"noise": quality_metrics.noise_level(image)}
-        if path in reference_of:
-            scores[name]["detail_psnr"] = quality_metrics.detail_psnr(image, _read(reference_of[path]))
+        if name in reference_of:
+            scores[name]["detail_psnr"] = quality_metrics.detail_psnr(image, _read(reference_of[name]))
     return scores
 
 

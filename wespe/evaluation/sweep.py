@@ -31,15 +31,8 @@ from tqdm import tqdm
 
 from wespe.errors import PathNotFoundError, UserError, call_python_file
 from wespe.evaluation import no_reference
-from wespe.evaluation.evaluate import (
-    AGGREGATE_FIELDS,
-    AGGREGATE_LABELS,
-    COUNT_FIELDS,
-    check_inputs,
-    evaluate,
-    markdown_table,
-    write_results,
-)
+from wespe.evaluation.evaluate import (AGGREGATE_FIELDS, AGGREGATE_LABELS, COUNT_FIELDS, check_inputs, evaluate,
+                                       markdown_table, write_results)
 from wespe.inference import pretrained
 from wespe.inference.loading import checkpoint_steps, generator_for_flags, load_checkpoint_generator
 from wespe.training.scan import check_folder

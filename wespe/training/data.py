@@ -44,22 +44,9 @@ import numpy as np
 
 from wespe.image_io import ImageReadError, read_image
 from wespe.image_paths import list_images
-from wespe.training.scan import (
-    REPORT_FILE,
-    TOO_SMALL,
-    DataError,
-    DataReport,
-    Pairing,
-    ScanResult,
-    check_folder,
-    full_decode_check,
-    pair_files,
-    require_pairs,
-    scan_training_folders,
-    training_report,
-    without_path_prefix,
-    write_report,
-)
+from wespe.training.scan import (REPORT_FILE, TOO_SMALL, DataError, DataReport, Pairing, ScanResult, check_folder,
+                                 full_decode_check, pair_files, require_pairs, scan_training_folders, training_report,
+                                 without_path_prefix, write_report)
 
 logger = logging.getLogger(__name__)
 

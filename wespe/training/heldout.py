@@ -39,9 +39,7 @@ _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
 
 def noise_sigma(images: np.ndarray) -> float:
     """Immerkaer's estimate of the Gaussian noise sigma of (N, H, W, 3) images in [0, 1] (on luma, mean over N)."""
-    from scipy import (
-        signal,  # here, not at the top: importing it slows every entry point's start
-    )
+    from scipy import signal  # here, not at the top: importing it slows every entry point's start
 
     luma = np.asarray(images, np.float64) @ np.asarray(GRAYSCALE_WEIGHTS)
     out = []
@@ -111,7 +109,7 @@ def paired_crops(folder: str | os.PathLike, reference_folder: str | os.PathLike 
         xs.append(x[top:top + size, left:left + size])
         if ref is not None:
             refs.append(ref[top:top + size, left:left + size])
-    to_float = lambda a: np.stack(a).astype(np.float32) / 255.0
+    to_float = lambda a: np.stack(a).astype(np.float32) / 255.0  # noqa: E731
     return to_float(xs), (to_float(refs) if reference_folder is not None else None)
 
 

@@ -40,15 +40,7 @@ from wespe.config import RESUME_SAFE_KEYS, validate
 from wespe.errors import UserError
 from wespe.inference.export import save_generator
 from wespe.models import inference_view
-from wespe.training import (
-    color_pool,
-    data,
-    folders,
-    heldout,
-    metrics_log,
-    scan,
-    visualize,
-)
+from wespe.training import color_pool, data, folders, heldout, metrics_log, scan, visualize
 from wespe.training.lock import WorkdirLock
 
 logger = logging.getLogger(__name__)

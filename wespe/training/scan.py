@@ -38,13 +38,7 @@ from tqdm import tqdm
 
 from wespe.atomic_write import atomic_write
 from wespe.errors import UserError
-from wespe.image_io import (
-    CORRUPT,
-    IMAGE_EXTENSIONS,
-    ImageReadError,
-    read_image,
-    upright_size,
-)
+from wespe.image_io import CORRUPT, IMAGE_EXTENSIONS, ImageReadError, read_image, upright_size
 from wespe.image_paths import image_key, list_images, match_pairs
 
 REPORT_FILE = "data_report.json"
