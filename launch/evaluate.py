@@ -55,7 +55,7 @@ def main(argv):
     likeness = None
     if FLAGS.target is not None:  # fitted before the model loads: a target without usable photos is a flag error
         target = no_reference.target_for_flag(FLAGS.target, FLAGS.output_dir)
-        print(f"target: {target.num_images} photos, {target.num_patches} sharp patches")
+        print(f"target: {target.describe()}")
         likeness = no_reference.Likeness(target)
     generator = None
     if FLAGS.outputs is None:

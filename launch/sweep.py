@@ -52,7 +52,7 @@ def main(argv):
     target = None
     if FLAGS.target is not None:  # fitted once, before any model loads: a bad target is a flag error
         target = no_reference.target_for_flag(FLAGS.target, FLAGS.output_dir)
-        print(f"target: {target.num_images} photos, {target.num_patches} sharp patches")
+        print(f"target: {target.describe()}")
     rows = sweep.run_sweep(cells, FLAGS.output_dir, target=target)
     print((Path(FLAGS.output_dir) / "sweep.md").read_text())
     failed = [r["cell"] for r in rows if r["status"] != "ok"]

@@ -62,6 +62,17 @@ def test_sweep_with_a_target_adds_the_likeness_columns_and_picks_by_niqe(made, t
     assert best is min(scored, key=lambda r: r["niqe_set"])
     assert line.startswith(f"best cell: {best['cell']} (niqe_set ") and "no references" in line
     assert line in table
+    # the ranking: both cells and their inputs (the identity's numbers are theirs), closest to the target first
+    ranking = table[table.index("## Ranked by likeness"):].splitlines()
+    ranked = [[c.strip() for c in line.strip("|").split("|")] for line in ranking if line.startswith("| ")][1:]
+    # the official generator at its init outputs near-grey photos: every patch flat, no NIQE number, ranked last
+    assert official["niqe_set"] is None and official["niqe_all_flat"] is True and identity["niqe_all_flat"] is False
+    assert official["color_distance"] > identity["color_distance"]
+    assert [r[0] for r in ranked] == ["1", "2", "3"] and [r[1] for r in ranked][2] == "official"
+    assert {r[1] for r in ranked[:2]} == {"identity", "inputs"}
+    niqe = [float(r[2]) for r in ranked[:2]]
+    assert niqe == sorted(niqe) and identity["input_niqe_set"] == pytest.approx(expected["niqe_set"], rel=1e-9)
+    assert next(float(r[2]) for r in ranked if r[1] == "inputs") == pytest.approx(expected["niqe_set"], rel=1e-3)
     # resumed: the finished cells give their columns back from results.json
     again = sweep.run_sweep(cells, tmp_path, progress=False, echo=lambda _: None, target=model)
     assert again[0]["niqe_set"] == identity["niqe_set"] and again[1]["color_distance"] == official["color_distance"]
@@ -103,25 +114,50 @@ def test_quality_rank_agreement_matches_scipy_and_is_in_the_report():
 
     def row(seed):
         return {"seed": seed, "steps": None, "psnr_mean": float(rng.normal(22, 2)),
+                "ssim_rgb_mean": float(rng.uniform(0.5, 0.9)), "ms_ssim_mean": float(rng.uniform(0.7, 0.95)),
                 "niqe_set": float(rng.uniform(2, 30)), "color_distance": float(rng.uniform(0, 0.2)),
                 "noise_log2_ratio": float(rng.normal(0, 1)), "sharpness_log2_ratio": float(rng.normal(0, 1))}
 
     methods = {"input": _method("input", [row(None)]), **{f"b{i}": _method("classical", [row(None)])
                                                           for i in range(4)},
+               **{f"o{i}": _method("oracle", [row(None)]) for i in range(2)},
                "p": _method("trained", [row(0), row(1)]), "q": _method("trained", [row(0), row(1)])}
-    agreement = quality_benchmark.rank_agreement(methods, [0, 1])
     closer = {"niqe_set": lambda v: -v, "color_distance": lambda v: -v, "noise_log2_ratio": lambda v: -abs(v),
               "sharpness_log2_ratio": lambda v: -abs(v)}
-    fixed = [m["per_seed"][0] for m in methods.values() if m["kind"] != "trained"]
-    groups = {"0": fixed + [methods["p"]["per_seed"][0], methods["q"]["per_seed"][0]],
-              "1": fixed + [methods["p"]["per_seed"][1], methods["q"]["per_seed"][1]],
-              "pooled": fixed + methods["p"]["per_seed"] + methods["q"]["per_seed"]}
-    for group, rows in groups.items():
-        got = agreement["pooled"] if group == "pooled" else agreement["per_seed"][group]
-        assert agreement["n"][group] == len(rows)
-        for key, f in closer.items():
-            want = spearmanr([r["psnr_mean"] for r in rows], [f(r[key]) for r in rows]).statistic
-            assert got[key] == pytest.approx(want, abs=1e-12), (group, key)
+    for oracles in (False, True):  # the methods alone (the done-when's ranking), then with the oracle bounds
+        agreement = quality_benchmark.rank_agreement(methods, [0, 1], oracles=oracles)
+        fixed = [m["per_seed"][0] for m in methods.values()
+                 if m["kind"] != "trained" and (oracles or m["kind"] != "oracle")]
+        groups = {"0": fixed + [methods["p"]["per_seed"][0], methods["q"]["per_seed"][0]],
+                  "1": fixed + [methods["p"]["per_seed"][1], methods["q"]["per_seed"][1]],
+                  "pooled": fixed + methods["p"]["per_seed"] + methods["q"]["per_seed"]}
+        for group, rows in groups.items():
+            got = agreement["pooled"] if group == "pooled" else agreement["per_seed"][group]
+            assert agreement["n"][group] == len(rows) == len(groups["0"]) + 2 * (group == "pooled")
+            for key, f in closer.items():
+                want = spearmanr([r["psnr_mean"] for r in rows], [f(r[key]) for r in rows]).statistic
+                assert got[key] == pytest.approx(want, abs=1e-12), (group, key)
+    with_oracles = agreement
+    agreement = quality_benchmark.rank_agreement(methods, [0, 1])
+    assert agreement["n"]["pooled"] == 9 and with_oracles["n"]["pooled"] == 11
+    pooled = [r for m in methods.values() if m["kind"] != "oracle" for r in m["per_seed"]]
+    # against SSIM instead of PSNR, and the two full-reference metrics against each other
+    by_ssim = quality_benchmark.rank_agreement(methods, [0, 1], reference="ssim_rgb_mean")["pooled"]
+    want = spearmanr([r["ssim_rgb_mean"] for r in pooled], [-r["niqe_set"] for r in pooled]).statistic
+    assert by_ssim["niqe_set"] == pytest.approx(want, abs=1e-12)
+    between = quality_benchmark.reference_agreement(methods)
+    want = spearmanr([r["psnr_mean"] for r in pooled], [r["ms_ssim_mean"] for r in pooled]).statistic
+    assert between["psnr_mean~ms_ssim_mean"] == pytest.approx(want, abs=1e-12)
+    # a collapsed method (every output patch flat: no NIQE number) ranks farthest, not left out
+    collapsed = dict(row(None), psnr_mean=5.0, niqe_set=None, niqe_all_flat=True)
+    unmeasured = dict(row(None), niqe_set=None, niqe_all_flat=False)  # photos under 96 px: left out
+    more = {**methods, "flat": _method("trained", [dict(collapsed, seed=0), dict(collapsed, seed=1)]),
+            "small": _method("classical", [unmeasured])}
+    got = quality_benchmark.rank_agreement(more, [0, 1])["pooled"]["niqe_set"]
+    rows = pooled + more["flat"]["per_seed"]
+    want = spearmanr([r["psnr_mean"] for r in rows],
+                     [-r["niqe_set"] if r["niqe_set"] is not None else -np.inf for r in rows]).statistic
+    assert got == pytest.approx(want, abs=1e-12)
     # ties share their average rank, as scipy's; a constant column or < 3 rows has no correlation
     spearman = quality_benchmark.spearman
     assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(spearmanr([1, 2, 2, 3], [1, 3, 2, 4])[0])
@@ -132,7 +168,9 @@ def test_quality_rank_agreement_matches_scipy_and_is_in_the_report():
         m["n"] = len(m["per_seed"])
         m["delta_vs_input"] = dict.fromkeys(quality_benchmark.METRICS)
     results = {"methods": methods, "clean": {"noise_mean": 1.0},
-               "no_reference": {"rank_agreement": agreement,
+               "no_reference": {"rank_agreement": agreement, "rank_agreement_with_oracles": with_oracles,
+                                "rank_agreement_by_reference": {"ssim_rgb_mean": by_ssim},
+                                "reference_agreement": between,
                                 "clean": dict.fromkeys(quality_benchmark.NO_REFERENCE, 0.5)}}
     table = quality_benchmark.summary_table(results).splitlines()
     header = [c.strip() for c in table[0].strip("|").split("|")]
@@ -142,4 +180,24 @@ def test_quality_rank_agreement_matches_scipy_and_is_in_the_report():
     pooled = next(line for line in lines if line.startswith("- pooled"))
     assert f"niqe_set {agreement['pooled']['niqe_set']:+.3f}" in pooled and "(9 rows)" in pooled
     assert any(line.startswith("- seed 1 (7 rows)") for line in lines)
+    assert any(line.startswith("- pooled, with the oracle rows (11 rows)") for line in lines)
+    assert any(line.startswith("- pooled, against ssim_rgb_mean instead of PSNR (9 rows)") for line in lines)
+    assert any("psnr_mean~ms_ssim_mean" in line for line in lines)
     assert not math.isnan(agreement["pooled"]["color_distance"])
+
+
+def test_likeness_ranking_places_inputs_flat_and_unmeasured_cells():
+    def cell(name, source, niqe, flat=False, input_niqe=None):
+        r = dict.fromkeys(sweep.SWEEP_FIELDS)
+        r.update(cell=name, status="ok", source=source, niqe_set=niqe, color_distance=0.1, niqe_all_flat=flat,
+                 input_niqe_set=input_niqe, input_color_distance=0.2)
+        return r
+
+    rows = [cell("a", "p1", 5.0, input_niqe=7.0), cell("b", "p1", 9.0, input_niqe=7.0),
+            cell("grey", "p2", None, flat=True, input_niqe=6.0), cell("thumbs", "p2", None, input_niqe=6.0),
+            dict(cell("broken", "p1", 1.0), status="error")]
+    table = sweep.likeness_ranking(rows).splitlines()
+    ranked = [[c.strip() for c in line.strip("|").split("|")][:3] for line in table if line.startswith("| ")][1:]
+    assert ranked == [["1", "a", "5.0000"], ["2", "inputs (p2)", "6.0000"], ["3", "inputs (p1)", "7.0000"],
+                      ["4", "b", "9.0000"], ["5", "grey", "-"], ["-", "thumbs", "-"]]
+    assert sweep.likeness_ranking([dict.fromkeys(sweep.SWEEP_FIELDS, None) | {"cell": "x", "status": "ok"}]) == ""

@@ -34,20 +34,29 @@ Protocol (:data:`PROTOCOL` says the same in ``results.json``):
 * **Patches left out**: a patch whose MSCN (or one of its products) is all zero at either scale (a flat patch:
   sky, clipped highlights) has no distribution to fit; it is left out, as the release's ``nanmean`` / ``nancov``
   leave out its NaN rows. A photo smaller than 96 px a side, or with only flat patches, has no NIQE number and is
-  listed in ``skipped`` with the reason (it still counts for colour, noise and sharpness). A target folder
+  listed in ``skipped`` with the reason (it still counts for colour, noise and sharpness). A set whose every
+  photo is flat (a collapsed enhancer's uniform grey) has no NIQE number either, but is not unmeasurable: the
+  report says ``niqe_all_flat``, and :func:`niqe_rank_key` ranks it farthest from any target. A target folder
   without any patch with detail (thumbnails) gives a model without NIQE: those numbers are None, with a note.
-* **Target (pristine) model**: of each target photo, only the patches sharper than 0.75 x its sharpest patch
-  (sharpness of a patch: the mean of sigma over it, at scale 1; the paper's selection), pooled over the folder:
-  their mean vector nu_t and covariance S_t (``np.cov``, n - 1; a single patch has covariance 0, as MATLAB's).
-* **Distance** of a set of patches (all of them, as NIQE scores a test photo) with mean nu and covariance S:
+* **Target model**: every usable patch of the target photos, pooled over the folder: their mean vector nu_t and
+  covariance S_t (``np.cov``, n - 1; a single patch has covariance 0, as MATLAB's). All of them, defocused and
+  plain ones too, because the question is "like this camera's photos", not NIQE's "like pristine detail": the
+  paper fits its pristine model only to the patches sharper than 0.75 x their photo's sharpest (sharpness of a
+  patch: the mean of sigma over it, at scale 1), and that model, fitted to a small target folder, rates
+  sharpened outputs as closer, and smoothed ones (denoised, blurred) as much farther, than their distortion
+  warrants: on the quality benchmark it ranked the methods against PSNR, the all-patch model with it (measured
+  in experiments/results/evaluation.md). ``fit_target_model(..., patches="sharp")`` keeps the paper's selection.
+* **Distance** of a set of patches with mean nu and covariance S:
   ``sqrt((nu - nu_t)^T pinv((S + S_t) / 2) (nu - nu_t))``, the pseudo-inverse with MATLAB's default tolerance
-  (36 x eps x the largest singular value). ``niqe_set`` pools the patches of every photo of the set;
-  ``niqe_per_image`` is NIQE's per-photo score (each photo's own patches), and ``niqe_per_image_mean`` their mean.
-  With fewer than 37 target patches S_t is singular: the model says so in its ``notes``.
-* **The floor**: scored this way (all patches), the target photos themselves are not at 0 (the model holds only
-  their sharp patches); their own numbers are reported beside every set's (``target_niqe_set``,
-  ``target_niqe_per_image_mean``), so "as close as the target camera gets" is visible. ``report(...,
-  patches="sharp")`` applies the model's selection to the set too, under which the target folder scores exactly 0.
+  (36 x eps x the largest singular value). A set is scored on all its usable patches (as NIQE scores a test
+  photo); ``niqe_set`` pools the patches of every photo of the set; ``niqe_per_image`` is NIQE's per-photo score
+  (each photo's own patches), and ``niqe_per_image_mean`` their mean. With fewer than 37 target patches S_t is
+  singular: the model says so in its ``notes``.
+* **The floor**: the target photos' own distances scored the same way (``target_niqe_set``,
+  ``target_niqe_per_image_mean``) are reported beside every set's. The default model holds every patch they
+  have, so their ``niqe_set`` is 0 (their per-photo distances are not: one photo is not the folder); a model of
+  the sharp patches only leaves the target photos above 0, and ``report(..., patches="sharp")`` applies that
+  selection to the set too, under which the target folder scores exactly 0.
 * **Colour**: ``COLOR_PIXELS = 4096`` pixels per photo drawn without replacement (all of a smaller photo) by
   ``np.random.default_rng([seed, i])`` for the i-th photo of the set, RGB in [0, 1]; both sets projected on the
   same ``COLOR_PROJECTIONS = 64`` random unit directions (``default_rng(seed)``); per direction the exact 1-D
@@ -81,7 +90,7 @@ from wespe.evaluation import quality_metrics
 
 __all__ = ["COLOR_PIXELS", "COLOR_PROJECTIONS", "FEATURE_NAMES", "PATCH", "PROTOCOL", "SUMMARY_COLUMNS", "Likeness",
            "SetStats", "TargetModel", "fit_aggd", "fit_ggd", "fit_target_model", "halve", "luma", "markdown", "mscn",
-           "mvg_distance", "patch_features", "report", "sharpness", "sliced_wasserstein"]
+           "mvg_distance", "niqe_rank_key", "patch_features", "report", "sharpness", "sliced_wasserstein"]
 
 PATCH = 96
 # The set-level numbers a report's caller tabulates (launch/quality.py's columns, launch/sweep.py's).
@@ -115,8 +124,10 @@ PROTOCOL = {
             f"{PATCH // 2} px patches of the photo halved by MATLAB imresize(0.5) bicubic; 36 BRISQUE features "
             f"(GGD alpha, variance of MSCN; AGGD alpha, mean, left/right variance of the 4 neighbour products) by "
             f"moment matching on alpha 0.2:0.001:10; flat patches left out",
-    "target_model": f"mean and covariance of the target photos' patches sharper than {SHARPNESS_FRACTION} x the "
-                    f"sharpest patch of their photo (mean local sigma)",
+    "target_model": f"mean and covariance of every usable patch of the target photos (patches='all', the default); "
+                    f"patches='sharp': only those sharper than {SHARPNESS_FRACTION} x the sharpest patch of their "
+                    f"photo (mean local sigma), the NIQE paper's pristine selection; the model's choice is "
+                    f"results' target.patches",
     "niqe_distance": "sqrt(d^T pinv((S + S_target) / 2) d), d the difference of mean feature vectors; niqe_set: "
                      "all patches of the set pooled; niqe_per_image: each photo's own patches (NIQE's score)",
     "color_distance": f"sliced Wasserstein-2 of RGB in [0, 1]: {COLOR_PIXELS} seeded pixels per photo, "
@@ -126,7 +137,8 @@ PROTOCOL = {
     "sharpness": "RMS forward-difference gradient of luma (8-bit units), mean over photos",
     "log2_ratio": "log2(set value / target value): 0 = like the target camera",
     "target_floor": "target_niqe_set / target_niqe_per_image_mean: the target photos' own distances scored the same "
-                    "way (all patches); the model holds only their sharp patches, so they are not 0",
+                    "way (all patches): niqe_set 0 for the default model, which holds every patch; above 0 for "
+                    "a model of the sharp patches",
 }
 
 
@@ -340,6 +352,15 @@ def _niqe(features: Mapping[str, np.ndarray], mean, cov) -> tuple[float, dict[st
     return pooled, {name: mvg_distance(*_mvg(f), mean, cov) for name, f in features.items()}
 
 
+def niqe_rank_key(report: Mapping) -> float | None:
+    """The number to rank sets by, closest to the target first: ``niqe_set``, +inf for a set whose every photo is
+    flat (no texture at all is as far from a camera's photos as a set can be), None when there is no NIQE number
+    (photos under 96 px, or a target without one)."""
+    if report.get("niqe_set") is not None:
+        return float(report["niqe_set"])
+    return math.inf if report.get("niqe_all_flat") else None
+
+
 def _log2_ratio(value: float | None, reference: float | None) -> float | None:
     if value is None or reference is None or value <= 0 or reference <= 0:
         return None
@@ -383,6 +404,7 @@ class SetStats:
         self.noise: list[float] = []
         self.sharpness: list[float] = []
         self.skipped: list[dict] = []  # photos without a NIQE number, or not read at all
+        self.num_flat = 0  # photos whose every patch is flat (a collapsed output: uniform grey)
 
     def add(self, name: str, image) -> None:
         image = np.asarray(image)
@@ -402,6 +424,7 @@ class SetStats:
                 self.sharpness_by_patch[name] = sharp[usable]
             else:
                 self.skipped.append({"name": name, "reason": "no NIQE number: every 96x96 patch is flat"})
+                self.num_flat += 1
         self.colors.append(_color_sample(image, self.seed, len(self.colors)))
         self.noise.append(quality_metrics.noise_level(image))
         self.sharpness.append(sharpness(image))
@@ -418,19 +441,23 @@ class SetStats:
     def num_images(self) -> int:
         return len(self.colors)
 
-    def sharp_features(self) -> dict[str, np.ndarray]:
-        """Per photo, the usable patches sharper than ``SHARPNESS_FRACTION`` x the photo's sharpest patch (the
-        paper's selection for the pristine model; photos left without one are left out)."""
+    def selected_features(self) -> dict[str, np.ndarray]:
+        """Per photo, its usable patches (``patches="all"``) or those sharper than ``SHARPNESS_FRACTION`` x the
+        photo's sharpest patch (``"sharp"``, the NIQE paper's pristine selection; photos left without one are
+        left out)."""
+        if self.patches == "all":
+            return dict(self.features)
         selected = {name: f[self.sharpness_by_patch[name] > SHARPNESS_FRACTION * self.sharpest[name]]
                     for name, f in self.features.items()}
         return {name: f for name, f in selected.items() if len(f)}
 
     def report(self, model: TargetModel) -> dict:
         """The numbers of the module docstring for this set against ``model`` (None where there are none)."""
-        features = self.features if self.patches == "all" else self.sharp_features()
+        features = self.selected_features()
         out = {"num_images": self.num_images, "num_niqe_images": len(features),
                "num_patches": int(sum(len(f) for f in features.values())), "patches": self.patches,
-               "niqe_set": None, "target_niqe_set": model.niqe_set, "niqe_per_image_mean": None,
+               "niqe_all_flat": model.mean is not None and 0 < self.num_images == self.num_flat, "niqe_set": None,
+               "target_niqe_set": model.niqe_set, "niqe_per_image_mean": None,
                "target_niqe_per_image_mean": model.niqe_per_image_mean, "niqe_per_image": {},
                "color_distance": None, "noise": None, "target_noise": model.noise, "noise_log2_ratio": None,
                "sharpness": None, "target_sharpness": model.sharpness, "sharpness_log2_ratio": None,
@@ -449,10 +476,10 @@ class SetStats:
 
 @dataclasses.dataclass(frozen=True)
 class TargetModel:
-    """The target folder summarised once (:func:`fit_target_model`): the pristine MVG of its sharp patches
-    (``mean`` (36,), ``cov`` (36, 36); None when no target photo has a patch with detail: then there are no NIQE
-    numbers, and ``notes`` says why), its pixel colour sample (``colors`` (n, 3) in [0, 1]) and its mean noise and
-    sharpness."""
+    """The target folder summarised once (:func:`fit_target_model`): the MVG of its patches (``patches``: "all"
+    usable ones or the "sharp" ones; ``mean`` (36,), ``cov`` (36, 36); None when no target photo has a patch with
+    detail: then there are no NIQE numbers, and ``notes`` says why), its pixel colour sample (``colors`` (n, 3) in
+    [0, 1]) and its mean noise and sharpness."""
 
     mean: np.ndarray | None
     cov: np.ndarray | None
@@ -466,29 +493,35 @@ class TargetModel:
     niqe_per_image_mean: float | None
     skipped: tuple = ()
     notes: tuple = ()
+    patches: str = "all"
+
+    def describe(self) -> str:
+        """One line for a command's output and a report's heading: how many photos and patches the model holds."""
+        return _describe(self.summary())
 
     def summary(self) -> dict:
         """JSON-ready description (no arrays)."""
-        return {"num_images": self.num_images, "num_patches": self.num_patches, "niqe_set": self.niqe_set,
+        return {"num_images": self.num_images, "num_patches": self.num_patches, "patches": self.patches,
+                "niqe_set": self.niqe_set,
                 "niqe_per_image_mean": self.niqe_per_image_mean, "noise": self.noise,
                 "sharpness": self.sharpness, "seed": self.seed, "skipped": list(self.skipped),
                 "notes": list(self.notes)}
 
 
-def fit_target_model(images, *, seed: int = 0, exclude: Sequence = ()) -> TargetModel:
+def fit_target_model(images, *, seed: int = 0, exclude: Sequence = (), patches: str = "all") -> TargetModel:
     """A :class:`TargetModel` of the target camera's photos: a folder, a file or a list of them (``exclude``:
-    folders whose photos are left out, as in :func:`wespe.image_paths.index_images`), or arrays.
+    folders whose photos are left out, as in :func:`wespe.image_paths.index_images`), or arrays. ``patches``:
+    which patches the NIQE model holds, "all" usable ones (the default) or "sharp" (the paper's selection; the
+    module docstring says why the default is not).
     Raises :class:`wespe.errors.UserError` when there is no photo that can be read. Without a single 96x96 patch
     with detail (thumbnails, flat pictures) the model has no NIQE part, and says so in ``notes``; colour, noise
     and sharpness are still compared."""
-    stats = SetStats(seed).add_all(images, exclude)
+    stats = SetStats(seed, patches).add_all(images, exclude)
     where = f" in {os.fspath(images)}" if isinstance(images, (str, os.PathLike)) else ""
     if not stats.num_images:
         reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in stats.skipped[:3])
         raise UserError(f"no photos{where}" + (f" that can be read ({reasons})" if reasons else ""))
-    # The paper's selection: per photo, only the patches sharper than 0.75 x its sharpest (NIQE is fitted to
-    # in-focus content; defocused backgrounds would teach the model that blur is "natural").
-    selected = list(stats.sharp_features().values())
+    selected = list(stats.selected_features().values())
     mean = cov = own_set = own_mean = None
     notes, num_patches = [], int(sum(len(f) for f in selected))
     if not selected:
@@ -499,13 +532,13 @@ def fit_target_model(images, *, seed: int = 0, exclude: Sequence = ()) -> Target
         own_set, own_per_image = _niqe(stats.features, mean, cov)
         own_mean = float(np.mean(list(own_per_image.values())))
         if num_patches <= len(FEATURE_NAMES):
-            notes.append(f"only {num_patches} sharp target patches for {len(FEATURE_NAMES)} features: the target "
+            notes.append(f"only {num_patches} target patches for {len(FEATURE_NAMES)} features: the target "
                          f"covariance is singular and NIQE distances rest on few directions; give more or larger "
                          f"target photos")
     return TargetModel(mean=mean, cov=cov, colors=np.concatenate(stats.colors), noise=float(np.mean(stats.noise)),
                        sharpness=float(np.mean(stats.sharpness)), num_images=stats.num_images,
                        num_patches=num_patches, seed=seed, niqe_set=own_set, niqe_per_image_mean=own_mean,
-                       skipped=tuple(stats.skipped), notes=tuple(notes))
+                       skipped=tuple(stats.skipped), notes=tuple(notes), patches=patches)
 
 
 def target_for_flag(folder, output_dir) -> TargetModel:
@@ -556,6 +589,11 @@ LABELS = {"niqe_set": "NIQE distance to target, set (0 = target)", "niqe_per_ima
           "num_niqe_images": "photos with a NIQE number"}
 
 
+def _describe(summary: Mapping) -> str:
+    which = "sharp" if summary.get("patches") == "sharp" else "usable"
+    return f"{summary.get('num_images')} target photos, {summary.get('num_patches')} {which} patches"
+
+
 def markdown(section: Mapping) -> str:
     """A Markdown table of ``{"target": model.summary(), "outputs": report, "inputs": report or None}``."""
     sets = [k for k in ("outputs", "inputs") if section.get(k)]
@@ -564,8 +602,8 @@ def markdown(section: Mapping) -> str:
     def fmt(v):
         return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    lines = [f"## Likeness to the target camera (no reference; {target.get('num_images')} target photos, "
-             f"{target.get('num_patches')} sharp patches)\n", "| metric | " + " | ".join(sets) + " | target itself |",
+    lines = [f"## Likeness to the target camera (no reference; {_describe(target)})\n",
+             "| metric | " + " | ".join(sets) + " | target itself |",
              "|---|" + "---|" * (len(sets) + 1)]
     for key, label in LABELS.items():
         own = target.get(key) if key in ("niqe_set", "niqe_per_image_mean", "noise", "sharpness") else None

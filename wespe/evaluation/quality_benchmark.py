@@ -83,8 +83,13 @@ PROTOCOL = {
                       "psnr_mean and each no-reference column made a 'closer to target is higher' score: "
                       "-niqe_set, -color_distance, -|noise_log2_ratio|, -|sharpness_log2_ratio|; per seed (the "
                       "deterministic rows with each trained preset's run of that seed) and pooled (every row of "
-                      "every seed once); oracle rows included (their outputs are photos like any other); None "
-                      "with fewer than 3 rows or a constant column",
+                      "every seed once); rank_agreement: the methods (input, baselines, trained presets); "
+                      "rank_agreement_by_reference: the same pooled, against ssim_rgb_mean and ms_ssim_mean "
+                      "instead of PSNR; reference_agreement: PSNR against those two over the same rows, for scale; "
+                      "rank_agreement_with_oracles: the oracle rows too (bounds that read each test photo's "
+                      "camera); outputs whose every NIQE patch is flat (a collapsed model) rank farthest in "
+                      "niqe_set (wespe.evaluation.no_reference.niqe_rank_key); None with fewer than 3 rows or a "
+                      "constant column",
 }
 GRID_CROP = 192
 
@@ -281,7 +286,8 @@ def _per_seed(result: evaluate.EvalResult, outputs_folder, reference_folder, see
     means = {f"{k}_mean": _mean(r.get(k) for r in rows) for k in ("detail_psnr", "noise")}
     likeness = no_reference.report(outputs_folder, target) if target is not None else {}
     return {"seed": seed, **{k: means[k] if k in means else a[k] for k in METRICS},
-            **{k: likeness.get(k) for k in NO_REFERENCE}, "train_minutes": minutes, "steps": steps,
+            **{k: likeness.get(k) for k in NO_REFERENCE}, "niqe_all_flat": likeness.get("niqe_all_flat"),
+            "train_minutes": minutes, "steps": steps,
             "per_image": [{k: r.get(k) for k in PER_IMAGE} for r in rows]}
 
 
@@ -451,7 +457,11 @@ def _reference_numbers(data: BenchmarkData, target: no_reference.TargetModel, me
         "no_reference": {"target": target.summary(), "protocol": no_reference.PROTOCOL,
                          # the clean test photos' own numbers: what a perfect method scores (scene content differs)
                          "clean": {k: clean_likeness.get(k) for k in NO_REFERENCE},
-                         "rank_agreement": rank_agreement(methods, seeds)},
+                         "rank_agreement": rank_agreement(methods, seeds),
+                         "rank_agreement_by_reference": {ref: rank_agreement(methods, seeds, reference=ref)["pooled"]
+                                                         for ref in RANK_REFERENCES[1:]},
+                         "reference_agreement": reference_agreement(methods),
+                         "rank_agreement_with_oracles": rank_agreement(methods, seeds, oracles=True)},
     }
 
 
@@ -471,9 +481,13 @@ def _run_record(split: dict, cameras: dict, data_seed: int, max_side: int | None
 
 # --------------------------------------------------------------------------------------------------- reporting
 
-# "closer to the target camera" as a higher number, per no-reference column (PROTOCOL["rank_agreement"])
+# "closer to the target camera" as a higher number, per no-reference column (PROTOCOL["rank_agreement"]); a row's
+# NIQE is read by no_reference.niqe_rank_key (outputs with every patch flat: farthest, -inf here)
 CLOSER_IS_HIGHER = {"niqe_set": lambda v: -v, "color_distance": lambda v: -v,
                     "noise_log2_ratio": lambda v: -abs(v), "sharpness_log2_ratio": lambda v: -abs(v)}
+# The full-reference metrics the no-reference ranking is compared with: PSNR (the done-when's) and the two
+# structural ones; how much these agree among themselves is reported beside, for scale.
+RANK_REFERENCES = ("psnr_mean", "ssim_rgb_mean", "ms_ssim_mean")
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
@@ -488,20 +502,28 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def rank_agreement(methods: dict, seeds: Sequence[int]) -> dict:
+def _closer(row: dict, key: str) -> float | None:
+    value = no_reference.niqe_rank_key(row) if key == "niqe_set" else row.get(key)
+    return None if value is None else CLOSER_IS_HIGHER[key](value)
+
+
+def rank_agreement(methods: dict, seeds: Sequence[int], *, oracles: bool = False,
+                   reference: str = "psnr_mean") -> dict:
     """``{"per_seed": {seed: {column: rho}}, "pooled": {column: rho}, "n": {...}}``: Spearman between each
-    row's psnr_mean and each :data:`NO_REFERENCE` column made "closer is higher" (:data:`CLOSER_IS_HIGHER`).
-    A seed's rows: every deterministic method's one scoring and each trained preset's run of that seed; pooled:
-    every scoring once. A row without the column (or PSNR) is left out of that column."""
+    row's ``reference`` metric (PSNR by default) and each :data:`NO_REFERENCE` column made "closer is higher"
+    (:func:`_closer`). A seed's rows: every deterministic method's one scoring and each trained preset's run of
+    that seed; pooled: every scoring once. The oracle rows (bounds that read the test photos' cameras, not
+    methods) count only with ``oracles``. A row without the column (or the reference) is left out of that
+    column."""
     def rows_of(seed):
-        return [r for m in methods.values() for r in m["per_seed"]
+        return [r for m in methods.values() for r in m["per_seed"] if oracles or m["kind"] != "oracle"
                 if m["kind"] != "trained" or seed is None or r["seed"] == seed]
 
     def rhos(rows):
         out = {}
-        for key, closer in CLOSER_IS_HIGHER.items():
-            pairs = [(r["psnr_mean"], closer(r[key])) for r in rows
-                     if r.get(key) is not None and r.get("psnr_mean") is not None and math.isfinite(r["psnr_mean"])]
+        for key in CLOSER_IS_HIGHER:
+            pairs = [(r[reference], _closer(r, key)) for r in rows
+                     if _closer(r, key) is not None and r.get(reference) is not None and math.isfinite(r[reference])]
             out[key] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
         return out
 
@@ -509,6 +531,18 @@ def rank_agreement(methods: dict, seeds: Sequence[int]) -> dict:
     pooled = rows_of(None)
     return {"per_seed": {s: rhos(rows) for s, rows in groups.items()}, "pooled": rhos(pooled),
             "n": {**{s: len(rows) for s, rows in groups.items()}, "pooled": len(pooled)}}
+
+
+def reference_agreement(methods: dict) -> dict:
+    """Spearman between PSNR and each other :data:`RANK_REFERENCES` metric over every scoring of the methods (the
+    pooled rows of :func:`rank_agreement`): how much the full-reference metrics agree among themselves."""
+    rows = [r for m in methods.values() if m["kind"] != "oracle" for r in m["per_seed"]]
+    out = {}
+    for ref in RANK_REFERENCES[1:]:
+        pairs = [(r["psnr_mean"], r[ref]) for r in rows if r.get(ref) is not None and r.get("psnr_mean") is not None
+                 and math.isfinite(r["psnr_mean"])]
+        out[f"psnr_mean~{ref}"] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    return out
 
 
 def rank_agreement_lines(results: dict) -> list[str]:
@@ -523,9 +557,21 @@ def rank_agreement_lines(results: dict) -> list[str]:
     lines = ["\n## Rank agreement: PSNR vs no-reference likeness to the target photos\n",
              "Spearman rank correlation across methods between PSNR and each no-reference column, signed so "
              "that +1 means \"the closer to the target photos, the higher the PSNR\" (NIQE distance and colour "
-             "distance: lower is closer; noise and sharpness: log2 ratio nearer 0 is closer).\n"]
+             "distance: lower is closer; noise and sharpness: log2 ratio nearer 0 is closer). The methods: the "
+             "input, the baselines and the trained presets (niqe_set is the ranking launch/sweep.py uses without "
+             "references).\n"]
     lines += [line(f"seed {s}", rhos, agreement["n"][s]) for s, rhos in agreement["per_seed"].items()]
     lines.append(line("pooled", agreement["pooled"], agreement["n"]["pooled"]))
+    n = agreement["n"]["pooled"]
+    for ref, rhos in (results["no_reference"].get("rank_agreement_by_reference") or {}).items():
+        lines.append(line(f"pooled, against {ref} instead of PSNR", rhos, n))
+    with_oracles = results["no_reference"].get("rank_agreement_with_oracles")
+    if with_oracles:
+        lines.append(line("pooled, with the oracle rows", with_oracles["pooled"], with_oracles["n"]["pooled"]))
+    between = results["no_reference"].get("reference_agreement")
+    if between:
+        lines.append(f"\nFor scale, the full-reference metrics among themselves over the same {n} rows: " + ", ".join(
+            f"{k} {_f(v, 3, sign=True)}" for k, v in between.items()) + ".")
     clean = results["no_reference"].get("clean")
     if clean:
         lines.append("\nThe clean test photos themselves (what a perfect method would score): " + ", ".join(

@@ -42,14 +42,16 @@ SWEEP_SHARED_KEYS = ("source", "reference", "weights_dir", "workdir", "tile", "l
 # With a target model (launch/sweep.py --target), the no-reference numbers of each cell's outputs
 # (wespe.evaluation.no_reference.Likeness; the "no_reference" section of the cell's results.json).
 LIKENESS_FIELDS = no_reference.SUMMARY_COLUMNS
-SWEEP_FIELDS = (("cell", "kind", "model", "run", "step", "status") + AGGREGATE_FIELDS + COUNT_FIELDS
-                + LIKENESS_FIELDS + ("error",))
+# The same numbers of the cell's inputs (its source photos), so the ranking can place them among the cells.
+INPUT_LIKENESS_FIELDS = tuple(f"input_{k}" for k in LIKENESS_FIELDS)
+SWEEP_FIELDS = (("cell", "kind", "model", "run", "step", "status", "source") + AGGREGATE_FIELDS + COUNT_FIELDS
+                + LIKENESS_FIELDS + ("niqe_all_flat",) + INPUT_LIKENESS_FIELDS + ("error",))
 # How the best cell is picked: by PSNR (pooled) when the cells have references; without, by the no-reference
 # NIQE-style distance of the outputs to the target photos (lower is closer). Why NIQE and not the colour, noise
-# or sharpness numbers: on the quality benchmark's real photos (measured: see the README's Results) it is the
-# only one of the four that puts the clean photos themselves (the perfect output) clearly closest to the
-# target photos; the others mostly measure how the scenes differ. It is a weak guide all the same: across the
-# quality benchmark's methods its ranking disagrees with PSNR's.
+# or sharpness numbers: on the quality benchmark's real photos (experiments/results/evaluation.md) it is the one
+# of the four that puts the clean photos themselves (the perfect output) clearly closest to the target photos,
+# and its ranking of the methods follows SSIM's closely; the others mostly measure how the scenes differ. It is
+# blind to colour (luma statistics), which PSNR weighs most: a guide to structure and texture, not a verdict.
 BEST_BY = {"reference": ("psnr_pooled", "max"), "no_reference": ("niqe_set", "min")}
 
 
@@ -194,7 +196,8 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
         for cell in cells:
             out = _cell_dir(output_dir, cell)
             row = dict.fromkeys(SWEEP_FIELDS)
-            row.update(cell=cell["name"], kind=cell["kind"], model=cell["model"], run=cell["run"], step=cell["step"])
+            row.update(cell=cell["name"], kind=cell["kind"], model=cell["model"], run=cell["run"], step=cell["step"],
+                       source=cell.get("source"))
             try:
                 if (out / "results.json").exists():
                     say(f"skipped {cell['name']}: {out / 'results.json'} exists")
@@ -211,8 +214,10 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
                 row.update({k: saved["aggregates"].get(k) for k in AGGREGATE_FIELDS + COUNT_FIELDS},
                            status="ok")
                 if target is not None:
-                    row.update({k: ((saved.get("no_reference") or {}).get("outputs") or {}).get(k)
-                                for k in LIKENESS_FIELDS})
+                    section = saved.get("no_reference") or {}
+                    for side, fields in (("outputs", LIKENESS_FIELDS), ("inputs", INPUT_LIKENESS_FIELDS)):
+                        row.update({f: (section.get(side) or {}).get(k) for f, k in zip(fields, LIKENESS_FIELDS)})
+                    row["niqe_all_flat"] = (section.get("outputs") or {}).get("niqe_all_flat")
             except Exception as e:  # noqa: BLE001 - one broken cell must not lose the others
                 logger.debug("traceback for cell %s", cell["name"], exc_info=True)
                 row.update(status="error", error=f"{type(e).__name__}: {e}")
@@ -239,6 +244,32 @@ def best_cell(rows: Sequence[dict]) -> tuple[dict | None, str]:
     return None, "best cell: none (no cell has a PSNR or, without references, a --target likeness to rank by)"
 
 
+def likeness_ranking(rows: Sequence[dict]) -> str:
+    """A Markdown table of the finished cells and their inputs (one row per source folder) ranked by the
+    NIQE-style distance to the target photos, closest first (:func:`wespe.evaluation.no_reference.niqe_rank_key`:
+    a cell whose every output is flat ranks last), with the other no-reference numbers; a cell without a NIQE
+    number (photos under 96 px) is listed unranked. "" when no cell was scored against a target (``--target``)."""
+    ranked, unranked, inputs = [], [], {}
+    for r in rows:
+        if r["status"] != "ok" or all(r.get(k) is None for k in LIKENESS_FIELDS):
+            continue  # failed, or not scored against a target
+        key = no_reference.niqe_rank_key(r)
+        (ranked if key is not None else unranked).append((key, r["cell"], *(r.get(k) for k in LIKENESS_FIELDS)))
+        if r.get("input_niqe_set") is not None:  # every cell on the same photos scores the same inputs
+            inputs.setdefault(r.get("source"), tuple(r.get(k) for k in INPUT_LIKENESS_FIELDS))
+    if not ranked and not unranked:
+        return ""
+    ranked += [(values[0], f"inputs ({source})" if len(inputs) > 1 else "inputs", *values)
+               for source, values in inputs.items()]
+    ranked.sort(key=lambda row: row[0])
+    table = [(i + 1, *row[1:]) for i, row in enumerate(ranked)] + [("-", *row[1:]) for row in unranked]
+    return ("\n## Ranked by likeness to the target photos (no reference)\n\nNIQE-style distance to the target "
+            "photos' model, closest first (0 = the target camera's own statistics); the inputs are the photos "
+            "the cells enhanced. A cell whose every output is flat (a collapsed model) ranks last; one without "
+            f"a NIQE number (photos under {no_reference.PATCH} px) is listed unranked. A guide, not a verdict: "
+            "see wespe/evaluation/sweep.py BEST_BY.\n\n" + markdown_table(("rank", "what", *LIKENESS_FIELDS), table))
+
+
 def write_sweep_tables(rows: Sequence[dict], output_dir: str | os.PathLike) -> None:
     """sweep.csv (every field) and sweep.md (the fields that have a value in some row)."""
     from wespe.atomic_write import atomic_write
@@ -250,11 +281,11 @@ def write_sweep_tables(rows: Sequence[dict], output_dir: str | os.PathLike) -> N
     with atomic_write(output_dir / "sweep.csv") as f:
         f.write(buf.getvalue().encode())
     columns = [k for k in SWEEP_FIELDS if k in ("cell", "status") or any(r.get(k) is not None for r in rows)]
-    columns = [k for k in columns if k not in ("kind", "model")]
+    columns = [k for k in columns if k not in ("kind", "model", "source", "niqe_all_flat", *INPUT_LIKENESS_FIELDS)]
     if not any(r.get("psnr_pooled") is not None for r in rows):  # no reference: no MS-SSIM count either
         columns = [k for k in columns if k != "num_ms_ssim"]
     table = markdown_table(columns, [[r.get(k) for k in columns] for r in rows])
-    table += "\n" + best_cell(rows)[1] + "\n"
+    table += "\n" + best_cell(rows)[1] + "\n" + likeness_ranking(rows)
     with atomic_write(output_dir / "sweep.md") as f:
         f.write(table.encode())
 
