@@ -507,6 +507,13 @@ def _closer(row: dict, key: str) -> float | None:
     return None if value is None else CLOSER_IS_HIGHER[key](value)
 
 
+def _rho(rows: Sequence[dict], reference: str, value) -> float | None:
+    """Spearman between each row's ``reference`` metric and ``value(row)``, over the rows that have both."""
+    pairs = [(r[reference], v) for r in rows if r.get(reference) is not None and math.isfinite(r[reference])
+             and (v := value(r)) is not None]
+    return spearman([p[0] for p in pairs], [p[1] for p in pairs])
+
+
 def rank_agreement(methods: dict, seeds: Sequence[int], *, oracles: bool = False,
                    reference: str = "psnr_mean") -> dict:
     """``{"per_seed": {seed: {column: rho}}, "pooled": {column: rho}, "n": {...}}``: Spearman between each
@@ -520,12 +527,7 @@ def rank_agreement(methods: dict, seeds: Sequence[int], *, oracles: bool = False
                 if m["kind"] != "trained" or seed is None or r["seed"] == seed]
 
     def rhos(rows):
-        out = {}
-        for key in CLOSER_IS_HIGHER:
-            pairs = [(r[reference], _closer(r, key)) for r in rows
-                     if _closer(r, key) is not None and r.get(reference) is not None and math.isfinite(r[reference])]
-            out[key] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
-        return out
+        return {key: _rho(rows, reference, lambda r, key=key: _closer(r, key)) for key in CLOSER_IS_HIGHER}
 
     groups = {str(s): rows_of(s) for s in seeds}
     pooled = rows_of(None)
@@ -537,12 +539,7 @@ def reference_agreement(methods: dict) -> dict:
     """Spearman between PSNR and each other :data:`RANK_REFERENCES` metric over every scoring of the methods (the
     pooled rows of :func:`rank_agreement`): how much the full-reference metrics agree among themselves."""
     rows = [r for m in methods.values() if m["kind"] != "oracle" for r in m["per_seed"]]
-    out = {}
-    for ref in RANK_REFERENCES[1:]:
-        pairs = [(r["psnr_mean"], r[ref]) for r in rows if r.get(ref) is not None and r.get("psnr_mean") is not None
-                 and math.isfinite(r["psnr_mean"])]
-        out[f"psnr_mean~{ref}"] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
-    return out
+    return {f"psnr_mean~{ref}": _rho(rows, "psnr_mean", lambda r, ref=ref: r.get(ref)) for ref in RANK_REFERENCES[1:]}
 
 
 def rank_agreement_lines(results: dict) -> list[str]:
