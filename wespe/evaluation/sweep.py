@@ -50,8 +50,9 @@ SWEEP_FIELDS = (("cell", "kind", "model", "run", "step", "status", "source") + A
 # NIQE-style distance of the outputs to the target photos (lower is closer). Why NIQE and not the colour, noise
 # or sharpness numbers: on the quality benchmark's real photos (experiments/results/evaluation.md) it is the one
 # of the four that puts the clean photos themselves (the perfect output) clearly closest to the target photos,
-# and its ranking of the methods follows SSIM's closely; the others mostly measure how the scenes differ. It is
-# blind to colour (luma statistics), which PSNR weighs most: a guide to structure and texture, not a verdict.
+# and its ranking of the methods agrees with the full-reference metrics' about as well as they agree with each
+# other; the others mostly measure how the scenes differ. It is blind to colour (luma statistics), which PSNR
+# weighs most: a guide to structure and texture, not a verdict.
 BEST_BY = {"reference": ("psnr_pooled", "max"), "no_reference": ("niqe_set", "min")}
 
 
