@@ -348,6 +348,12 @@ def test_evaluate_cli_target(tmp_path):
     assert outputs["niqe_set"] == pytest.approx(expected["niqe_set"], rel=1e-9)
     assert outputs["color_distance"] == pytest.approx(expected["color_distance"], rel=1e-9)
     assert "Likeness to the target camera" in (out / "results.md").read_text()
+    # the photos resampled (likeness_resampling): the noisy outputs are the farther in (nearly) every resample
+    resampled = section["resampled"]
+    assert set(resampled["sets"]) == {"outputs", "inputs"} and resampled["sets"]["outputs"]["resamples"] == 200
+    assert resampled["p_outputs_closer"] <= 0.05 and "than their inputs in" in (out / "results.md").read_text()
+    assert resampled["sets"]["inputs"]["median"] < resampled["sets"]["outputs"]["median"]
+    assert "photos resampled: median (95% range)" in (out / "results.md").read_text()
 
     # bad --target: one error line, exit 2, before the (missing) model is looked at
     for target, message in ((tmp_path / "no_such", "does not exist"), (folders["empty"], "no photos")):

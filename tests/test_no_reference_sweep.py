@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.ndimage
 import script_server
 from flax import nnx
 from PIL import Image
@@ -73,9 +74,16 @@ def test_sweep_with_a_target_adds_the_likeness_columns_and_picks_by_niqe(made, t
     niqe = [float(r[2]) for r in ranked[:2]]
     assert niqe == sorted(niqe) and identity["input_niqe_set"] == pytest.approx(expected["niqe_set"], rel=1e-9)
     assert next(float(r[2]) for r in ranked if r[1] == "inputs") == pytest.approx(expected["niqe_set"], rel=1e-3)
-    # resumed: the finished cells give their columns back from results.json
+    # the photos resampled (likeness_resampling): the identity's outputs are its inputs, photo by photo, so they
+    # tie in every resample (50 %); both are closer than the flat cell in all of them
+    assert (tmp_path / "identity" / sweep.MOMENTS_FILE).exists()
+    assert ranking[4].count("|") == 9 and "closer than the next" in ranking[4]
+    assert ranked[0][7] == "50%" and ranked[1][7] == "100%" and ranked[2][6:] == ["flat", "-"]
+    assert ranked[0][6] == ranked[1][6] != "-"
+    # resumed: the finished cells give their columns back from results.json, the ranking its resamples
     again = sweep.run_sweep(cells, tmp_path, progress=False, echo=lambda _: None, target=model)
     assert again[0]["niqe_set"] == identity["niqe_set"] and again[1]["color_distance"] == official["color_distance"]
+    assert (tmp_path / "sweep.md").read_text() == table
 
 
 def test_best_cell_ranks_by_psnr_with_references():
@@ -201,3 +209,64 @@ def test_likeness_ranking_places_inputs_flat_and_unmeasured_cells():
     assert ranked == [["1", "a", "5.0000"], ["2", "inputs (p2)", "6.0000"], ["3", "inputs (p1)", "7.0000"],
                       ["4", "b", "9.0000"], ["5", "grey", "-"], ["-", "thumbs", "-"]]
     assert sweep.likeness_ranking([dict.fromkeys(sweep.SWEEP_FIELDS, None) | {"cell": "x", "status": "ok"}]) == ""
+    # with resamples (sweep.resample_cells): a range and "closer than the next" where both rows have them
+    near, far = np.linspace(4.0, 6.0, 5), np.array([7.0, 4.5, 8.0, 8.0, 9.0])  # one tie
+    resampled = {("cell", "a"): near, ("inputs", "p2"): far, ("cell", "grey"): np.full(5, np.inf)}
+    table = sweep.likeness_ranking(rows, resampled).splitlines()
+    ranked = [[c.strip() for c in line.strip("|").split("|")] for line in table if line.startswith("| ")][1:]
+    assert [r[-2:] for r in ranked] == [["5.00 (4.05-5.95)", "90%"], ["8.00 (4.75-8.90)", "-"], ["-", "-"],
+                                        ["-", "-"], ["flat", "-"], ["-", "-"]]
+
+
+def test_quality_rank_agreement_resampled():
+    """The pooled niqe_set~PSNR agreement over resamples of the photos (quality_benchmark.rank_agreement_resampled):
+    rows whose NIQE distance grows with their noise as their PSNR falls agree in every resample, and each
+    resample's rho is scipy's on the rows reweighted by likeness_resampling's weights."""
+    rng = np.random.default_rng(3)
+
+    def photo():  # soft blocks with a little noise: added noise moves the NIQE distance far from the target's
+        base = scipy.ndimage.gaussian_filter(rng.integers(40, 200, (12, 12, 3)).repeat(16, 0).repeat(16, 1)
+                                             .astype(float), (2, 2, 0))
+        return (base + rng.normal(0, 2, base.shape)).clip(0, 255).astype(np.uint8)
+
+    target = no_reference.fit_target_model([photo() for _ in range(4)])
+    clean = {name: photo() for name in ("a", "b", "c")}
+
+    def scoring(sigma, seed=None):
+        photos = {n: np.clip(x + rng.normal(0, sigma, x.shape), 0, 255).round().astype(np.uint8)
+                  for n, x in clean.items()}
+        psnr = {n: 10 * np.log10(255 ** 2 / max(np.mean((photos[n] - clean[n].astype(float)) ** 2), 1e-3))
+                for n in photos}
+        stats = no_reference.SetStats(target.seed).add_all(photos)
+        return {"seed": seed, "per_image": [{"name": n, "psnr": psnr[n], "ssim_rgb": psnr[n] / 60} for n in photos],
+                quality_benchmark.MOMENTS_KEY: stats.moments(), **stats.report(target)}
+
+    methods = {"input": _method("input", [scoring(24)]), "b": _method("classical", [scoring(12)]),
+               "p": _method("trained", [scoring(3, 0), scoring(6, 1)]), "o": _method("oracle", [scoring(0)])}
+    got = quality_benchmark.rank_agreement_resampled(methods, target, resamples=20)
+    assert got["rows"] == 4 and got["resamples"] == 20  # the oracle row is not a method
+    assert got["niqe_set"] == {"median": 1.0, "low": 1.0, "high": 1.0, "share_at_least_0.8": 1.0}
+    assert got["psnr~ssim"]["median"] == 1.0
+    # each resample by hand: weights, the refitted target, the reweighted PSNR, scipy's Spearman
+    methods["b"]["per_seed"] = [scoring(12)]
+    methods["input"]["per_seed"][0]["per_image"][0]["psnr"] = 99.0  # photo "a" of the input: now a good photo
+    got = quality_benchmark.rank_agreement_resampled(methods, target, resamples=20)
+    rows = [r for m in methods.values() if m["kind"] != "oracle" for r in m["per_seed"]]
+    from wespe.evaluation import likeness_resampling as lr
+    w_set, w_target = lr.photo_weights(("a", "b", "c"), 0, 20), lr._weights(target.moments.names, 0, lr.TARGET_SIDE, 20)
+    rhos = []
+    for b in range(20):
+        model = target.moments.pooled(w_target[b])
+        niqe = [no_reference.mvg_distance(*r[quality_benchmark.MOMENTS_KEY].pooled(w_set[b]), *model) for r in rows]
+        psnr = [np.average([p["psnr"] for p in r["per_image"]], weights=w_set[b]) for r in rows]
+        rhos.append(spearmanr(psnr, -np.array(niqe)).statistic)
+    assert got["niqe_set"]["median"] == pytest.approx(np.median(rhos), abs=1e-12)
+    assert got["niqe_set"]["low"] < got["niqe_set"]["high"]  # the input's good photo counts more in some resamples
+    assert got["niqe_set"]["share_at_least_0.8"] == pytest.approx(np.mean(np.array(rhos) >= 0.8 - 1e-9))
+    # results.json leaves the moments out; the report says the spread
+    plain = quality_benchmark._without_moments({"methods": methods})
+    assert all(quality_benchmark.MOMENTS_KEY not in r for m in plain["methods"].values() for r in m["per_seed"])
+    assert quality_benchmark.MOMENTS_KEY in methods["p"]["per_seed"][0]  # the working copy keeps them
+    lines = quality_benchmark.rank_agreement_lines({"no_reference": {
+        "rank_agreement": quality_benchmark.rank_agreement(methods, [0, 1]), "rank_agreement_resampled": got}})
+    assert any("With the photos resampled (20 resamples" in line and "at least +0.8 in" in line for line in lines)

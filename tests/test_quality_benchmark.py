@@ -292,6 +292,13 @@ def test_run_benchmark_end_to_end(bench):
         assert (out / name).exists(), name
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     methods = results["methods"]
+    # the rank agreement over resamples of the photos (issue 28): computed from the scorings' patch moments,
+    # which results.json does not keep
+    resampled = results["no_reference"]["rank_agreement_resampled"]
+    assert resampled["resamples"] == 200 and resampled["rows"] == sum(
+        m["n"] for m in methods.values() if m["kind"] != "oracle")
+    assert -1 <= resampled["niqe_set"]["low"] <= resampled["niqe_set"]["median"] <= resampled["niqe_set"]["high"] <= 1
+    assert "With the photos resampled (200 resamples" in (out / "results.md").read_text()
     assert list(methods) == ["input", "grey_world_autocontrast", "unsharp", "classical_combo",
                              *baselines.FITTED_NAMES, *baselines.ORACLE_NAMES, "tiny"]
     # the table's colour start is the recommended recipe's: the row for the estimator wespe_plus starts from

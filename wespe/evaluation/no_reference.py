@@ -451,6 +451,12 @@ class SetStats:
                     for name, f in self.features.items()}
         return {name: f for name, f in selected.items() if len(f)}
 
+    def moments(self):
+        """The selected patches as :class:`wespe.evaluation.likeness_resampling.PhotoMoments` (per photo: count,
+        mean, scatter), what resampling the set needs without its photos."""
+        from wespe.evaluation.likeness_resampling import PhotoMoments
+        return PhotoMoments.of(self.selected_features())
+
     def report(self, model: TargetModel) -> dict:
         """The numbers of the module docstring for this set against ``model`` (None where there are none)."""
         features = self.selected_features()
@@ -494,6 +500,9 @@ class TargetModel:
     skipped: tuple = ()
     notes: tuple = ()
     patches: str = "all"
+    # per target photo, its patches' count, mean and scatter (wespe.evaluation.likeness_resampling.PhotoMoments):
+    # refitting the model on resampled photos needs them; None for a model built by hand
+    moments: object = dataclasses.field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         """One line for a command's output and a report's heading: how many photos and patches the model holds."""
@@ -538,7 +547,8 @@ def fit_target_model(images, *, seed: int = 0, exclude: Sequence = (), patches: 
     return TargetModel(mean=mean, cov=cov, colors=np.concatenate(stats.colors), noise=float(np.mean(stats.noise)),
                        sharpness=float(np.mean(stats.sharpness)), num_images=stats.num_images,
                        num_patches=num_patches, seed=seed, niqe_set=own_set, niqe_per_image_mean=own_mean,
-                       skipped=tuple(stats.skipped), notes=tuple(notes), patches=patches)
+                       skipped=tuple(stats.skipped), notes=tuple(notes), patches=patches,
+                       moments=stats.moments() if selected else None)
 
 
 def target_for_flag(folder, output_dir) -> TargetModel:
@@ -576,8 +586,11 @@ class Likeness:
             self.inputs.add(name, source)
 
     def section(self) -> dict:
+        from wespe.evaluation import likeness_resampling
+        sets = {"outputs": self.outputs, **({"inputs": self.inputs} if self.inputs.num_images else {})}
         return {"protocol": PROTOCOL, "target": self.model.summary(), "outputs": self.outputs.report(self.model),
-                "inputs": self.inputs.report(self.model) if self.inputs.num_images else None}
+                "inputs": self.inputs.report(self.model) if self.inputs.num_images else None,
+                "resampled": likeness_resampling.section(sets, self.model)}
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -608,5 +621,13 @@ def markdown(section: Mapping) -> str:
     for key, label in LABELS.items():
         own = target.get(key) if key in ("niqe_set", "niqe_per_image_mean", "noise", "sharpness") else None
         lines.append(f"| {label} | " + " | ".join(fmt(section[s].get(key)) for s in sets) + f" | {fmt(own)} |")
+        if key == "niqe_set" and section.get("resampled"):
+            from wespe.evaluation import likeness_resampling
+            spans = section["resampled"]["sets"]
+            lines.append(f"| {likeness_resampling.INTERVAL_LABEL} | "
+                         + " | ".join(likeness_resampling.span(spans.get(s)) for s in sets) + " | - |")
+    if section.get("resampled"):
+        from wespe.evaluation import likeness_resampling
+        lines.append("\n" + likeness_resampling.describe(section["resampled"]))
     lines += [f"\n{n}" for n in target.get("notes", [])]
     return "\n".join(lines) + "\n"

@@ -53,7 +53,7 @@ from wespe import config as configs
 from wespe import image_io, image_paths
 from wespe.atomic_write import atomic_write
 from wespe.errors import JobFailed, UserError, call_python_file
-from wespe.evaluation import evaluate, no_reference, quality_metrics
+from wespe.evaluation import evaluate, likeness_resampling, no_reference, quality_metrics
 from wespe.evaluation.baselines import (BASELINES, COLOUR_START, FITTED_NAMES, ORACLE_NAMES, apply_uint8,
                                        fitted_baselines, oracle_baselines)
 from wespe.evaluation.quality_data import PHOTOS, TRAIN_LAYOUT, BenchmarkData, folders, prepare, write_png
@@ -66,6 +66,7 @@ METRICS = ("psnr_mean", "psnr_pooled", "ssim_rgb_mean", "ms_ssim_mean", "entropy
 # how much the ranking of the methods by each agrees with their ranking by PSNR (:func:`rank_agreement`).
 NO_REFERENCE = no_reference.SUMMARY_COLUMNS
 PER_IMAGE = ("name", "psnr", "ssim_rgb", "ms_ssim", "entropy", "detail_psnr", "noise")
+MOMENTS_KEY = "likeness_moments"  # a scoring's patch moments (likeness_resampling.PhotoMoments), in memory only
 PROTOCOL = {
     "detail_psnr": "PSNR (data range 1) of the high-pass residuals x - gaussian(x, sigma=2) (per channel, [0, 1] "
                    "floats) of the output and the clean photo (wespe.evaluation.quality_metrics.detail_psnr); "
@@ -284,11 +285,14 @@ def _per_seed(result: evaluate.EvalResult, outputs_folder, reference_folder, see
     extra = detail_and_noise(outputs_folder, reference_folder)
     rows = [{**r, **extra.get(r["name"], {})} for r in result.rows]
     means = {f"{k}_mean": _mean(r.get(k) for r in rows) for k in ("detail_psnr", "noise")}
-    likeness = no_reference.report(outputs_folder, target) if target is not None else {}
+    stats = no_reference.SetStats(target.seed).add_all(outputs_folder) if target is not None else None
+    likeness = stats.report(target) if stats is not None else {}
     return {"seed": seed, **{k: means[k] if k in means else a[k] for k in METRICS},
             **{k: likeness.get(k) for k in NO_REFERENCE}, "niqe_all_flat": likeness.get("niqe_all_flat"),
             "train_minutes": minutes, "steps": steps,
-            "per_image": [{k: r.get(k) for k in PER_IMAGE} for r in rows]}
+            "per_image": [{k: r.get(k) for k in PER_IMAGE} for r in rows],
+            # the outputs' patch moments, for rank_agreement_resampled; not written to results.json
+            MOMENTS_KEY: stats.moments() if stats is not None else None}
 
 
 def summarize(per_seed: list[dict]) -> tuple[dict, dict]:
@@ -345,6 +349,7 @@ def run_benchmark(out_dir: str | Path, presets: dict[str, str], seeds: Sequence[
     results = {"command": command, "cwd": str(Path.cwd()), "methods": methods, "input": methods["input"]["mean"],
                **_reference_numbers(data, target, methods, seeds),
                **_run_record(split, cameras, data_seed, max_side, seeds, steps, vgg_weights)}
+    results = _without_moments(results)  # they served rank_agreement_resampled; not results
     with atomic_write(out_dir / "results.json") as f:
         f.write((json.dumps(results, indent=2) + "\n").encode())
     with atomic_write(out_dir / "results.md") as f:
@@ -461,7 +466,8 @@ def _reference_numbers(data: BenchmarkData, target: no_reference.TargetModel, me
                          "rank_agreement_by_reference": {ref: rank_agreement(methods, seeds, reference=ref)["pooled"]
                                                          for ref in RANK_REFERENCES[1:]},
                          "reference_agreement": reference_agreement(methods),
-                         "rank_agreement_with_oracles": rank_agreement(methods, seeds, oracles=True)},
+                         "rank_agreement_with_oracles": rank_agreement(methods, seeds, oracles=True),
+                         "rank_agreement_resampled": rank_agreement_resampled(methods, target)},
     }
 
 
@@ -535,6 +541,54 @@ def rank_agreement(methods: dict, seeds: Sequence[int], *, oracles: bool = False
             "n": {**{s: len(rows) for s, rows in groups.items()}, "pooled": len(pooled)}}
 
 
+def rank_agreement_resampled(methods: dict, target: no_reference.TargetModel,
+                             resamples: int = likeness_resampling.RESAMPLES) -> dict | None:
+    """How much the pooled niqe_set~PSNR agreement of :func:`rank_agreement` owes to the few photos: Spearman
+    recomputed in each resample of :mod:`wespe.evaluation.likeness_resampling` (every test photo and every target
+    photo weighted Exp(1); a row's PSNR the weighted mean of its photos' PSNRs, its NIQE distance over its
+    reweighted patches to the reweighted target; the same photo weighted alike in every row), and PSNR~SSIM
+    recomputed alike for scale. ``{"niqe_set": {"median", "low", "high", "share_at_least_0.8"}, "psnr~ssim":
+    ..., "resamples", "rows"}``; None without the rows' moments (results read back) or a target model."""
+    rows = [r for m in methods.values() if m["kind"] != "oracle" for r in m["per_seed"]]
+    if target.moments is None or not rows or all(r.get(MOMENTS_KEY) is None for r in rows):
+        return None
+    sets = {i: r[MOMENTS_KEY] for i, r in enumerate(rows) if r.get(MOMENTS_KEY) is not None and len(r[MOMENTS_KEY])}
+    flat = [i for i, r in enumerate(rows) if r.get("niqe_all_flat")]
+    distances = likeness_resampling.resample_distances(sets, target.moments, seed=target.seed,
+                                                       resamples=resamples, flat=flat)
+    photos = tuple(sorted({p["name"] for r in rows for p in r["per_image"]}))
+    weights = likeness_resampling.photo_weights(photos, target.seed, resamples)
+    per_image = {k: np.array([[{p["name"]: p[k] for p in r["per_image"]}.get(n, np.nan) for n in photos]
+                              for r in rows]) for k in ("psnr", "ssim_rgb")}
+    rhos = {"niqe_set": [], "psnr~ssim": []}
+    for b in range(resamples):
+        mean = {k: np.nansum(v * weights[b], axis=1) / np.sum(np.where(np.isnan(v), 0, weights[b]), axis=1)
+                for k, v in per_image.items()}
+        closer = [-distances[i][b] if i in distances else None for i in range(len(rows))]
+        pairs = [(p, c) for p, c in zip(mean["psnr"], closer) if c is not None and not np.isnan(c)]
+        rhos["niqe_set"].append(spearman([p for p, _ in pairs], [c for _, c in pairs]))
+        rhos["psnr~ssim"].append(spearman(mean["psnr"], mean["ssim_rgb"]))
+
+    def spread(values):
+        v = np.array([x for x in values if x is not None], np.float64)
+        if not len(v):
+            return None
+        low, high = np.percentile(v, [2.5, 97.5])
+        return {"median": float(np.median(v)), "low": float(low), "high": float(high),
+                "share_at_least_0.8": float(np.mean(v >= 0.8 - 1e-9))}  # rho of 4 rows is 0.8 as 0.79999...
+
+    return {"niqe_set": spread(rhos["niqe_set"]), "psnr~ssim": spread(rhos["psnr~ssim"]), "resamples": resamples,
+            "rows": len(rows), "protocol": likeness_resampling.PROTOCOL}
+
+
+def _without_moments(results: dict) -> dict:
+    """``results`` with its scorings' patch moments (working data for :func:`rank_agreement_resampled`, not
+    results) left out: what results.json holds."""
+    methods = {name: {**m, "per_seed": [{k: v for k, v in r.items() if k != MOMENTS_KEY} for r in m["per_seed"]]}
+               for name, m in results["methods"].items()}
+    return {**results, "methods": methods}
+
+
 def reference_agreement(methods: dict) -> dict:
     """Spearman between PSNR and each other :data:`RANK_REFERENCES` metric over every scoring of the methods (the
     pooled rows of :func:`rank_agreement`): how much the full-reference metrics agree among themselves."""
@@ -569,6 +623,16 @@ def rank_agreement_lines(results: dict) -> list[str]:
     if between:
         lines.append(f"\nFor scale, the full-reference metrics among themselves over the same {n} rows: " + ", ".join(
             f"{k} {_f(v, 3, sign=True)}" for k, v in between.items()) + ".")
+    resampled = results["no_reference"].get("rank_agreement_resampled")
+    if resampled and resampled.get("niqe_set"):
+        def spread(v):
+            return (f"median {_f(v['median'], 3, sign=True)} (95 % range {_f(v['low'], 2, sign=True)} to "
+                    f"{_f(v['high'], 2, sign=True)}; at least +0.8 in {v['share_at_least_0.8']:.0%})")
+        lines.append(f"\nWith the photos resampled ({resampled['resamples']} resamples: every test photo and every "
+                     f"target photo weighted Exp(1), each row's PSNR the weighted mean of its photos', "
+                     f"wespe/evaluation/likeness_resampling.py), the pooled niqe_set agreement is "
+                     f"{spread(resampled['niqe_set'])}, and PSNR~SSIM {spread(resampled['psnr~ssim'])}: how much "
+                     f"of the numbers above the few photos decide.")
     clean = results["no_reference"].get("clean")
     if clean:
         lines.append("\nThe clean test photos themselves (what a perfect method would score): " + ", ".join(

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wespe.errors import PathNotFoundError, UserError, call_python_file
-from wespe.evaluation import no_reference
+from wespe.evaluation import likeness_resampling, no_reference
 from wespe.evaluation.evaluate import (AGGREGATE_FIELDS, AGGREGATE_LABELS, COUNT_FIELDS, check_inputs, evaluate,
                                        markdown_table, write_results)
 from wespe.inference import pretrained
@@ -54,6 +54,9 @@ SWEEP_FIELDS = (("cell", "kind", "model", "run", "step", "status", "source") + A
 # other; the others mostly measure how the scenes differ. It is blind to colour (luma statistics), which PSNR
 # weighs most: a guide to structure and texture, not a verdict.
 BEST_BY = {"reference": ("psnr_pooled", "max"), "no_reference": ("niqe_set", "min")}
+# Per cell with a target: its outputs' and inputs' patch moments (wespe.evaluation.likeness_resampling), so the
+# ranking can resample the photos of finished cells without reading them again.
+MOMENTS_FILE = "likeness_moments.npz"
 
 
 def load_sweep(path: str | os.PathLike) -> dict:
@@ -210,6 +213,9 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
                                       progress=progress, visit=likeness)
                     if likeness is not None:
                         result.no_reference = likeness.section()
+                        out.mkdir(parents=True, exist_ok=True)  # before results.json, which marks the cell done
+                        likeness_resampling.save_moments(out / MOMENTS_FILE, {
+                            "outputs": likeness.outputs.moments(), "inputs": likeness.inputs.moments()})
                     write_results(result, out)
                     saved = result.to_json()
                 row.update({k: saved["aggregates"].get(k) for k in AGGREGATE_FIELDS + COUNT_FIELDS},
@@ -225,9 +231,32 @@ def run_sweep(cells: Sequence[dict], output_dir: str | os.PathLike, *, progress:
                 say(f"cell {cell['name']} failed: {row['error']}")
             rows.append(row)
             bar.update(1)
-    write_sweep_tables(rows, output_dir)
+    resampled = resample_cells(rows, output_dir, target) if target is not None else None
+    write_sweep_tables(rows, output_dir, resampled)
     plot_sweep(rows, output_dir)
     return rows
+
+
+def resample_cells(rows: Sequence[dict], output_dir: str | os.PathLike, target) -> dict:
+    """{("cell", name) or ("inputs", source): (resamples,) NIQE distances} for the finished cells whose folder has
+    :data:`MOMENTS_FILE` and for their inputs (one per source folder), all against the same resamples of the
+    target photos and with the same photo weights (:mod:`wespe.evaluation.likeness_resampling`): cells of one
+    source are compared photo by photo. A cell whose every output is flat is infinitely far throughout."""
+    if target is None or target.moments is None:
+        return {}
+    sets, flat = {}, []
+    for r in rows:
+        path = _cell_dir(Path(output_dir), {"name": r["cell"]}) / MOMENTS_FILE
+        if r["status"] != "ok" or not path.exists():
+            continue
+        moments = likeness_resampling.load_moments(path)
+        if r.get("niqe_all_flat"):
+            flat.append(("cell", r["cell"]))
+        elif len(moments["outputs"]):
+            sets[("cell", r["cell"])] = moments["outputs"]
+        if len(moments["inputs"]):
+            sets.setdefault(("inputs", r.get("source")), moments["inputs"])
+    return likeness_resampling.resample_distances(sets, target.moments, seed=target.seed, flat=flat)
 
 
 def best_cell(rows: Sequence[dict]) -> tuple[dict | None, str]:
@@ -245,34 +274,52 @@ def best_cell(rows: Sequence[dict]) -> tuple[dict | None, str]:
     return None, "best cell: none (no cell has a PSNR or, without references, a --target likeness to rank by)"
 
 
-def likeness_ranking(rows: Sequence[dict]) -> str:
+def likeness_ranking(rows: Sequence[dict], resampled: dict | None = None) -> str:
     """A Markdown table of the finished cells and their inputs (one row per source folder) ranked by the
     NIQE-style distance to the target photos, closest first (:func:`wespe.evaluation.no_reference.niqe_rank_key`:
     a cell whose every output is flat ranks last), with the other no-reference numbers; a cell without a NIQE
-    number (photos under 96 px) is listed unranked. "" when no cell was scored against a target (``--target``)."""
+    number (photos under 96 px) is listed unranked. With ``resampled`` (:func:`resample_cells`), two more
+    columns: each row's distance over the resamples of the photos, and how often it is closer than the row after
+    it. "" when no cell was scored against a target (``--target``)."""
     ranked, unranked, inputs = [], [], {}
     for r in rows:
         if r["status"] != "ok" or all(r.get(k) is None for k in LIKENESS_FIELDS):
             continue  # failed, or not scored against a target
         key = no_reference.niqe_rank_key(r)
-        (ranked if key is not None else unranked).append((key, r["cell"], *(r.get(k) for k in LIKENESS_FIELDS)))
+        entry = (key, ("cell", r["cell"]), r["cell"], *(r.get(k) for k in LIKENESS_FIELDS))
+        (ranked if key is not None else unranked).append(entry)
         if r.get("input_niqe_set") is not None:  # every cell on the same photos scores the same inputs
             inputs.setdefault(r.get("source"), tuple(r.get(k) for k in INPUT_LIKENESS_FIELDS))
     if not ranked and not unranked:
         return ""
-    ranked += [(values[0], f"inputs ({source})" if len(inputs) > 1 else "inputs", *values)
+    ranked += [(values[0], ("inputs", source), f"inputs ({source})" if len(inputs) > 1 else "inputs", *values)
                for source, values in inputs.items()]
     ranked.sort(key=lambda row: row[0])
-    table = [(i + 1, *row[1:]) for i, row in enumerate(ranked)] + [("-", *row[1:]) for row in unranked]
+    header = ("rank", "what", *LIKENESS_FIELDS)
+    table = [[i + 1, *row[2:]] for i, row in enumerate(ranked)] + [["-", *row[2:]] for row in unranked]
+    note = ""
+    if resampled:
+        samples = [resampled.get(row[1]) for row in ranked] + [None] * len(unranked)
+        for i, row in enumerate(table):
+            after = samples[i + 1] if i + 1 < len(ranked) else None
+            p = (likeness_resampling.p_closer(samples[i], after)
+                 if samples[i] is not None and after is not None else None)
+            row += [likeness_resampling.span(likeness_resampling.summary(samples[i]) if samples[i] is not None
+                                             else None), "-" if p is None else f"{p:.0%}"]
+        header += ("niqe_set resampled: median (95% range)", "closer than the next")
+        note = (" The last two columns resample the photos (wespe/evaluation/likeness_resampling.py): a row "
+                "closer than the next in fewer than 95 % of the resamples is not clearly closer (a one-sided 5 % "
+                "bootstrap test); cells of one source are compared photo by photo.")
     return ("\n## Ranked by likeness to the target photos (no reference)\n\nNIQE-style distance to the target "
             "photos' model, closest first (0 = the target camera's own statistics); the inputs are the photos "
             "the cells enhanced. A cell whose every output is flat (a collapsed model) ranks last; one without "
             f"a NIQE number (photos under {no_reference.PATCH} px) is listed unranked. A guide, not a verdict: "
-            "see wespe/evaluation/sweep.py BEST_BY.\n\n" + markdown_table(("rank", "what", *LIKENESS_FIELDS), table))
+            f"see wespe/evaluation/sweep.py BEST_BY.{note}\n\n" + markdown_table(header, table))
 
 
-def write_sweep_tables(rows: Sequence[dict], output_dir: str | os.PathLike) -> None:
-    """sweep.csv (every field) and sweep.md (the fields that have a value in some row)."""
+def write_sweep_tables(rows: Sequence[dict], output_dir: str | os.PathLike, resampled: dict | None = None) -> None:
+    """sweep.csv (every field) and sweep.md (the fields that have a value in some row; the likeness ranking, with
+    ``resampled``'s columns when given)."""
     from wespe.atomic_write import atomic_write
     output_dir = Path(output_dir)
     buf = io.StringIO()
@@ -286,7 +333,7 @@ def write_sweep_tables(rows: Sequence[dict], output_dir: str | os.PathLike) -> N
     if not any(r.get("psnr_pooled") is not None for r in rows):  # no reference: no MS-SSIM count either
         columns = [k for k in columns if k != "num_ms_ssim"]
     table = markdown_table(columns, [[r.get(k) for k in columns] for r in rows])
-    table += "\n" + best_cell(rows)[1] + "\n" + likeness_ranking(rows)
+    table += "\n" + best_cell(rows)[1] + "\n" + likeness_ranking(rows, resampled)
     with atomic_write(output_dir / "sweep.md") as f:
         f.write(table.encode())
 
