@@ -14,8 +14,10 @@ inside --source, --reference or --outputs: what is under it (best_worst.png, enh
 photo to score, so a rerun scores the same photos; it may not be one of those folders, nor hold one.
 --target: photos of the camera the outputs should look like (unpaired; e.g. the training target folder): adds a
 "no_reference" section (wespe/evaluation/no_reference.py: NIQE-style distance to the target's statistics, colour
-distance, noise and sharpness log2 ratios) for the outputs and for their inputs. Exit status 0 if at least one photo was
-evaluated, 1 if none was, 2 with one "error:" line for bad flags, weights or folders (before the model loads).
+distance, noise and sharpness log2 ratios) for the outputs and for their inputs, with the NIQE-style distance's range
+over resamples of the photos and how often the outputs are the closer (wespe/evaluation/likeness_resampling.py).
+Exit status 0 if at least one photo was evaluated, 1 if none was, 2 with one "error:" line for bad flags, weights
+or folders (before the model loads).
 """
 
 from absl import flags

@@ -20,7 +20,9 @@ a missing --source, --reference, weights_dir, checkpoint or workdir (or step in 
 every cell evaluated gets a "no_reference" section (wespe/evaluation/no_reference.py) and its outputs' niqe_set,
 color_distance, noise_log2_ratio and sharpness_log2_ratio become columns of sweep.csv / sweep.md. sweep.md
 ends with the best cell: by pooled PSNR with references; without, by the lowest niqe_set (wespe.evaluation.sweep.BEST_BY
-says why, and how weak a guide that is).
+says why, and how weak a guide that is), then the cells and their inputs ranked by niqe_set, with its range over
+resamples of the photos and how often each row is closer than the next (wespe/evaluation/likeness_resampling.py;
+each cell keeps its likeness_moments.npz for that).
 """
 
 from pathlib import Path

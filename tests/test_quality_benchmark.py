@@ -542,3 +542,23 @@ def test_detail_and_noise_pairs_outputs_as_evaluation_does(tmp_path):
         assert scores[name]["detail_psnr"] == expected
     assert scores["a"]["detail_psnr"] != scores["b"]["detail_psnr"]  # the photos differ: a wrong pair would show
     assert "detail_psnr" not in scores["lonely"] and scores["lonely"]["noise"] > 0
+
+
+# ------------------------------------------------------------------- experiments/quality/target_dependence.py
+
+def test_target_dependence_script_reproduces_the_benchmark_and_scores_the_test_halves(bench):
+    """Against the benchmark's own target the script's Spearman numbers are the benchmark's pooled rank agreement;
+    against the test photos' other halves it scores every method row's half."""
+    out, results = bench
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = script_server.run([sys.executable, "experiments/quality/target_dependence.py", f"--run_dir={out}"],
+                             cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    rows = sum(m["n"] for m in results["methods"].values() if m["kind"] != "oracle")
+    pooled = results["no_reference"]["rank_agreement"]["pooled"]
+    own = next(line for line in lines if line.startswith("| training halves ("))
+    assert own.endswith(f"| {rows} | {pooled['niqe_set']:+.3f} | {pooled['color_distance']:+.3f} |"), own
+    assert any(line.startswith("| test halves (2 target photos") for line in lines)
+    table = [line for line in lines if line.startswith("| ") and "|---" not in line][4:]  # the rows' numbers
+    assert len(table) == rows and table[0].startswith("| input | - | ")

@@ -2,7 +2,7 @@
 
 A target folder of a few dozen photos and a set of 20 enhanced photos are samples. Other photos of the same
 scenes, another folder from the same camera, give other distances, and with small folders the change is large:
-on the quality benchmark's unseen camera the same outputs' rank agreement with PSNR went from +0.78 to +0.14 when
+on the quality benchmark's cool camera the same outputs' rank agreement with PSNR went from +0.78 to +0.03 when
 the target folder (five clean photo halves) was swapped for the other halves of the three test photos
 (experiments/quality/target_dependence.py, experiments/results/evaluation.md). So the sweep's ranking and
 ``launch/evaluate.py --target`` say, beside each ``niqe_set``, its range over resamples of the photos, and for
@@ -53,8 +53,8 @@ import numpy as np
 
 from wespe.evaluation.no_reference import mvg_distance
 
-__all__ = ["PROTOCOL", "RESAMPLES", "PhotoMoments", "interval", "load_moments", "p_closer", "photo_weights", "resample_distances",
-           "save_moments", "section", "summary"]
+__all__ = ["PROTOCOL", "RESAMPLES", "PhotoMoments", "describe", "interval", "load_moments", "p_closer", "photo_weights",
+           "resample_distances", "save_moments", "section", "span", "summary"]
 
 RESAMPLES = 200
 LEVEL = 0.95
@@ -62,8 +62,8 @@ TARGET_SIDE, SET_SIDE = 0, 1
 PROTOCOL = (f"Bayesian bootstrap over photos: {RESAMPLES} resamples, photo 'name' weighted "
             f"default_rng([seed, side, crc32(name)]).exponential(1, {RESAMPLES})[b] in resample b (side 0 the target "
             f"folder, its model refitted each time; side 1 the sets, so sets of the same photos are paired); "
-            f"weighted mean and covariance (over n_w - 1); interval: 2.5th-97.5th percentile of niqe_set over the "
-            f"resamples; p_closer: share of the resamples where the first set is closer (ties half)")
+            f"weighted mean and covariance (over n_w - 1); range: median and 2.5th-97.5th percentiles of niqe_set "
+            f"over the resamples; p_closer: share of the resamples where the first set is closer (ties half)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,9 +200,9 @@ def span(summary_: Mapping | None) -> str:
 
 
 def describe(resampled: Mapping) -> str:
-    """One paragraph for a report: what the interval is, and how often the outputs were the closer."""
+    """One paragraph for a report: what the range is, and how often the outputs were the closer."""
     n = max((s["resamples"] for s in resampled["sets"].values()), default=RESAMPLES)
-    text = (f"Interval: the set's NIQE distance over {n} resamples of the photos (every photo weighted Exp(1), the "
+    text = (f"Range: the set's NIQE distance over {n} resamples of the photos (every photo weighted Exp(1), the "
             f"target photos too, the target model refitted each time; wespe/evaluation/likeness_resampling.py): "
             f"what a few photos leave open. The distance is a length, so perturbing the photos lengthens it on "
             f"average: the resampled ones run above the set's own (10-15 % with 60 target patches, more with "

@@ -69,6 +69,9 @@ Protocol (:data:`PROTOCOL` says the same in ``results.json``):
   8-bit units: blur lowers it, sharpening raises it; noise raises it too, which is why noise is reported beside.
   A set's noise and sharpness are means over its photos (every photo counts once).
 
+* **How sure**: :mod:`wespe.evaluation.likeness_resampling` recomputes ``niqe_set`` with the photos (the set's
+  and the target's) resampled, for a range and for how often one set is the closer of two.
+
 Everything is deterministic for a seed. NumPy / SciPy in float64 on the host: this scores tens of photos once.
 """
 
