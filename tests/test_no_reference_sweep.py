@@ -58,11 +58,13 @@ def test_sweep_with_a_target_adds_the_likeness_columns_and_picks_by_niqe(made, t
     assert (tmp_path / "identity" / "results.json").read_text().count('"no_reference"') == 1
     table = (tmp_path / "sweep.md").read_text()
     assert "niqe_set" in table.splitlines()[0] and "color_distance" in table.splitlines()[0]
-    best, line = sweep.best_cell(rows)
+    best, line = sweep.best_cell(rows, sweep.resample_cells(rows, tmp_path, model))
     scored = [r for r in rows if r["niqe_set"] is not None]
     assert best is min(scored, key=lambda r: r["niqe_set"])
     assert line.startswith(f"best cell: {best['cell']} (niqe_set ") and "no references" in line
-    assert line in table
+    # the runner-up is the flat cell: farther in every resample of the photos
+    assert line.endswith("than the runner-up official in 100% of the resamples of the photos: clearly closer)")
+    assert line in table and sweep.best_cell(rows)[1] == line[:line.index("; closer")] + ")"
     # the ranking: both cells and their inputs (the identity's numbers are theirs), closest to the target first
     ranking = table[table.index("## Ranked by likeness"):].splitlines()
     ranked = [[c.strip() for c in line.strip("|").split("|")] for line in ranking if line.startswith("| ")][1:]
@@ -94,6 +96,11 @@ def test_best_cell_ranks_by_psnr_with_references():
     for r in rows:
         r["psnr_pooled"] = None
     assert sweep.best_cell(rows)[0]["cell"] == "c"
+    # with the photos resampled: how often c beats the runner-up (a, the next by niqe_set); PSNR picks never say
+    resampled = {("cell", "c"): np.array([1.0, 2.0, 3.0, 4.0]), ("cell", "a"): np.array([2.0, 1.0, 4.0, 3.5])}
+    assert sweep.best_cell(rows, resampled)[1].endswith("than the runner-up a in 50% of the resamples of the "
+                                                        "photos: not clearly closer)")
+    assert sweep.best_cell(rows, {("cell", "c"): resampled[("cell", "c")]})[1] == sweep.best_cell(rows)[1]
     for r in rows:
         r["niqe_set"] = None
     assert sweep.best_cell(rows)[0] is None

@@ -259,9 +259,12 @@ def resample_cells(rows: Sequence[dict], output_dir: str | os.PathLike, target) 
     return likeness_resampling.resample_distances(sets, target.moments, seed=target.seed, flat=flat)
 
 
-def best_cell(rows: Sequence[dict]) -> tuple[dict | None, str]:
+def best_cell(rows: Sequence[dict], resampled: dict | None = None) -> tuple[dict | None, str]:
     """The best finished cell and a sentence saying how it was chosen (:data:`BEST_BY`): the highest pooled PSNR
-    if some cell has one (references), else the lowest NIQE distance to the target (``--target``), else none."""
+    if some cell has one (references), else the lowest NIQE distance to the target (``--target``), else none.
+    Picked by NIQE, with ``resampled`` (:func:`resample_cells`) holding it and the runner-up (the next cell by
+    niqe_set, or a flat one), the sentence says how often it is the closer of the two over resamples of the
+    photos."""
     ok = [r for r in rows if r["status"] == "ok"]
     for how, (key, sense) in BEST_BY.items():
         scored = [r for r in ok if r.get(key) is not None and math.isfinite(r[key])]
@@ -270,8 +273,24 @@ def best_cell(rows: Sequence[dict]) -> tuple[dict | None, str]:
             why = ("highest pooled PSNR against the references" if how == "reference" else
                    "no references: lowest NIQE-style distance of its outputs to the target photos (niqe_set; "
                    "no-reference, a weak guide: see wespe/evaluation/sweep.py BEST_BY)")
+            if how == "no_reference" and resampled:
+                why += _how_sure(best, ok, resampled)
             return best, f"best cell: {best['cell']} ({key} {best[key]:.4f}; {why})"
     return None, "best cell: none (no cell has a PSNR or, without references, a --target likeness to rank by)"
+
+
+def _how_sure(best: dict, rows: Sequence[dict], resampled: dict) -> str:
+    """"; closer ... than the runner-up X in N % of ..." for the cell picked by NIQE, "" without a runner-up."""
+    others = sorted((r for r in rows if r is not best and no_reference.niqe_rank_key(r) is not None),
+                    key=no_reference.niqe_rank_key)
+    mine = resampled.get(("cell", best["cell"]))
+    theirs = resampled.get(("cell", others[0]["cell"])) if others else None
+    p = likeness_resampling.p_closer(mine, theirs) if mine is not None and theirs is not None else None
+    if p is None:
+        return ""
+    verdict = "clearly" if p >= 0.95 else "not clearly"
+    return (f"; closer to the target than the runner-up {others[0]['cell']} in {p:.0%} of the resamples of the "
+            f"photos: {verdict} closer")
 
 
 def likeness_ranking(rows: Sequence[dict], resampled: dict | None = None) -> str:
@@ -333,7 +352,7 @@ def write_sweep_tables(rows: Sequence[dict], output_dir: str | os.PathLike, resa
     if not any(r.get("psnr_pooled") is not None for r in rows):  # no reference: no MS-SSIM count either
         columns = [k for k in columns if k != "num_ms_ssim"]
     table = markdown_table(columns, [[r.get(k) for k in columns] for r in rows])
-    table += "\n" + best_cell(rows)[1] + "\n" + likeness_ranking(rows, resampled)
+    table += "\n" + best_cell(rows, resampled)[1] + "\n" + likeness_ranking(rows, resampled)
     with atomic_write(output_dir / "sweep.md") as f:
         f.write(table.encode())
 
