@@ -19,13 +19,12 @@ when the target shows the same scenes and not when it shows others.
 """
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 from absl import flags
 
-from wespe import cli, image_io
+from wespe import cli, image_io, metrics
 from wespe.evaluation import no_reference, quality_benchmark
 
 flags.DEFINE_string("run_dir", None, "A finished quality benchmark's --output_dir (results.json, data/, methods/).")
@@ -60,11 +59,6 @@ def half(image: np.ndarray, k: int, scored: bool) -> np.ndarray:
     return np.ascontiguousarray(image[:, :cut] if left else image[:, cut:])
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
-
-
 def main(argv):
     cli.start(argv, tune_malloc=False)
     run_dir = Path(FLAGS.run_dir)
@@ -77,7 +71,8 @@ def main(argv):
     for row in rows:
         outputs = read_folder(row["folder"])
         scored = {n: half(outputs[n], k, True) for k, n in enumerate(order)}
-        row["psnr_half"] = float(np.mean([psnr(scored[n], half(clean[n], k, True)) for k, n in enumerate(order)]))
+        row["psnr_half"] = float(np.mean([metrics.psnr(scored[n] / 255.0, half(clean[n], k, True) / 255.0)
+                                          for k, n in enumerate(order)]))  # evaluate's PSNR, on the half
         row["training halves"] = no_reference.report(outputs, targets["training halves"])
         row["test halves"] = no_reference.report(scored, targets["test halves"])
 
