@@ -41,10 +41,8 @@ def method_rows(run_dir: Path) -> list[dict]:
         if m["kind"] == "oracle":
             continue
         for scoring in m["per_seed"]:
-            folder = (run_dir / "data" / "test" / "degraded" if name == "input" else
-                      run_dir / "methods" / name / f"seed_{scoring['seed']}" if m["kind"] == "trained" else
-                      run_dir / "methods" / name)
-            rows.append({"name": name, "seed": scoring["seed"], "psnr": scoring["psnr_mean"], "folder": folder})
+            rows.append({"name": name, "seed": scoring["seed"], "psnr": scoring["psnr_mean"],
+                         "folder": quality_benchmark.outputs_folder(run_dir, name, m["kind"], scoring["seed"])})
     return rows
 
 

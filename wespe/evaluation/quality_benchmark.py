@@ -396,7 +396,7 @@ def _score_methods(out_dir: Path, data: BenchmarkData, target: no_reference.Targ
         bar.update(1)
         for name, (kind, method_for) in baselines.items():
             bar.set_postfix_str(name)
-            folder = out_dir / "methods" / name
+            folder = outputs_folder(out_dir, name, kind)
             _write_baseline_outputs(method_for, data, folder)
             methods[name] = {"kind": kind, "per_seed": [_score_outputs(folder, data, target)]}
             if kind != "oracle":  # the grid shows methods; the oracle rows are bounds (see the table's note)
@@ -411,6 +411,16 @@ def _score_methods(out_dir: Path, data: BenchmarkData, target: no_reference.Targ
                 outputs.setdefault(name, str(enhanced))
                 bar.update(1)
     return methods, outputs
+
+
+def outputs_folder(out_dir: str | Path, name: str, kind: str, seed: int | None = None) -> Path:
+    """Where the photos a scoring of method ``name`` scored lie under a benchmark's ``out_dir``: the degraded test
+    photos for ``input``, ``methods/<name>/`` for an untrained method, ``methods/<name>/seed_<seed>/`` for a
+    trained preset's run (what :func:`run_benchmark` writes; experiments/quality/target_dependence.py reads them)."""
+    if kind == "input":
+        return Path(folders(Path(out_dir) / "data").test_degraded)
+    folder = Path(out_dir) / "methods" / name
+    return folder / f"seed_{seed}" if kind == "trained" else folder
 
 
 def _write_baseline_outputs(method_for, data: BenchmarkData, folder: Path) -> None:
@@ -431,7 +441,7 @@ def _train_and_score(method: dict, name: str, path: str, seed: int, out_dir: Pat
     its enhanced photos."""
     workdir = out_dir / "runs" / name / f"seed_{seed}"
     record = train_preset(preset_config(path, data, seed, steps, vgg_weights, name=name), workdir)
-    enhanced = out_dir / "methods" / name / f"seed_{seed}"
+    enhanced = outputs_folder(out_dir, name, "trained", seed)
     result = evaluate.evaluate(load_exported_generator(workdir), data.test_degraded, data.test_clean,
                                save_enhanced_to=enhanced, progress=False)
     method["per_seed"].append(_per_seed(result, enhanced, data.test_clean, seed, record["num_steps"],
